@@ -1,0 +1,169 @@
+"""The one error hierarchy of embedml.
+
+Every error embedml raises on purpose derives from :class:`EmbedMLError`, so
+``except embedml.EmbedMLError`` catches all of them. Some also derive from a
+builtin so that generic code keeps working (``LookupError``, ``ValueError``,
+``TimeoutError``)::
+
+    EmbedMLError
+    ├── InvalidNameError (ValueError)        bad model name, version or alias
+    ├── ConfigurationError (ValueError)      an option given to save/load/Batching is invalid
+    ├── NotFoundError (LookupError)
+    │   ├── ModelNotFoundError               no such model in the store
+    │   └── VersionNotFoundError             no version / alias matches the spec
+    ├── VersionExistsError                   versions are immutable
+    ├── StoreError                           the store refused an operation
+    ├── IntegrityError                       artifact hash or signature mismatch
+    ├── UnsupportedFormatError               unknown or unusable model format
+    ├── SchemaError (ValueError)             input/output does not match the schema
+    ├── PredictionError                      the model or a processing step raised
+    ├── HandleClosedError                    the handle was closed
+    ├── OverloadedError                      the batching queue is full
+    ├── PredictionTimeoutError (TimeoutError) the call's deadline passed
+    └── GateFailedError                      a promotion gate rejected a version
+
+This module depends on nothing else in embedml.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "EmbedMLError",
+    "InvalidNameError",
+    "ConfigurationError",
+    "NotFoundError",
+    "ModelNotFoundError",
+    "VersionNotFoundError",
+    "VersionExistsError",
+    "StoreError",
+    "IntegrityError",
+    "UnsupportedFormatError",
+    "SchemaError",
+    "PredictionError",
+    "HandleClosedError",
+    "OverloadedError",
+    "PredictionTimeoutError",
+    "GateFailedError",
+]
+
+
+class EmbedMLError(Exception):
+    """Base class of every error raised by embedml."""
+
+
+class InvalidNameError(EmbedMLError, ValueError):
+    """A model name, version string or alias name is not valid."""
+
+
+class ConfigurationError(EmbedMLError, ValueError):
+    """An option given to ``save``, ``load`` or a settings object is invalid; says the allowed range."""
+
+
+class NotFoundError(EmbedMLError, LookupError):
+    """Something asked for is not in the store."""
+
+
+class ModelNotFoundError(NotFoundError):
+    """No model of that name exists in the store. The message lists the models that do."""
+
+
+class VersionNotFoundError(NotFoundError):
+    """No version of the model matches the spec. The message lists versions and aliases."""
+
+
+class VersionExistsError(EmbedMLError, FileExistsError):
+    """A version with that number already exists; versions are immutable."""
+
+
+class StoreError(EmbedMLError):
+    """The store refused an operation (for example deleting a version an alias points to)."""
+
+
+class IntegrityError(EmbedMLError):
+    """An artifact does not match its manifest (hash, size or signature)."""
+
+
+class UnsupportedFormatError(EmbedMLError):
+    """The model format is unknown, cannot be inferred, or its framework is missing."""
+
+
+class SchemaError(EmbedMLError, ValueError):
+    """An input or output does not match the schema.
+
+    Attributes say where: ``field`` (field or tensor name), ``index`` (record index in a
+    batch), ``expected`` and ``got``, and ``model`` / ``version`` once a handle adds them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        index: int | None = None,
+        expected: Any = None,
+        got: Any = None,
+        model: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.index = index
+        self.expected = expected
+        self.got = got
+        self.model = model
+        self.version = version
+
+    def __str__(self) -> str:
+        where = []
+        if self.model is not None:
+            where.append(f"{self.model}@{self.version}")
+        if self.index is not None:
+            where.append(f"record {self.index}")
+        if self.field is not None:
+            where.append(f"field {self.field!r}")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_schema_error, (self.message, self.__dict__))
+
+
+def _rebuild_schema_error(message: str, state: dict[str, Any]) -> SchemaError:
+    err = SchemaError(message)
+    err.__dict__.update(state)
+    return err
+
+
+class PredictionError(EmbedMLError):
+    """The model, or a pre/post-processing step, raised. The original is chained as ``__cause__``.
+
+    ``stage`` is one of ``"preprocess"``, ``"model"``, ``"postprocess"``, ``"output"``.
+    """
+
+    def __init__(self, message: str, *, stage: str = "model", index: int | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.index = index
+
+
+class HandleClosedError(EmbedMLError):
+    """The handle was closed; it serves no more calls."""
+
+
+class OverloadedError(EmbedMLError):
+    """The batching queue is full; the call was refused at once (back off and retry)."""
+
+
+class PredictionTimeoutError(EmbedMLError, TimeoutError):
+    """The call's deadline passed before a result was ready; the request was dropped."""
+
+
+class GateFailedError(EmbedMLError):
+    """A promotion gate rejected a candidate version. ``scores`` holds what was measured."""
+
+    def __init__(self, message: str, *, scores: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.scores = dict(scores or {})

@@ -1,0 +1,99 @@
+"""The loader protocol every model format implements.
+
+A format is one class: it writes an in-memory model to an artifact file (``dump``), and
+turns the verified bytes of an artifact back into a :class:`Runtime` (``load``). A format
+knows nothing about the store, schemas or handles; it only reads what it is given.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..schema import TensorSpec
+
+__all__ = ["FormatOptions", "ModelFormat", "Runtime"]
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """Load-time options a format may use; a format rejects options that do not apply to it.
+
+    * ``method``: the method called on sklearn-style objects (``"predict"``, ``"predict_proba"``).
+    * ``session_options``: ONNX Runtime session settings, a dict of ``SessionOptions``
+      attributes (``{"intra_op_num_threads": 1}``) or a ``SessionOptions`` object.
+    * ``outputs``: ONNX output name(s) to return; one name returns that array, a list a dict.
+    """
+
+    method: str | None = None
+    session_options: Any = None
+    outputs: str | tuple[str, ...] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Runtime(ABC):
+    """A loaded model: turns a batch of inputs into a batch of outputs.
+
+    ``inputs`` is one array (single-input models) or a dict name -> array, each with the
+    batch on axis 0. The result is an array, a dict of arrays or a tuple of arrays, each
+    with one entry per input row. ``predict`` must be safe to call from several threads.
+    """
+
+    #: Input tensor specs the model itself declares (ONNX, torch.export), else ``None``.
+    input_specs: list[TensorSpec] | None = None
+    #: Output tensor specs the model itself declares, else ``None``.
+    output_specs: list[TensorSpec] | None = None
+
+    @abstractmethod
+    def predict(self, inputs: Any) -> Any:
+        """Run the model on a batch."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most runtimes hold nothing
+        """Release what the runtime holds (sessions, threads). Idempotent."""
+
+
+class ModelFormat(ABC):
+    """One model format. Subclass, set ``name`` and ``suffixes``, and register it.
+
+    ``suffixes[0]`` names new artifacts; every suffix is recognised when a file path is saved.
+    ``unsafe_to_load`` marks formats whose loading can run arbitrary code (pickle).
+    """
+
+    name: ClassVar[str]
+    suffixes: ClassVar[tuple[str, ...]]
+    unsafe_to_load: ClassVar[bool] = False
+
+    def claims(self, obj: Any) -> bool:
+        """Whether this format recognises an in-memory object as its own (for ``save``)."""
+        return False
+
+    @abstractmethod
+    def dump(self, obj: Any, path: Path) -> None:
+        """Write ``obj`` to ``path``. Raise :class:`~embedml.UnsupportedFormatError` if it can't."""
+
+    @abstractmethod
+    def load(self, data: bytes, options: FormatOptions) -> Runtime:
+        """Build a runtime from the artifact's verified bytes."""
+
+    def frameworks(self, obj: Any | None = None) -> list[str]:
+        """Distribution names whose versions are stamped into the manifest at save time."""
+        return []
+
+    def tensor_specs(self, obj: Any) -> tuple[list[TensorSpec] | None, list[TensorSpec] | None]:
+        """Input and output specs read from an in-memory model at save time, if it has them."""
+        return None, None
+
+    def __repr__(self) -> str:
+        return f"<format {self.name!r}>"
+
+
+def reject_options(fmt: str, options: FormatOptions, *allowed: str) -> None:
+    """Raise if an option was set that the format ``fmt`` does not use."""
+    from ..errors import UnsupportedFormatError
+
+    for opt in ("method", "session_options", "outputs"):
+        if opt not in allowed and getattr(options, opt) is not None:
+            raise UnsupportedFormatError(f"load option {opt}= does not apply to {fmt} models")

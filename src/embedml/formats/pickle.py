@@ -1,0 +1,108 @@
+"""``pickle`` and ``joblib`` formats: any Python object with ``predict`` (sklearn-style).
+
+Loading a pickle runs code. The store verifies the artifact's SHA-256 before these loaders
+ever see the bytes; see ``docs/security.md``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UnsupportedFormatError
+from .base import FormatOptions, ModelFormat, Runtime, reject_options
+
+__all__ = ["JoblibFormat", "ObjectRuntime", "PickleFormat"]
+
+
+class ObjectRuntime(Runtime):
+    """Calls ``method`` (default ``predict``) of a Python object on each batch.
+
+    A model fitted on a DataFrame (it has ``feature_names_in_``) gets a DataFrame with
+    those column names, so sklearn pipelines with column transformers work on records.
+    """
+
+    def __init__(self, model: Any, method: str | None) -> None:
+        name = method or "predict"
+        fn = getattr(model, name, None)
+        if fn is None and method is None and callable(model):
+            fn = model
+        if not callable(fn):
+            raise UnsupportedFormatError(
+                f"the model ({type(model).__name__}) has no method {name!r}"
+            )
+        self.model = model
+        self._fn = fn
+        self._columns = list(getattr(model, "feature_names_in_", []) or []) or None
+
+    def predict(self, inputs: Any) -> Any:
+        if (
+            self._columns is not None
+            and isinstance(inputs, np.ndarray)
+            and inputs.ndim == 2
+            and inputs.shape[1] == len(self._columns)
+        ):
+            import pandas as pd
+
+            inputs = pd.DataFrame(inputs, columns=self._columns)
+        return self._fn(inputs)
+
+
+def _object_frameworks(obj: Any) -> list[str]:
+    root = type(obj).__module__.split(".")[0] if obj is not None else ""
+    dists = ["numpy"]
+    try:
+        from importlib.metadata import packages_distributions
+
+        dists += packages_distributions().get(root, [])
+    except Exception:  # noqa: BLE001 - stamping versions is best effort
+        pass
+    return sorted(set(dists))
+
+
+class JoblibFormat(ModelFormat):
+    """Python objects saved with ``joblib.dump`` (the default for in-memory objects)."""
+
+    name = "joblib"
+    suffixes = (".joblib",)
+    unsafe_to_load = True
+
+    def claims(self, obj: Any) -> bool:
+        return True  # the fallback for any Python object; checked last
+
+    def dump(self, obj: Any, path: Path) -> None:
+        import joblib
+
+        joblib.dump(obj, path)
+
+    def load(self, data: bytes, options: FormatOptions) -> Runtime:
+        import joblib
+
+        reject_options(self.name, options, "method")
+        return ObjectRuntime(joblib.load(io.BytesIO(data)), options.method)
+
+    def frameworks(self, obj: Any | None = None) -> list[str]:
+        return sorted({"joblib", *_object_frameworks(obj)})
+
+
+class PickleFormat(ModelFormat):
+    """Python objects saved with plain :mod:`pickle` (protocol 5)."""
+
+    name = "pickle"
+    suffixes = (".pkl", ".pickle")
+    unsafe_to_load = True
+
+    def dump(self, obj: Any, path: Path) -> None:
+        with open(path, "wb") as f:
+            pickle.dump(obj, f, protocol=5)
+
+    def load(self, data: bytes, options: FormatOptions) -> Runtime:
+        reject_options(self.name, options, "method")
+        return ObjectRuntime(pickle.loads(data), options.method)  # noqa: S301 - hash verified first
+
+    def frameworks(self, obj: Any | None = None) -> list[str]:
+        return _object_frameworks(obj)

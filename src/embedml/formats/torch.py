@@ -1,0 +1,134 @@
+"""``torchscript`` (``.pt``) and ``torch_export`` (``.pt2``) formats, run on the CPU in eval mode.
+
+PyTorch has deprecated TorchScript; ``torch.export`` programs (``.pt2``) are its successor.
+torch is imported only when such a model is saved or loaded.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UnsupportedFormatError
+from ..schema import TensorSpec
+from .base import FormatOptions, ModelFormat, Runtime, reject_options
+
+__all__ = ["TorchExportFormat", "TorchRuntime", "TorchScriptFormat"]
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise UnsupportedFormatError(
+            "this model needs PyTorch: pip install 'embedml[torch]'"
+        ) from exc
+    return torch
+
+
+def _to_numpy(out: Any) -> Any:
+    if isinstance(out, tuple | list):
+        return tuple(_to_numpy(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _to_numpy(v) for k, v in out.items()}
+    return out.detach().cpu().numpy()
+
+
+class TorchRuntime(Runtime):
+    """Calls a module under ``torch.inference_mode()``; float64 inputs become float32
+    (torch's default dtype) unless the model declares other input dtypes."""
+
+    def __init__(self, module: Any, input_specs: list[TensorSpec] | None) -> None:
+        self._torch = _torch()
+        self.module = module
+        self.input_specs = input_specs
+        self._names = [s.name for s in input_specs] if input_specs else None
+
+    def predict(self, inputs: Any) -> Any:
+        torch = self._torch
+        if isinstance(inputs, dict):
+            arrays = [inputs[n] for n in self._names] if self._names else list(inputs.values())
+        else:
+            arrays = [inputs]
+        tensors = []
+        for a in arrays:
+            a = np.asarray(a)
+            if a.dtype == np.float64 and self.input_specs is None:
+                a = a.astype(np.float32)
+            tensors.append(torch.from_numpy(np.ascontiguousarray(a)))
+        with torch.inference_mode():
+            out = self.module(*tensors)
+        return _to_numpy(out)
+
+
+class TorchScriptFormat(ModelFormat):
+    """``torch.jit.ScriptModule`` objects and ``.pt`` files, loaded with ``torch.jit.load``."""
+
+    name = "torchscript"
+    suffixes = (".pt", ".pth")
+
+    def claims(self, obj: Any) -> bool:
+        torch = sys.modules.get("torch")
+        return torch is not None and isinstance(obj, torch.jit.ScriptModule)
+
+    def dump(self, obj: Any, path: Path) -> None:
+        _torch().jit.save(obj, str(path))
+
+    def load(self, data: bytes, options: FormatOptions) -> Runtime:
+        reject_options(self.name, options)
+        torch = _torch()
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        module.eval()
+        return TorchRuntime(module, None)
+
+    def frameworks(self, obj: Any | None = None) -> list[str]:
+        return ["torch"]
+
+
+def _export_specs(program: Any) -> list[TensorSpec] | None:
+    """Input specs of a ``torch.export`` program (symbolic dims become -1)."""
+    try:
+        user_inputs = set(program.graph_signature.user_inputs)
+        specs = []
+        for node in program.graph.nodes:
+            if node.op == "placeholder" and node.name in user_inputs:
+                val = node.meta["val"]
+                shape = tuple(d if isinstance(d, int) else -1 for d in val.shape)
+                specs.append(TensorSpec(node.name, str(val.dtype).removeprefix("torch."), shape))
+        return specs or None
+    except Exception:  # noqa: BLE001 - specs are a convenience; absent means unchecked
+        return None
+
+
+class TorchExportFormat(ModelFormat):
+    """``torch.export.ExportedProgram`` objects and ``.pt2`` files (``torch.export.save``)."""
+
+    name = "torch_export"
+    suffixes = (".pt2",)
+
+    def claims(self, obj: Any) -> bool:
+        torch = sys.modules.get("torch")
+        return torch is not None and isinstance(obj, torch.export.ExportedProgram)
+
+    def dump(self, obj: Any, path: Path) -> None:
+        _torch().export.save(obj, str(path))
+
+    def load(self, data: bytes, options: FormatOptions) -> Runtime:
+        reject_options(self.name, options)
+        torch = _torch()
+        program = torch.export.load(io.BytesIO(data))
+        specs = _export_specs(program)
+        # A dynamic batch dimension exported as a fixed 1 would refuse batches; leave it open.
+        if specs:
+            specs = [TensorSpec(s.name, s.dtype, (-1, *s.shape[1:])) for s in specs]
+        return TorchRuntime(program.module(), specs)
+
+    def tensor_specs(self, obj: Any) -> tuple[list[TensorSpec] | None, list[TensorSpec] | None]:
+        return _export_specs(obj), None
+
+    def frameworks(self, obj: Any | None = None) -> list[str]:
+        return ["torch"]

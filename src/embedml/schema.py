@@ -1,0 +1,791 @@
+"""Input and output schemas, and their conversion to and from arrays.
+
+Two kinds of schema travel with a version (as JSON in its manifest, so a fresh process
+enforces them without importing the code that saved the model):
+
+* a **record schema**, from a pydantic model describing one record: its fields, in order,
+  become the columns of the feature matrix;
+* a **tensor schema**, one :class:`TensorSpec` per model input (name, dtype, shape with
+  ``-1`` for dynamic dimensions).
+
+Rules (see ``docs/concepts.md``): a missing field is an error; an unknown field is an error
+unless ``allow_extra``; only lossless casts are applied silently (int -> float, narrower or
+wider ints and floats when every value fits); anything else raises :class:`SchemaError`
+naming the field or tensor, the record index, what was expected and what came. With
+``strict=False`` numeric strings, bools and integral floats are also converted.
+Batches are checked column by column with numpy, not one pydantic object per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+import numpy as np
+
+from .errors import SchemaError
+
+__all__ = [
+    "FieldSpec",
+    "NoSchema",
+    "RecordSchema",
+    "SchemaOptions",
+    "Schema",
+    "TensorSchema",
+    "TensorSpec",
+    "cast_array",
+    "schema_from_dict",
+    "schema_to_dict",
+]
+
+_DTYPES = {
+    "float16", "float32", "float64", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "bool", "str", "object",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SchemaOptions:
+    """How strictly inputs are checked (load options of a handle)."""
+
+    strict: bool = True
+    allow_extra: bool = False
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output tensor: ``TensorSpec("x", "float32", (-1, 20))``.
+
+    ``-1`` or ``None`` marks a dynamic dimension; the first dimension is the batch.
+    Raises ``ValueError`` for an unknown dtype or a bad shape.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...] = (-1,)
+
+    def __post_init__(self) -> None:
+        dtype = (
+            "str"
+            if self.dtype in ("string", "<U0")
+            else str(np.dtype(self.dtype))
+            if self.dtype not in _DTYPES
+            else self.dtype
+        )
+        if dtype not in _DTYPES:
+            raise ValueError(
+                f"TensorSpec {self.name!r}: unknown dtype {self.dtype!r}; use one of {sorted(_DTYPES)}"
+            )
+        shape = tuple(-1 if d is None else d for d in self.shape)
+        if not shape or any(not isinstance(d, int | np.integer) or d < -1 or d == 0 for d in shape):
+            raise ValueError(
+                f"TensorSpec {self.name!r}: shape {self.shape!r} must be a non-empty tuple of positive ints or -1/None"
+            )
+        object.__setattr__(self, "dtype", dtype)
+        object.__setattr__(self, "shape", tuple(int(d) for d in shape))
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(object) if self.dtype in ("str", "object") else np.dtype(self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
+        return cls(d["name"], d["dtype"], tuple(d["shape"]))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def cast_array(a: np.ndarray, dtype: np.dtype, *, name: str, strict: bool = True) -> np.ndarray:
+    """Cast ``a`` to ``dtype`` if no value changes, else raise :class:`SchemaError`."""
+    if a.dtype == dtype:
+        return a
+    src, dst = a.dtype.kind, dtype.kind
+    why = ""
+    if dst == "O":
+        if src in "OU":
+            return a.astype(dtype)
+    elif dst == "f":
+        if src in "iu" or (src == "f" and dtype.itemsize >= a.dtype.itemsize):
+            return a.astype(dtype)
+        if src == "f":
+            finite = a[np.isfinite(a)]
+            if finite.size == 0 or np.abs(finite).max() <= np.finfo(dtype).max:
+                return a.astype(dtype)
+            why = f": values beyond the {dtype} range"
+        elif src == "b" and not strict:
+            return a.astype(dtype)
+        elif src in "OU" and not strict:
+            try:
+                return a.astype(dtype)
+            except (TypeError, ValueError):
+                why = ": values are not numbers"
+    elif dst in "iu":
+        if src in "iu" or (src == "f" and not strict) or (src == "b" and not strict):
+            if a.size == 0:
+                return a.astype(dtype)
+            if src == "f" and not np.all(np.isfinite(a) & (np.floor(a) == a)):
+                why = ": values are not whole numbers"
+            else:
+                info = np.iinfo(dtype)
+                if a.min() >= info.min and a.max() <= info.max:
+                    return a.astype(dtype)
+                why = f": values beyond the {dtype} range"
+    elif dst == "b" and src in "iu" and not strict and np.isin(a, (0, 1)).all():
+        return a.astype(dtype)
+    raise SchemaError(
+        f"expected dtype {dtype}, got {a.dtype}{why}",
+        field=name,
+        expected=str(dtype),
+        got=str(a.dtype),
+    )
+
+
+# ---------------------------------------------------------------- record schemas
+
+_NUMBER_TYPES = frozenset(
+    {
+        float,
+        int,
+        np.float64,
+        np.float32,
+        np.float16,
+        np.int64,
+        np.int32,
+        np.int16,
+        np.int8,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+    }
+)
+_INT_TYPES = frozenset(
+    {int, np.int64, np.int32, np.int16, np.int8, np.uint8, np.uint16, np.uint32, np.uint64}
+)
+_KIND_TYPES = {
+    "number": _NUMBER_TYPES,
+    "integer": _INT_TYPES,
+    "boolean": frozenset({bool, np.bool_}),
+    "string": frozenset({str}),
+}
+_KIND_PY = {"number": float, "integer": int, "boolean": bool, "string": str}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of a record schema, in the portable form stored in manifests."""
+
+    name: str
+    kind: Literal["number", "integer", "boolean", "string"]
+    nullable: bool = False
+    enum: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: float | None = None
+    exclusive_maximum: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        for key in (
+            "nullable",
+            "enum",
+            "minimum",
+            "maximum",
+            "exclusive_minimum",
+            "exclusive_maximum",
+        ):
+            value = getattr(self, key)
+            if value not in (None, False):
+                d[key] = list(value) if key == "enum" else value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FieldSpec:
+        kwargs = dict(d)
+        if kwargs.get("enum") is not None:
+            kwargs["enum"] = tuple(kwargs["enum"])
+        return cls(**kwargs)
+
+    def coerce(self, value: Any, index: int | None, strict: bool) -> Any:
+        """Slow path for one value whose type is not already allowed: convert or raise."""
+        if value is None and self.nullable:
+            return np.nan if self.kind == "number" else None
+        if not strict:
+            try:
+                if self.kind == "number" and isinstance(value, bool | str | np.bool_):
+                    return float(value)
+                if (
+                    self.kind == "integer"
+                    and isinstance(value, float | str | np.floating)
+                    and float(value).is_integer()
+                ):
+                    return int(float(value))
+                if self.kind == "boolean" and value in (0, 1, "true", "false", "True", "False"):
+                    return value in (1, "true", "True")
+            except (TypeError, ValueError):
+                pass
+        if self.kind == "number" and isinstance(value, np.floating | np.integer):
+            return float(value)
+        if (
+            self.kind == "integer"
+            and isinstance(value, float)
+            and value.is_integer()
+            and not strict
+        ):
+            return int(value)
+        expected = (
+            "a number"
+            if self.kind == "number"
+            else f"{'an' if self.kind == 'integer' else 'a'} {self.kind}"
+        )
+        if self.nullable:
+            expected += " or null"
+        raise SchemaError(
+            f"expected {expected}, got {_describe(value)}",
+            field=self.name,
+            index=index,
+            expected=self.kind,
+            got=type(value).__name__,
+        )
+
+    def py_type(self) -> Any:
+        t: Any = Literal[self.enum] if self.enum else _KIND_PY[self.kind]  # type: ignore[valid-type]
+        return Optional[t] if self.nullable else t  # noqa: UP045 - runtime type construction
+
+
+def _field_from_json(name: str, prop: Mapping[str, Any], defs: Mapping[str, Any]) -> FieldSpec:
+    prop = dict(prop)
+    if "$ref" in prop:
+        prop = {**defs[prop.pop("$ref").rsplit("/", 1)[-1]], **prop}
+    nullable = False
+    if "anyOf" in prop:
+        options = [o for o in prop["anyOf"] if o.get("type") != "null"]
+        nullable = len(options) < len(prop["anyOf"])
+        if len(options) != 1:
+            raise SchemaError(
+                f"unions of several types are not supported (got {prop['anyOf']})", field=name
+            )
+        inner = options[0]
+        if "$ref" in inner:
+            inner = {**defs[inner["$ref"].rsplit("/", 1)[-1]]}
+        prop = {**{k: v for k, v in prop.items() if k != "anyOf"}, **inner}
+    enum = prop.get("enum")
+    if "const" in prop:
+        enum = [prop["const"]]
+    kind = prop.get("type")
+    if kind is None and enum:
+        kind = "string" if all(isinstance(e, str) for e in enum) else "number"
+    if kind not in _KIND_TYPES:
+        raise SchemaError(
+            f"type {kind!r} is not supported in a record schema; use float, int, bool, str or Literal",
+            field=name,
+        )
+    return FieldSpec(
+        name=name, kind=kind, nullable=nullable, enum=tuple(enum) if enum else None,
+        minimum=prop.get("minimum"), maximum=prop.get("maximum"),
+        exclusive_minimum=prop.get("exclusiveMinimum"), exclusive_maximum=prop.get("exclusiveMaximum"),
+    )  # fmt: skip
+
+
+class RecordSchema:
+    """A schema for one record: named, typed fields that form one row of the feature matrix.
+
+    Build it from a pydantic model class (:meth:`from_model`) or from its stored form
+    (:meth:`from_dict`). All-numeric schemas give a ``float64`` matrix; a schema with any
+    string field gives an ``object`` matrix.
+    """
+
+    kind = "record"
+
+    def __init__(self, fields: Sequence[FieldSpec], title: str = "Record") -> None:
+        if not fields:
+            raise SchemaError("a record schema needs at least one field")
+        self.fields = tuple(fields)
+        self.title = title
+        self.names = tuple(f.name for f in self.fields)
+        self._index = {n: i for i, n in enumerate(self.names)}
+        self._fast = tuple((f.name, _KIND_TYPES[f.kind], f) for f in self.fields)
+        numeric = all(f.kind != "string" for f in self.fields)
+        self.dtype = np.dtype(np.float64) if numeric else np.dtype(object)
+        lo = [
+            max(x for x in (f.minimum, f.exclusive_minimum, -np.inf) if x is not None)
+            for f in self.fields
+        ]
+        hi = [
+            min(x for x in (f.maximum, f.exclusive_maximum, np.inf) if x is not None)
+            for f in self.fields
+        ]
+        self._bounded = numeric and any(np.isfinite(lo + hi))
+        self._lo, self._hi = np.array(lo), np.array(hi)
+        self._excl_lo = np.array([f.exclusive_minimum is not None for f in self.fields])
+        self._excl_hi = np.array([f.exclusive_maximum is not None for f in self.fields])
+        self._enums = [(j, f) for j, f in enumerate(self.fields) if f.enum]
+        self._model: Any = None
+
+    @classmethod
+    def from_model(cls, model: type) -> RecordSchema:
+        """Read the fields of a pydantic model class (in declaration order)."""
+        js = model.model_json_schema()  # type: ignore[attr-defined]
+        defs = js.get("$defs", {})
+        props = js.get("properties", {})
+        return cls(
+            [_field_from_json(n, p, defs) for n, p in props.items()],
+            title=js.get("title", model.__name__),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "record", "title": self.title, "fields": [f.to_dict() for f in self.fields]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RecordSchema:
+        return cls([FieldSpec.from_dict(f) for f in d["fields"]], title=d.get("title", "Record"))
+
+    def __repr__(self) -> str:
+        return f"RecordSchema({', '.join(f'{f.name}: {f.kind}' for f in self.fields)})"
+
+    # -- inputs
+    def one(self, record: Any, opts: SchemaOptions) -> np.ndarray:
+        """Validate one record (dict, pydantic instance or 1-D array) into a 1-row matrix."""
+        if type(record) is not dict:
+            if isinstance(record, np.ndarray):
+                if record.ndim != 1:
+                    raise SchemaError(
+                        f"expected one record (1-D array of {len(self.fields)} values), got an array of shape {record.shape}"
+                    )
+                return self._from_array(record[None, :], opts)
+            record = self._as_mapping(record, None)
+        values = []
+        strict = opts.strict
+        try:
+            for name, allowed, spec in self._fast:
+                v = record[name]
+                values.append(v if type(v) in allowed else spec.coerce(v, None, strict))
+        except KeyError:
+            self._missing(record, None)
+        if len(record) != len(self._fast) and not opts.allow_extra:
+            self._unknown(record, None)
+        m = np.array([values], dtype=self.dtype)
+        self._check_values(m, 0)
+        return m
+
+    def many(self, records: Any, opts: SchemaOptions) -> np.ndarray:
+        """Validate a batch (list of records, 2-D array or DataFrame) into a matrix."""
+        if isinstance(records, np.ndarray):
+            return self._from_array(records, opts)
+        if type(records).__module__.startswith("pandas"):
+            return self._from_frame(records, opts)
+        if (
+            isinstance(records, Mapping)
+            or not isinstance(records, Sequence | np.ndarray)
+            and not hasattr(records, "__iter__")
+        ):
+            raise SchemaError(
+                "predict_batch expects a list of records, a 2-D array or a DataFrame; got one record, use predict()"
+            )
+        rows = [r if type(r) is dict else self._as_mapping(r, i) for i, r in enumerate(records)]
+        if not rows:
+            raise SchemaError("the batch is empty")
+        cols = []
+        for name, allowed, spec in self._fast:
+            try:
+                col = [r[name] for r in rows]
+            except KeyError:
+                for i, r in enumerate(rows):
+                    if name not in r:
+                        self._missing(r, i)
+                raise
+            if not all(type(v) in allowed for v in col):
+                col = [
+                    v if type(v) in allowed else spec.coerce(v, i, opts.strict)
+                    for i, v in enumerate(col)
+                ]
+            cols.append(col)
+        if not opts.allow_extra:
+            n = len(self._fast)
+            for i, r in enumerate(rows):
+                if len(r) != n:
+                    self._unknown(r, i)
+        m = np.empty((len(rows), len(cols)), dtype=self.dtype)
+        for j, col in enumerate(cols):
+            m[:, j] = col
+        self._check_values(m, None)
+        return m
+
+    def _as_mapping(self, record: Any, index: int | None) -> Mapping[str, Any]:
+        if isinstance(record, Mapping):
+            return record
+        dump = getattr(record, "model_dump", None)
+        if callable(dump):
+            return dump()
+        raise SchemaError(
+            f"expected a record (dict with fields {list(self.names)}), got {_describe(record)}",
+            index=index,
+        )
+
+    def _missing(self, record: Mapping[str, Any], index: int | None) -> None:
+        name = next(n for n in self.names if n not in record)
+        raise SchemaError("required field is missing", field=name, index=index, expected=self.kind)
+
+    def _unknown(self, record: Mapping[str, Any], index: int | None) -> None:
+        extra = sorted(k for k in record if k not in self._index)
+        raise SchemaError(
+            f"unknown field(s) {extra}; expected only {list(self.names)} (load with allow_extra=True to ignore them)",
+            field=str(extra[0]) if extra else None, index=index,
+        )  # fmt: skip
+
+    def _from_array(self, a: np.ndarray, opts: SchemaOptions) -> np.ndarray:
+        if a.ndim != 2 or a.shape[1] != len(self.fields):
+            raise SchemaError(
+                f"expected a 2-D array with {len(self.fields)} columns ({', '.join(self.names)}), got shape {a.shape}"
+            )
+        if self.dtype.kind == "f":
+            try:
+                m = cast_array(a, self.dtype, name="(array)", strict=opts.strict)
+            except SchemaError as exc:
+                raise SchemaError(
+                    f"{exc.message}; the columns are {list(self.names)}",
+                    expected=exc.expected,
+                    got=exc.got,
+                ) from None
+            for j, f in enumerate(self.fields):
+                if f.kind == "integer" and not np.all(np.floor(m[:, j]) == m[:, j]):
+                    i = int(np.argmax(np.floor(m[:, j]) != m[:, j]))
+                    raise SchemaError(
+                        f"expected an integer, got {_plain(m[i, j])!r}", field=f.name, index=i
+                    )
+        else:
+            m = a.astype(object)
+            for j, (_, allowed, spec) in enumerate(self._fast):
+                for i, v in enumerate(m[:, j]):
+                    if type(v) not in allowed:
+                        m[i, j] = spec.coerce(v, i, opts.strict)
+        self._check_values(m, None)
+        return m
+
+    def _from_frame(self, df: Any, opts: SchemaOptions) -> np.ndarray:
+        missing = [n for n in self.names if n not in df.columns]
+        if missing:
+            raise SchemaError(
+                f"required column is missing (columns: {list(df.columns)})", field=missing[0]
+            )
+        extra = [c for c in df.columns if c not in self._index]
+        if extra and not opts.allow_extra:
+            raise SchemaError(
+                f"unknown column(s) {extra}; expected only {list(self.names)} (load with allow_extra=True to ignore them)",
+                field=str(extra[0]),
+            )
+        m = np.empty((len(df), len(self.fields)), dtype=self.dtype)
+        for j, (name, allowed, spec) in enumerate(self._fast):
+            col = df[name].to_numpy()
+            if col.dtype.kind in "fiu" and spec.kind in ("number", "integer"):
+                if spec.kind == "integer" and col.dtype.kind == "f":
+                    col = cast_array(col, np.dtype(np.int64), name=name, strict=opts.strict)
+                m[:, j] = col
+            else:
+                m[:, j] = [
+                    v if type(v) in allowed else spec.coerce(v, i, opts.strict)
+                    for i, v in enumerate(col.tolist())
+                ]
+        self._check_values(m, None)
+        return m
+
+    def _check_values(self, m: np.ndarray, index: int | None) -> None:
+        if self._bounded:
+            with np.errstate(invalid="ignore"):
+                low = np.where(self._excl_lo, m <= self._lo, m < self._lo)
+                high = np.where(self._excl_hi, m >= self._hi, m > self._hi)
+            bad = low | high
+            if bad.any():
+                i, j = (int(x) for x in np.argwhere(bad)[0])
+                f = self.fields[j]
+                rng = f"[{f.minimum if f.minimum is not None else f.exclusive_minimum}, {f.maximum if f.maximum is not None else f.exclusive_maximum}]"
+                raise SchemaError(
+                    f"value {_plain(m[i, j])!r} is out of range {rng}",
+                    field=f.name,
+                    index=index if index is not None else i,
+                    got=m[i, j],
+                )
+        for j, f in self._enums:
+            col = m[:, j]
+            ok = np.isin(col, np.array(f.enum, dtype=object)) | (
+                np.array([v is None for v in col]) if f.nullable else False
+            )
+            if not ok.all():
+                i = int(np.argmin(ok))
+                raise SchemaError(
+                    f"expected one of {list(f.enum)}, got {col[i]!r}",
+                    field=f.name,
+                    index=index if index is not None else i,
+                    got=col[i],
+                )
+
+    # -- outputs
+    def pydantic_model(self) -> type:
+        """A pydantic model class rebuilt from the stored fields (cached)."""
+        if self._model is None:
+            from pydantic import Field, create_model
+
+            defs: dict[str, Any] = {}
+            for f in self.fields:
+                bounds = {
+                    "ge": f.minimum,
+                    "le": f.maximum,
+                    "gt": f.exclusive_minimum,
+                    "lt": f.exclusive_maximum,
+                }
+                defs[f.name] = (
+                    f.py_type(),
+                    Field(**{k: v for k, v in bounds.items() if v is not None}),
+                )
+            self._model = create_model(self.title, **defs)
+        return self._model
+
+    def outputs(self, out: Any, n: int) -> list[Any]:
+        """Turn a batch of raw outputs into ``n`` validated instances of the output schema."""
+        from pydantic import ValidationError
+
+        cols = self._output_columns(out, n)
+        model = self.pydantic_model()
+        result = []
+        for i, row in enumerate(zip(*cols)):
+            try:
+                result.append(model.model_validate(dict(zip(self.names, row))))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                name = str(err["loc"][0]) if err.get("loc") else None
+                raise SchemaError(
+                    f"output does not match the output schema: {err['msg']}", field=name, index=i
+                ) from None
+        return result
+
+    def _output_columns(self, out: Any, n: int) -> list[list[Any]]:
+        if isinstance(out, Mapping):
+            missing = [k for k in self.names if k not in out]
+            if missing:
+                raise SchemaError(
+                    f"the model's outputs {list(out)} have no {missing[0]!r} for the output schema",
+                    field=missing[0],
+                )
+            return [_tolist(out[k], n) for k in self.names]
+        a = np.asarray(out) if not isinstance(out, tuple) else None
+        if a is None:
+            if len(out) != len(self.names):
+                raise SchemaError(
+                    f"the model returned {len(out)} outputs; the output schema has {len(self.names)} fields"
+                )
+            return [_tolist(o, n) for o in out]
+        if len(self.names) == 1 and (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
+            return [a.reshape(len(a)).tolist()]
+        if a.ndim == 2 and a.shape[1] == len(self.names):
+            return [a[:, j].tolist() for j in range(a.shape[1])]
+        raise SchemaError(
+            f"the model's output of shape {a.shape} does not map onto the output fields {list(self.names)}"
+        )
+
+
+def _tolist(a: Any, n: int) -> list[Any]:
+    a = np.asarray(a)
+    return (a.reshape(n) if a.ndim == 2 and a.shape[1] == 1 else a).tolist()
+
+
+# ---------------------------------------------------------------- tensor schemas
+
+
+class TensorSchema:
+    """A schema of one or more named tensors (model inputs or outputs)."""
+
+    kind = "tensors"
+
+    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+        if not specs:
+            raise SchemaError("a tensor schema needs at least one TensorSpec")
+        self.specs = tuple(specs)
+        self.single = len(self.specs) == 1
+        self._spec = self.specs[0]
+        self._dtypes = tuple(s.np_dtype for s in self.specs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "tensors", "tensors": [s.to_dict() for s in self.specs]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TensorSchema:
+        return cls([TensorSpec.from_dict(t) for t in d["tensors"]])
+
+    def __repr__(self) -> str:
+        return f"TensorSchema({list(self.specs)})"
+
+    def one(self, record: Any, opts: SchemaOptions) -> Any:
+        """Validate one example (without the batch dimension) into a batch of one."""
+        if self.single:
+            a = record if isinstance(record, np.ndarray) else _asarray(record, self._spec)
+            if a.ndim == len(self._spec.shape) - 1:
+                a = a[None]
+            elif not (a.ndim == len(self._spec.shape) and a.shape[0] == 1):
+                raise SchemaError(
+                    f"expected one example of shape {self._spec.shape[1:]}, got shape {a.shape}",
+                    field=self._spec.name,
+                    expected=self._spec.shape,
+                    got=a.shape,
+                )
+            return self._check(a, self._spec, self._dtypes[0], opts)
+        batch = {}
+        for spec in self.specs:
+            if not isinstance(record, Mapping) or spec.name not in record:
+                raise SchemaError(
+                    f"expected a dict of input tensors {[s.name for s in self.specs]}",
+                    field=spec.name,
+                )
+            batch[spec.name] = np.asarray(record[spec.name])[None]
+        return self._check_many(batch, record, opts)
+
+    def many(self, records: Any, opts: SchemaOptions) -> Any:
+        """Validate a batch (one array, or a dict name -> array for multi-input models)."""
+        if self.single:
+            a = records if isinstance(records, np.ndarray) else _asarray(records, self._spec)
+            return self._check(a, self._spec, self._dtypes[0], opts)
+        if not isinstance(records, Mapping):
+            raise SchemaError(
+                f"expected a dict of input tensors {[s.name for s in self.specs]}, got {_describe(records)}"
+            )
+        return self._check_many(
+            {k: np.asarray(v) for k, v in records.items() if k in {s.name for s in self.specs}},
+            records,
+            opts,
+        )
+
+    def _check_many(
+        self, batch: dict[str, np.ndarray], given: Mapping[str, Any], opts: SchemaOptions
+    ) -> dict[str, np.ndarray]:
+        names = [s.name for s in self.specs]
+        extra = [k for k in given if k not in names]
+        if extra and not opts.allow_extra:
+            raise SchemaError(f"unknown input(s) {extra}; expected {names}", field=str(extra[0]))
+        out = {}
+        for spec, dtype in zip(self.specs, self._dtypes):
+            if spec.name not in batch:
+                raise SchemaError("required input tensor is missing", field=spec.name)
+            out[spec.name] = self._check(batch[spec.name], spec, dtype, opts)
+        rows = {len(v) for v in out.values()}
+        if len(rows) > 1:
+            raise SchemaError(f"input tensors have different batch sizes {sorted(rows)}")
+        return out
+
+    @staticmethod
+    def _check(a: np.ndarray, spec: TensorSpec, dtype: np.dtype, opts: SchemaOptions) -> np.ndarray:
+        shape = spec.shape
+        if a.ndim != len(shape):
+            raise SchemaError(
+                f"expected {len(shape)} dimensions (shape {shape}), got {a.ndim} (shape {a.shape})",
+                field=spec.name,
+                expected=shape,
+                got=a.shape,
+            )
+        for axis, (want, got) in enumerate(zip(shape, a.shape)):
+            if want != -1 and want != got and axis > 0:
+                raise SchemaError(
+                    f"dimension {axis} must be {want}, got {got} (expected shape {shape}, got {a.shape})",
+                    field=spec.name,
+                    expected=shape,
+                    got=a.shape,
+                )
+        if a.dtype != dtype:
+            a = cast_array(a, dtype, name=spec.name, strict=opts.strict)
+        return a
+
+    def check_output(self, out: Any, n: int) -> Any:
+        """Check raw outputs against the output tensor specs; returns them unchanged."""
+        if self.single and not isinstance(out, Mapping | tuple):
+            outs = {self._spec.name: np.asarray(out)}
+        elif isinstance(out, Mapping):
+            outs = {k: np.asarray(v) for k, v in out.items()}
+        else:
+            outs = {s.name: np.asarray(v) for s, v in zip(self.specs, out)}
+        for spec in self.specs:
+            a = outs.get(spec.name)
+            if a is None:
+                raise SchemaError(f"the model returned no output {spec.name!r}", field=spec.name)
+            try:
+                self._check(a, spec, spec.np_dtype, SchemaOptions(strict=True))
+            except SchemaError as exc:
+                raise SchemaError(
+                    f"output {exc.message}", field=spec.name, expected=exc.expected, got=exc.got
+                ) from None
+        return out
+
+
+def _asarray(value: Any, spec: TensorSpec) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(f"cannot be read as an array: {exc}", field=spec.name) from None
+
+
+class NoSchema:
+    """No declared schema: inputs are taken as arrays, with the batch on axis 0."""
+
+    kind = "none"
+
+    def one(self, record: Any, opts: SchemaOptions) -> Any:
+        if isinstance(record, np.ndarray):
+            return record[None]
+        if isinstance(record, Mapping):
+            return {k: np.asarray(v)[None] for k, v in record.items()}
+        try:
+            return np.asarray([record])
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(f"cannot be read as an array: {exc}") from None
+
+    def many(self, records: Any, opts: SchemaOptions) -> Any:
+        if isinstance(records, np.ndarray) or type(records).__module__.startswith("pandas"):
+            return records
+        if isinstance(records, Mapping):
+            return {k: np.asarray(v) for k, v in records.items()}
+        try:
+            return np.asarray(records)
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(f"cannot be read as an array: {exc}") from None
+
+    def to_dict(self) -> None:
+        return None
+
+
+Schema = RecordSchema | TensorSchema | NoSchema
+
+
+def schema_to_dict(schema: Any) -> dict[str, Any] | None:
+    """The manifest form of a schema given at save time (pydantic class, TensorSpec(s), or None)."""
+    if schema is None:
+        return None
+    if isinstance(schema, RecordSchema | TensorSchema):
+        return schema.to_dict()
+    if isinstance(schema, TensorSpec):
+        return TensorSchema([schema]).to_dict()
+    if isinstance(schema, Sequence) and schema and all(isinstance(s, TensorSpec) for s in schema):
+        return TensorSchema(list(schema)).to_dict()
+    if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
+        return RecordSchema.from_model(schema).to_dict()
+    raise SchemaError(
+        f"a schema must be a pydantic model class, a TensorSpec or a list of them; got {_describe(schema)}"
+    )
+
+
+def schema_from_dict(d: Mapping[str, Any] | None) -> RecordSchema | TensorSchema | None:
+    """Rebuild a schema from its manifest form."""
+    if d is None:
+        return None
+    if d.get("kind") == "record":
+        return RecordSchema.from_dict(d)
+    if d.get("kind") == "tensors":
+        return TensorSchema.from_dict(d)
+    raise SchemaError(f"unknown schema kind {d.get('kind')!r} in manifest")

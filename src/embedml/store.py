@@ -1,0 +1,448 @@
+"""``ModelStore``: versioned model artifacts in a directory. It never loads or runs a model.
+
+Layout::
+
+    root/
+      <name>/
+        <version>/            immutable: the artifact and manifest.json
+          model.onnx
+          manifest.json
+        aliases.json          {"production": "2"}
+        .lock                 serialises alias updates between processes
+
+A version becomes visible in one ``rename`` of a fully written, fsynced temporary folder,
+so a crash mid-save leaves nothing half-visible, and two processes saving the same name
+at once each get their own version (or :class:`VersionExistsError` for an explicit one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from packaging.version import Version
+
+from . import versions as V
+from ._version import __version__
+from .errors import (
+    IntegrityError,
+    InvalidNameError,
+    ModelNotFoundError,
+    StoreError,
+    VersionExistsError,
+    VersionNotFoundError,
+)
+from .formats import format_for_object, format_for_path, get_format
+from .manifest import MANIFEST_FILE, Manifest, environment
+from .schema import TensorSchema, schema_to_dict
+
+if TYPE_CHECKING:
+    from .handle import ModelHandle
+
+__all__ = ["ModelStore", "ModelVersion"]
+
+_ALIASES = "aliases.json"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One saved version: its name, version string, folder and manifest."""
+
+    name: str
+    version: str
+    path: Path
+    manifest: Manifest
+
+    @property
+    def artifact_path(self) -> Path:
+        """The artifact file inside the version folder."""
+        return self.path / self.manifest.artifact
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _check_import_path(value: str | None, what: str) -> str | None:
+    if value is not None and (
+        not isinstance(value, str) or value.count(":") != 1 or not all(value.split(":"))
+    ):
+        raise InvalidNameError(
+            f"{what} must be an import path 'package.module:function', got {value!r}"
+        )
+    return value
+
+
+class ModelStore:
+    """A directory of models, each with immutable PEP 440 versions and movable aliases.
+
+    ``ModelStore(root)`` creates the folder if needed. Alias updates are serialised with
+    an advisory file lock (POSIX ``flock``), so several processes may share one store.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._real_root = self.root.resolve()
+
+    def __repr__(self) -> str:
+        return f"ModelStore({str(self.root)!r})"
+
+    # -- paths
+    def _model_dir(self, name: str) -> Path:
+        path = self.root / V.check_name(name)
+        if path.is_symlink() or (path.exists() and self._real_root not in path.resolve().parents):
+            raise StoreError(f"model folder {path} leaves the store root {self.root}; refusing it")
+        return path
+
+    def _version_dir(self, name: str, version: str) -> Path:
+        return self._model_dir(name) / version
+
+    # -- listing
+    def models(self) -> list[str]:
+        """Names of the models that have at least one version, sorted."""
+        names = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.is_dir() and not entry.name.startswith(".") and self._versions(entry):
+                names.append(entry.name)
+        return names
+
+    @staticmethod
+    def _versions(model_dir: Path) -> list[Version]:
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in model_dir.iterdir():
+                if entry.name[:1].isdigit() and (entry / MANIFEST_FILE).is_file():
+                    with contextlib.suppress(InvalidNameError):
+                        found.append(V.parse_version(entry.name))
+        return sorted(found)
+
+    def versions(self, name: str) -> list[str]:
+        """Versions of ``name``, ascending by PEP 440; raises :class:`ModelNotFoundError`."""
+        found = self._versions(self._model_dir(name))
+        if not found:
+            raise ModelNotFoundError(
+                f"no model {name!r} in {self.root}; models: {self.models() or 'none'}"
+            )
+        return [V.canonical_version(v) for v in found]
+
+    def aliases(self, name: str) -> dict[str, str]:
+        """The aliases of ``name`` and the versions they point to."""
+        path = self._model_dir(name) / _ALIASES
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except json.JSONDecodeError as exc:
+            raise IntegrityError(f"{path} is not valid JSON: {exc}") from exc
+        return {str(k): str(v) for k, v in data.items()}
+
+    # -- resolving
+    def manifest(self, name: str, version: str) -> Manifest:
+        """Read the manifest of one exact version."""
+        path = self._version_dir(name, version) / MANIFEST_FILE
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise self._not_found(name, version) from None
+        manifest = Manifest.from_json(text, where=str(path))
+        if manifest.name != name or V.canonical_version(manifest.version) != version:
+            raise IntegrityError(
+                f"{path} describes {manifest.name}@{manifest.version}, not {name}@{version}"
+            )
+        artifact = Path(manifest.artifact)
+        if artifact.name != manifest.artifact or artifact.name in ("", ".", "..", MANIFEST_FILE):
+            raise IntegrityError(
+                f"{path}: artifact {manifest.artifact!r} must be a file name inside the version folder"
+            )
+        return manifest
+
+    def resolve(self, name: str, spec: str | int | Version | None = "latest") -> ModelVersion:
+        """The version that ``spec`` picks: ``"latest"``, ``"1.2"``, ``">=1,<2"`` or ``"@alias"``.
+
+        Raises :class:`ModelNotFoundError` or :class:`VersionNotFoundError` (whose message
+        lists the versions and aliases that exist), or :class:`InvalidNameError`.
+        """
+        parsed = V.parse_spec(spec)
+        existing = self._versions(self._model_dir(name))
+        if not existing:
+            raise ModelNotFoundError(
+                f"no model {name!r} in {self.root}; models: {self.models() or 'none'}"
+            )
+        if parsed.alias is not None:
+            target = self.aliases(name).get(parsed.alias)
+            if target is None:
+                raise self._not_found(name, parsed.text)
+            chosen: Version | None = V.parse_version(target)
+        else:
+            chosen = V.select(parsed, existing)
+        if chosen is None:
+            raise self._not_found(name, parsed.text)
+        version = V.canonical_version(chosen)
+        return ModelVersion(
+            name, version, self._version_dir(name, version), self.manifest(name, version)
+        )
+
+    def _not_found(self, name: str, spec: str) -> VersionNotFoundError:
+        existing = [V.canonical_version(v) for v in self._versions(self._model_dir(name))]
+        aliases = self.aliases(name)
+        alias_text = ", ".join(f"@{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
+        return VersionNotFoundError(
+            f"no version of {name!r} matches {spec!r}; versions: {', '.join(existing) or 'none'}; aliases: {alias_text}"
+        )
+
+    # -- saving
+    def save(
+        self,
+        name: str,
+        model: Any,
+        *,
+        version: str | int | None = None,
+        format: str | None = None,
+        input_schema: Any = None,
+        output_schema: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        preprocess: str | None = None,
+        postprocess: str | None = None,
+    ) -> ModelVersion:
+        """Save ``model`` as a new immutable version of ``name`` and return it.
+
+        ``model`` is a Python object (joblib by default, ``format="pickle"`` for pickle), an
+        ``onnx.ModelProto`` or ONNX bytes, a ``torch.jit.ScriptModule``, a
+        ``torch.export.ExportedProgram``, or a path to a ``.onnx``/``.pt``/``.pt2``/``.pkl``/
+        ``.joblib`` file. ``version=None`` takes the next major version. Schemas are a
+        pydantic model class (one record) or :class:`TensorSpec` (or a list of them).
+        ``preprocess`` / ``postprocess`` are import paths ``"package.module:function"``.
+
+        Raises :class:`VersionExistsError`, :class:`InvalidNameError`,
+        :class:`UnsupportedFormatError` or :class:`SchemaError`.
+        """
+        model_dir = self._model_dir(name)
+        is_path = isinstance(model, str | os.PathLike)
+        if format is not None:
+            fmt = get_format(format)
+        elif is_path:
+            fmt = format_for_path(model)
+        else:
+            fmt = format_for_object(model)
+        explicit = V.canonical_version(version) if version is not None else None
+        in_schema = schema_to_dict(input_schema)
+        if in_schema is None and not is_path:
+            specs, _ = fmt.tensor_specs(model)
+            in_schema = TensorSchema(specs).to_dict() if specs else None
+        out_schema = schema_to_dict(output_schema)
+        _check_import_path(preprocess, "preprocess")
+        _check_import_path(postprocess, "postprocess")
+        try:
+            json.dumps(dict(metadata or {}))
+        except (TypeError, ValueError) as exc:
+            raise InvalidNameError(f"metadata must be JSON-serialisable: {exc}") from None
+
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            artifact = "model" + fmt.suffixes[0]
+            if is_path:
+                src = Path(model)
+                if not src.is_file():
+                    raise StoreError(f"no model file at {src}")
+                shutil.copyfile(src, tmp / artifact)
+            else:
+                fmt.dump(model, tmp / artifact)
+            digest = sha256_file(tmp / artifact)
+            with open(tmp / artifact, "rb+") as f:
+                os.fsync(f.fileno())
+            fields = {
+                "name": name, "format": fmt.name, "artifact": artifact, "sha256": digest,
+                "size": (tmp / artifact).stat().st_size, "input_schema": in_schema,
+                "output_schema": out_schema, "preprocess": preprocess, "postprocess": postprocess,
+                "metadata": dict(metadata or {}), "embedml": __version__,
+                "frameworks": environment(fmt.frameworks(None if is_path else model)),
+            }  # fmt: skip
+            return self._publish(model_dir, tmp, fields, explicit)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _publish(
+        self, model_dir: Path, tmp: Path, fields: dict[str, Any], explicit: str | None
+    ) -> ModelVersion:
+        """Rename the finished folder into place; on a clash take the next major version."""
+        for _ in range(1000):
+            version = explicit or V.next_major(self._versions(model_dir))
+            manifest = Manifest(version=version, **fields)
+            _write_atomic(tmp / MANIFEST_FILE, manifest.to_json().encode())
+            final = model_dir / version
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if explicit is not None:
+                    raise VersionExistsError(
+                        f"{fields['name']}@{explicit} already exists; versions are immutable, save a new version"
+                    ) from None
+                continue
+            _fsync_dir(model_dir)
+            return ModelVersion(fields["name"], version, final, manifest)
+        raise StoreError(f"could not find a free version number for {fields['name']!r}")
+
+    # -- aliases
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        model_dir = self._model_dir(name)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        with open(model_dir / ".lock", "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def set_alias(self, name: str, alias: str, version: str | int) -> ModelVersion:
+        """Point ``alias`` (e.g. ``"production"``) at an existing version; returns that version."""
+        alias = V.check_alias(alias)
+        with self._lock(name):
+            target = self.resolve(name, V.canonical_version(version))
+            aliases = self.aliases(name)
+            aliases[alias] = target.version
+            _write_atomic(
+                self._model_dir(name) / _ALIASES,
+                json.dumps(aliases, indent=2, sort_keys=True).encode(),
+            )
+        return target
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        """Remove an alias; raises :class:`VersionNotFoundError` if it does not exist."""
+        alias = V.check_alias(alias)
+        with self._lock(name):
+            aliases = self.aliases(name)
+            if aliases.pop(alias, None) is None:
+                raise self._not_found(name, f"@{alias}")
+            _write_atomic(
+                self._model_dir(name) / _ALIASES,
+                json.dumps(aliases, indent=2, sort_keys=True).encode(),
+            )
+
+    def delete(self, name: str, version: str | int) -> None:
+        """Delete one version. Refuses (:class:`StoreError`) while an alias points to it."""
+        with self._lock(name):
+            target = self.resolve(name, V.canonical_version(version))
+            pointing = sorted(a for a, v in self.aliases(name).items() if v == target.version)
+            if pointing:
+                raise StoreError(
+                    f"{target} is in use by alias(es) {', '.join('@' + a for a in pointing)}; move them first"
+                )
+            trash = target.path.with_name(f".trash-{uuid.uuid4().hex}")
+            os.rename(target.path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    # -- reading artifacts
+    def read_artifact(self, mv: ModelVersion) -> bytes:
+        """The artifact's bytes, after checking size and SHA-256 against the manifest.
+
+        The bytes returned are the ones hashed, so nothing can change the file between the
+        check and the load. Raises :class:`IntegrityError` on any mismatch.
+        """
+        path = mv.artifact_path
+        real = path.resolve()
+        if (
+            path.is_symlink()
+            or real.parent != mv.path.resolve()
+            or self._real_root not in real.parents
+        ):
+            raise IntegrityError(
+                f"artifact of {mv} ({path}) points outside its version folder; refusing it"
+            )
+        try:
+            data = real.read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(f"artifact of {mv} is missing: {path}") from None
+        if len(data) != mv.manifest.size:
+            raise IntegrityError(
+                f"artifact of {mv} has {len(data)} bytes, the manifest says {mv.manifest.size}; it was changed or truncated, not loading it"
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != mv.manifest.sha256:
+            raise IntegrityError(
+                f"artifact of {mv} has SHA-256 {digest[:16]}..., the manifest says {mv.manifest.sha256[:16]}...; it was changed after saving, not loading it"
+            )
+        return data
+
+    def verify(self, name: str | None = None) -> dict[str, str | None]:
+        """Re-hash every artifact (of ``name``, or of all models): ``{"name@version": error or None}``."""
+        report: dict[str, str | None] = {}
+        for model in [name] if name else self.models():
+            for version in self.versions(model):
+                key = f"{model}@{version}"
+                try:
+                    self.read_artifact(self.resolve(model, version))
+                    report[key] = None
+                except IntegrityError as exc:
+                    report[key] = str(exc)
+        return report
+
+    # -- loading (delegated: the store itself never loads a model)
+    def load(
+        self,
+        name: str,
+        version: str | int = "latest",
+        *,
+        method: str | None = None,
+        session_options: Any = None,
+        outputs: str | list[str] | None = None,
+        preprocess: Any = None,
+        postprocess: Any = None,
+        strict: bool = True,
+        allow_extra: bool = False,
+    ) -> ModelHandle:
+        """Resolve ``version`` and open a :class:`~embedml.ModelHandle` on it.
+
+        Options: ``method`` (sklearn-style objects: ``"predict"``, ``"predict_proba"``...),
+        ``session_options`` (ONNX Runtime, dict or ``SessionOptions``), ``outputs`` (ONNX
+        output name or names), ``preprocess`` / ``postprocess`` (callables on a batch;
+        override the manifest's), ``strict`` (only lossless casts), ``allow_extra`` (ignore
+        unknown fields). An unknown option is a ``TypeError``. Raises the errors of
+        :meth:`resolve` and :meth:`read_artifact`, and :class:`UnsupportedFormatError`.
+        """
+        from .handle import LoadOptions, ModelHandle
+
+        options = LoadOptions(
+            method=method, session_options=session_options, outputs=outputs, preprocess=preprocess,
+            postprocess=postprocess, strict=strict, allow_extra=allow_extra,
+        )  # fmt: skip
+        return ModelHandle.open(self, self.resolve(name, version), options)

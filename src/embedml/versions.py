@@ -1,0 +1,130 @@
+"""The one rule for names, versions, specifiers and aliases.
+
+* Model names: letters, digits, ``-``, ``_`` and ``.``; they start with a letter or digit,
+  so ``..`` or a path separator can never appear.
+* Versions are PEP 440 (:class:`packaging.version.Version`) and compare as such:
+  ``"1.10" > "1.9"``; ``"1.0"`` and ``"1"`` are the same version, stored as ``"1"``.
+* Alias names start with a letter, versions with a digit, so ``fraud@production`` and
+  ``fraud@1.2`` are never ambiguous.
+* A *spec* is ``"latest"``, an exact version (``"1.2"``), a PEP 440 specifier
+  (``">=1.2,<2"``), or an alias written ``"@production"``.
+* ``"latest"`` follows pip: the highest final release, or the highest pre-release when
+  there is no final release.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_version
+from packaging.version import InvalidVersion, Version
+
+from .errors import InvalidNameError
+
+__all__ = [
+    "Spec",
+    "canonical_version",
+    "check_alias",
+    "check_name",
+    "next_major",
+    "parse_spec",
+    "parse_version",
+    "select",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$")
+_RESERVED_ALIASES = frozenset({"latest"})
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid model name, else raise :class:`InvalidNameError`."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise InvalidNameError(
+            f"invalid model name {name!r}: use letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit (no path separators, no '..')"
+        )
+    return name
+
+
+def check_alias(alias: str) -> str:
+    """Return ``alias`` (without a leading ``@``) if valid, else raise :class:`InvalidNameError`."""
+    if isinstance(alias, str) and alias.startswith("@"):
+        alias = alias[1:]
+    if not isinstance(alias, str) or not _ALIAS.match(alias) or ".." in alias:
+        raise InvalidNameError(
+            f"invalid alias {alias!r}: an alias starts with a letter and has letters, "
+            "digits, '-', '_' and '.'"
+        )
+    if alias in _RESERVED_ALIASES:
+        raise InvalidNameError(f"{alias!r} is reserved and cannot be an alias")
+    return alias
+
+
+def parse_version(version: str | int | Version) -> Version:
+    """Parse a PEP 440 version; raise :class:`InvalidNameError` if it is not one."""
+    if isinstance(version, Version):
+        return version
+    text = str(version)
+    if not text[:1].isdigit():
+        raise InvalidNameError(f"invalid version {text!r}: a version starts with a digit")
+    try:
+        return Version(text)
+    except InvalidVersion:
+        raise InvalidNameError(f"invalid version {text!r}: not a PEP 440 version") from None
+
+
+def canonical_version(version: str | int | Version) -> str:
+    """The one spelling a version is stored under (``"1.0"`` -> ``"1"``)."""
+    return canonicalize_version(parse_version(version), strip_trailing_zero=True)
+
+
+def next_major(existing: Iterable[Version]) -> str:
+    """The next major version after the highest existing one (``"1"`` when none)."""
+    top = max(existing, default=None)
+    return "1" if top is None else str(top.major + 1)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed version spec: exactly one of ``alias``, ``exact`` or ``specifier`` is set."""
+
+    text: str
+    alias: str | None = None
+    exact: Version | None = None
+    specifier: SpecifierSet | None = None
+
+
+def parse_spec(spec: str | int | Version | None) -> Spec:
+    """Parse ``"latest"``, ``"1.2"``, ``">=1,<2"`` or ``"@production"`` into a :class:`Spec`."""
+    if spec is None:
+        spec = "latest"
+    if isinstance(spec, Version | int):
+        return Spec(str(spec), exact=parse_version(spec))
+    text = str(spec).strip()
+    if text == "latest":
+        return Spec(text, specifier=SpecifierSet(""))
+    if text.startswith("@"):
+        return Spec(text, alias=check_alias(text))
+    if text[:1].isdigit():
+        return Spec(text, exact=parse_version(text))
+    try:
+        return Spec(text, specifier=SpecifierSet(text))
+    except InvalidSpecifier:
+        raise InvalidNameError(
+            f"invalid version spec {text!r}: use 'latest', a version such as '1.2', "
+            "a specifier such as '>=1.2,<2', or an alias such as '@production'"
+        ) from None
+
+
+def select(spec: Spec, versions: Iterable[Version]) -> Version | None:
+    """The version ``spec`` picks among ``versions`` (aliases are resolved by the store)."""
+    candidates = list(versions)
+    if spec.exact is not None:
+        return spec.exact if spec.exact in candidates else None
+    if spec.specifier is None:
+        raise ValueError("alias specs are resolved by the store, not by select()")
+    return max(spec.specifier.filter(candidates), default=None)
