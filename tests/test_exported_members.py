@@ -18,5 +18,7 @@ def test_all_matches_public_names():
 
 def test_import_is_light():
     code = "import sys, embedml; print(sorted(m for m in ('onnxruntime', 'torch', 'numpy', 'pydantic') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"

@@ -32,7 +32,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .formats import FormatOptions, ModelFormat, Runtime, available_formats, register_format
-    from .handle import HandleState, ModelHandle
+    from .handle import HandleState, ModelHandle, Prediction
     from .manifest import Manifest
     from .schema import RecordSchema, TensorSchema, TensorSpec
     from .store import ModelStore, ModelVersion
@@ -47,6 +47,7 @@ _LAZY = {
     "register_format": "formats",
     "HandleState": "handle",
     "ModelHandle": "handle",
+    "Prediction": "handle",
     "Manifest": "manifest",
     "RecordSchema": "schema",
     "TensorSchema": "schema",
@@ -72,6 +73,7 @@ __all__ = [
     "ModelVersion",
     "NotFoundError",
     "OverloadedError",
+    "Prediction",
     "PredictionError",
     "PredictionTimeoutError",
     "RecordSchema",

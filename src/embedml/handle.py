@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import enum
 import importlib
+import itertools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +37,30 @@ from .tensors import n_rows, take
 if TYPE_CHECKING:
     from .store import ModelStore, ModelVersion
 
-__all__ = ["HandleState", "LoadOptions", "ModelHandle", "Pipeline"]
+__all__ = ["HandleState", "LoadOptions", "ModelHandle", "Pipeline", "Prediction", "new_request_id"]
+
+_ID_PREFIX = os.urandom(4).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A process-unique request id (cheap: a random per-process prefix and a counter)."""
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What ``predict(..., details=True)`` returns: the output and where it came from.
+
+    ``request_id`` identifies the call in prediction records (and for ``log_outcome``);
+    ``version`` is the version that actually produced ``output`` (it can differ from the
+    handle's current version during a hot swap).
+    """
+
+    output: Any
+    request_id: str
+    model: str
+    version: str
 
 
 @dataclass(frozen=True)
@@ -268,32 +293,36 @@ class ModelHandle:
             raise HandleClosedError(f"the handle for {self._pipe.label} is closed")
         return self._pipe
 
-    def predict(self, record: Any) -> Any:
+    def predict(self, record: Any, *, details: bool = False) -> Any:
         """Predict one record (dict, pydantic instance, or array without the batch axis).
 
-        Returns the model's output for that record (output-schema instance when declared).
-        Raises :class:`SchemaError`, :class:`PredictionError`, :class:`HandleClosedError`.
+        Returns the model's output for that record (output-schema instance when declared),
+        or a :class:`Prediction` with ``details=True``. Raises :class:`SchemaError`,
+        :class:`PredictionError`, :class:`HandleClosedError`.
         """
         pipe = self._pipeline()
         batch = pipe.prepare_one(record)
-        return pipe.row(pipe.run(batch, 1), 0)
+        out = pipe.row(pipe.run(batch, 1), 0)
+        return Prediction(out, new_request_id(), pipe.mv.name, pipe.mv.version) if details else out
 
-    def predict_batch(self, records: Any) -> Any:
+    def predict_batch(self, records: Any, *, details: bool = False) -> Any:
         """Predict many records: a list of records, a 2-D array, a DataFrame, or a dict of
         arrays for multi-input models. Returns the batch of outputs (a list of output-schema
-        instances when declared). A bad record raises :class:`SchemaError` with its index.
+        instances when declared), or a :class:`Prediction` with ``details=True`` (one request
+        id for the whole batch). A bad record raises :class:`SchemaError` with its index.
         """
         pipe = self._pipeline()
         batch = pipe.prepare_many(records)
         n = n_rows(batch)
-        return pipe.rows(pipe.run(batch, n), n)
+        out = pipe.rows(pipe.run(batch, n), n)
+        return Prediction(out, new_request_id(), pipe.mv.name, pipe.mv.version) if details else out
 
-    async def apredict(self, record: Any) -> Any:
+    async def apredict(self, record: Any, *, details: bool = False) -> Any:
         """``predict`` for asyncio code: the model runs in a worker thread, not on the loop."""
         import asyncio
 
         self._pipeline()
-        return await asyncio.to_thread(self.predict, record)
+        return await asyncio.to_thread(self.predict, record, details=details)
 
     # -- lifecycle
     def close(self) -> None:

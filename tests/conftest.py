@@ -1,0 +1,47 @@
+"""Shared fixtures: a fresh store, real trained models, and an environment for subprocesses."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import embedml
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> embedml.ModelStore:
+    return embedml.ModelStore(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def iris_like() -> tuple[np.ndarray, np.ndarray]:
+    """A small 4-feature, 2-class dataset (deterministic)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    y = (X[:, 0] + 0.5 * X[:, 1] - X[:, 3] > 0).astype(np.int64)
+    return X, y
+
+
+@pytest.fixture(scope="session")
+def logreg(iris_like):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = iris_like
+    return LogisticRegression().fit(X, y)
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """Environment for child Python processes that must import this checkout's embedml."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+PYTHON = sys.executable
