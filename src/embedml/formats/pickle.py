@@ -6,6 +6,8 @@ ever see the bytes; see ``docs/security.md``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import pickle
 from pathlib import Path
@@ -52,15 +54,19 @@ class ObjectRuntime(Runtime):
         return self._fn(inputs)
 
 
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    # Scanning every installed distribution takes ~0.25 s; once per process is enough.
+    from importlib.metadata import packages_distributions
+
+    return dict(packages_distributions())
+
+
 def _object_frameworks(obj: Any) -> list[str]:
     root = type(obj).__module__.split(".")[0] if obj is not None else ""
     dists = ["numpy"]
-    try:
-        from importlib.metadata import packages_distributions
-
-        dists += packages_distributions().get(root, [])
-    except Exception:  # noqa: BLE001 - stamping versions is best effort
-        pass
+    with contextlib.suppress(Exception):  # stamping versions is best effort
+        dists += _packages_distributions().get(root, [])
     return sorted(set(dists))
 
 
