@@ -206,7 +206,7 @@ class FieldSpec:
             "exclusive_maximum",
         ):
             value = getattr(self, key)
-            if value not in (None, False):
+            if value is not None and value is not False:  # a bound of 0 is kept
                 d[key] = list(value) if key == "enum" else value
         return d
 
@@ -326,7 +326,10 @@ class RecordSchema:
             min(x for x in (f.maximum, f.exclusive_maximum, np.inf) if x is not None)
             for f in self.fields
         ]
-        self._bounded = numeric and any(np.isfinite(lo + hi))
+        self._bounded = any(np.isfinite(lo + hi))
+        # Bounds apply to numeric fields only; an object matrix (schema with a string field)
+        # compares just those columns, as floats.
+        self._ranged = [j for j, f in enumerate(self.fields) if f.kind in ("number", "integer")]
         self._lo, self._hi = np.array(lo), np.array(hi)
         self._excl_lo = np.array([f.exclusive_minimum is not None for f in self.fields])
         self._excl_hi = np.array([f.exclusive_maximum is not None for f in self.fields])
@@ -464,6 +467,13 @@ class RecordSchema:
                     raise SchemaError(
                         f"expected an integer, got {_plain(m[i, j])!r}", field=f.name, index=i
                     )
+                if f.kind == "boolean" and not np.isin(m[:, j], (0, 1)).all():
+                    i = int(np.argmin(np.isin(m[:, j], (0, 1))))
+                    raise SchemaError(
+                        f"expected a boolean (0 or 1), got {_plain(m[i, j])!r}",
+                        field=f.name,
+                        index=i,
+                    )
         else:
             m = a.astype(object)
             for j, (_, allowed, spec) in enumerate(self._fast):
@@ -502,9 +512,13 @@ class RecordSchema:
 
     def _check_values(self, m: np.ndarray, index: int | None) -> None:
         if self._bounded:
+            vals = m
+            if m.dtype.kind != "f":
+                vals = np.full(m.shape, np.nan)
+                vals[:, self._ranged] = m[:, self._ranged].astype(np.float64)
             with np.errstate(invalid="ignore"):
-                low = np.where(self._excl_lo, m <= self._lo, m < self._lo)
-                high = np.where(self._excl_hi, m >= self._hi, m > self._hi)
+                low = np.where(self._excl_lo, vals <= self._lo, vals < self._lo)
+                high = np.where(self._excl_hi, vals >= self._hi, vals > self._hi)
             bad = low | high
             if bad.any():
                 i, j = (int(x) for x in np.argwhere(bad)[0])
