@@ -39,7 +39,8 @@ class ObjectRuntime(Runtime):
             )
         self.model = model
         self._fn = fn
-        self._columns = list(getattr(model, "feature_names_in_", []) or []) or None
+        names = getattr(model, "feature_names_in_", None)  # a numpy array in sklearn
+        self._columns = [str(c) for c in names] if names is not None and len(names) else None
 
     def predict(self, inputs: Any) -> Any:
         if (
