@@ -66,13 +66,16 @@ class TensorSpec:
     shape: tuple[int, ...] = (-1,)
 
     def __post_init__(self) -> None:
-        dtype = (
-            "str"
-            if self.dtype in ("string", "<U0")
-            else str(np.dtype(self.dtype))
-            if self.dtype not in _DTYPES
-            else self.dtype
-        )
+        try:
+            dtype = (
+                "str"
+                if self.dtype in ("string", "<U0")
+                else str(np.dtype(self.dtype))
+                if self.dtype not in _DTYPES
+                else self.dtype
+            )
+        except TypeError:  # numpy does not know the name either
+            dtype = None
         if dtype not in _DTYPES:
             raise ValueError(
                 f"TensorSpec {self.name!r}: unknown dtype {self.dtype!r}; use one of {sorted(_DTYPES)}"
@@ -360,6 +363,13 @@ class RecordSchema:
     # -- inputs
     def one(self, record: Any, opts: SchemaOptions) -> np.ndarray:
         """Validate one record (dict, pydantic instance or 1-D array) into a 1-row matrix."""
+        try:
+            return self._one(record, opts)
+        except SchemaError as exc:
+            exc.index = None  # a single record has no batch index
+            raise
+
+    def _one(self, record: Any, opts: SchemaOptions) -> np.ndarray:
         if type(record) is not dict:
             if isinstance(record, np.ndarray):
                 if record.ndim != 1:
