@@ -7,6 +7,7 @@ saved with joblib, whose loaded copies count their calls.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Literal, Optional
 
@@ -495,6 +496,25 @@ def test_output_tensor_schema(store):
     store.save(tag2, CountingModel(tag2), output_schema=embedml.TensorSpec("y", "int64", (-1,)))
     with store.load(tag2) as h, pytest.raises(embedml.SchemaError, match="output"):
         h.predict_batch(np.ones((2, 2)))
+
+
+def test_range_messages_use_interval_notation(store):
+    class Bounds(BaseModel):
+        p: float = Field(gt=0, lt=1)
+        n: int = Field(le=10)
+
+    tag = uuid.uuid4().hex
+    store.save(tag, CountingModel(tag), input_schema=Bounds)
+    with store.load(tag) as h:
+        assert h.predict({"p": 0.5, "n": -99}) == -98.5
+        for record, fragment in (
+            ({"p": 0.0, "n": 1}, "value 0.0 is out of range (0, 1)"),
+            ({"p": 1.0, "n": 1}, "value 1.0 is out of range (0, 1)"),
+            ({"p": 0.5, "n": 11}, "value 11.0 is out of range (-inf, 10]"),
+        ):
+            with pytest.raises(embedml.SchemaError, match=re.escape(fragment)):
+                h.predict(record)
+    assert CALLS[tag] == 1
 
 
 def test_schema_options_defaults():

@@ -533,7 +533,22 @@ class RecordSchema:
             if bad.any():
                 i, j = (int(x) for x in np.argwhere(bad)[0])
                 f = self.fields[j]
-                rng = f"[{f.minimum if f.minimum is not None else f.exclusive_minimum}, {f.maximum if f.maximum is not None else f.exclusive_maximum}]"
+                # interval notation: "(" / ")" for exclusive bounds, so gt=0 reads "(0, ...]"
+                left = (
+                    f"({f.exclusive_minimum}"
+                    if f.exclusive_minimum is not None
+                    else f"[{f.minimum}"
+                    if f.minimum is not None
+                    else "(-inf"
+                )
+                right = (
+                    f"{f.exclusive_maximum})"
+                    if f.exclusive_maximum is not None
+                    else f"{f.maximum}]"
+                    if f.maximum is not None
+                    else "inf)"
+                )
+                rng = f"{left}, {right}"
                 raise SchemaError(
                     f"value {_plain(m[i, j])!r} is out of range {rng}",
                     field=f.name,
