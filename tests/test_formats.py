@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import BaseModel
 
 import embedml
 from embedml.formats import unregister_format
@@ -92,6 +93,45 @@ def test_skl2onnx_results_equal_raw_model(store):
         out = h.predict_batch(X)
         assert list(out) == ["label"]
         np.testing.assert_array_equal(out["label"], raw.predict(X))
+
+
+def test_skl2onnx_with_zipmap(store):
+    """skl2onnx's default ZipMap output (a sequence of maps) comes back as a list of dicts."""
+    from skl2onnx import to_onnx
+
+    X, _ = dataset()
+    raw = sk_logreg()
+    store.save("zm", to_onnx(raw, X[:1].astype(np.float32)))
+    with store.load("zm") as h:
+        out = h.predict_batch(X[:5])
+        np.testing.assert_array_equal(out["output_label"], raw.predict(X[:5]))
+        proba = [[row[0], row[1]] for row in out["output_probability"]]
+        np.testing.assert_allclose(proba, raw.predict_proba(X[:5]), atol=1e-5)
+
+
+class Features(BaseModel):
+    a: float
+    b: float
+    c: float
+    d: float
+
+
+def test_record_schema_on_onnx_and_torch_models(store):
+    """Records become a float64 matrix, cast (within range) to the model's float32 input."""
+    X, _ = dataset()
+    records = [dict(zip("abcd", map(float, row))) for row in X[:6]]
+    store.save("onnx", skl2onnx_logreg(), input_schema=Features)
+    store.save("ts", torch_scripted(), input_schema=Features)
+    store.save("ep", torch_exported(), input_schema=Features)
+    with store.load("onnx", outputs="label") as h:
+        np.testing.assert_array_equal(h.predict_batch(records), sk_logreg().predict(X[:6]))
+        assert h.predict(records[2]) == sk_logreg().predict(X[2:3])[0]
+    for name in ("ts", "ep"):
+        with store.load(name) as h:
+            np.testing.assert_allclose(h.predict_batch(records), torch_reference(X[:6]), rtol=1e-6)
+            with pytest.raises(embedml.SchemaError) as exc:
+                h.predict({**records[0], "d": "x"})
+            assert exc.value.field == "d"
 
 
 def test_onnx_unknown_output_is_refused(store):
