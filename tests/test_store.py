@@ -284,6 +284,18 @@ def test_delete(store):
     assert store.save("m", Tagged("n")).version == "4"
 
 
+def test_deleting_the_last_version_removes_the_model(store):
+    store.save("m", Tagged("only"))
+    store.save("keep", Tagged("k"))
+    store.delete("m", "1")
+    assert store.models() == ["keep"]
+    with pytest.raises(embedml.ModelNotFoundError, match="keep"):
+        store.resolve("m")
+    with pytest.raises(embedml.ModelNotFoundError):
+        store.set_alias("m", "production", "1")
+    assert store.save("m", Tagged("again")).version == "1"
+
+
 # ---------------------------------------------------------------- atomic saves
 
 
