@@ -66,13 +66,16 @@ class TensorSpec:
     shape: tuple[int, ...] = (-1,)
 
     def __post_init__(self) -> None:
-        dtype = (
-            "str"
-            if self.dtype in ("string", "<U0")
-            else str(np.dtype(self.dtype))
-            if self.dtype not in _DTYPES
-            else self.dtype
-        )
+        try:
+            dtype = (
+                "str"
+                if self.dtype in ("string", "<U0")
+                else str(np.dtype(self.dtype))
+                if self.dtype not in _DTYPES
+                else self.dtype
+            )
+        except TypeError:  # numpy does not know the name either
+            dtype = None
         if dtype not in _DTYPES:
             raise ValueError(
                 f"TensorSpec {self.name!r}: unknown dtype {self.dtype!r}; use one of {sorted(_DTYPES)}"
@@ -206,7 +209,7 @@ class FieldSpec:
             "exclusive_maximum",
         ):
             value = getattr(self, key)
-            if value not in (None, False):
+            if value is not None and value is not False:  # a bound of 0 is kept
                 d[key] = list(value) if key == "enum" else value
         return d
 
@@ -326,7 +329,10 @@ class RecordSchema:
             min(x for x in (f.maximum, f.exclusive_maximum, np.inf) if x is not None)
             for f in self.fields
         ]
-        self._bounded = numeric and any(np.isfinite(lo + hi))
+        self._bounded = any(np.isfinite(lo + hi))
+        # Bounds apply to numeric fields only; an object matrix (schema with a string field)
+        # compares just those columns, as floats.
+        self._ranged = [j for j, f in enumerate(self.fields) if f.kind in ("number", "integer")]
         self._lo, self._hi = np.array(lo), np.array(hi)
         self._excl_lo = np.array([f.exclusive_minimum is not None for f in self.fields])
         self._excl_hi = np.array([f.exclusive_maximum is not None for f in self.fields])
@@ -357,6 +363,13 @@ class RecordSchema:
     # -- inputs
     def one(self, record: Any, opts: SchemaOptions) -> np.ndarray:
         """Validate one record (dict, pydantic instance or 1-D array) into a 1-row matrix."""
+        try:
+            return self._one(record, opts)
+        except SchemaError as exc:
+            exc.index = None  # a single record has no batch index
+            raise
+
+    def _one(self, record: Any, opts: SchemaOptions) -> np.ndarray:
         if type(record) is not dict:
             if isinstance(record, np.ndarray):
                 if record.ndim != 1:
@@ -464,6 +477,13 @@ class RecordSchema:
                     raise SchemaError(
                         f"expected an integer, got {_plain(m[i, j])!r}", field=f.name, index=i
                     )
+                if f.kind == "boolean" and not np.isin(m[:, j], (0, 1)).all():
+                    i = int(np.argmin(np.isin(m[:, j], (0, 1))))
+                    raise SchemaError(
+                        f"expected a boolean (0 or 1), got {_plain(m[i, j])!r}",
+                        field=f.name,
+                        index=i,
+                    )
         else:
             m = a.astype(object)
             for j, (_, allowed, spec) in enumerate(self._fast):
@@ -502,14 +522,33 @@ class RecordSchema:
 
     def _check_values(self, m: np.ndarray, index: int | None) -> None:
         if self._bounded:
+            vals = m
+            if m.dtype.kind != "f":
+                vals = np.full(m.shape, np.nan)
+                vals[:, self._ranged] = m[:, self._ranged].astype(np.float64)
             with np.errstate(invalid="ignore"):
-                low = np.where(self._excl_lo, m <= self._lo, m < self._lo)
-                high = np.where(self._excl_hi, m >= self._hi, m > self._hi)
+                low = np.where(self._excl_lo, vals <= self._lo, vals < self._lo)
+                high = np.where(self._excl_hi, vals >= self._hi, vals > self._hi)
             bad = low | high
             if bad.any():
                 i, j = (int(x) for x in np.argwhere(bad)[0])
                 f = self.fields[j]
-                rng = f"[{f.minimum if f.minimum is not None else f.exclusive_minimum}, {f.maximum if f.maximum is not None else f.exclusive_maximum}]"
+                # interval notation: "(" / ")" for exclusive bounds, so gt=0 reads "(0, ...]"
+                left = (
+                    f"({f.exclusive_minimum}"
+                    if f.exclusive_minimum is not None
+                    else f"[{f.minimum}"
+                    if f.minimum is not None
+                    else "(-inf"
+                )
+                right = (
+                    f"{f.exclusive_maximum})"
+                    if f.exclusive_maximum is not None
+                    else f"{f.maximum}]"
+                    if f.maximum is not None
+                    else "inf)"
+                )
+                rng = f"{left}, {right}"
                 raise SchemaError(
                     f"value {_plain(m[i, j])!r} is out of range {rng}",
                     field=f.name,

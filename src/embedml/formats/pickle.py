@@ -6,6 +6,8 @@ ever see the bytes; see ``docs/security.md``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import pickle
 from pathlib import Path
@@ -37,7 +39,8 @@ class ObjectRuntime(Runtime):
             )
         self.model = model
         self._fn = fn
-        self._columns = list(getattr(model, "feature_names_in_", []) or []) or None
+        names = getattr(model, "feature_names_in_", None)  # a numpy array in sklearn
+        self._columns = [str(c) for c in names] if names is not None and len(names) else None
 
     def predict(self, inputs: Any) -> Any:
         if (
@@ -52,15 +55,19 @@ class ObjectRuntime(Runtime):
         return self._fn(inputs)
 
 
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    # Scanning every installed distribution takes ~0.25 s; once per process is enough.
+    from importlib.metadata import packages_distributions
+
+    return dict(packages_distributions())
+
+
 def _object_frameworks(obj: Any) -> list[str]:
     root = type(obj).__module__.split(".")[0] if obj is not None else ""
     dists = ["numpy"]
-    try:
-        from importlib.metadata import packages_distributions
-
-        dists += packages_distributions().get(root, [])
-    except Exception:  # noqa: BLE001 - stamping versions is best effort
-        pass
+    with contextlib.suppress(Exception):  # stamping versions is best effort
+        dists += _packages_distributions().get(root, [])
     return sorted(set(dists))
 
 
