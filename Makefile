@@ -31,3 +31,6 @@ docs: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .site build src/*.egg-info
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done

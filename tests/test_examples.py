@@ -1,0 +1,27 @@
+"""The demo (``make demo``) runs end to end and shows what it promises."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import embedml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_runs_and_leaves_a_usable_store(tmp_path: Path, subprocess_env) -> None:
+    root = tmp_path / "models"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), str(root)],
+        env=subprocess_env, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "iris@2 (onnx) predicts" in out and "iris@1 (joblib) predicts" in out
+    assert "SchemaError" in out and "field='petal_width' index=1 version=2" in out
+    store = embedml.ModelStore(root)
+    assert store.versions("iris") == ["1", "2"]
+    assert store.aliases("iris") == {"production": "2"}
+    assert [store.manifest("iris", v).format for v in ("1", "2")] == ["joblib", "onnx"]
