@@ -43,6 +43,13 @@ import embedml  # noqa: E402
 N_FEATURES = 20
 BATCH = 1024
 FIELDS = [f"f{i}" for i in range(N_FEATURES)]
+# Shorter names of the baselines in the ratio column.
+SHORT = {
+    "raw onnxruntime session.run": "raw session.run",
+    f"raw onnxruntime session.run, {BATCH} rows": f"raw session.run, {BATCH} rows",
+    "MLflow pyfunc, ONNX (numpy row)": "MLflow pyfunc, ONNX",
+    "MLflow pyfunc, sklearn (DataFrame signature)": "MLflow pyfunc, sklearn DataFrame",
+}
 
 
 # ------------------------------------------------------------------ measuring
@@ -281,7 +288,8 @@ def main() -> int:
             ok = r <= limit
             verdict = f"<= {limit:g}x: {'met' if ok else 'MISSED'}"
             verdicts.append((label or f"{case} vs {base}", ok))
-        text = f"{r:.2f}x {base}" if r >= 0.1 else f"{r:.3f}x {base} ({1 / r:.0f}x faster)"
+        short = SHORT.get(base, base)
+        text = f"{r:.2f}x {short}" if r >= 0.1 else f"{r:.3f}x {short} ({1 / r:.0f}x faster)"
         rows.append((case, fmt(s[case]), text, verdict))
 
     def fmt(ms: tuple[float, float]) -> str:
