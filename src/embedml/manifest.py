@@ -1,13 +1,17 @@
-"""The on-disk manifest of one model version (``manifest.json``), as a pydantic model."""
+"""The on-disk manifest of one model version (``manifest.json``), as a frozen dataclass.
+
+It is parsed with :mod:`json` and checked field by field here (not with pydantic), because
+every ``load`` reads one: importing pydantic would cost a fresh process more than building
+the ONNX Runtime session itself.
+"""
 
 from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import IntegrityError
 
@@ -15,49 +19,146 @@ __all__ = ["MANIFEST_FILE", "Manifest", "environment"]
 
 MANIFEST_FILE = "manifest.json"
 
+_SCHEMA = (dict, list, type(None))
+# The JSON types each known key may hold; a key outside this table is kept as an extra.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "manifest_version": (int,),
+    "name": (str,),
+    "version": (str,),
+    "format": (str,),
+    "artifact": (str,),
+    "sha256": (str,),
+    "size": (int,),
+    "created_at": (str,),
+    "input_schema": _SCHEMA,
+    "output_schema": _SCHEMA,
+    "preprocess": (str, type(None)),
+    "postprocess": (str, type(None)),
+    "metadata": (dict,),
+    "python": (str,),
+    "embedml": (str,),
+    "frameworks": (dict,),
+    "extra_files": (dict,),
+}
+_STR_MAPS = ("frameworks", "extra_files")
 
-class Manifest(BaseModel):
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _check(key: str, value: Any, where: str) -> None:
+    allowed = _TYPES[key]
+    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    if ok and key in ("input_schema", "output_schema") and isinstance(value, list):
+        ok = all(isinstance(v, dict) for v in value)
+    if ok and key in _STR_MAPS:
+        ok = all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    if not ok:
+        expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+        if key in _STR_MAPS:
+            expected = "an object of strings"
+        raise IntegrityError(
+            f"{where} is not a valid manifest: {key}: expected {expected}, got {type(value).__name__} {value!r:.60}"
+        )
+
+
+@dataclass(frozen=True, init=False, eq=False)
+class Manifest:
     """What the store knows about one immutable model version.
 
-    ``frameworks`` maps distribution names (``scikit-learn``, ``onnxruntime``, ``torch`` ...)
-    to the versions installed when the version was saved; ``python`` and ``embedml`` likewise.
+    Built with keywords (``Manifest(name=..., version=..., ...)``); keys it does not know
+    are kept as extra attributes and written back by :meth:`to_json`. ``frameworks`` maps
+    distribution names (``scikit-learn``, ``onnxruntime``, ``torch`` ...) to the versions
+    installed when the version was saved; ``python`` and ``embedml`` likewise.
     ``extra_files`` maps other files in the version folder (for example a reference profile)
-    to their SHA-256, so that they are verified like the artifact.
+    to their SHA-256, so that they are verified like the artifact. A missing or mistyped
+    field raises :class:`~embedml.IntegrityError` naming it.
     """
 
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    manifest_version: int = 1
+    manifest_version: int
     name: str
     version: str
     format: str
     artifact: str
     sha256: str
     size: int
-    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
-    input_schema: dict[str, Any] | list[dict[str, Any]] | None = None
-    output_schema: dict[str, Any] | list[dict[str, Any]] | None = None
-    preprocess: str | None = None
-    postprocess: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    python: str = Field(default_factory=platform.python_version)
-    embedml: str = ""
-    frameworks: dict[str, str] = Field(default_factory=dict)
-    extra_files: dict[str, str] = Field(default_factory=dict)
+    created_at: str
+    input_schema: dict[str, Any] | list[dict[str, Any]] | None
+    output_schema: dict[str, Any] | list[dict[str, Any]] | None
+    preprocess: str | None
+    postprocess: str | None
+    metadata: dict[str, Any]
+    python: str
+    embedml: str
+    frameworks: dict[str, str]
+    extra_files: dict[str, str]
+
+    def __init__(self, **data: Any) -> None:
+        self._fill(data, "manifest")
+
+    def _fill(self, data: dict[str, Any], where: str) -> None:
+        defaults: dict[str, Any] = {
+            "manifest_version": 1, "created_at": _now, "input_schema": None,
+            "output_schema": None, "preprocess": None, "postprocess": None, "metadata": dict,
+            "python": platform.python_version, "embedml": "", "frameworks": dict,
+            "extra_files": dict,
+        }  # fmt: skip
+        for key in _TYPES:
+            if key in data:
+                value = data.pop(key)
+            elif key in defaults:
+                default = defaults[key]
+                value = default() if callable(default) else default
+            else:
+                raise IntegrityError(f"{where} is not a valid manifest: {key}: field required")
+            _check(key, value, where)
+            object.__setattr__(self, key, value)
+        #: Keys this version of embedml does not know (kept, and written back by to_json).
+        object.__setattr__(self, "model_extra", data)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: serve the extra keys as attributes.
+        extra = self.__dict__.get("model_extra", {})
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  # holds dicts, like the pydantic model did
+
+    def model_dump(self, *, mode: str = "python") -> dict[str, Any]:
+        """All keys (known and extra) as a plain dict; ``mode`` is accepted for compatibility."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(self.model_extra)
+        return d
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> Manifest:
+        """A copy with some keys replaced (validated again)."""
+        return type(self)(**{**self.model_dump(), **(update or {})})
 
     def to_json(self) -> str:
         """Serialise with sorted keys (stable bytes, so a signature over them is stable)."""
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+        return json.dumps(self.model_dump(), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, where: str = "manifest") -> Manifest:
         """Parse a manifest; raise :class:`IntegrityError` if it is not valid JSON or incomplete."""
         try:
-            return cls.model_validate_json(text)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first.get("loc", ())) or "(root)"
-            raise IntegrityError(f"{where} is not a valid manifest: {loc}: {first['msg']}") from exc
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"{where} is not a valid manifest: (root): invalid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise IntegrityError(
+                f"{where} is not a valid manifest: (root): expected an object, got {type(data).__name__}"
+            )
+        manifest = cls.__new__(cls)
+        manifest._fill(data, where)
+        return manifest
 
 
 def environment(distributions: list[str]) -> dict[str, str]:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_version
 from packaging.version import InvalidVersion, Version
 
 from .errors import InvalidNameError
+
+if TYPE_CHECKING:
+    from packaging.specifiers import SpecifierSet
 
 __all__ = [
     "Spec",
@@ -78,8 +80,17 @@ def parse_version(version: str | int | Version) -> Version:
 
 
 def canonical_version(version: str | int | Version) -> str:
-    """The one spelling a version is stored under (``"1.0"`` -> ``"1"``)."""
-    return canonicalize_version(parse_version(version), strip_trailing_zero=True)
+    """The one spelling a version is stored under (``"1.0"`` -> ``"1"``).
+
+    Same result as ``packaging.utils.canonicalize_version``, whose module costs a fresh
+    process more to import than the rest of the load path (it pulls in ``packaging.tags``).
+    """
+    v = parse_version(version)
+    release = list(v.release)
+    while len(release) > 1 and release[-1] == 0:
+        release.pop()
+    epoch = f"{v.epoch}!" if v.epoch else ""
+    return epoch + ".".join(map(str, release)) + str(v)[len(v.base_version) :]
 
 
 def next_major(existing: Iterable[Version]) -> str:
@@ -90,7 +101,8 @@ def next_major(existing: Iterable[Version]) -> str:
 
 @dataclass(frozen=True)
 class Spec:
-    """A parsed version spec: exactly one of ``alias``, ``exact`` or ``specifier`` is set."""
+    """A parsed version spec: at most one of ``alias``, ``exact`` or ``specifier`` is set;
+    none of them means ``"latest"``."""
 
     text: str
     alias: str | None = None
@@ -106,11 +118,15 @@ def parse_spec(spec: str | int | Version | None) -> Spec:
         return Spec(str(spec), exact=parse_version(spec))
     text = str(spec).strip()
     if text == "latest":
-        return Spec(text, specifier=SpecifierSet(""))
+        return Spec(text)
     if text.startswith("@"):
         return Spec(text, alias=check_alias(text))
     if text[:1].isdigit():
         return Spec(text, exact=parse_version(text))
+    # Imported here: "latest", exact versions and aliases (what ``load`` usually gets) do not
+    # need it, and a fresh process loading a model pays for every import.
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
     try:
         return Spec(text, specifier=SpecifierSet(text))
     except InvalidSpecifier:
@@ -125,6 +141,9 @@ def select(spec: Spec, versions: Iterable[Version]) -> Version | None:
     candidates = list(versions)
     if spec.exact is not None:
         return spec.exact if spec.exact in candidates else None
-    if spec.specifier is None:
+    if spec.alias is not None:
         raise ValueError("alias specs are resolved by the store, not by select()")
+    if spec.specifier is None:  # "latest": like pip, pre-releases only when nothing else
+        finals = [v for v in candidates if not v.is_prerelease]
+        return max(finals or candidates, default=None)
     return max(spec.specifier.filter(candidates), default=None)
