@@ -33,4 +33,5 @@ clean:
 	rm -rf $(VENV) .site build src/*.egg-info
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
