@@ -56,6 +56,9 @@ _NAP_SECONDS = 0.0002
 # Upper bounds of the queue-wait histogram, in seconds (the last bucket is +inf).
 WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 1.0)
 
+# Marks the last caller of a wake chain (see Batcher._finish).
+_TAIL: Any = object()
+
 _QUEUED, _RUNNING, _DONE, _FAILED, _EXPIRED, _ABANDONED = range(6)
 
 
@@ -150,13 +153,13 @@ class _Request:
 
     __slots__ = (
         "batch", "n", "key", "deadline", "latch", "future", "loop", "state", "lead",
-        "out", "off", "error", "enqueued",
+        "out", "off", "error", "enqueued", "next",
     )  # fmt: skip
 
     def __init__(self, batch: Any, n: int, deadline: float | None) -> None:
         self.batch = batch
         self.n = n
-        self.key = _signature(batch)
+        self.key = (batch.shape[1:], batch.dtype) if type(batch) is np.ndarray else _signature(batch)
         self.deadline = deadline
         self.latch: Any = None
         self.future: Any = None
@@ -167,6 +170,7 @@ class _Request:
         self.off = 0
         self.error: BaseException | None = None
         self.enqueued = 0.0
+        self.next: _Request | None = None  # the caller to wake after this one (wake chain)
 
 
 def _signature(batch: Any) -> Any:
@@ -209,6 +213,9 @@ class Batcher:
         self._drained: threading.Lock | None = None
         self._room: list[threading.Lock] = []  # latches of calls waiting for queue room
         self._pool: ThreadPoolExecutor | None = None
+        self._own: _Request | None = None  # the current leader's own request
+        self._chain = False  # callers of the last batch are still being woken in turn
+        self._leader_wait: threading.Lock | None = None  # a leader waiting for that chain
         # counters (updated under _mutex, or by the single leader)
         self._requests = self._rows_in = self._batches = 0
         self._rejected = self._timed_out = self._failed = self._isolation = 0
@@ -235,6 +242,9 @@ class Batcher:
                     req.enqueued = time.monotonic()
                     self._queue.append(req)
                     self._queued += size
+                    if self._leader_wait is not None and self._queued >= self._max:
+                        self._leader_wait.release()
+                        self._leader_wait = None
                     self._requests += 1
                     self._rows_in += req.n
                     if self._running:
@@ -270,19 +280,32 @@ class Batcher:
             None if timeout_ms is None and self._default_timeout is None
             else self._deadline(timeout_ms)
         )  # fmt: skip
+        req = _Request(batch, n, deadline)
+        latch = req.latch = threading.Lock()
+        latch.acquire()
         with self._mutex:
-            idle = not self._running and not self._closed
-            if idle:  # nobody else is calling: run at once, nothing to join
+            # The common cases in one critical section; a closed or full queue goes slow.
+            queued = not self._closed and self._running
+            if queued and self._queued < self._max_queue - (n if self._rows else 1):
+                req.enqueued = time.monotonic()
+                self._queue.append(req)
+                self._queued += n if self._rows else 1
+                self._requests += 1
+                self._rows_in += n
+                if self._leader_wait is not None and self._queued >= self._max:
+                    self._leader_wait.release()
+                    self._leader_wait = None
+            elif not self._closed and not self._running:  # idle: run at once, join nobody
                 self._running = True
                 self._requests += 1
                 self._rows_in += n
                 self._wait_buckets[0] += 1
-        if idle:
+                req = None
+            else:
+                queued = False
+        if req is None:
             return self._run_alone(batch, n)
-        req = _Request(batch, n, deadline)
-        latch = req.latch = threading.Lock()
-        latch.acquire()
-        if self._enqueue(req):
+        if not queued and self._enqueue(req):
             self._lead(req)
         while req.state <= _RUNNING:
             try:
@@ -292,12 +315,22 @@ class Batcher:
                     acquired = latch.acquire(timeout=max(0.0, req.deadline - time.monotonic()))
             except BaseException:  # e.g. KeyboardInterrupt: leave, but never strand the lead
                 self._leave(req, _ABANDONED)
+                if req.next is not None:
+                    self._pass_chain(req.next)
                 raise
             if not acquired:
                 self._leave(req, _EXPIRED)
             elif req.lead and req.state <= _RUNNING:
                 req.lead = False
                 self._lead(req)
+        nxt = req.next
+        if nxt is not None:  # pass the wake chain on before anything else
+            if nxt is _TAIL:
+                self._pass_chain(nxt)
+            else:
+                nxt.latch.release()
+        if req.state == _DONE:
+            return req.out, req.off
         return self._result(req)
 
     async def asubmit(self, batch: Any, n: int, timeout_ms: float | None = None) -> tuple[Any, int]:
@@ -410,11 +443,14 @@ class Batcher:
         ``fresh``: the batcher was idle; let callers who are arriving join (``_gather``).
         """
         extra = 0
+        self._own = own
         try:
             while True:
                 with self._mutex:
                     if fresh and self._max_wait > 0 and len(self._queue) > 1:
                         self._gather()
+                    elif self._chain and self._queued < self._max and self._max_wait > 0:
+                        self._await_chain()
                     fresh = False
                     reqs = self._take()
                     if not reqs:  # _take empties the queue before it returns nothing
@@ -437,6 +473,32 @@ class Batcher:
             self._pass_lead()
             raise
         self._pass_lead()
+
+    def _pass_chain(self, nxt: _Request) -> None:
+        if nxt is not _TAIL:
+            nxt.latch.release()
+            return
+        with self._mutex:  # the whole batch has its results: the leader may go on
+            self._chain = False
+            if self._leader_wait is not None:
+                self._leader_wait.release()
+                self._leader_wait = None
+
+    def _await_chain(self) -> None:
+        """Under _mutex: callers of the last batch are still being woken, one by one, and
+        most will call again at once; wait (up to max_wait) until the last of them has been
+        woken or a full batch is queued, so the next batch is large. This costs no
+        throughput: while the leader waits, those callers use the GIL."""
+        latch = self._leader_wait = threading.Lock()
+        latch.acquire()
+        self._mutex.release()
+        try:
+            woken = latch.acquire(timeout=self._max_wait)
+        finally:
+            self._mutex.acquire()
+        if not woken:
+            self._leader_wait = None
+            self._chain = False
 
     def _gather(self) -> None:
         """Under _mutex: while others keep arriving, let them join (up to max_wait)."""
@@ -467,7 +529,7 @@ class Batcher:
             if req.deadline is not None and now >= req.deadline:
                 req.state = _EXPIRED
                 self._timed_out += 1
-                self._settle([req])
+                self._wake([req])
                 continue
             req.state = _RUNNING
             taken.append(req)
@@ -519,14 +581,7 @@ class Batcher:
                 raise
             return
         self._count_batch(n)
-        off = 0
-        for r in reqs:
-            r.out = out
-            r.off = off
-            off += r.n
-            if r.state == _RUNNING:
-                r.state = _DONE
-        self._settle(reqs)
+        self._finish(reqs, out, None)
 
     def _failed_batch(self, reqs: list[_Request], exc: PredictionError) -> None:
         self._count_batch(sum(r.n for r in reqs))
@@ -549,12 +604,52 @@ class Batcher:
             self._run_group(part)
 
     def _fail(self, reqs: list[_Request], exc: BaseException) -> None:
-        for r in reqs:
-            if r.state == _RUNNING:
-                r.error = exc
-                r.state = _FAILED
-                self._failed += 1
-        self._settle(reqs)
+        self._finish(reqs, None, exc)
+
+    def _finish(self, reqs: list[_Request], out: Any, error: BaseException | None) -> None:
+        """Hand each request its result (or ``error``) and wake its caller.
+
+        Thread callers are woken one after another (a wake chain: each caller wakes the next
+        as it picks up its result), not all at once: a herd of threads woken together only
+        fights over the GIL and multiplies context switches. Done under ``_mutex`` so that a
+        caller leaving at its deadline either gets its result or is left out of the chain.
+        """
+        first = last = None
+        loops: dict[Any, list[_Request]] | None = None
+        own = self._own
+        off = 0
+        with self._mutex:
+            for r in reqs:
+                if r.state == _RUNNING:
+                    if error is None:
+                        r.out = out
+                        r.off = off
+                        r.state = _DONE
+                    else:
+                        r.error = error
+                        r.state = _FAILED
+                        self._failed += 1
+                    if r.future is not None:
+                        if loops is None:
+                            loops = {}
+                        loops.setdefault(r.loop, []).append(r)
+                    elif r is own:
+                        r.latch.release()
+                    elif last is None:
+                        first = last = r
+                    else:
+                        last.next = r
+                        last = r
+                off += r.n
+        if first is not None:
+            last.next = _TAIL  # type: ignore[union-attr]
+            self._chain = True
+            first.latch.release()
+        if loops:
+            for loop, group in loops.items():
+                # A closed loop raises RuntimeError: nobody waits there any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_wake_futures, group)
 
     def _count_batch(self, n: int) -> None:
         self._batches += 1
@@ -565,22 +660,15 @@ class Batcher:
             bound = math.inf
         self._sizes[bound] = self._sizes.get(bound, 0) + 1
 
-    def _settle(self, reqs: list[_Request]) -> None:
-        """Wake the callers of finished requests: latches for threads, one loop callback per
-        event loop for asyncio tasks."""
-        loops: dict[Any, list[_Request]] | None = None
+    @staticmethod
+    def _wake(reqs: list[_Request]) -> None:
+        """Wake callers whose request ended without a batch (expired in the queue)."""
         for r in reqs:
             if r.future is None:
                 r.latch.release()
             else:
-                if loops is None:
-                    loops = {}
-                loops.setdefault(r.loop, []).append(r)
-        if loops:
-            for loop, group in loops.items():
-                # A closed loop raises RuntimeError: nobody waits there any more.
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_wake_futures, group)
+                    r.loop.call_soon_threadsafe(_wake_futures, [r])
 
     # ------------------------------------------------------------------ lifecycle
     def stats(self) -> BatchingStats:
