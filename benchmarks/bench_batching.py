@@ -12,16 +12,15 @@ run by ONNX Runtime with ``intra_op_num_threads=1``. Everything is measured in o
 * one caller, sequential calls: batching on vs off on the same model.
 
 Run: ``python benchmarks/bench_batching.py`` (``--quick`` for a short run, ``--profile`` to
-add a cProfile of the batched threads run).
+add a yappi CPU profile of the batched threads run: ``pip install -e .[bench]``). Each
+threads case also reports CPU time and context switches per row (``getrusage``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
-import io
-import pstats
+import resource
 import statistics
 import sys
 import tempfile
@@ -93,6 +92,19 @@ def summary(name: str, rows: int, seconds: float, lat: list[float]) -> dict:
 
 
 def run_threads(name: str, fn, X: np.ndarray, threads: int = THREADS) -> dict:
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    res = _run_threads(name, fn, X, threads)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    n = len(X) // threads * threads
+    res["extra"] = (
+        f"{(after.ru_utime - before.ru_utime) / n * 1e6:.1f} / "
+        f"{(after.ru_stime - before.ru_stime) / n * 1e6:.1f} / "
+        f"{(after.ru_nvcsw - before.ru_nvcsw + after.ru_nivcsw - before.ru_nivcsw) / n:.2f}"
+    )
+    return res
+
+
+def _run_threads(name: str, fn, X: np.ndarray, threads: int) -> dict:
     """``threads`` threads share the rows of ``X``; each calls ``fn(row)`` one row at a time."""
     per = len(X) // threads
     lats: list[list[float]] = [[] for _ in range(threads)]
@@ -172,18 +184,31 @@ def ray_serve_call(sess):
 
 
 def lone_caller(handle_on, handle_off, X: np.ndarray) -> tuple[dict, dict]:
-    res = []
-    for name, h in (("batching on", handle_on), ("batching off", handle_off)):
+    """Sequential calls, alternating blocks of 250 between the two handles (so that a burst
+    of load from elsewhere on the machine hits both alike)."""
+    lat: dict[str, list[float]] = {"on": [], "off": []}
+    secs = {"on": 0.0, "off": 0.0}
+    for h in (handle_on, handle_off):
         for row in X[:200]:  # warm-up
             h.predict(row)
-        lat = []
-        start = time.perf_counter()
-        for row in X:
-            t0 = time.perf_counter()
-            h.predict(row)
-            lat.append(time.perf_counter() - t0)
-        res.append(summary(name, len(X), time.perf_counter() - start, lat))
-    return res[0], res[1]
+    clock = time.perf_counter
+    for i in range(0, len(X), 250):
+        for key, h in (("on", handle_on), ("off", handle_off)):
+            start = clock()
+            for row in X[i : i + 250]:
+                t0 = clock()
+                h.predict(row)
+                lat[key].append(clock() - t0)
+            secs[key] += clock() - start
+    return (
+        summary("batching on", len(X), secs["on"], lat["on"]),
+        summary("batching off", len(X), secs["off"], lat["off"]),
+    )
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The repetition with the median throughput (runs are noisy on a shared machine)."""
+    return sorted(runs, key=lambda r: r["rows_s"])[len(runs) // 2]
 
 
 def table(rows: list[dict], base: dict, extra: str = "") -> str:
@@ -191,7 +216,7 @@ def table(rows: list[dict], base: dict, extra: str = "") -> str:
     out.append("|---|---:|---:|---:|---:|" + ("---:|" if extra else ""))
     for r in rows:
         out.append(
-            f"| {r['name']} | {r['rows_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+            f"| {r['name']} | {r['rows_s']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.2f} "
             f"| {r['rows_s'] / base['rows_s']:.2f} |" + (f" {r.get('extra', '')} |" if extra else "")
         )
     return "\n".join(out)
@@ -201,9 +226,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer rows (about 10 s)")
     ap.add_argument("--rows", type=int, default=None, help="rows per concurrent case")
-    ap.add_argument("--profile", action="store_true", help="cProfile the batched threads run")
+    ap.add_argument("--profile", action="store_true", help="yappi profile of the batched run")
+    ap.add_argument("--repeat", type=int, default=None, help="repetitions (median shown)")
     args = ap.parse_args()
     n = args.rows or (4096 if args.quick else 20480)
+    repeat = args.repeat or (1 if args.quick else 3)
     rng = np.random.default_rng(1)
     X = rng.normal(size=(n, 20)).astype(np.float32)
 
@@ -224,33 +251,46 @@ def main() -> None:
     def raw_call(row: np.ndarray) -> None:
         sess.run(None, {"x": row[None]})
 
-    print(f"{n} rows per case, {THREADS} concurrent callers, python {sys.version.split()[0]}")
+    print(
+        f"{n} rows per case, {THREADS} concurrent callers, median of {repeat} runs, "
+        f"python {sys.version.split()[0]}"
+    )
     run_threads("warm-up", raw_call, X[: THREADS * 8])
-    raw = run_threads("(a) raw session.run, 64 threads", raw_call, X)
-    if args.profile:
-        prof = cProfile.Profile()
-        prof.enable()
-    emb = run_threads("(b) embedml predict, batching, 64 threads", batched.predict, X)
-    if args.profile:
-        prof.disable()
-    emb_stats = batched.batching_stats()
-    plain_r = run_threads("(b') embedml predict, no batching, 64 threads", plain.predict, X)
-    off = run_offline(sess, X)
+    run_threads("warm-up", batched.predict, X[: THREADS * 8])
+    runs: dict[str, list[dict]] = {"raw": [], "emb": [], "plain": [], "off": []}
+    before = batched.batching_stats()
+    for _ in range(repeat):  # interleaved, so that load from elsewhere hits every case
+        runs["raw"].append(run_threads("(a) raw session.run, 64 threads", raw_call, X))
+        runs["emb"].append(
+            run_threads("(b) embedml predict, batching, 64 threads", batched.predict, X)
+        )
+        runs["plain"].append(
+            run_threads("(b') embedml predict, no batching, 64 threads", plain.predict, X)
+        )
+        runs["off"].append(run_offline(sess, X))
+    after = batched.batching_stats()
+    raw, emb, plain_r, off = (median_run(runs[k]) for k in ("raw", "emb", "plain", "off"))
+    mean_batch = (after.rows - before.rows) / max(1, after.batches - before.batches)
     print("\n## 64 threads, single rows\n")
-    print(table([raw, emb, plain_r, off], raw))
+    print(table([raw, emb, plain_r, off], raw, " user us / sys us / ctx switches, per row |"))
     print(
         f"\n(b)/(a) = {emb['rows_s'] / raw['rows_s']:.2f}x (target >= 4x); "
         f"(b)/(c) = {emb['rows_s'] / off['rows_s']:.2f} of the offline limit; "
-        f"mean batch {emb_stats.mean_batch_size:.1f} rows over {emb_stats.batches} batches"
+        f"mean batch {mean_batch:.1f} rows"
     )
 
     # asyncio
     batched2 = store.load("mlp", **opts, batching=settings)
-    res = [run_tasks("embedml apredict, batching, 64 tasks", batched2.apredict, X)]
-    st2 = batched2.batching_stats()
     serve_model = ray_serve_call(sess)
-    if serve_model is not None:
-        res.append(run_tasks("Ray Serve @serve.batch(64, 2 ms), 64 tasks", serve_model, X))
+    aruns: dict[str, list[dict]] = {"emb": [], "ray": []}
+    for _ in range(repeat):
+        aruns["emb"].append(run_tasks("embedml apredict, batching, 64 tasks", batched2.apredict, X))
+        if serve_model is not None:
+            aruns["ray"].append(
+                run_tasks("Ray Serve @serve.batch(64, 2 ms), 64 tasks", serve_model, X)
+            )
+    st2 = batched2.batching_stats()
+    res = [median_run(aruns["emb"])] + ([median_run(aruns["ray"])] if aruns["ray"] else [])
     print("\n## 64 asyncio tasks, single rows\n")
     base = res[1] if len(res) > 1 else res[0]
     print(table(res, base))
@@ -268,13 +308,27 @@ def main() -> None:
     print(table([on, off_], off_))
     print(f"\nmedian latency ratio on/off = {on['p50_ms'] / off_['p50_ms']:.2f} (target <= 1.2)")
 
+    if args.profile:
+        profile(batched, X)
     for h in (batched, batched2, plain):
         h.close()
-    if args.profile:
-        s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(18)
-        print("\n## cProfile of (b), by own time\n")
-        print(s.getvalue())
+
+
+def profile(handle, X: np.ndarray) -> None:
+    """CPU time per function (all threads) of the batched threads case, by yappi."""
+    import yappi
+
+    yappi.set_clock_type("cpu")
+    yappi.start()
+    run_threads("profiled", handle.predict, X)
+    yappi.stop()
+    stats = list(yappi.get_func_stats())
+    total = sum(f.tsub for f in stats)
+    print("\n## yappi CPU profile of (b): own time per function, share of all Python time\n")
+    print("| function | calls | own time share |\n|---|---:|---:|")
+    for f in sorted(stats, key=lambda f: f.tsub, reverse=True)[:15]:
+        print(f"| {f.name} ({Path(f.module).name}) | {f.ncall} | {f.tsub / total:.0%} |")
+    yappi.clear_stats()
 
 
 if __name__ == "__main__":

@@ -280,13 +280,19 @@ class Batcher:
             None if timeout_ms is None and self._default_timeout is None
             else self._deadline(timeout_ms)
         )  # fmt: skip
-        req = _Request(batch, n, deadline)
-        latch = req.latch = threading.Lock()
-        latch.acquire()
+        req = None
         with self._mutex:
             # The common cases in one critical section; a closed or full queue goes slow.
-            queued = not self._closed and self._running
-            if queued and self._queued < self._max_queue - (n if self._rows else 1):
+            idle = not self._running and not self._closed
+            if idle:  # nobody else is calling: run at once, join nobody
+                self._running = True
+                self._requests += 1
+                self._rows_in += n
+                self._wait_buckets[0] += 1
+            elif not self._closed and self._queued + (n if self._rows else 1) <= self._max_queue:
+                req = _Request(batch, n, deadline)
+                req.latch = threading.Lock()
+                req.latch.acquire()
                 req.enqueued = time.monotonic()
                 self._queue.append(req)
                 self._queued += n if self._rows else 1
@@ -295,18 +301,15 @@ class Batcher:
                 if self._leader_wait is not None and self._queued >= self._max:
                     self._leader_wait.release()
                     self._leader_wait = None
-            elif not self._closed and not self._running:  # idle: run at once, join nobody
-                self._running = True
-                self._requests += 1
-                self._rows_in += n
-                self._wait_buckets[0] += 1
-                req = None
-            else:
-                queued = False
-        if req is None:
+        if idle:
             return self._run_alone(batch, n)
-        if not queued and self._enqueue(req):
-            self._lead(req)
+        if req is None:  # closed, or the queue is full
+            req = _Request(batch, n, deadline)
+            req.latch = threading.Lock()
+            req.latch.acquire()
+            if self._enqueue(req):
+                self._lead(req)
+        latch = req.latch
         while req.state <= _RUNNING:
             try:
                 if req.deadline is None:
@@ -367,6 +370,10 @@ class Batcher:
             self._lead(None)
             raise
         self._count_batch(n)
+        with self._mutex:
+            if not self._queue:
+                self._step_down()
+                return out, 0
         self._lead(None)
         return out, 0
 
