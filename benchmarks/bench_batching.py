@@ -38,12 +38,12 @@ THREADS = 64
 BATCH = 64
 
 
-def mlp_bytes() -> bytes:
+def mlp_bytes(hidden: int = 256) -> bytes:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    sizes = [20, 256, 256, 2]
+    sizes = [20, hidden, hidden, 2]
     inits, nodes, prev = [], [], "x"
     for i in range(3):
         w = rng.normal(scale=1 / np.sqrt(sizes[i]), size=(sizes[i], sizes[i + 1]))
@@ -227,6 +227,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer rows (about 10 s)")
     ap.add_argument("--rows", type=int, default=None, help="rows per concurrent case")
     ap.add_argument("--profile", action="store_true", help="yappi profile of the batched run")
+    ap.add_argument("--hidden", type=int, default=256, help="width of the 2 hidden layers")
     ap.add_argument("--repeat", type=int, default=None, help="repetitions (median shown)")
     args = ap.parse_args()
     n = args.rows or (4096 if args.quick else 20480)
@@ -234,7 +235,7 @@ def main() -> None:
     rng = np.random.default_rng(1)
     X = rng.normal(size=(n, 20)).astype(np.float32)
 
-    data = mlp_bytes()
+    data = mlp_bytes(args.hidden)
     sess = session(data)
     store = embedml.ModelStore(tempfile.mkdtemp(prefix="bench-batching-"))
     store.save("mlp", data)
@@ -252,6 +253,7 @@ def main() -> None:
         sess.run(None, {"x": row[None]})
 
     print(
+        f"MLP 20 -> {args.hidden} -> {args.hidden} -> 2; "
         f"{n} rows per case, {THREADS} concurrent callers, median of {repeat} runs, "
         f"python {sys.version.split()[0]}"
     )
