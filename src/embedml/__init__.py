@@ -31,6 +31,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .batching import Batching, BatchingStats
     from .formats import FormatOptions, ModelFormat, Runtime, available_formats, register_format
     from .handle import HandleState, ModelHandle, Prediction
     from .manifest import Manifest
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 # Public names served from submodules on first use (PEP 562), so ``import embedml`` does not
 # pay for numpy and pydantic until they are needed.
 _LAZY = {
+    "Batching": "batching",
+    "BatchingStats": "batching",
     "FormatOptions": "formats",
     "ModelFormat": "formats",
     "Runtime": "formats",
@@ -57,6 +60,8 @@ _LAZY = {
 }
 
 __all__ = [
+    "Batching",
+    "BatchingStats",
     "ConfigurationError",
     "EmbedMLError",
     "FormatOptions",

@@ -35,6 +35,7 @@ from .schema import NoSchema, RecordSchema, SchemaOptions, TensorSchema, schema_
 from .tensors import n_rows, take
 
 if TYPE_CHECKING:
+    from .batching import Batcher, Batching, BatchingStats
     from .store import ModelStore, ModelVersion
 
 __all__ = ["HandleState", "LoadOptions", "ModelHandle", "Pipeline", "Prediction", "new_request_id"]
@@ -74,8 +75,20 @@ class LoadOptions:
     postprocess: Callable[[Any], Any] | str | None = None
     strict: bool = True
     allow_extra: bool = False
+    batching: Batching | bool | None = None
 
     def __post_init__(self) -> None:
+        if self.batching is not None and self.batching is not False:
+            from .batching import Batching
+
+            if self.batching is True:
+                object.__setattr__(self, "batching", Batching())
+            elif not isinstance(self.batching, Batching):
+                raise ConfigurationError(
+                    f"batching must be an embedml.Batching(...), True or None, got {self.batching!r}"
+                )
+        elif self.batching is False:
+            object.__setattr__(self, "batching", None)
         if self.method is not None and not isinstance(self.method, str):
             raise ConfigurationError(
                 f"method must be a method name such as 'predict_proba', got {self.method!r}"
@@ -138,6 +151,12 @@ class Pipeline:
         post = options.postprocess if options.postprocess is not None else m.postprocess
         self.preprocess = _import_callable(pre, "preprocess") if isinstance(pre, str) else pre
         self.postprocess = _import_callable(post, "postprocess") if isinstance(post, str) else post
+        # Dynamic batching (embedml.batching): joins concurrent calls on this pipeline.
+        self.batcher: Batcher | None = None
+        if options.batching is not None:
+            from .batching import Batcher
+
+            self.batcher = Batcher(self, options.batching)  # type: ignore[arg-type]
 
     def _context(self, exc: SchemaError) -> SchemaError:
         exc.model, exc.version = self.mv.name, self.mv.version
@@ -211,6 +230,10 @@ class Pipeline:
         return take(out, i)
 
     def close(self) -> None:
+        """Drain the batcher (queued calls finish, new ones raise HandleClosedError), then
+        release the runtime. Safe to call more than once (e.g. by a hot swap)."""
+        if self.batcher is not None:
+            self.batcher.close()
         self.runtime.close()
 
 
@@ -293,40 +316,72 @@ class ModelHandle:
             raise HandleClosedError(f"the handle for {self._pipe.label} is closed")
         return self._pipe
 
-    def predict(self, record: Any, *, details: bool = False) -> Any:
+    def predict(
+        self, record: Any, *, details: bool = False, timeout_ms: float | None = None
+    ) -> Any:
         """Predict one record (dict, pydantic instance, or array without the batch axis).
 
         Returns the model's output for that record (output-schema instance when declared),
         or a :class:`Prediction` with ``details=True``. Raises :class:`SchemaError`,
-        :class:`PredictionError`, :class:`HandleClosedError`.
+        :class:`PredictionError`, :class:`HandleClosedError`. With batching, also
+        :class:`OverloadedError` (queue full) and :class:`PredictionTimeoutError` (past
+        ``timeout_ms``, default ``Batching.timeout_ms``); without batching the call runs at
+        once and ``timeout_ms`` is not checked.
         """
         pipe = self._pipeline()
         batch = pipe.prepare_one(record)
-        out = pipe.row(pipe.run(batch, 1), 0)
+        if pipe.batcher is None:
+            out = pipe.row(pipe.run(batch, 1), 0)
+        else:
+            out = pipe.row(*pipe.batcher.submit(batch, 1, timeout_ms))
         return Prediction(out, new_request_id(), pipe.mv.name, pipe.mv.version) if details else out
 
-    def predict_batch(self, records: Any, *, details: bool = False) -> Any:
+    def predict_batch(
+        self, records: Any, *, details: bool = False, timeout_ms: float | None = None
+    ) -> Any:
         """Predict many records: a list of records, a 2-D array, a DataFrame, or a dict of
         arrays for multi-input models. Returns the batch of outputs (a list of output-schema
         instances when declared), or a :class:`Prediction` with ``details=True`` (one request
         id for the whole batch). A bad record raises :class:`SchemaError` with its index.
+        With batching the rows join other calls' (``timeout_ms`` as in :meth:`predict`).
         """
         pipe = self._pipeline()
         batch = pipe.prepare_many(records)
         n = n_rows(batch)
-        out = pipe.rows(pipe.run(batch, n), n)
+        if pipe.batcher is None:
+            out = pipe.rows(pipe.run(batch, n), n)
+        else:
+            raw, off = pipe.batcher.submit(batch, n, timeout_ms)
+            out = pipe.rows(take(raw, slice(off, off + n)), n)
         return Prediction(out, new_request_id(), pipe.mv.name, pipe.mv.version) if details else out
 
-    async def apredict(self, record: Any, *, details: bool = False) -> Any:
-        """``predict`` for asyncio code: the model runs in a worker thread, not on the loop."""
+    async def apredict(
+        self, record: Any, *, details: bool = False, timeout_ms: float | None = None
+    ) -> Any:
+        """``predict`` for asyncio code: the model runs in a worker thread, not on the loop.
+
+        With batching the record is validated on the loop, then waits (without a thread of
+        its own) for a batch run by a worker thread; ``timeout_ms`` as in :meth:`predict`.
+        """
         import asyncio
 
-        self._pipeline()
-        return await asyncio.to_thread(self.predict, record, details=details)
+        pipe = self._pipeline()
+        if pipe.batcher is None:
+            return await asyncio.to_thread(self.predict, record, details=details)
+        batch = pipe.prepare_one(record)
+        out = pipe.row(*await pipe.batcher.asubmit(batch, 1, timeout_ms))
+        return Prediction(out, new_request_id(), pipe.mv.name, pipe.mv.version) if details else out
+
+    def batching_stats(self) -> BatchingStats | None:
+        """Counters of dynamic batching (requests, batches, batch sizes, queue wait), or
+        ``None`` when the handle was loaded without ``batching=``."""
+        batcher = self._pipe.batcher
+        return None if batcher is None else batcher.stats()
 
     # -- lifecycle
     def close(self) -> None:
-        """Stop serving and release the runtime. Idempotent."""
+        """Stop serving and release the runtime. Idempotent. With batching, calls already
+        queued finish first; calls made after ``close`` raise :class:`HandleClosedError`."""
         with self._lock:
             if self._state is HandleState.CLOSED:
                 return

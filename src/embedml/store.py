@@ -429,6 +429,7 @@ class ModelStore:
         postprocess: Any = None,
         strict: bool = True,
         allow_extra: bool = False,
+        batching: Any = None,
     ) -> ModelHandle:
         """Resolve ``version`` and open a :class:`~embedml.ModelHandle` on it.
 
@@ -436,13 +437,15 @@ class ModelStore:
         ``session_options`` (ONNX Runtime, dict or ``SessionOptions``), ``outputs`` (ONNX
         output name or names), ``preprocess`` / ``postprocess`` (callables on a batch;
         override the manifest's), ``strict`` (only lossless casts), ``allow_extra`` (ignore
-        unknown fields). An unknown option is a ``TypeError``. Raises the errors of
-        :meth:`resolve` and :meth:`read_artifact`, and :class:`UnsupportedFormatError`.
+        unknown fields), ``batching`` (an :class:`~embedml.Batching`, or ``True`` for its
+        defaults: concurrent calls are joined into batched model calls). An unknown option is
+        a ``TypeError``. Raises the errors of :meth:`resolve` and :meth:`read_artifact`,
+        :class:`UnsupportedFormatError`, and :class:`ConfigurationError` for a bad option.
         """
         from .handle import LoadOptions, ModelHandle
 
         options = LoadOptions(
             method=method, session_options=session_options, outputs=outputs, preprocess=preprocess,
-            postprocess=postprocess, strict=strict, allow_extra=allow_extra,
+            postprocess=postprocess, strict=strict, allow_extra=allow_extra, batching=batching,
         )  # fmt: skip
         return ModelHandle.open(self, self.resolve(name, version), options)

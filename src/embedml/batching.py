@@ -1,0 +1,732 @@
+"""Dynamic request batching: concurrent single calls joined into one model call.
+
+A handle loaded with ``batching=Batching(...)`` gets a :class:`Batcher` on its pipeline.
+Each call validates its own input on its own thread, then joins a queue. There is no
+background thread for thread callers: the caller that finds no batch running becomes the
+*leader* ("group commit"): it takes what is queued, runs the model on the joined batch and
+releases every other caller (a *follower*) with its own one-shot latch. Followers block on
+that latch; each one cuts its rows out of the batch's outputs on its own thread.
+
+Waiting policy (why a lone caller pays nothing): a leader never waits for a batch to fill
+when it is alone in the queue; it runs at once. Under load, requests pile up while the model
+runs, so the next batch is whatever arrived meanwhile (up to ``max_batch_size``): the model
+run itself is the wait. Only a leader that starts fresh and already sees other callers
+queued waits, up to ``max_wait_ms``, and only while the queue keeps growing.
+
+A leader keeps leading while requests are queued, for a few batches after its own result is
+ready, then hands the lead to the oldest queued thread caller (its latch says "lead"), so no
+caller serves others for long. Asyncio callers have no thread to lend: when one of them finds
+no batch running, a single worker thread (created on first use, joined by ``close``) leads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from bisect import bisect_left
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from .errors import (
+    ConfigurationError,
+    HandleClosedError,
+    OverloadedError,
+    PredictionError,
+    PredictionTimeoutError,
+)
+from .tensors import concat
+
+if TYPE_CHECKING:
+    from .handle import Pipeline
+
+__all__ = ["Batcher", "Batching", "BatchingStats"]
+
+# Batches a leader may run after its own result is ready before handing the lead on: more
+# keeps the model busy (a hand-off wakes a thread, which must then win the GIL), fewer bounds
+# how long one caller serves others (at most this many batch runs).
+_EXTRA_BATCHES = 4
+# How long a fresh leader naps between looks at a growing queue.
+_NAP_SECONDS = 0.0002
+# Upper bounds of the queue-wait histogram, in seconds (the last bucket is +inf).
+WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 1.0)
+
+# Marks the last caller of a wake chain (see Batcher._finish).
+_TAIL: Any = object()
+
+_QUEUED, _RUNNING, _DONE, _FAILED, _EXPIRED, _ABANDONED = range(6)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Settings of dynamic batching, validated when built (``ConfigurationError``).
+
+    * ``max_batch_size``: most rows (or calls, see ``count``) joined into one model call.
+    * ``max_wait_ms``: longest a fresh leader waits for a batch to fill while others are
+      arriving; a lone caller never waits. ``0`` never waits.
+    * ``max_queue``: most rows (or calls) waiting; beyond it a call raises
+      :class:`~embedml.OverloadedError` at once, or waits for room until its deadline.
+    * ``timeout_ms``: default deadline of each call (``None``: none); a call's own
+      ``timeout_ms=`` overrides it. Past it the call raises
+      :class:`~embedml.PredictionTimeoutError` and its request never reaches the model.
+    * ``count``: ``"rows"`` (a ``predict_batch`` of 10 rows counts 10) or ``"calls"``.
+    """
+
+    max_batch_size: int = 64
+    max_wait_ms: float = 2.0
+    max_queue: int = 1024
+    timeout_ms: float | None = None
+    count: Literal["rows", "calls"] = "rows"
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_queue"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ConfigurationError(
+                    f"Batching.{name} must be an integer >= 1, got {value!r}"
+                )
+        if self.max_queue < self.max_batch_size:
+            raise ConfigurationError(
+                f"Batching.max_queue ({self.max_queue}) must be >= max_batch_size "
+                f"({self.max_batch_size}), or a full batch could never be queued"
+            )
+        if not _is_number(self.max_wait_ms) or not 0 <= self.max_wait_ms <= 60_000:
+            raise ConfigurationError(
+                f"Batching.max_wait_ms must be a number in [0, 60000], got {self.max_wait_ms!r}"
+            )
+        check_timeout(self.timeout_ms, "Batching.timeout_ms")
+        if self.count not in ("rows", "calls"):
+            raise ConfigurationError(
+                f"Batching.count must be 'rows' or 'calls', got {self.count!r}"
+            )
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def check_timeout(value: Any, what: str = "timeout_ms") -> None:
+    """Raise :class:`ConfigurationError` unless ``value`` is ``None`` or a number > 0."""
+    if value is not None and (not _is_number(value) or value <= 0):
+        raise ConfigurationError(f"{what} must be None or a number of milliseconds > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BatchingStats:
+    """Counters of one handle's batcher since it was loaded (see ``handle.batching_stats()``).
+
+    ``requests`` calls and ``rows`` rows entered the queue; ``batches`` model calls ran them.
+    ``batch_sizes`` maps an upper bound (powers of two, then ``math.inf``) to the number of
+    batches with at most that many rows (not cumulative). ``queue_wait_*`` measure the time
+    from joining the queue to being taken into a batch; ``queue_wait_buckets`` maps upper
+    bounds in seconds (see ``WAIT_BUCKETS``) to counts. ``rejected`` calls got
+    ``OverloadedError``, ``timed_out`` a ``PredictionTimeoutError``, ``failed`` a
+    ``PredictionError``; ``isolation_runs`` counts re-runs made to isolate a failing record.
+    """
+
+    requests: int
+    rows: int
+    batches: int
+    batch_sizes: dict[float, int]
+    queue_wait_seconds_sum: float
+    queue_wait_seconds_max: float
+    queue_wait_buckets: dict[float, int]
+    queued: int
+    rejected: int
+    timed_out: int
+    failed: int
+    isolation_runs: int
+
+    @property
+    def mean_batch_size(self) -> float:
+        """Rows per model call (0.0 before the first batch)."""
+        return self.rows / self.batches if self.batches else 0.0
+
+
+class _Request:
+    """One call in the queue; only its own caller ever reads its result."""
+
+    __slots__ = (
+        "batch", "n", "key", "deadline", "latch", "future", "loop", "state", "lead",
+        "out", "off", "error", "enqueued", "next",
+    )  # fmt: skip
+
+    def __init__(self, batch: Any, n: int, deadline: float | None) -> None:
+        self.batch = batch
+        self.n = n
+        self.key = (batch.shape[1:], batch.dtype) if type(batch) is np.ndarray else _signature(batch)
+        self.deadline = deadline
+        self.latch: Any = None
+        self.future: Any = None
+        self.loop: Any = None
+        self.state = _QUEUED
+        self.lead = False
+        self.out: Any = None
+        self.off = 0
+        self.error: BaseException | None = None
+        self.enqueued = 0.0
+        self.next: _Request | None = None  # the caller to wake after this one (wake chain)
+
+
+def _signature(batch: Any) -> Any:
+    """What must match for batches to be joined: trailing shapes and dtypes (``None``: never)."""
+    if isinstance(batch, np.ndarray):
+        return (batch.shape[1:], batch.dtype)
+    if isinstance(batch, dict):
+        try:
+            return tuple((k, v.shape[1:], v.dtype) for k, v in batch.items())
+        except AttributeError:
+            return None
+    if isinstance(batch, tuple):
+        try:
+            return tuple((v.shape[1:], v.dtype) for v in batch)
+        except AttributeError:
+            return None
+    return None
+
+
+class Batcher:
+    """Joins concurrent calls on one :class:`~embedml.handle.Pipeline` into batched model calls.
+
+    Thread-safe; serves threads and asyncio tasks together. ``close()`` drains: queued calls
+    finish, later ones raise :class:`~embedml.HandleClosedError`.
+    """
+
+    def __init__(self, pipeline: Pipeline, settings: Batching) -> None:
+        self.pipeline = pipeline
+        self.settings = settings
+        self._rows = settings.count == "rows"
+        self._max = settings.max_batch_size
+        self._max_queue = settings.max_queue
+        self._max_wait = settings.max_wait_ms / 1000.0
+        self._default_timeout = settings.timeout_ms
+        self._mutex = threading.Lock()
+        self._queue: deque[_Request] = deque()
+        self._queued = 0  # in the unit of ``count``
+        self._running = False  # a leader exists (running, promoted, or submitted to the pool)
+        self._closed = False
+        self._drained: threading.Lock | None = None
+        self._room: list[threading.Lock] = []  # latches of calls waiting for queue room
+        self._pool: ThreadPoolExecutor | None = None
+        self._own: _Request | None = None  # the current leader's own request
+        self._chain = False  # callers of the last batch are still being woken in turn
+        self._leader_wait: threading.Lock | None = None  # a leader waiting for that chain
+        # counters (updated under _mutex, or by the single leader)
+        self._requests = self._rows_in = self._batches = 0
+        self._rejected = self._timed_out = self._failed = self._isolation = 0
+        self._sizes: dict[float, int] = {}
+        self._wait_sum = self._wait_max = 0.0
+        self._wait_buckets = [0] * (len(WAIT_BUCKETS) + 1)
+
+    # ------------------------------------------------------------------ callers
+    def _deadline(self, timeout_ms: float | None) -> float | None:
+        if timeout_ms is None:
+            timeout_ms = self._default_timeout
+        else:
+            check_timeout(timeout_ms)
+        return None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
+
+    def _enqueue(self, req: _Request) -> bool:
+        """Queue ``req``; returns whether the caller must lead. Caller holds no lock."""
+        size = req.n if self._rows else 1
+        while True:
+            with self._mutex:
+                if self._closed:
+                    raise HandleClosedError(f"the handle for {self.pipeline.label} is closed")
+                if self._queued + size <= self._max_queue or not self._queue:
+                    req.enqueued = time.monotonic()
+                    self._queue.append(req)
+                    self._queued += size
+                    if self._leader_wait is not None and self._queued >= self._max:
+                        self._leader_wait.release()
+                        self._leader_wait = None
+                    self._requests += 1
+                    self._rows_in += req.n
+                    if self._running:
+                        return False
+                    self._running = True
+                    return True
+                if req.deadline is None:
+                    self._rejected += 1
+                    raise OverloadedError(
+                        f"the batching queue of {self.pipeline.label} is full "
+                        f"({self._queued} {self.settings.count} queued, max_queue="
+                        f"{self._max_queue}); retry later or pass timeout_ms= to wait for room"
+                    )
+                room = threading.Lock()
+                room.acquire()
+                self._room.append(room)
+            left = req.deadline - time.monotonic()
+            if left <= 0 or not room.acquire(timeout=left):
+                with self._mutex:
+                    if room in self._room:
+                        self._room.remove(room)
+                    self._timed_out += 1
+                raise PredictionTimeoutError(
+                    f"no room in the batching queue of {self.pipeline.label} before the deadline"
+                )
+
+    def submit(self, batch: Any, n: int, timeout_ms: float | None = None) -> tuple[Any, int]:
+        """Run a validated batch of ``n`` rows with others; returns ``(outputs, offset)``: the
+        joined batch's raw outputs and where this call's rows start. Raises
+        :class:`PredictionError`, :class:`OverloadedError`, :class:`PredictionTimeoutError`,
+        :class:`HandleClosedError`."""
+        deadline = (
+            None if timeout_ms is None and self._default_timeout is None
+            else self._deadline(timeout_ms)
+        )  # fmt: skip
+        req = None
+        with self._mutex:
+            # The common cases in one critical section; a closed or full queue goes slow.
+            idle = not self._running and not self._closed
+            if idle:  # nobody else is calling: run at once, join nobody
+                self._running = True
+                self._requests += 1
+                self._rows_in += n
+                self._wait_buckets[0] += 1
+            elif not self._closed and self._queued + (n if self._rows else 1) <= self._max_queue:
+                req = _Request(batch, n, deadline)
+                req.latch = threading.Lock()
+                req.latch.acquire()
+                req.enqueued = time.monotonic()
+                self._queue.append(req)
+                self._queued += n if self._rows else 1
+                self._requests += 1
+                self._rows_in += n
+                if self._leader_wait is not None and self._queued >= self._max:
+                    self._leader_wait.release()
+                    self._leader_wait = None
+        if idle:
+            return self._run_alone(batch, n)
+        if req is None:  # closed, or the queue is full
+            req = _Request(batch, n, deadline)
+            req.latch = threading.Lock()
+            req.latch.acquire()
+            if self._enqueue(req):
+                self._lead(req)
+        latch = req.latch
+        while req.state <= _RUNNING:
+            try:
+                if req.deadline is None:
+                    acquired = latch.acquire()
+                else:
+                    acquired = latch.acquire(timeout=max(0.0, req.deadline - time.monotonic()))
+            except BaseException:  # e.g. KeyboardInterrupt: leave, but never strand the lead
+                self._leave(req, _ABANDONED)
+                if req.next is not None:
+                    self._pass_chain(req.next)
+                raise
+            if not acquired:
+                self._leave(req, _EXPIRED)
+            elif req.lead and req.state <= _RUNNING:
+                req.lead = False
+                self._lead(req)
+        nxt = req.next
+        if nxt is not None:  # pass the wake chain on before anything else
+            if nxt is _TAIL:
+                self._pass_chain(nxt)
+            else:
+                nxt.latch.release()
+        if req.state == _DONE:
+            return req.out, req.off
+        return self._result(req)
+
+    async def asubmit(self, batch: Any, n: int, timeout_ms: float | None = None) -> tuple[Any, int]:
+        """:meth:`submit` for asyncio tasks: waits on a future, never blocks the loop."""
+        import asyncio
+
+        req = _Request(batch, n, self._deadline(timeout_ms))
+        req.loop = asyncio.get_running_loop()
+        req.future = req.loop.create_future()
+        if self._enqueue(req):
+            self._pool_lead(True)
+        try:
+            if req.deadline is None:
+                await req.future
+            else:
+                left = max(0.0, req.deadline - time.monotonic())
+                await asyncio.wait_for(asyncio.shield(req.future), left)
+        except asyncio.TimeoutError:
+            self._leave(req, _EXPIRED)
+        except asyncio.CancelledError:
+            self._leave(req, _ABANDONED)
+            raise
+        return self._result(req)
+
+    def _run_alone(self, batch: Any, n: int) -> tuple[Any, int]:
+        """The fast path of an idle batcher: the caller's own batch runs at once; whoever
+        queued meanwhile is served next by this caller (for a few batches at most)."""
+        try:
+            out = self.pipeline.run(batch, n)
+        except BaseException as exc:
+            self._count_batch(n)
+            if isinstance(exc, PredictionError):
+                self._failed += 1
+            self._lead(None)
+            raise
+        self._count_batch(n)
+        with self._mutex:
+            if not self._queue:
+                self._step_down()
+                return out, 0
+        self._lead(None)
+        return out, 0
+
+    def _result(self, req: _Request) -> tuple[Any, int]:
+        if req.state == _DONE:
+            return req.out, req.off
+        if req.state == _FAILED:
+            raise req.error  # type: ignore[misc]
+        raise PredictionTimeoutError(
+            f"the deadline of a call to {self.pipeline.label} passed before its batch ran; "
+            "the request was dropped"
+        )
+
+    def _leave(self, req: _Request, state: int) -> None:
+        """The caller stops waiting (deadline passed, cancelled, interrupted): drop its
+        request from the queue, or mark it so that its late result goes nowhere."""
+        with self._mutex:
+            if req.state == _QUEUED:
+                self._drop_queued(req)
+            if req.state <= _RUNNING:
+                req.state = state
+                if state == _EXPIRED:
+                    self._timed_out += 1
+            promoted, req.lead = req.lead, False
+        if promoted:
+            self._pass_lead()
+
+    def _drop_queued(self, req: _Request) -> None:
+        try:
+            self._queue.remove(req)
+        except ValueError:
+            return
+        self._queued -= req.n if self._rows else 1
+        self._wake_room()
+
+    def _wake_room(self) -> None:
+        while self._room:
+            self._room.pop().release()
+
+    # ------------------------------------------------------------------ leading
+    def _pool_lead(self, fresh: bool = False) -> None:
+        """Start a leader on the batcher's worker thread (for asyncio callers)."""
+        with self._mutex:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="embedml-batcher")
+            pool = self._pool
+        pool.submit(self._lead, None, True, fresh)
+
+    def _pass_lead(self) -> None:
+        """Hand the lead to the oldest queued caller, or step down if nobody waits."""
+        with self._mutex:
+            head = self._queue[0] if self._queue else None
+            if head is None:
+                self._step_down()
+                return
+            if head.future is None:
+                head.lead = True
+                head.latch.release()
+                return
+        self._pool_lead()
+
+    def _step_down(self) -> None:
+        # under _mutex, with an empty queue
+        self._running = False
+        if self._drained is not None:
+            self._drained.release()
+            self._drained = None
+
+    def _lead(self, own: _Request | None, pool: bool = False, fresh: bool = False) -> None:
+        """Run batches until the queue is empty or the lead is handed on (see module doc).
+
+        ``own``: the leader's own queued request. ``pool``: the worker thread leads (it
+        serves until the queue is empty, but yields to a queued thread caller now and then).
+        ``fresh``: the batcher was idle; let callers who are arriving join (``_gather``).
+        """
+        extra = 0
+        self._own = own
+        try:
+            while True:
+                with self._mutex:
+                    if fresh and self._max_wait > 0 and len(self._queue) > 1:
+                        self._gather()
+                    elif self._chain and self._queued < self._max and self._max_wait > 0:
+                        self._await_chain()
+                    fresh = False
+                    reqs = self._take()
+                    if not reqs:  # _take empties the queue before it returns nothing
+                        self._step_down()
+                        return
+                self._run(reqs)
+                if own is not None:
+                    if own.state <= _RUNNING:
+                        continue
+                    if own.state != _DONE:  # expired or failed: hand on at once
+                        break
+                extra += 1
+                if extra > _EXTRA_BATCHES:
+                    if not pool:
+                        break
+                    with self._mutex:
+                        if self._queue and self._queue[0].future is None:
+                            break
+        except BaseException:
+            self._pass_lead()
+            raise
+        self._pass_lead()
+
+    def _pass_chain(self, nxt: _Request) -> None:
+        if nxt is not _TAIL:
+            nxt.latch.release()
+            return
+        with self._mutex:  # the whole batch has its results: the leader may go on
+            self._chain = False
+            if self._leader_wait is not None:
+                self._leader_wait.release()
+                self._leader_wait = None
+
+    def _await_chain(self) -> None:
+        """Under _mutex: callers of the last batch are still being woken, one by one, and
+        most will call again at once; wait (up to max_wait) until the last of them has been
+        woken or a full batch is queued, so the next batch is large. This costs no
+        throughput: while the leader waits, those callers use the GIL."""
+        latch = self._leader_wait = threading.Lock()
+        latch.acquire()
+        self._mutex.release()
+        try:
+            woken = latch.acquire(timeout=self._max_wait)
+        finally:
+            self._mutex.acquire()
+        if not woken:
+            self._leader_wait = None
+            self._chain = False
+
+    def _gather(self) -> None:
+        """Under _mutex: while others keep arriving, let them join (up to max_wait)."""
+        end = time.monotonic() + self._max_wait
+        while self._queued < self._max:
+            seen = self._queued
+            self._mutex.release()
+            try:
+                time.sleep(min(_NAP_SECONDS, max(0.0, end - time.monotonic())))
+            finally:
+                self._mutex.acquire()
+            if self._queued == seen or time.monotonic() >= end:
+                return
+
+    def _take(self) -> list[_Request]:
+        """Under _mutex: pop the next batch, dropping expired requests."""
+        queue, rows, cap = self._queue, self._rows, self._max
+        now = time.monotonic()
+        taken: list[_Request] = []
+        size = 0
+        while queue:
+            req = queue[0]
+            step = req.n if rows else 1
+            if taken and size + step > cap:
+                break
+            queue.popleft()
+            self._queued -= step
+            if req.deadline is not None and now >= req.deadline:
+                req.state = _EXPIRED
+                self._timed_out += 1
+                self._wake([req])
+                continue
+            req.state = _RUNNING
+            taken.append(req)
+            size += step
+            wait = now - req.enqueued
+            self._wait_sum += wait
+            if wait > self._wait_max:
+                self._wait_max = wait
+            self._wait_buckets[bisect_left(WAIT_BUCKETS, wait)] += 1
+        if self._room:
+            self._wake_room()
+        return taken
+
+    def _run(self, reqs: list[_Request]) -> None:
+        """Run taken requests: joined where their shapes allow, one group per shape."""
+        key = reqs[0].key
+        if key is not None and all(r.key == key for r in reqs):
+            self._run_group(reqs)
+            return
+        groups: dict[Any, list[_Request]] = {}
+        for i, r in enumerate(reqs):
+            groups.setdefault(r.key if r.key is not None else ("one", i), []).append(r)
+        for group in groups.values():
+            self._run_group(group)
+
+    def _run_group(self, reqs: list[_Request]) -> None:
+        n = 0
+        for r in reqs:
+            n += r.n
+        try:
+            batch = reqs[0].batch if len(reqs) == 1 else concat([r.batch for r in reqs])
+        except (ValueError, TypeError):
+            for r in reqs:
+                self._run_group([r])
+            return
+        pipe = self.pipeline
+        try:
+            out = pipe.run(batch, n)
+        except PredictionError as exc:
+            self._failed_batch(reqs, exc)
+            return
+        except BaseException as exc:
+            err = PredictionError(
+                f"batch of {pipe.label} failed: {type(exc).__name__}: {exc}", stage="model"
+            )
+            err.__cause__ = exc
+            self._fail(reqs, err)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._count_batch(n)
+        self._finish(reqs, out, None)
+
+    def _failed_batch(self, reqs: list[_Request], exc: PredictionError) -> None:
+        self._count_batch(sum(r.n for r in reqs))
+        if exc.stage == "output" or len(reqs) == 1:
+            if exc.stage == "output" and len(reqs) > 1:
+                err = PredictionError(
+                    f"{exc}; the batch joined {len(reqs)} calls, so all of them fail (no call "
+                    "is given rows that may belong to another)",
+                    stage="output",
+                )
+                err.__cause__ = exc.__cause__ or exc
+                exc = err
+            self._fail(reqs, exc)
+            return
+        # Isolate the offending record(s): run each half again; a call fails only if the
+        # part it is in fails on its own.
+        half = len(reqs) // 2
+        for part in (reqs[:half], reqs[half:]):
+            self._isolation += 1
+            self._run_group(part)
+
+    def _fail(self, reqs: list[_Request], exc: BaseException) -> None:
+        self._finish(reqs, None, exc)
+
+    def _finish(self, reqs: list[_Request], out: Any, error: BaseException | None) -> None:
+        """Hand each request its result (or ``error``) and wake its caller.
+
+        Thread callers are woken one after another (a wake chain: each caller wakes the next
+        as it picks up its result), not all at once: a herd of threads woken together only
+        fights over the GIL and multiplies context switches. Done under ``_mutex`` so that a
+        caller leaving at its deadline either gets its result or is left out of the chain.
+        """
+        first = last = None
+        loops: dict[Any, list[_Request]] | None = None
+        own = self._own
+        off = 0
+        with self._mutex:
+            for r in reqs:
+                if r.state == _RUNNING:
+                    if error is None:
+                        r.out = out
+                        r.off = off
+                        r.state = _DONE
+                    else:
+                        r.error = error
+                        r.state = _FAILED
+                        self._failed += 1
+                    if r.future is not None:
+                        if loops is None:
+                            loops = {}
+                        loops.setdefault(r.loop, []).append(r)
+                    elif r is own:
+                        r.latch.release()
+                    elif last is None:
+                        first = last = r
+                    else:
+                        last.next = r
+                        last = r
+                off += r.n
+        if first is not None:
+            last.next = _TAIL  # type: ignore[union-attr]
+            self._chain = True
+            first.latch.release()
+        if loops:
+            for loop, group in loops.items():
+                # A closed loop raises RuntimeError: nobody waits there any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_wake_futures, group)
+
+    def _count_batch(self, n: int) -> None:
+        self._batches += 1
+        bound: float = 1
+        while bound < n:
+            bound *= 2
+        if bound > self._max:
+            bound = math.inf
+        self._sizes[bound] = self._sizes.get(bound, 0) + 1
+
+    @staticmethod
+    def _wake(reqs: list[_Request]) -> None:
+        """Wake callers whose request ended without a batch (expired in the queue)."""
+        for r in reqs:
+            if r.future is None:
+                r.latch.release()
+            else:
+                with contextlib.suppress(RuntimeError):
+                    r.loop.call_soon_threadsafe(_wake_futures, [r])
+
+    # ------------------------------------------------------------------ lifecycle
+    def stats(self) -> BatchingStats:
+        """A snapshot of the counters."""
+        with self._mutex:
+            buckets = dict(zip((*WAIT_BUCKETS, math.inf), self._wait_buckets))
+            return BatchingStats(
+                requests=self._requests,
+                rows=self._rows_in,
+                batches=self._batches,
+                batch_sizes=dict(sorted(self._sizes.items())),
+                queue_wait_seconds_sum=self._wait_sum,
+                queue_wait_seconds_max=self._wait_max,
+                queue_wait_buckets=buckets,
+                queued=self._queued,
+                rejected=self._rejected,
+                timed_out=self._timed_out,
+                failed=self._failed,
+                isolation_runs=self._isolation,
+            )
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Refuse new calls, let queued ones finish, join the worker thread. Idempotent and
+        safe to call from several threads (or during a hot swap). Returns whether the queue
+        drained within ``timeout`` seconds (``None``: wait as long as it takes)."""
+        with self._mutex:
+            self._closed = True
+            self._wake_room()
+            drained = None
+            if self._running:
+                if self._drained is None:
+                    self._drained = threading.Lock()
+                    self._drained.acquire()
+                drained = self._drained
+        ok = True
+        if drained is not None:
+            ok = drained.acquire(timeout=-1 if timeout is None else timeout)
+            if ok:
+                drained.release()  # let other closers through
+        with self._mutex:
+            # Only now: a draining leader may still need the pool for asyncio callers.
+            pool = self._pool if ok else None
+            if ok:
+                self._pool = None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        return ok
+
+
+def _wake_futures(reqs: list[_Request]) -> None:
+    for r in reqs:
+        if not r.future.done():
+            r.future.set_result(None)
+
