@@ -23,6 +23,7 @@ from .errors import (
     OverloadedError,
     PredictionError,
     PredictionTimeoutError,
+    RequestNotFoundError,
     SchemaError,
     StoreError,
     UnsupportedFormatError,
@@ -33,8 +34,10 @@ from .errors import (
 if TYPE_CHECKING:
     from .formats import FormatOptions, ModelFormat, Runtime, available_formats, register_format
     from .handle import HandleState, ModelHandle, Prediction
+    from .hooks import PredictionRecord, Sink
     from .manifest import Manifest
     from .schema import RecordSchema, TensorSchema, TensorSpec
+    from .sinks import CallableSink, JsonlSink, LoggingSink, read_jsonl
     from .store import ModelStore, ModelVersion
 
 # Public names served from submodules on first use (PEP 562), so ``import embedml`` does not
@@ -48,6 +51,12 @@ _LAZY = {
     "HandleState": "handle",
     "ModelHandle": "handle",
     "Prediction": "handle",
+    "PredictionRecord": "hooks",
+    "Sink": "hooks",
+    "CallableSink": "sinks",
+    "JsonlSink": "sinks",
+    "LoggingSink": "sinks",
+    "read_jsonl": "sinks",
     "Manifest": "manifest",
     "RecordSchema": "schema",
     "TensorSchema": "schema",
@@ -57,6 +66,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "CallableSink",
     "ConfigurationError",
     "EmbedMLError",
     "FormatOptions",
@@ -65,6 +75,8 @@ __all__ = [
     "HandleState",
     "IntegrityError",
     "InvalidNameError",
+    "JsonlSink",
+    "LoggingSink",
     "Manifest",
     "ModelFormat",
     "ModelHandle",
@@ -75,10 +87,13 @@ __all__ = [
     "OverloadedError",
     "Prediction",
     "PredictionError",
+    "PredictionRecord",
     "PredictionTimeoutError",
     "RecordSchema",
+    "RequestNotFoundError",
     "Runtime",
     "SchemaError",
+    "Sink",
     "StoreError",
     "TensorSchema",
     "TensorSpec",
@@ -89,6 +104,7 @@ __all__ = [
     "available_formats",
     "default_store",
     "load",
+    "read_jsonl",
     "register_format",
 ]
 

@@ -429,6 +429,7 @@ class ModelStore:
         postprocess: Any = None,
         strict: bool = True,
         allow_extra: bool = False,
+        hooks: list[Any] | tuple[Any, ...] = (),
     ) -> ModelHandle:
         """Resolve ``version`` and open a :class:`~embedml.ModelHandle` on it.
 
@@ -436,13 +437,15 @@ class ModelStore:
         ``session_options`` (ONNX Runtime, dict or ``SessionOptions``), ``outputs`` (ONNX
         output name or names), ``preprocess`` / ``postprocess`` (callables on a batch;
         override the manifest's), ``strict`` (only lossless casts), ``allow_extra`` (ignore
-        unknown fields). An unknown option is a ``TypeError``. Raises the errors of
+        unknown fields), ``hooks`` (sinks or callables that receive a
+        :class:`~embedml.PredictionRecord` per call, see ``docs/observability.md``). An
+        unknown option is a ``TypeError``. Raises the errors of
         :meth:`resolve` and :meth:`read_artifact`, and :class:`UnsupportedFormatError`.
         """
         from .handle import LoadOptions, ModelHandle
 
         options = LoadOptions(
             method=method, session_options=session_options, outputs=outputs, preprocess=preprocess,
-            postprocess=postprocess, strict=strict, allow_extra=allow_extra,
+            postprocess=postprocess, strict=strict, allow_extra=allow_extra, hooks=tuple(hooks),
         )  # fmt: skip
         return ModelHandle.open(self, self.resolve(name, version), options)

@@ -1,0 +1,474 @@
+"""Prediction hooks: what a handle hands to sinks after every call, and how it gets there.
+
+A handle builds one :class:`PredictionRecord` per call (``predict``, ``predict_batch``,
+``apredict``) and offers it to each attached :class:`Sink`. A sink accepts it into a
+bounded queue in O(1) and a background thread (one per sink) writes it; the caller never
+waits for I/O and never sees a sink's exception. When the queue is full the record is
+dropped and counted (``policy="drop"``, the default) or the caller waits for room
+(``policy="block"``). Turning arrays into JSON-ready values happens on the writer thread,
+the first time a sink reads ``record.inputs`` / ``record.outputs``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import hashlib
+import logging
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .errors import ConfigurationError
+
+__all__ = ["PredictionRecord", "Sink", "jsonable"]
+
+log = logging.getLogger("embedml.hooks")
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types (lists, dicts, str, int, float, bool, None).
+
+    numpy arrays become nested lists, pydantic models dicts, DataFrames lists of records;
+    anything else unknown becomes its ``repr``.
+    """
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "to_dict") and hasattr(value, "columns"):
+        return value.to_dict(orient="records")
+    return repr(value)
+
+
+class Source:
+    """What every record of one loaded version shares (so records stay small)."""
+
+    __slots__ = ("model", "version", "input_names")
+
+    def __init__(self, model: str, version: str, input_names: tuple[str, ...] | None) -> None:
+        self.model = model
+        self.version = version
+        self.input_names = input_names
+
+
+class PredictionRecord:
+    """One call to a handle, as hooks see it.
+
+    Attributes: ``request_id`` (the id ``predict(..., details=True)`` returns, the key of
+    ``log_outcome``), ``model``, ``version``, ``timestamp`` (Unix seconds at the start of
+    the call), ``batch_size`` (rows), ``latency_ms`` (whole call), ``validation_ms``,
+    ``queue_ms`` (time waiting for a batch; 0 without batching), ``model_ms``
+    (preprocess + model + postprocess), ``error`` (``"TypeName: message"`` or ``None``) and
+    ``error_type``. ``inputs`` (after validation; a list of ``{field: value}`` rows for
+    record schemas) and ``outputs`` are JSON-ready values built on first access.
+    """
+
+    __slots__ = (
+        "request_id", "_source", "timestamp", "batch_size", "latency_ms", "validation_ms",
+        "queue_ms", "model_ms", "error", "error_type", "_raw_inputs", "_raw_outputs",
+        "_inputs", "_outputs",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        request_id: str,
+        source: Source,
+        timestamp: float,
+        batch_size: int,
+        timings: tuple[float, float, float, float],
+        raw_inputs: Any,
+        raw_outputs: Any,
+        error: BaseException | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self._source = source
+        self.timestamp = timestamp
+        self.batch_size = batch_size
+        self.validation_ms, self.queue_ms, self.model_ms, self.latency_ms = timings
+        self.error = None if error is None else f"{type(error).__name__}: {error}"
+        self.error_type = None if error is None else type(error).__name__
+        self._raw_inputs = raw_inputs
+        self._raw_outputs = raw_outputs
+        self._inputs: Any = _UNSET
+        self._outputs: Any = _UNSET
+
+    @property
+    def model(self) -> str:
+        return self._source.model
+
+    @property
+    def version(self) -> str:
+        return self._source.version
+
+    @property
+    def input_names(self) -> tuple[str, ...] | None:
+        """Field names of the input rows (record schemas), else ``None``."""
+        return self._source.input_names
+
+    @property
+    def raw_inputs(self) -> Any:
+        """The validated input batch as the model got it (arrays); do not modify it."""
+        return self._raw_inputs
+
+    @property
+    def raw_outputs(self) -> Any:
+        """The output batch (arrays) after postprocessing; do not modify it."""
+        return self._raw_outputs
+
+    @property
+    def inputs(self) -> Any:
+        """The validated inputs as JSON-ready values (``None`` if validation failed)."""
+        if self._inputs is _UNSET:
+            raw, names = self._raw_inputs, self._source.input_names
+            if names is not None and getattr(raw, "ndim", 0) == 2:
+                self._inputs = [dict(zip(names, row)) for row in raw.tolist()]
+            else:
+                self._inputs = jsonable(raw)
+        return self._inputs
+
+    @property
+    def outputs(self) -> Any:
+        """The outputs as JSON-ready values (``None`` if the call failed)."""
+        if self._outputs is _UNSET:
+            self._outputs = jsonable(self._raw_outputs)
+        return self._outputs
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as one JSON-ready dict (what :class:`~embedml.JsonlSink` writes)."""
+        return {
+            "request_id": self.request_id,
+            "model": self.model,
+            "version": self.version,
+            "timestamp": self.timestamp,
+            "batch_size": self.batch_size,
+            "latency_ms": round(self.latency_ms, 4),
+            "validation_ms": round(self.validation_ms, 4),
+            "queue_ms": round(self.queue_ms, 4),
+            "model_ms": round(self.model_ms, 4),
+            "error": self.error,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+        }
+
+    def __repr__(self) -> str:
+        status = self.error or "ok"
+        return f"<PredictionRecord {self.request_id} {self.model}@{self.version} n={self.batch_size} {status}>"
+
+
+_UNSET: Any = object()
+
+# Sinks still open, closed (so flushed) at interpreter exit.
+_LIVE: weakref.WeakSet[Sink] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for sink in list(_LIVE):
+        try:
+            sink.close(timeout=5.0)
+        except Exception:  # pragma: no cover - exit must go on
+            log.exception("closing %r at exit failed", sink)
+
+
+def _redactor(redact: Any) -> Callable[[Any], Any] | None:
+    """``{"field": "drop" | "hash"}`` (or a list of fields to drop) -> a function on values."""
+    if redact is None:
+        return None
+    rules = dict.fromkeys(redact, "drop") if not isinstance(redact, Mapping) else dict(redact)
+    for key, how in rules.items():
+        if how not in ("drop", "hash"):
+            raise ConfigurationError(f"redact[{key!r}] must be 'drop' or 'hash', got {how!r}")
+
+    def apply(value: Any) -> Any:
+        if isinstance(value, list):
+            return [apply(v) for v in value]
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                how = rules.get(k)
+                if how is None:
+                    out[k] = v
+                elif how == "hash":
+                    out[k] = "sha256:" + hashlib.sha256(repr(v).encode()).hexdigest()[:16]
+            return out
+        return value
+
+    return apply
+
+
+class Sink:
+    """Base of every hook: a bounded queue drained by one background writer thread.
+
+    Subclasses implement :meth:`write` (called on the writer thread with a list of
+    records, oldest first). Options: ``sample`` (fraction of calls kept, 0..1),
+    ``redact`` (``{"field": "drop"|"hash"}`` or a list of fields to drop, applied by
+    :meth:`redact` on input/output dicts), ``max_queue`` (records waiting at most) and
+    ``policy`` (``"drop"``: count and drop when full; ``"block"``: the caller waits).
+    An exception in :meth:`write` is logged once and counted in :meth:`stats`.
+    Raises :class:`ConfigurationError` for invalid options.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample: float = 1.0,
+        redact: Mapping[str, str] | Iterable[str] | None = None,
+        max_queue: int = 10_000,
+        policy: str = "drop",
+        name: str | None = None,
+    ) -> None:
+        if not 0.0 <= float(sample) <= 1.0:
+            raise ConfigurationError(f"sample must be in [0, 1], got {sample!r}")
+        if policy not in ("drop", "block"):
+            raise ConfigurationError(f"policy must be 'drop' or 'block', got {policy!r}")
+        if int(max_queue) < 1:
+            raise ConfigurationError(f"max_queue must be >= 1, got {max_queue!r}")
+        self.sample = float(sample)
+        self.policy = policy
+        self.max_queue = int(max_queue)
+        self.name = name or type(self).__name__
+        self._redact = _redactor(redact)
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._queue: collections.deque[PredictionRecord] = collections.deque()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._users = 0
+        self._busy = 0  # records taken off the queue, not yet written
+        self._counts = collections.Counter[str]()
+        self._logged_error = False
+
+    # -- caller side
+    def submit(self, record: PredictionRecord) -> bool:
+        """Offer one record (O(1)); returns whether it was accepted. Never raises."""
+        if self.sample < 1.0 and random.random() >= self.sample:
+            return False
+        with self._lock:
+            if self._closed:
+                self._counts["dropped"] += 1
+                return False
+            if self._thread is None:
+                self._start()
+            # records being written count too: at most max_queue are held in all
+            while len(self._queue) + self._busy >= self.max_queue:
+                if self.policy == "drop" or self._closed:
+                    self._counts["dropped"] += 1
+                    return False
+                self._room.wait(0.1)
+            self._queue.append(record)
+            self._counts["accepted"] += 1
+        if not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"embedml-{self.name}", daemon=True
+        )
+        self._thread.start()
+        _LIVE.add(self)
+
+    # -- writer side
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(0.2)
+            self._wake.clear()
+            with self._lock:
+                batch, self._queue = list(self._queue), collections.deque()
+                self._busy = len(batch)
+                closing = self._closed
+            if batch:
+                try:
+                    self.write(batch)
+                    self._count("written", len(batch))
+                except Exception as exc:
+                    self._failed(exc, len(batch))
+                with self._lock:
+                    self._busy = 0
+                    self._room.notify_all()
+            elif closing:
+                return
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def _failed(self, exc: BaseException, n: int) -> None:
+        self._count("errors", n)
+        if not self._logged_error:
+            self._logged_error = True
+            log.error(
+                "sink %s raised %s: %s (logged once; further errors are only counted)",
+                self.name, type(exc).__name__, exc, exc_info=exc,
+            )  # fmt: skip
+
+    def write(self, records: list[PredictionRecord]) -> None:
+        """Handle a list of records on the writer thread. Subclasses override this."""
+        raise NotImplementedError
+
+    def redact(self, value: Any) -> Any:
+        """Apply this sink's redaction rules to a JSON-ready input/output value."""
+        return value if self._redact is None else self._redact(value)
+
+    def record_dict(self, record: PredictionRecord) -> dict[str, Any]:
+        """``record.to_dict()`` with this sink's redaction applied."""
+        d = record.to_dict()
+        if self._redact is not None:
+            d["inputs"] = self._redact(d["inputs"])
+            d["outputs"] = self._redact(d["outputs"])
+        return d
+
+    # -- lifecycle
+    def attach(self, handle: Any) -> None:
+        """Called when a handle starts using this sink (a sink may serve several handles)."""
+        with self._lock:
+            self._users += 1
+
+    def detach(self, handle: Any) -> None:
+        """Called by ``handle.close()``: the last handle to detach closes the sink."""
+        with self._lock:
+            self._users -= 1
+            last = self._users <= 0
+        if last:
+            self.close()
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until every accepted record is written; returns ``False`` on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wake.set()
+        with self._lock:
+            while self._queue or self._busy:
+                if self._thread is None or not self._thread.is_alive():
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._room.wait(min(left or 0.1, 0.1))
+                self._wake.set()
+        return True
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Write everything accepted, stop the writer thread and release resources. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._room.notify_all()
+            thread = self._thread
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        _LIVE.discard(self)
+        self._release()
+
+    def _release(self) -> None:
+        """Free files or other resources after the writer stopped (override)."""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict[str, Any]:
+        """Counts: ``accepted``, ``written``, ``dropped`` (queue full or closed), ``errors``
+        (records a write failed on), and ``queued`` (waiting now)."""
+        with self._lock:
+            c = self._counts
+            return {
+                "name": self.name,
+                "accepted": c["accepted"],
+                "written": c["written"],
+                "dropped": c["dropped"],
+                "errors": c["errors"],
+                "queued": len(self._queue) + self._busy,
+            }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}{' closed' if self._closed else ''}>"
+
+
+def _snapshot_inputs(batch: Any) -> Any:
+    # The validated batch may be the caller's own array; copy it (cheap next to the JSON
+    # work it saves) so a caller reusing its buffer cannot change what gets logged.
+    if hasattr(batch, "copy") and hasattr(batch, "dtype"):
+        return batch.copy()
+    if isinstance(batch, dict):
+        return {k: v.copy() if hasattr(v, "copy") else v for k, v in batch.items()}
+    return batch
+
+
+class Observer:
+    """A handle's observability state: metrics, remembered outputs for outcomes, sinks.
+
+    ``end`` is the one call the handle makes after each prediction; it costs O(1) plus
+    one queue append per sink.
+    """
+
+    def __init__(self) -> None:
+        from .metrics import Metrics
+        from .quality import QualityTracker
+
+        self.metrics = Metrics()
+        self.quality = QualityTracker()
+        self.sinks: tuple[Sink, ...] = ()
+        self._lock = threading.Lock()
+
+    def add(self, sink: Sink, handle: Any) -> None:
+        with self._lock:
+            if sink in self.sinks:
+                return
+            sink.attach(handle)
+            self.sinks = (*self.sinks, sink)
+
+    def remove(self, sink: Sink, handle: Any) -> bool:
+        with self._lock:
+            if sink not in self.sinks:
+                return False
+            self.sinks = tuple(s for s in self.sinks if s is not sink)
+        sink.detach(handle)
+        return True
+
+    def end(
+        self,
+        source: Source,
+        request_id: str,
+        batch: Any,
+        outputs: Any,
+        n: int,
+        stamps: tuple[float, float, float, float],
+        error: BaseException | None = None,
+        queue: float = 0.0,
+    ) -> None:
+        """Record one finished call. ``stamps``: perf_counter at start, after validation,
+        after the model (including any queue wait ``queue``), and at the end."""
+        t0, t1, t2, t3 = stamps
+        timings = (t1 - t0, queue, max(t2 - t1 - queue, 0.0), t3 - t0)
+        self.metrics.end(n, timings, error)
+        if error is None:
+            self.quality.remember(request_id, outputs)
+        sinks = self.sinks
+        if sinks:
+            record = PredictionRecord(
+                request_id, source, time.time() - timings[3], n,
+                tuple(t * 1e3 for t in timings),  # type: ignore[arg-type]
+                _snapshot_inputs(batch), outputs, error,
+            )  # fmt: skip
+            for sink in sinks:
+                sink.submit(record)
+
+    def close(self, handle: Any) -> None:
+        with self._lock:
+            sinks, self.sinks = self.sinks, ()
+        for sink in sinks:
+            try:
+                sink.detach(handle)
+            except Exception:  # pragma: no cover - closing must go on
+                log.exception("closing sink %r failed", sink)
