@@ -146,6 +146,11 @@ class Metrics:
             h["model"].add(timings[2])
             h["total"].add(timings[3])
 
+    def histograms(self) -> dict[str, tuple[list[int], float, int]]:
+        """A consistent copy of each stage's bucket counts, sum (seconds) and count."""
+        with self._lock:
+            return {s: (list(h.counts), h.total, h.n) for s, h in self.hist.items()}
+
     def snapshot(self) -> dict[str, Any]:
         """Counts, per-stage latency summaries (ms), throughput and batch sizes."""
         now = time.time()
