@@ -32,10 +32,12 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .drift import DriftMonitor, DriftReport
     from .formats import FormatOptions, ModelFormat, Runtime, available_formats, register_format
     from .handle import HandleState, ModelHandle, Prediction
     from .hooks import PredictionRecord, Sink
     from .manifest import Manifest
+    from .profile import ReferenceProfile
     from .schema import RecordSchema, TensorSchema, TensorSpec
     from .sinks import CallableSink, JsonlSink, LoggingSink, read_jsonl
     from .store import ModelStore, ModelVersion
@@ -53,6 +55,9 @@ _LAZY = {
     "Prediction": "handle",
     "PredictionRecord": "hooks",
     "Sink": "hooks",
+    "DriftMonitor": "drift",
+    "DriftReport": "drift",
+    "ReferenceProfile": "profile",
     "CallableSink": "sinks",
     "JsonlSink": "sinks",
     "LoggingSink": "sinks",
@@ -68,6 +73,8 @@ _LAZY = {
 __all__ = [
     "CallableSink",
     "ConfigurationError",
+    "DriftMonitor",
+    "DriftReport",
     "EmbedMLError",
     "FormatOptions",
     "GateFailedError",
@@ -90,6 +97,7 @@ __all__ = [
     "PredictionRecord",
     "PredictionTimeoutError",
     "RecordSchema",
+    "ReferenceProfile",
     "RequestNotFoundError",
     "Runtime",
     "SchemaError",

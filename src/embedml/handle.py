@@ -249,8 +249,12 @@ class ModelHandle:
         self._store = store
         self._obs = Observer()
         self._warmed = False
-        for hook in options.hooks:
-            self.add_hook(hook)
+        try:
+            for hook in options.hooks:
+                self.add_hook(hook)
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def open(cls, store: ModelStore, mv: ModelVersion, options: LoadOptions) -> ModelHandle:
