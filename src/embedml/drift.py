@@ -25,6 +25,7 @@ import numpy as np
 from .errors import ConfigurationError
 from .hooks import PredictionRecord, Sink
 from .profile import FeatureProfile, ReferenceProfile, feature_matrix
+from .tensors import concat
 
 __all__ = [
     "DriftMonitor",
@@ -341,9 +342,13 @@ class DriftMonitor(Sink):
             return
         for group, (window, _, _) in self._windows.items():
             attr = "raw_inputs" if group == "x" else "raw_outputs"
-            blocks = [self._block(group, getattr(r, attr), r.input_names) for r in ok]
+            try:  # one vectorised pass over the whole write batch when the arrays allow it
+                block = self._block(group, concat([getattr(r, attr) for r in ok]), ok[0].input_names)
+            except (ValueError, TypeError):
+                blocks = [self._block(group, getattr(r, attr), r.input_names) for r in ok]
+                block = np.concatenate(blocks)
             with self._window_lock:
-                window.push(np.concatenate(blocks) if len(blocks) > 1 else blocks[0])
+                window.push(block)
         n = sum(r.batch_size for r in ok)
         self.rows_seen += n
         self._since_check += n

@@ -22,6 +22,8 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from .errors import ConfigurationError
 
 __all__ = ["PredictionRecord", "Sink", "jsonable"]
@@ -74,9 +76,8 @@ class PredictionRecord:
     """
 
     __slots__ = (
-        "request_id", "_source", "timestamp", "batch_size", "latency_ms", "validation_ms",
-        "queue_ms", "model_ms", "error", "error_type", "_raw_inputs", "_raw_outputs",
-        "_inputs", "_outputs",
+        "request_id", "_source", "timestamp", "batch_size", "_timings", "_error",
+        "_raw_inputs", "_raw_outputs", "_inputs", "_outputs",
     )  # fmt: skip
 
     def __init__(
@@ -94,13 +95,37 @@ class PredictionRecord:
         self._source = source
         self.timestamp = timestamp
         self.batch_size = batch_size
-        self.validation_ms, self.queue_ms, self.model_ms, self.latency_ms = timings
-        self.error = None if error is None else f"{type(error).__name__}: {error}"
-        self.error_type = None if error is None else type(error).__name__
+        self._timings = timings  # seconds; the *_ms properties convert when read
+        self._error = error
         self._raw_inputs = raw_inputs
         self._raw_outputs = raw_outputs
         self._inputs: Any = _UNSET
         self._outputs: Any = _UNSET
+
+    @property
+    def validation_ms(self) -> float:
+        return self._timings[0] * 1e3
+
+    @property
+    def queue_ms(self) -> float:
+        return self._timings[1] * 1e3
+
+    @property
+    def model_ms(self) -> float:
+        return self._timings[2] * 1e3
+
+    @property
+    def latency_ms(self) -> float:
+        return self._timings[3] * 1e3
+
+    @property
+    def error(self) -> str | None:
+        e = self._error
+        return None if e is None else f"{type(e).__name__}: {e}"
+
+    @property
+    def error_type(self) -> str | None:
+        return None if self._error is None else type(self._error).__name__
 
     @property
     def model(self) -> str:
@@ -237,6 +262,9 @@ class Sink:
         self.policy = policy
         self.max_queue = int(max_queue)
         self.name = name or type(self).__name__
+        #: Seconds between writes when few records arrive (the longest a record waits).
+        self.interval = 0.05
+        self._wake_at = max(1, self.max_queue // 4)
         self._redact = _redactor(redact)
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
@@ -265,10 +293,14 @@ class Sink:
                 if self.policy == "drop" or self._closed:
                     self._counts["dropped"] += 1
                     return False
+                self._wake.set()
                 self._room.wait(0.1)
             self._queue.append(record)
             self._counts["accepted"] += 1
-        if not self._wake.is_set():
+            # Wake the writer only when a good batch is waiting (it also wakes every
+            # `interval` seconds): waking it per record costs more than writing the record.
+            wake = len(self._queue) >= self._wake_at
+        if wake and not self._wake.is_set():
             self._wake.set()
         return True
 
@@ -282,7 +314,7 @@ class Sink:
     # -- writer side
     def _run(self) -> None:
         while True:
-            self._wake.wait(0.2)
+            self._wake.wait(self.interval)
             self._wake.clear()
             with self._lock:
                 batch, self._queue = list(self._queue), collections.deque()
@@ -398,7 +430,7 @@ class Sink:
 def _snapshot_inputs(batch: Any) -> Any:
     # The validated batch may be the caller's own array; copy it (cheap next to the JSON
     # work it saves) so a caller reusing its buffer cannot change what gets logged.
-    if hasattr(batch, "copy") and hasattr(batch, "dtype"):
+    if type(batch) is np.ndarray:
         return batch.copy()
     if isinstance(batch, dict):
         return {k: v.copy() if hasattr(v, "copy") else v for k, v in batch.items()}
@@ -457,8 +489,7 @@ class Observer:
         sinks = self.sinks
         if sinks:
             record = PredictionRecord(
-                request_id, source, time.time() - timings[3], n,
-                tuple(t * 1e3 for t in timings),  # type: ignore[arg-type]
+                request_id, source, time.time() - timings[3], n, timings,
                 _snapshot_inputs(batch), outputs, error,
             )  # fmt: skip
             for sink in sinks:

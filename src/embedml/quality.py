@@ -10,6 +10,7 @@ sums are updated in O(1) per row.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import threading
 from typing import Any
@@ -57,9 +58,10 @@ class QualityTracker:
         """Keep the outputs of one call for a later :meth:`join` (O(1))."""
         if self.pending == 0:
             return
-        with self._lock:
-            self._outputs[request_id] = outputs
-            if len(self._outputs) > self.pending:
+        # OrderedDict operations are atomic under the GIL; no lock on the hot path
+        self._outputs[request_id] = outputs
+        if len(self._outputs) > self.pending:
+            with contextlib.suppress(KeyError):  # emptied by a concurrent join
                 self._outputs.popitem(last=False)
 
     def join(self, request_id: str, y_true: Any, where: str) -> dict[str, Any]:

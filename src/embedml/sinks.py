@@ -8,6 +8,7 @@ or ``handle.add_hook(...)``; a plain callable given there is wrapped in a
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -27,7 +28,10 @@ class JsonlSink(Sink):
     ``rotate_bytes``: when the file reaches this size it is renamed ``path.1`` (older ones
     shift to ``path.2`` ...) and a new file is started; ``keep`` rotated files are kept.
     The file is flushed after every write batch, on :meth:`close` and at interpreter exit.
-    Other options are those of :class:`~embedml.hooks.Sink`. Raises
+    ``arrays="list"`` writes inputs and outputs as JSON lists (readable, but formatting
+    floats as text costs about 1 µs per number); ``arrays="base64"`` writes numeric arrays
+    as ``{"dtype", "shape", "base64"}`` objects (lossless and much cheaper; :func:`read_jsonl`
+    turns them back into arrays). Other options are those of :class:`~embedml.hooks.Sink`. Raises
     :class:`ConfigurationError` for invalid options.
     """
 
@@ -41,7 +45,10 @@ class JsonlSink(Sink):
         redact: Mapping[str, str] | Iterable[str] | None = None,
         max_queue: int = 10_000,
         policy: str = "drop",
+        arrays: str = "list",
     ) -> None:
+        if arrays not in ("list", "base64"):
+            raise ConfigurationError(f"arrays must be 'list' or 'base64', got {arrays!r}")
         if rotate_bytes is not None and int(rotate_bytes) < 1:
             raise ConfigurationError(f"rotate_bytes must be >= 1 or None, got {rotate_bytes!r}")
         if int(keep) < 0:
@@ -53,18 +60,38 @@ class JsonlSink(Sink):
         self.path = Path(path)
         self.rotate_bytes = None if rotate_bytes is None else int(rotate_bytes)
         self.keep = int(keep)
+        self.arrays = arrays
         self._file: Any = None
 
     def write(self, records: list[PredictionRecord]) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open
-        dumps = json.dumps
-        text = "".join([dumps(self.record_dict(r), default=str) + "\n" for r in records])
-        self._file.write(text)
+        self._file.write("".join([self._line(r) for r in records]))
         self._file.flush()
         if self.rotate_bytes is not None and self._file.tell() >= self.rotate_bytes:
             self._rotate()
+
+    def _payload(self, record: PredictionRecord, which: str) -> str:
+        raw = record.raw_inputs if which == "inputs" else record.raw_outputs
+        if self.arrays == "base64" and not (which == "inputs" and self._redact is not None):
+            packed = _pack(raw)
+            if packed is not None:
+                return json.dumps(packed)
+        value = record.inputs if which == "inputs" else record.outputs
+        return json.dumps(self.redact(value), default=str)
+
+    def _line(self, r: PredictionRecord) -> str:
+        # The envelope is formatted directly: json.dumps of a whole dict costs more than
+        # the record's other work. Only strings that may need escaping go through json.
+        return (
+            f'{{"request_id":"{r.request_id}","model":{json.dumps(r.model)},'
+            f'"version":{json.dumps(r.version)},"timestamp":{r.timestamp!r},'
+            f'"batch_size":{r.batch_size},"latency_ms":{r.latency_ms:.4f},'
+            f'"validation_ms":{r.validation_ms:.4f},"queue_ms":{r.queue_ms:.4f},'
+            f'"model_ms":{r.model_ms:.4f},"error":{json.dumps(r.error)},'
+            f'"inputs":{self._payload(r, "inputs")},"outputs":{self._payload(r, "outputs")}}}\n'
+        )
 
     def _rotate(self) -> None:
         self._file.close()
@@ -92,11 +119,37 @@ class JsonlSink(Sink):
             self._file = None
 
 
+def _pack(value: Any) -> Any:
+    """Numeric arrays (or dicts of them) as base64 objects; ``None`` if not applicable."""
+    if hasattr(value, "dtype") and hasattr(value, "tobytes") and value.dtype.kind in "biuf":
+        return {
+            "dtype": value.dtype.str,
+            "shape": list(value.shape),
+            "base64": base64.b64encode(value.tobytes()).decode("ascii"),
+        }
+    if isinstance(value, dict):
+        packed = {str(k): _pack(v) for k, v in value.items()}
+        return packed if all(v is not None for v in packed.values()) else None
+    return None
+
+
+def _unpack(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, dict):
+        if set(value) == {"dtype", "shape", "base64"}:
+            raw = base64.b64decode(value["base64"])
+            return np.frombuffer(raw, dtype=np.dtype(value["dtype"])).reshape(value["shape"])
+        return {k: _unpack(v) for k, v in value.items()}
+    return value
+
+
 def read_jsonl(path: str | os.PathLike[str], *, rotated: bool = True) -> list[dict[str, Any]]:
     """Read prediction records written by :class:`JsonlSink` (oldest first).
 
     With ``rotated=True`` the rotated files ``path.N`` ... ``path.1`` are read before
-    ``path``. A truncated last line (a crash mid-write) is skipped.
+    ``path``. A truncated last line (a crash mid-write) is skipped. Arrays written with
+    ``arrays="base64"`` come back as numpy arrays.
     """
     return list(iter_jsonl(path, rotated=rotated))
 
@@ -118,9 +171,13 @@ def iter_jsonl(path: str | os.PathLike[str], *, rotated: bool = True) -> Iterato
         with open(p, encoding="utf-8") as f:
             for line in f:
                 try:
-                    yield json.loads(line)
+                    d = json.loads(line)
                 except json.JSONDecodeError:
                     continue
+                for key in ("inputs", "outputs"):
+                    if isinstance(d.get(key), dict):
+                        d[key] = _unpack(d[key])
+                yield d
 
 
 class LoggingSink(Sink):

@@ -25,6 +25,14 @@ _N = _PER_OCTAVE * 29 + 1  # the last regular bucket ends at 2**9 s; one overflo
 _WINDOW = 60  # seconds of history for the recent throughput
 
 
+def bucket(seconds: float, _log2: Any = math.log2, _ceil: Any = math.ceil) -> int:
+    """Index of the histogram bucket holding ``seconds``."""
+    if seconds <= 9.5367431640625e-07:  # 2**-20: the first bucket
+        return 0
+    i = _ceil((_log2(seconds) - _MIN_EXP) * _PER_OCTAVE)
+    return _N if i > _N else i
+
+
 class Histogram:
     """Counts of values (seconds) in log-spaced buckets; not thread-safe on its own."""
 
@@ -41,12 +49,7 @@ class Histogram:
         return math.inf if i >= _N else 2.0 ** (_MIN_EXP + i / _PER_OCTAVE)
 
     def add(self, seconds: float) -> None:
-        if seconds > 0.0:
-            i = math.ceil((math.log2(seconds) - _MIN_EXP) * _PER_OCTAVE)
-            i = 0 if i < 0 else (_N if i > _N else i)
-        else:
-            i = 0
-        self.counts[i] += 1
+        self.counts[bucket(seconds)] += 1
         self.total += seconds
         self.n += 1
 
@@ -102,6 +105,7 @@ class Metrics:
         self._lock = threading.Lock()
         self.started = time.time()
         self.hist = {s: Histogram() for s in STAGES}
+        self._hists = tuple(self.hist[s] for s in STAGES)
         self.batch_sizes: Counter[str] = Counter()
         self.requests = 0
         self.rows = 0
@@ -124,6 +128,9 @@ class Metrics:
         now = time.time()
         sec = int(now)
         slot = sec % _WINDOW
+        # bucket indices outside the lock: threads only queue for the increments
+        v, q, m, t = timings
+        bv, bq, bm, bt = bucket(v), bucket(q) if q else 0, bucket(m), bucket(t)
         with self._lock:
             self.in_flight -= 1
             self.requests += 1
@@ -139,12 +146,20 @@ class Metrics:
                 return
             self.rows += n
             self._rows[slot] += n
-            self.batch_sizes[_size_bucket(n)] += 1
-            h = self.hist
-            h["validation"].add(timings[0])
-            h["queue"].add(timings[1])
-            h["model"].add(timings[2])
-            h["total"].add(timings[3])
+            self.batch_sizes["1" if n == 1 else _size_bucket(n)] += 1
+            hv, hq, hm, ht = self._hists
+            hv.counts[bv] += 1
+            hv.total += v
+            hv.n += 1
+            hq.counts[bq] += 1
+            hq.total += q
+            hq.n += 1
+            hm.counts[bm] += 1
+            hm.total += m
+            hm.n += 1
+            ht.counts[bt] += 1
+            ht.total += t
+            ht.n += 1
 
     def histograms(self) -> dict[str, tuple[list[int], float, int]]:
         """A consistent copy of each stage's bucket counts, sum (seconds) and count."""
