@@ -131,6 +131,10 @@ def main() -> None:
         hooks = []
         if name == "JsonlSink 100%":
             hooks = [embedml.JsonlSink(tmp / f"log-{time.monotonic_ns()}.jsonl")]
+        elif name == "JsonlSink 100% base64":
+            hooks = [embedml.JsonlSink(tmp / f"b-{time.monotonic_ns()}.jsonl", arrays="base64")]
+        elif name == "JsonlSink 10%":
+            hooks = [embedml.JsonlSink(tmp / f"s-{time.monotonic_ns()}.jsonl", sample=0.1)]
         elif name == "DriftMonitor":
             hooks = [embedml.DriftMonitor(window=10_000)]
         elif name == "JsonlSink + DriftMonitor":
@@ -140,7 +144,10 @@ def main() -> None:
             ]
         return store.load("mlp", session_options=so, hooks=hooks, **batching)
 
-    names = ["raw onnxruntime", "no hooks", "JsonlSink 100%", "DriftMonitor", "JsonlSink + DriftMonitor"]
+    names = [
+        "raw onnxruntime", "no hooks", "JsonlSink 100%", "JsonlSink 100% base64",
+        "JsonlSink 10%", "DriftMonitor", "JsonlSink + DriftMonitor",
+    ]  # fmt: skip
     results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     extra: dict[str, dict] = {}
     for _ in range(repeats):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import collections
 import hashlib
+import itertools
 import logging
 import random
 import threading
@@ -205,6 +206,11 @@ def _close_all() -> None:
             log.exception("closing %r at exit failed", sink)
 
 
+def _value(counter: itertools.count[int]) -> int:
+    """Current value of an ``itertools.count`` without advancing it."""
+    return int(repr(counter)[6:-1])  # "count(N)"
+
+
 def _redactor(redact: Any) -> Callable[[Any], Any] | None:
     """``{"field": "drop" | "hash"}`` (or a list of fields to drop) -> a function on values."""
     if redact is None:
@@ -274,61 +280,88 @@ class Sink:
         self._closed = False
         self._users = 0
         self._busy = 0  # records taken off the queue, not yet written
-        self._counts = collections.Counter[str]()
+        self._counts = collections.Counter[str]()  # writer-side counts, under _lock
+        self._accepted = itertools.count()
+        self._dropped = itertools.count()
         self._logged_error = False
 
     # -- caller side
+    def wants(self) -> bool:
+        """Whether to build a record for this call at all (the sampling draw)."""
+        return self.sample >= 1.0 or random.random() < self.sample
+
     def submit(self, record: PredictionRecord) -> bool:
-        """Offer one record (O(1)); returns whether it was accepted. Never raises."""
-        if self.sample < 1.0 and random.random() >= self.sample:
+        """Offer one record (O(1)); returns whether it was accepted. Never raises.
+        Sampling is decided before, by :meth:`wants`."""
+        # No lock on this path: deque.append and next(itertools.count) are atomic under
+        # the GIL, and a lock here makes many caller threads convoy behind each other.
+        # The size check can overshoot max_queue by at most the number of caller threads.
+        if self._closed:
+            next(self._dropped)
             return False
-        with self._lock:
-            if self._closed:
-                self._counts["dropped"] += 1
+        if self._thread is None:
+            self._start()
+        queue = self._queue
+        if len(queue) + self._busy >= self.max_queue:  # records being written count too
+            if self.policy == "drop":
+                next(self._dropped)
                 return False
-            if self._thread is None:
-                self._start()
-            # records being written count too: at most max_queue are held in all
-            while len(self._queue) + self._busy >= self.max_queue:
-                if self.policy == "drop" or self._closed:
-                    self._counts["dropped"] += 1
-                    return False
-                self._wake.set()
-                self._room.wait(0.1)
-            self._queue.append(record)
-            self._counts["accepted"] += 1
-            # Wake the writer only when a good batch is waiting (it also wakes every
-            # `interval` seconds): waking it per record costs more than writing the record.
-            wake = len(self._queue) >= self._wake_at
-        if wake and not self._wake.is_set():
+            with self._room:
+                while len(queue) + self._busy >= self.max_queue:
+                    if self._closed:
+                        next(self._dropped)
+                        return False
+                    self._wake.set()
+                    self._room.wait(0.1)
+        queue.append(record)
+        next(self._accepted)
+        # Wake the writer only when a good batch is waiting (it also wakes every
+        # `interval` seconds): waking it per record costs more than writing the record.
+        if len(queue) >= self._wake_at and not self._wake.is_set():
             self._wake.set()
         return True
 
     def _start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name=f"embedml-{self.name}", daemon=True
-        )
-        self._thread.start()
-        _LIVE.add(self)
+        with self._lock:
+            if self._thread is not None:
+                return
+            thread = threading.Thread(target=self._run, name=f"embedml-{self.name}", daemon=True)
+            thread.start()
+            self._thread = thread
+            _LIVE.add(self)
 
     # -- writer side
+    def _take(self) -> list[PredictionRecord]:
+        batch: list[PredictionRecord] = []
+        pop = self._queue.popleft
+        try:
+            while True:
+                batch.append(pop())
+        except IndexError:
+            pass
+        self._busy = len(batch)
+        return batch
+
+    def _deliver(self, batch: list[PredictionRecord]) -> None:
+        try:
+            self.write(batch)
+            self._count("written", len(batch))
+        except Exception as exc:
+            self._failed(exc, len(batch))
+        finally:
+            self._busy = 0
+            if self.policy == "block":
+                with self._room:
+                    self._room.notify_all()
+
     def _run(self) -> None:
         while True:
             self._wake.wait(self.interval)
             self._wake.clear()
-            with self._lock:
-                batch, self._queue = list(self._queue), collections.deque()
-                self._busy = len(batch)
-                closing = self._closed
+            closing = self._closed
+            batch = self._take()
             if batch:
-                try:
-                    self.write(batch)
-                    self._count("written", len(batch))
-                except Exception as exc:
-                    self._failed(exc, len(batch))
-                with self._lock:
-                    self._busy = 0
-                    self._room.notify_all()
+                self._deliver(batch)
             elif closing:
                 return
 
@@ -378,27 +411,29 @@ class Sink:
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until every accepted record is written; returns ``False`` on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._wake.set()
-        with self._lock:
-            while self._queue or self._busy:
-                if self._thread is None or not self._thread.is_alive():
-                    return False
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._room.wait(min(left or 0.1, 0.1))
-                self._wake.set()
+        while self._queue or self._busy:
+            if self._thread is None or not self._thread.is_alive():
+                return not self._queue
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.002)
         return True
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Write everything accepted, stop the writer thread and release resources. Idempotent."""
-        with self._lock:
+        with self._room:
             self._closed = True
             self._room.notify_all()
             thread = self._thread
         self._wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+            if not thread.is_alive():
+                # a caller may have appended just after the writer's last look
+                batch = self._take()
+                if batch:
+                    self._deliver(batch)
         _LIVE.discard(self)
         self._release()
 
@@ -416,9 +451,9 @@ class Sink:
             c = self._counts
             return {
                 "name": self.name,
-                "accepted": c["accepted"],
+                "accepted": _value(self._accepted),
                 "written": c["written"],
-                "dropped": c["dropped"],
+                "dropped": _value(self._dropped),
                 "errors": c["errors"],
                 "queued": len(self._queue) + self._busy,
             }
@@ -488,12 +523,14 @@ class Observer:
             self.quality.remember(request_id, outputs)
         sinks = self.sinks
         if sinks:
-            record = PredictionRecord(
-                request_id, source, time.time() - timings[3], n, timings,
-                _snapshot_inputs(batch), outputs, error,
-            )  # fmt: skip
-            for sink in sinks:
-                sink.submit(record)
+            takers = [s for s in sinks if s.wants()]
+            if takers:
+                record = PredictionRecord(
+                    request_id, source, time.time() - timings[3], n, timings,
+                    _snapshot_inputs(batch), outputs, error,
+                )  # fmt: skip
+                for sink in takers:
+                    sink.submit(record)
 
     def close(self, handle: Any) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -91,6 +92,12 @@ class Histogram:
         }
 
 
+def _retire(ref: weakref.ref[Metrics], shard: _Shard) -> None:
+    metrics = ref()
+    if metrics is not None:
+        metrics._retire(shard)
+
+
 def _size_bucket(n: int) -> str:
     if n <= 1:
         return "1"
@@ -98,95 +105,162 @@ def _size_bucket(n: int) -> str:
     return f"{lo}-{2 * lo - 1}"
 
 
+class _Shard:
+    """The counters of one thread: only that thread writes them, so no lock is needed."""
+
+    def __init__(self) -> None:
+        self.hists = tuple(Histogram() for _ in STAGES)
+        self.batch_sizes: Counter[str] = Counter()
+        self.begun = self.requests = self.rows = self.errors = 0
+        self.errors_by_type: Counter[str] = Counter()
+        self.sec = [0] * _WINDOW
+        self.req = [0] * _WINDOW
+        self.rows_at = [0] * _WINDOW
+
+
 class Metrics:
-    """Thread-safe counters and histograms of one handle (kept across hot swaps)."""
+    """Counters and histograms of one handle (kept across hot swaps).
+
+    Each thread updates its own shard without locking (a shared lock makes 64 threads
+    queue behind each other and the GIL); :meth:`snapshot` adds the shards up.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._shards: list[_Shard] = []
+        self._retired: _Shard | None = None
         self.started = time.time()
-        self.hist = {s: Histogram() for s in STAGES}
-        self._hists = tuple(self.hist[s] for s in STAGES)
-        self.batch_sizes: Counter[str] = Counter()
-        self.requests = 0
-        self.rows = 0
-        self.errors = 0
-        self.errors_by_type: Counter[str] = Counter()
-        self.in_flight = 0
         self.last_error: dict[str, Any] | None = None
-        self._sec = [0] * _WINDOW
-        self._req = [0] * _WINDOW
-        self._rows = [0] * _WINDOW
+
+    def _shard(self) -> _Shard:
+        try:
+            return self._local.shard  # type: ignore[no-any-return]
+        except AttributeError:
+            shard = self._local.shard = _Shard()
+            with self._lock:
+                self._shards.append(shard)
+            # fold a finished thread's shard into the retired one, so that servers
+            # starting a thread per request do not grow the shard list forever
+            weakref.finalize(threading.current_thread(), _retire, weakref.ref(self), shard)
+            return shard
+
+    def _retire(self, shard: _Shard) -> None:
+        with self._lock:
+            if shard not in self._shards:
+                return
+            self._shards.remove(shard)
+            into = self._retired
+            if into is None:
+                into = self._retired = _Shard()
+                self._shards.append(into)
+            for key in ("begun", "requests", "rows", "errors"):
+                setattr(into, key, getattr(into, key) + getattr(shard, key))
+            into.batch_sizes.update(shard.batch_sizes)
+            into.errors_by_type.update(shard.errors_by_type)
+            for h, mine in zip(into.hists, shard.hists):
+                h.counts = [a + b for a, b in zip(h.counts, mine.counts)]
+                h.total += mine.total
+                h.n += mine.n
+            for i in range(_WINDOW):
+                if shard.sec[i] == into.sec[i]:
+                    into.req[i] += shard.req[i]
+                    into.rows_at[i] += shard.rows_at[i]
+                elif shard.sec[i] > into.sec[i]:
+                    into.sec[i], into.req[i] = shard.sec[i], shard.req[i]
+                    into.rows_at[i] = shard.rows_at[i]
 
     def begin(self) -> None:
-        with self._lock:
-            self.in_flight += 1
+        """A call started (for the in-flight count)."""
+        self._shard().begun += 1
 
     def end(
         self, n: int, timings: tuple[float, float, float, float], error: BaseException | None
     ) -> None:
         """Record one finished call: ``n`` rows, stage timings in seconds, its error if any."""
+        sh = self._shard()
         now = time.time()
         sec = int(now)
         slot = sec % _WINDOW
-        # bucket indices outside the lock: threads only queue for the increments
+        sh.requests += 1
+        if sh.sec[slot] != sec:
+            sh.sec[slot], sh.req[slot], sh.rows_at[slot] = sec, 0, 0
+        sh.req[slot] += 1
         v, q, m, t = timings
-        bv, bq, bm, bt = bucket(v), bucket(q) if q else 0, bucket(m), bucket(t)
+        hv, hq, hm, ht = sh.hists
+        if error is not None:
+            sh.errors += 1
+            name = type(error).__name__
+            sh.errors_by_type[name] += 1
+            self.last_error = {"type": name, "message": str(error), "time": now}
+            ht.add(t)
+            return
+        sh.rows += n
+        sh.rows_at[slot] += n
+        sh.batch_sizes["1" if n == 1 else _size_bucket(n)] += 1
+        hv.add(v)
+        hq.counts[bucket(q) if q else 0] += 1
+        hq.total += q
+        hq.n += 1
+        hm.add(m)
+        ht.add(t)
+
+    def _merged(self) -> dict[str, Any]:
         with self._lock:
-            self.in_flight -= 1
-            self.requests += 1
-            if self._sec[slot] != sec:
-                self._sec[slot], self._req[slot], self._rows[slot] = sec, 0, 0
-            self._req[slot] += 1
-            if error is not None:
-                self.errors += 1
-                name = type(error).__name__
-                self.errors_by_type[name] += 1
-                self.last_error = {"type": name, "message": str(error), "time": now}
-                self.hist["total"].add(timings[3])
-                return
-            self.rows += n
-            self._rows[slot] += n
-            self.batch_sizes["1" if n == 1 else _size_bucket(n)] += 1
-            hv, hq, hm, ht = self._hists
-            hv.counts[bv] += 1
-            hv.total += v
-            hv.n += 1
-            hq.counts[bq] += 1
-            hq.total += q
-            hq.n += 1
-            hm.counts[bm] += 1
-            hm.total += m
-            hm.n += 1
-            ht.counts[bt] += 1
-            ht.total += t
-            ht.n += 1
+            shards = list(self._shards)
+        hists = [Histogram() for _ in STAGES]
+        out: dict[str, Any] = {"begun": 0, "requests": 0, "rows": 0, "errors": 0}
+        sizes: Counter[str] = Counter()
+        kinds: Counter[str] = Counter()
+        now = time.time()
+        recent_req = recent_rows = 0
+        for sh in shards:
+            for key in ("begun", "requests", "rows", "errors"):
+                out[key] += getattr(sh, key)
+            sizes.update(sh.batch_sizes)
+            kinds.update(sh.errors_by_type)
+            for h, mine in zip(hists, sh.hists):
+                h.counts = [a + b for a, b in zip(h.counts, mine.counts)]
+                h.total += mine.total
+                h.n += mine.n
+            for i in range(_WINDOW):
+                if now - sh.sec[i] < _WINDOW:
+                    recent_req += sh.req[i]
+                    recent_rows += sh.rows_at[i]
+        out.update(hists=dict(zip(STAGES, hists)), sizes=sizes, kinds=kinds)
+        out.update(recent_req=recent_req, recent_rows=recent_rows, now=now)
+        return out
+
+    @property
+    def requests(self) -> int:
+        return sum(sh.requests for sh in list(self._shards))
+
+    @property
+    def errors(self) -> int:
+        return sum(sh.errors for sh in list(self._shards))
 
     def histograms(self) -> dict[str, tuple[list[int], float, int]]:
-        """A consistent copy of each stage's bucket counts, sum (seconds) and count."""
-        with self._lock:
-            return {s: (list(h.counts), h.total, h.n) for s, h in self.hist.items()}
+        """Each stage's bucket counts, sum (seconds) and count, summed over threads."""
+        return {s: (h.counts, h.total, h.n) for s, h in self._merged()["hists"].items()}
 
     def snapshot(self) -> dict[str, Any]:
         """Counts, per-stage latency summaries (ms), throughput and batch sizes."""
-        now = time.time()
-        with self._lock:
-            recent = [i for i in range(_WINDOW) if now - self._sec[i] < _WINDOW]
-            span = min(_WINDOW, max(now - self.started, 1e-9))
-            return {
-                "uptime_seconds": round(now - self.started, 3),
-                "requests": self.requests,
-                "rows": self.rows,
-                "errors": self.errors,
-                "errors_by_type": dict(self.errors_by_type),
-                "in_flight": self.in_flight,
-                "last_error": None if self.last_error is None else dict(self.last_error),
-                "latency_ms": {s: h.summary() for s, h in self.hist.items()},
-                "throughput": {
-                    "window_seconds": round(span, 3),
-                    "requests_per_second": round(sum(self._req[i] for i in recent) / span, 3),
-                    "rows_per_second": round(sum(self._rows[i] for i in recent) / span, 3),
-                },
-                "batch_size": dict(
-                    sorted(self.batch_sizes.items(), key=lambda kv: int(kv[0].split("-")[0]))
-                ),
-            }
+        m = self._merged()
+        now = m["now"]
+        span = min(_WINDOW, max(now - self.started, 1e-9))
+        return {
+            "uptime_seconds": round(now - self.started, 3),
+            "requests": m["requests"],
+            "rows": m["rows"],
+            "errors": m["errors"],
+            "errors_by_type": dict(m["kinds"]),
+            "in_flight": max(m["begun"] - m["requests"], 0),
+            "last_error": None if self.last_error is None else dict(self.last_error),
+            "latency_ms": {s: h.summary() for s, h in m["hists"].items()},
+            "throughput": {
+                "window_seconds": round(span, 3),
+                "requests_per_second": round(m["recent_req"] / span, 3),
+                "rows_per_second": round(m["recent_rows"] / span, 3),
+            },
+            "batch_size": dict(sorted(m["sizes"].items(), key=lambda kv: int(kv[0].split("-")[0]))),
+        }
