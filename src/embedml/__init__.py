@@ -23,6 +23,7 @@ from .errors import (
     OverloadedError,
     PredictionError,
     PredictionTimeoutError,
+    RequestNotFoundError,
     SchemaError,
     StoreError,
     UnsupportedFormatError,
@@ -32,10 +33,14 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .batching import Batching, BatchingStats
+    from .drift import DriftMonitor, DriftReport
     from .formats import FormatOptions, ModelFormat, Runtime, available_formats, register_format
     from .handle import HandleState, ModelHandle, Prediction
+    from .hooks import PredictionRecord, Sink
     from .manifest import Manifest
+    from .profile import ReferenceProfile
     from .schema import RecordSchema, TensorSchema, TensorSpec
+    from .sinks import CallableSink, JsonlSink, LoggingSink, read_jsonl
     from .store import ModelStore, ModelVersion
 
 # Public names served from submodules on first use (PEP 562), so ``import embedml`` does not
@@ -51,6 +56,15 @@ _LAZY = {
     "HandleState": "handle",
     "ModelHandle": "handle",
     "Prediction": "handle",
+    "PredictionRecord": "hooks",
+    "Sink": "hooks",
+    "DriftMonitor": "drift",
+    "DriftReport": "drift",
+    "ReferenceProfile": "profile",
+    "CallableSink": "sinks",
+    "JsonlSink": "sinks",
+    "LoggingSink": "sinks",
+    "read_jsonl": "sinks",
     "Manifest": "manifest",
     "RecordSchema": "schema",
     "TensorSchema": "schema",
@@ -62,7 +76,10 @@ _LAZY = {
 __all__ = [
     "Batching",
     "BatchingStats",
+    "CallableSink",
     "ConfigurationError",
+    "DriftMonitor",
+    "DriftReport",
     "EmbedMLError",
     "FormatOptions",
     "GateFailedError",
@@ -70,6 +87,8 @@ __all__ = [
     "HandleState",
     "IntegrityError",
     "InvalidNameError",
+    "JsonlSink",
+    "LoggingSink",
     "Manifest",
     "ModelFormat",
     "ModelHandle",
@@ -80,10 +99,14 @@ __all__ = [
     "OverloadedError",
     "Prediction",
     "PredictionError",
+    "PredictionRecord",
     "PredictionTimeoutError",
     "RecordSchema",
+    "ReferenceProfile",
+    "RequestNotFoundError",
     "Runtime",
     "SchemaError",
+    "Sink",
     "StoreError",
     "TensorSchema",
     "TensorSpec",
@@ -94,6 +117,7 @@ __all__ = [
     "available_formats",
     "default_store",
     "load",
+    "read_jsonl",
     "register_format",
 ]
 

@@ -10,7 +10,8 @@ builtin so that generic code keeps working (``LookupError``, ``ValueError``,
     ├── ConfigurationError (ValueError)      an option given to save/load/Batching is invalid
     ├── NotFoundError (LookupError)
     │   ├── ModelNotFoundError               no such model in the store
-    │   └── VersionNotFoundError             no version / alias matches the spec
+    │   ├── VersionNotFoundError             no version / alias matches the spec
+    │   └── RequestNotFoundError             log_outcome: no remembered prediction has that id
     ├── VersionExistsError                   versions are immutable
     ├── StoreError                           the store refused an operation
     ├── IntegrityError                       artifact hash or signature mismatch
@@ -36,6 +37,7 @@ __all__ = [
     "NotFoundError",
     "ModelNotFoundError",
     "VersionNotFoundError",
+    "RequestNotFoundError",
     "VersionExistsError",
     "StoreError",
     "IntegrityError",
@@ -71,6 +73,11 @@ class ModelNotFoundError(NotFoundError):
 
 class VersionNotFoundError(NotFoundError):
     """No version of the model matches the spec. The message lists versions and aliases."""
+
+
+class RequestNotFoundError(NotFoundError):
+    """``log_outcome`` got a request id the handle does not remember (unknown, already
+    joined, or older than the remembered window)."""
 
 
 class VersionExistsError(EmbedMLError, FileExistsError):

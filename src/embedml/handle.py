@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import importlib
 import itertools
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,7 @@ from .errors import (
     SchemaError,
 )
 from .formats import FormatOptions, Runtime, get_format
+from .hooks import Observer, Sink, Source
 from .manifest import Manifest
 from .schema import NoSchema, RecordSchema, SchemaOptions, TensorSchema, schema_from_dict
 from .tensors import n_rows, take
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HandleState", "LoadOptions", "ModelHandle", "Pipeline", "Prediction", "new_request_id"]
 
+_log = logging.getLogger("embedml.handle")
 _ID_PREFIX = os.urandom(4).hex()
 _ID_COUNTER = itertools.count(1)
 
@@ -76,6 +79,7 @@ class LoadOptions:
     strict: bool = True
     allow_extra: bool = False
     batching: Batching | bool | None = None
+    hooks: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.batching is not None and self.batching is not False:
@@ -89,6 +93,10 @@ class LoadOptions:
                 )
         elif self.batching is False:
             object.__setattr__(self, "batching", None)
+        object.__setattr__(self, "hooks", tuple(self.hooks or ()))
+        for hook in self.hooks:
+            if not callable(hook) and not isinstance(hook, Sink):
+                raise ConfigurationError(f"a hook must be a Sink or a callable, got {hook!r}")
         if self.method is not None and not isinstance(self.method, str):
             raise ConfigurationError(
                 f"method must be a method name such as 'predict_proba', got {self.method!r}"
@@ -151,6 +159,8 @@ class Pipeline:
         post = options.postprocess if options.postprocess is not None else m.postprocess
         self.preprocess = _import_callable(pre, "preprocess") if isinstance(pre, str) else pre
         self.postprocess = _import_callable(post, "postprocess") if isinstance(post, str) else post
+        names = self.input_schema.names if isinstance(self.input_schema, RecordSchema) else None
+        self.source = Source(mv.name, mv.version, names)
         # Dynamic batching (embedml.batching): joins concurrent calls on this pipeline.
         self.batcher: Batcher | None = None
         if options.batching is not None:
@@ -252,11 +262,22 @@ class ModelHandle:
     :class:`HandleClosedError`.
     """
 
-    def __init__(self, pipeline: Pipeline, options: LoadOptions) -> None:
+    def __init__(
+        self, pipeline: Pipeline, options: LoadOptions, store: ModelStore | None = None
+    ) -> None:
         self._pipe = pipeline
         self._options = options
         self._state = HandleState.OPEN
         self._lock = threading.Lock()
+        self._store = store
+        self._obs = Observer()
+        self._warmed = False
+        try:
+            for hook in options.hooks:
+                self.add_hook(hook)
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def open(cls, store: ModelStore, mv: ModelVersion, options: LoadOptions) -> ModelHandle:
@@ -274,7 +295,7 @@ class ModelHandle:
             raise UnsupportedFormatError(
                 f"could not load {mv} as {fmt.name}: {type(exc).__name__}: {exc}"
             ) from exc
-        return cls(Pipeline(mv, runtime, options, time.perf_counter() - start), options)
+        return cls(Pipeline(mv, runtime, options, time.perf_counter() - start), options, store)
 
     # -- identity
     @property
@@ -329,12 +350,7 @@ class ModelHandle:
         once and ``timeout_ms`` is not checked.
         """
         pipe = self._pipeline()
-        batch = pipe.prepare_one(record)
-        if pipe.batcher is None:
-            out = pipe.row(pipe.run(batch, 1), 0)
-        else:
-            out = pipe.row(*pipe.batcher.submit(batch, 1, timeout_ms))
-        return Prediction(out, new_request_id(), pipe.mv.name, pipe.mv.version) if details else out
+        return self._call(pipe, record, True, timeout_ms, details)
 
     def predict_batch(
         self, records: Any, *, details: bool = False, timeout_ms: float | None = None
@@ -346,14 +362,32 @@ class ModelHandle:
         With batching the rows join other calls' (``timeout_ms`` as in :meth:`predict`).
         """
         pipe = self._pipeline()
-        batch = pipe.prepare_many(records)
-        n = n_rows(batch)
-        if pipe.batcher is None:
-            out = pipe.rows(pipe.run(batch, n), n)
-        else:
-            raw, off = pipe.batcher.submit(batch, n, timeout_ms)
-            out = pipe.rows(take(raw, slice(off, off + n)), n)
-        return Prediction(out, new_request_id(), pipe.mv.name, pipe.mv.version) if details else out
+        return self._call(pipe, records, False, timeout_ms, details)
+
+    def _call(
+        self, pipe: Pipeline, records: Any, one: bool, timeout_ms: float | None, details: bool
+    ) -> Any:
+        """validate -> (batcher or model) -> shape, timed per stage and observed."""
+        self._obs.metrics.begin()
+        t0 = t1 = t2 = time.perf_counter()
+        batch = raw = None
+        n = 0
+        try:
+            batch = pipe.prepare_one(records) if one else pipe.prepare_many(records)
+            n = 1 if one else n_rows(batch)
+            t1 = time.perf_counter()
+            if pipe.batcher is None:
+                raw = pipe.run(batch, n)
+            else:
+                joined, off = pipe.batcher.submit(batch, n, timeout_ms)
+                raw = take(joined, slice(off, off + n))
+            t2 = time.perf_counter()
+            out = pipe.row(raw, 0) if one else pipe.rows(raw, n)
+        except Exception as exc:
+            self._observe(pipe, batch, raw, n, t0, t1, t2, exc)
+            raise
+        rid = self._observe(pipe, batch, raw, n, t0, t1, t2)
+        return Prediction(out, rid, pipe.mv.name, pipe.mv.version) if details else out
 
     async def apredict(
         self, record: Any, *, details: bool = False, timeout_ms: float | None = None
@@ -368,9 +402,21 @@ class ModelHandle:
         pipe = self._pipeline()
         if pipe.batcher is None:
             return await asyncio.to_thread(self.predict, record, details=details)
-        batch = pipe.prepare_one(record)
-        out = pipe.row(*await pipe.batcher.asubmit(batch, 1, timeout_ms))
-        return Prediction(out, new_request_id(), pipe.mv.name, pipe.mv.version) if details else out
+        self._obs.metrics.begin()
+        t0 = t1 = t2 = time.perf_counter()
+        batch = raw = None
+        try:
+            batch = pipe.prepare_one(record)
+            t1 = time.perf_counter()
+            joined, off = await pipe.batcher.asubmit(batch, 1, timeout_ms)
+            raw = take(joined, slice(off, off + 1))
+            t2 = time.perf_counter()
+            out = pipe.row(raw, 0)
+        except Exception as exc:
+            self._observe(pipe, batch, raw, 1, t0, t1, t2, exc)
+            raise
+        rid = self._observe(pipe, batch, raw, 1, t0, t1, t2)
+        return Prediction(out, rid, pipe.mv.name, pipe.mv.version) if details else out
 
     def batching_stats(self) -> BatchingStats | None:
         """Counters of dynamic batching (requests, batches, batch sizes, queue wait), or
@@ -378,15 +424,139 @@ class ModelHandle:
         batcher = self._pipe.batcher
         return None if batcher is None else batcher.stats()
 
+    # -- observability (see docs/observability.md)
+    def _observe(
+        self, pipe: Pipeline, batch: Any, raw: Any, n: int,
+        t0: float, t1: float, t2: float, error: BaseException | None = None, queue: float = 0.0,
+    ) -> str:  # fmt: skip
+        """Report one finished call to metrics, the outcome join and the hooks; returns its
+        request id. Never raises."""
+        rid = new_request_id()
+        try:
+            stamps = (t0, t1, t2, time.perf_counter())
+            self._obs.end(pipe.source, rid, batch, raw, n, stamps, error, queue)
+        except Exception:  # pragma: no cover - observability must not break a prediction
+            _log.exception("recording prediction %s failed", rid)
+        return rid
+
+    def add_hook(self, hook: Sink | Callable[[Any], Any]) -> Sink:
+        """Attach a hook: a :class:`~embedml.hooks.Sink` (``JsonlSink``, ``LoggingSink``,
+        ``DriftMonitor``...) or a callable taking a :class:`~embedml.PredictionRecord`
+        (run on a background thread). Returns the sink. Raises :class:`ConfigurationError`
+        for anything else, :class:`HandleClosedError` on a closed handle.
+        """
+        from .sinks import as_sink
+
+        self._pipeline()
+        if not callable(hook) and not isinstance(hook, Sink):
+            raise ConfigurationError(f"a hook must be a Sink or a callable, got {hook!r}")
+        sink = as_sink(hook)
+        self._obs.add(sink, self)
+        return sink
+
+    def remove_hook(self, hook: Sink) -> bool:
+        """Detach a sink (closing it if no other handle uses it); ``False`` if not attached."""
+        return self._obs.remove(hook, self)
+
+    @property
+    def hooks(self) -> tuple[Sink, ...]:
+        """The attached sinks."""
+        return self._obs.sinks
+
+    def metrics(self) -> dict[str, Any]:
+        """A snapshot of this handle's metrics.
+
+        Keys: ``model``, ``version``, ``format``, ``load_seconds``, ``uptime_seconds``,
+        ``requests`` (calls), ``rows``, ``errors``, ``errors_by_type``, ``in_flight``,
+        ``last_error``, ``latency_ms`` (per stage ``validation`` / ``queue`` / ``model`` /
+        ``total``: ``count``, ``mean``, ``p50``, ``p90``, ``p99``), ``throughput``
+        (requests and rows per second over the last minute), ``batch_size`` (calls per
+        power-of-two size range), ``quality`` (see :meth:`log_outcome`; ``None`` before
+        the first outcome) and ``hooks`` (per-sink ``accepted`` / ``written`` /
+        ``dropped`` / ``errors`` / ``queued``).
+        """
+        pipe = self._pipe
+        snap = self._obs.metrics.snapshot()
+        return {
+            "model": pipe.mv.name, "version": pipe.mv.version, "format": self.format,
+            "load_seconds": round(pipe.load_seconds, 6), **snap,
+            "quality": self._obs.quality.snapshot(),
+            "hooks": [s.stats() for s in self._obs.sinks],
+        }  # fmt: skip
+
+    def health(self) -> dict[str, Any]:
+        """Readiness for probes: ``ready`` (open, and warmed up or has served a call),
+        ``loaded``, ``warmed_up``, ``model``, ``version``, ``requests``, ``errors`` and
+        ``last_error`` (``{"type", "message", "time"}`` or ``None``)."""
+        m = self._obs.metrics
+        loaded = self._state is HandleState.OPEN
+        served = m.requests > m.errors
+        return {
+            "ready": loaded and (self._warmed or served),
+            "loaded": loaded,
+            "warmed_up": self._warmed,
+            "model": self.name,
+            "version": self.version,
+            "requests": m.requests,
+            "errors": m.errors,
+            "last_error": None if m.last_error is None else dict(m.last_error),
+        }
+
+    def warmup(self, n: int = 1) -> float:
+        """Run ``n`` single-row calls on synthetic inputs built from the input schema, so
+        the first real call does not pay for lazy initialisation. Warm-up calls are not
+        counted in metrics nor sent to hooks. Returns the seconds taken. Raises
+        :class:`ConfigurationError` (no schema to build inputs from, or ``n < 1``) and the
+        errors of :meth:`predict_batch`.
+        """
+        from .synthetic import synthetic_batch
+
+        if int(n) < 1:
+            raise ConfigurationError(f"warmup(n) needs n >= 1, got {n!r}")
+        pipe = self._pipeline()
+        start = time.perf_counter()
+        records = synthetic_batch(pipe.input_schema, 1)
+        for _ in range(int(n)):
+            batch = pipe.prepare_many(records)
+            pipe.rows(pipe.run(batch, 1), 1)
+        self._warmed = True
+        return time.perf_counter() - start
+
+    def log_outcome(self, request_id: str, y_true: Any) -> dict[str, Any]:
+        """Join the ground truth of an earlier call with its prediction.
+
+        ``request_id`` is ``predict(..., details=True).request_id`` (also in every
+        :class:`~embedml.PredictionRecord`); ``y_true`` is the true value (one per row for
+        ``predict_batch``). The result feeds a sliding window of accuracy (classifiers) or
+        MAE / RMSE (regressors), shown in ``metrics()["quality"]``. The handle remembers
+        the last 10,000 calls. Raises :class:`RequestNotFoundError` for an unknown,
+        forgotten or already joined id, :class:`SchemaError` when ``y_true`` has the wrong
+        number of values.
+        """
+        return self._obs.quality.join(request_id, y_true, self._pipe.label)
+
+    def reference_profile(self) -> Any:
+        """The reference profile saved with this version (``store.save(...,
+        reference_data=X)``), verified against the manifest's SHA-256, or ``None``."""
+        from .profile import PROFILE_FILE, ReferenceProfile
+
+        mv = self._pipe.mv
+        if self._store is None or PROFILE_FILE not in mv.manifest.extra_files:
+            return None
+        return ReferenceProfile.from_json(self._store.read_extra_file(mv, PROFILE_FILE))
+
     # -- lifecycle
     def close(self) -> None:
         """Stop serving and release the runtime. Idempotent. With batching, calls already
-        queued finish first; calls made after ``close`` raise :class:`HandleClosedError`."""
+        queued finish first; calls made after ``close`` raise :class:`HandleClosedError`.
+        Then every record accepted by the hooks is written out (sinks no other handle uses
+        are closed)."""
         with self._lock:
             if self._state is HandleState.CLOSED:
                 return
             self._state = HandleState.CLOSED
-        self._pipe.close()
+        self._pipe.close()  # drains the batcher first, so drained calls reach the hooks
+        self._obs.close(self)
 
     def __enter__(self) -> ModelHandle:
         return self

@@ -240,6 +240,8 @@ class ModelStore:
         metadata: Mapping[str, Any] | None = None,
         preprocess: str | None = None,
         postprocess: str | None = None,
+        reference_data: Any = None,
+        reference_outputs: Any = None,
     ) -> ModelVersion:
         """Save ``model`` as a new immutable version of ``name`` and return it.
 
@@ -249,6 +251,9 @@ class ModelStore:
         ``.joblib`` file. ``version=None`` takes the next major version. Schemas are a
         pydantic model class (one record) or :class:`TensorSpec` (or a list of them).
         ``preprocess`` / ``postprocess`` are import paths ``"package.module:function"``.
+        ``reference_data`` (training inputs: records, 2-D array or DataFrame, checked
+        against the input schema) and ``reference_outputs`` store a reference profile in
+        the version for :class:`~embedml.DriftMonitor` (see ``docs/observability.md``).
 
         Raises :class:`VersionExistsError`, :class:`InvalidNameError`,
         :class:`UnsupportedFormatError` or :class:`SchemaError`.
@@ -273,6 +278,11 @@ class ModelStore:
             json.dumps(dict(metadata or {}))
         except (TypeError, ValueError) as exc:
             raise InvalidNameError(f"metadata must be JSON-serialisable: {exc}") from None
+        profile = None
+        if reference_data is not None:
+            from .profile import profile_for_schema
+
+            profile = profile_for_schema(reference_data, reference_outputs, in_schema).to_json()
 
         model_dir.mkdir(parents=True, exist_ok=True)
         tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
@@ -289,12 +299,19 @@ class ModelStore:
             digest = sha256_file(tmp / artifact)
             with open(tmp / artifact, "rb+") as f:
                 os.fsync(f.fileno())
+            extra_files = {}
+            if profile is not None:
+                from .profile import PROFILE_FILE
+
+                _write_atomic(tmp / PROFILE_FILE, profile.encode())
+                extra_files[PROFILE_FILE] = sha256_file(tmp / PROFILE_FILE)
             fields = {
                 "name": name, "format": fmt.name, "artifact": artifact, "sha256": digest,
                 "size": (tmp / artifact).stat().st_size, "input_schema": in_schema,
                 "output_schema": out_schema, "preprocess": preprocess, "postprocess": postprocess,
                 "metadata": dict(metadata or {}), "embedml": __version__,
                 "frameworks": environment(fmt.frameworks(None if is_path else model)),
+                "extra_files": extra_files,
             }  # fmt: skip
             return self._publish(model_dir, tmp, fields, explicit)
         finally:
@@ -403,14 +420,38 @@ class ModelStore:
             )
         return data
 
+    def read_extra_file(self, mv: ModelVersion, filename: str) -> bytes:
+        """An extra file of the version (e.g. the reference profile), after checking its
+        SHA-256 against ``manifest.extra_files``. Raises :class:`IntegrityError` when it is
+        not listed, missing, outside the folder, or changed."""
+        expected = mv.manifest.extra_files.get(filename)
+        path = mv.path / filename
+        if expected is None or path.name != filename or filename in ("", ".", ".."):
+            raise IntegrityError(f"{mv} lists no extra file {filename!r}")
+        if path.is_symlink() or path.resolve().parent != mv.path.resolve():
+            raise IntegrityError(f"extra file {filename!r} of {mv} points outside its folder")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(f"extra file {filename!r} of {mv} is missing") from None
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise IntegrityError(
+                f"extra file {filename!r} of {mv} does not match its SHA-256 in the manifest; it was changed after saving"
+            )
+        return data
+
     def verify(self, name: str | None = None) -> dict[str, str | None]:
-        """Re-hash every artifact (of ``name``, or of all models): ``{"name@version": error or None}``."""
+        """Re-hash every artifact and extra file (of ``name``, or of all models):
+        ``{"name@version": error or None}``."""
         report: dict[str, str | None] = {}
         for model in [name] if name else self.models():
             for version in self.versions(model):
                 key = f"{model}@{version}"
                 try:
-                    self.read_artifact(self.resolve(model, version))
+                    mv = self.resolve(model, version)
+                    self.read_artifact(mv)
+                    for extra in mv.manifest.extra_files:
+                        self.read_extra_file(mv, extra)
                     report[key] = None
                 except IntegrityError as exc:
                     report[key] = str(exc)
@@ -430,6 +471,7 @@ class ModelStore:
         strict: bool = True,
         allow_extra: bool = False,
         batching: Any = None,
+        hooks: list[Any] | tuple[Any, ...] = (),
     ) -> ModelHandle:
         """Resolve ``version`` and open a :class:`~embedml.ModelHandle` on it.
 
@@ -438,14 +480,17 @@ class ModelStore:
         output name or names), ``preprocess`` / ``postprocess`` (callables on a batch;
         override the manifest's), ``strict`` (only lossless casts), ``allow_extra`` (ignore
         unknown fields), ``batching`` (an :class:`~embedml.Batching`, or ``True`` for its
-        defaults: concurrent calls are joined into batched model calls). An unknown option is
-        a ``TypeError``. Raises the errors of :meth:`resolve` and :meth:`read_artifact`,
-        :class:`UnsupportedFormatError`, and :class:`ConfigurationError` for a bad option.
+        defaults: concurrent calls are joined into batched model calls), ``hooks`` (sinks or
+        callables that receive a :class:`~embedml.PredictionRecord` per call, see
+        ``docs/observability.md``). An unknown option is a ``TypeError``. Raises the errors of
+        :meth:`resolve` and :meth:`read_artifact`, :class:`UnsupportedFormatError`, and
+        :class:`ConfigurationError` for a bad option.
         """
         from .handle import LoadOptions, ModelHandle
 
         options = LoadOptions(
             method=method, session_options=session_options, outputs=outputs, preprocess=preprocess,
             postprocess=postprocess, strict=strict, allow_extra=allow_extra, batching=batching,
+            hooks=tuple(hooks),
         )  # fmt: skip
         return ModelHandle.open(self, self.resolve(name, version), options)

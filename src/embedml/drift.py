@@ -1,0 +1,430 @@
+"""Data drift: compare a sliding window of live inputs (and outputs) with a reference profile.
+
+:class:`DriftMonitor` is a hook. Its background thread appends each batch of validated
+inputs to a fixed-size ring buffer (vectorised, O(rows)); the statistics are computed only
+when asked (:meth:`DriftMonitor.report`) or every ``check_every`` rows to fire the
+callback. Per feature:
+
+* Population Stability Index over the reference's quantile bins (or categories);
+  ``0.1`` warns and ``0.2`` means drift, the usual rule of thumb;
+* numeric: the two-sample Kolmogorov-Smirnov statistic and its asymptotic p-value,
+  against the reference sample;
+* categorical: the chi-squared test of the reference vs live category counts, and the
+  Jensen-Shannon distance (base 2, in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigurationError
+from .hooks import PredictionRecord, Sink
+from .profile import FeatureProfile, ReferenceProfile, feature_matrix
+from .tensors import concat
+
+__all__ = [
+    "DriftMonitor",
+    "DriftReport",
+    "chi2_test",
+    "jensen_shannon",
+    "ks_2samp",
+    "psi",
+]
+
+_EPS = 1e-4
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, eps: float = _EPS) -> float:
+    """Population Stability Index of two count (or proportion) vectors over the same bins.
+
+    ``sum((a - e) * ln(a / e))`` over proportions, each floored at ``eps`` so empty bins
+    stay finite.
+    """
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.maximum(e / max(e.sum(), 1e-300), eps)
+    a = np.maximum(a / max(a.sum(), 1e-300), eps)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _kolmogorov_sf(x: float) -> float:
+    """Survival function of the Kolmogorov distribution (scipy's ``kstwobign.sf``)."""
+    if x <= 0:
+        return 1.0
+    if x < 1.18:  # the theta-function form converges fast for small x
+        t = math.exp(-math.pi**2 / (8 * x * x))
+        s = sum(t ** ((2 * k - 1) ** 2) for k in range(1, 8))
+        return 1.0 - math.sqrt(2 * math.pi) / x * s
+    s = sum((-1) ** (k - 1) * math.exp(-2 * k * k * x * x) for k in range(1, 101))
+    return min(max(2.0 * s, 0.0), 1.0)
+
+
+def ks_2samp(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov test: ``(statistic, asymptotic two-sided p-value)``.
+
+    The statistic is exact (ties handled as scipy does); the p-value is the Kolmogorov
+    limit ``kstwobign.sf(sqrt(n*m/(n+m)) * D)``.
+    """
+    a = np.sort(np.asarray(a, dtype=np.float64))
+    b = np.sort(np.asarray(b, dtype=np.float64))
+    n, m = len(a), len(b)
+    if n == 0 or m == 0:
+        return float("nan"), float("nan")
+    both = np.concatenate([a, b])
+    cdf_a = np.searchsorted(a, both, side="right") / n
+    cdf_b = np.searchsorted(b, both, side="right") / m
+    d = float(np.max(np.abs(cdf_a - cdf_b)))
+    return d, _kolmogorov_sf(math.sqrt(n * m / (n + m)) * d)
+
+
+def _gammaincc(a: float, x: float) -> float:
+    """Regularised upper incomplete gamma Q(a, x) (Numerical Recipes, series / Lentz)."""
+    if x <= 0:
+        return 1.0
+    log_pre = -x + a * math.log(x) - math.lgamma(a)
+    if x < a + 1:
+        term = total = 1.0 / a
+        ap = a
+        for _ in range(10_000):
+            ap += 1
+            term *= x / ap
+            total += term
+            if abs(term) < abs(total) * 1e-16:
+                break
+        return max(0.0, 1.0 - total * math.exp(log_pre))
+    tiny = 1e-300
+    b = x + 1 - a
+    c, d = 1 / tiny, 1 / b
+    h = d
+    for i in range(1, 10_000):
+        an = -i * (i - a)
+        b += 2
+        d = an * d + b
+        d = d if abs(d) > tiny else tiny
+        c = b + an / c
+        c = c if abs(c) > tiny else tiny
+        d = 1 / d
+        step = d * c
+        h *= step
+        if abs(step - 1) < 1e-16:
+            break
+    return min(1.0, math.exp(log_pre) * h)
+
+
+def chi2_test(expected_counts: np.ndarray, actual_counts: np.ndarray) -> tuple[float, float]:
+    """Chi-squared test of homogeneity on the 2 x k table of two count vectors:
+    ``(statistic, p-value)``, categories empty in both left out; no continuity correction."""
+    table = np.vstack([expected_counts, actual_counts]).astype(np.float64)
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
+        return 0.0, 1.0
+    exp = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+    stat = float(((table - exp) ** 2 / exp).sum())
+    return stat, _gammaincc((table.shape[1] - 1) / 2, stat / 2)
+
+
+def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2, in [0, 1]) of two count or proportion vectors."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(x: np.ndarray) -> float:
+        nz = x > 0
+        return float(np.sum(x[nz] * np.log2(x[nz] / m[nz])))
+
+    return math.sqrt(max((kl(p) + kl(q)) / 2, 0.0))
+
+
+# ---------------------------------------------------------------- the report
+
+
+class DriftReport:
+    """Drift statistics per feature: ``rows`` (list of dicts), :meth:`to_dict`,
+    :meth:`to_frame` (pandas), ``drifted`` / ``warned`` feature names, and ``quality``
+    (the handle's live quality from ``log_outcome``, when attached). ``str()`` is a table."""
+
+    COLUMNS = ("feature", "kind", "n", "psi", "ks", "ks_p", "chi2", "chi2_p", "js", "status")
+
+    def __init__(self, rows: list[dict[str, Any]], window_rows: int, quality: Any) -> None:
+        self.rows = rows
+        self.window_rows = window_rows
+        self.quality = quality
+
+    @property
+    def drifted(self) -> list[str]:
+        return [r["feature"] for r in self.rows if r["status"] == "drift"]
+
+    @property
+    def warned(self) -> list[str]:
+        return [r["feature"] for r in self.rows if r["status"] == "warn"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window_rows": self.window_rows,
+            "features": {r["feature"]: dict(r) for r in self.rows},
+            "drifted": self.drifted,
+            "quality": self.quality,
+        }
+
+    def to_frame(self) -> Any:
+        """The rows as a pandas DataFrame (needs pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=list(self.COLUMNS)).set_index("feature")
+
+    def __str__(self) -> str:
+        def fmt(v: Any) -> str:
+            if v is None:
+                return "-"
+            return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+        table = [list(self.COLUMNS)] + [[fmt(r[c]) for c in self.COLUMNS] for r in self.rows]
+        widths = [max(len(row[j]) for row in table) for j in range(len(self.COLUMNS))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        tail = f"window: {self.window_rows} rows"
+        if self.quality:
+            tail += f"; quality: {self.quality}"
+        return "\n".join([*lines, tail])
+
+
+# ---------------------------------------------------------------- the monitor
+
+
+class _Window:
+    """A ring buffer of the last ``size`` values of some columns."""
+
+    def __init__(self, size: int, width: int, dtype: Any) -> None:
+        self.data = np.empty((size, width), dtype=dtype)
+        self.size, self.pos, self.filled = size, 0, 0
+
+    def push(self, block: np.ndarray) -> None:
+        n = len(block)
+        if n >= self.size:
+            self.data[:] = block[-self.size :]
+            self.pos, self.filled = 0, self.size
+            return
+        idx = (self.pos + np.arange(n)) % self.size
+        self.data[idx] = block
+        self.pos = (self.pos + n) % self.size
+        self.filled = min(self.size, self.filled + n)
+
+    def values(self) -> np.ndarray:
+        return self.data[: self.filled]
+
+
+class DriftMonitor(Sink):
+    """A hook that watches live inputs (and outputs) for drift against a reference profile.
+
+    ``reference``: a :class:`~embedml.ReferenceProfile`, reference data (array / DataFrame
+    / records), or ``None`` to use the profile saved with the version
+    (``store.save(..., reference_data=X)``). ``window``: live rows kept. ``features``:
+    names to watch (default: all in the reference). Thresholds: ``psi_warn`` (0.1),
+    ``psi_drift`` (0.2) and ``p_value`` (0.001, for the KS / chi-squared tests: a smaller
+    p-value warns). ``on_drift(feature, row)`` is called (on the monitor's thread) when a
+    feature's status gets worse (ok -> warn -> drift); statuses are checked every
+    ``check_every`` rows (default: ``window``). Sink options (``sample``, ``max_queue``,
+    ``policy``) as for any sink. Raises :class:`ConfigurationError` for bad options, or
+    when attached to a handle whose version has no reference profile and none is given.
+    """
+
+    def __init__(
+        self,
+        reference: ReferenceProfile | Any = None,
+        *,
+        window: int = 1000,
+        features: Iterable[str] | None = None,
+        psi_warn: float = 0.1,
+        psi_drift: float = 0.2,
+        p_value: float = 0.001,
+        check_every: int | None = None,
+        on_drift: Callable[[str, dict[str, Any]], Any] | None = None,
+        sample: float = 1.0,
+        max_queue: int = 10_000,
+        policy: str = "drop",
+    ) -> None:
+        if int(window) < 2:
+            raise ConfigurationError(f"window must be >= 2, got {window!r}")
+        if not 0 < psi_warn <= psi_drift:
+            raise ConfigurationError(
+                f"need 0 < psi_warn <= psi_drift, got {psi_warn!r}, {psi_drift!r}"
+            )
+        if not 0 < p_value < 1:
+            raise ConfigurationError(f"p_value must be in (0, 1), got {p_value!r}")
+        super().__init__(sample=sample, max_queue=max_queue, policy=policy, name="drift")
+        self.window = int(window)
+        self.psi_warn, self.psi_drift, self.p_value = psi_warn, psi_drift, p_value
+        self.check_every = int(check_every or window)
+        self.on_drift = on_drift
+        self._features = None if features is None else list(features)
+        self._reference: ReferenceProfile | None = None
+        self._given = reference
+        self._handle: Any = None
+        self._windows: dict[str, tuple[_Window, list[str], Any]] = {}
+        self._columns: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        self._since_check = 0
+        self._status: dict[str, str] = {}
+        self._last: dict[str, float] = {}
+        self.rows_seen = 0
+        self._window_lock = threading.Lock()
+        if reference is not None:
+            self._set_reference(reference, None)
+
+    # -- setup
+    def _set_reference(self, reference: Any, names: tuple[str, ...] | None) -> None:
+        if not isinstance(reference, ReferenceProfile):
+            reference = ReferenceProfile.from_data(reference, names=names)
+        watched = self._features or list(reference.features)
+        unknown = [f for f in watched if f not in reference.features]
+        if unknown:
+            raise ConfigurationError(
+                f"features {unknown} are not in the reference profile; it has {list(reference.features)}"
+            )
+        self._reference = reference
+        groups = {"x": [reference.features[f] for f in watched]}
+        if reference.outputs:
+            groups["output"] = list(reference.outputs.values())
+        for group, profiles in groups.items():
+            numeric = all(p.kind == "numeric" for p in profiles)
+            self._windows[group] = (
+                _Window(self.window, len(profiles), np.float64 if numeric else object),
+                [p.name for p in profiles],
+                profiles,
+            )
+
+    def attach(self, handle: Any) -> None:
+        """Take the version's saved profile when no reference was given."""
+        if self._reference is None:
+            names = getattr(handle.input_schema, "names", None)
+            reference = self._given if self._given is not None else handle.reference_profile()
+            if reference is None:
+                raise ConfigurationError(
+                    f"{handle.name}@{handle.version} has no reference profile: save it with "
+                    "reference_data=X or pass DriftMonitor(reference=...)"
+                )
+            self._set_reference(reference, names)
+        self._handle = handle
+        super().attach(handle)
+
+    @property
+    def reference(self) -> ReferenceProfile | None:
+        return self._reference
+
+    # -- writer thread
+    def _block(self, group: str, batch: Any, input_names: Any) -> np.ndarray:
+        window, wanted, _ = self._windows[group]
+        names, m = feature_matrix(batch, input_names if group == "x" else None, group)
+        key = (group, tuple(names))
+        cols = self._columns.get(key)
+        if cols is None:
+            index = {n: j for j, n in enumerate(names)}
+            missing = [w for w in wanted if w not in index]
+            if missing:
+                raise ConfigurationError(
+                    f"live {('inputs' if group == 'x' else 'outputs')} have no column(s) {missing}; they have {names}"
+                )
+            cols = self._columns[key] = [index[w] for w in wanted]
+        return m[:, cols]
+
+    def write(self, records: list[PredictionRecord]) -> None:
+        ok = [r for r in records if r.error is None]
+        if not ok or self._reference is None:
+            return
+        for group, (window, _, _) in self._windows.items():
+            attr = "raw_inputs" if group == "x" else "raw_outputs"
+            try:  # one vectorised pass over the whole write batch when the arrays allow it
+                block = self._block(group, concat([getattr(r, attr) for r in ok]), ok[0].input_names)
+            except (ValueError, TypeError):
+                blocks = [self._block(group, getattr(r, attr), r.input_names) for r in ok]
+                block = np.concatenate(blocks)
+            with self._window_lock:
+                window.push(block)
+        n = sum(r.batch_size for r in ok)
+        self.rows_seen += n
+        self._since_check += n
+        if self._since_check >= self.check_every:
+            self._since_check = 0
+            self._check()
+
+    def _check(self) -> None:
+        order = {"ok": 0, "warn": 1, "drift": 2}
+        with self._window_lock:
+            report = self._compute()
+        for row in report.rows:
+            name, status = row["feature"], row["status"]
+            before = self._status.get(name, "ok")
+            self._status[name] = status
+            if order[status] > order[before] and self.on_drift is not None:
+                try:
+                    self.on_drift(name, row)
+                except Exception as exc:
+                    self._failed(exc, 1)
+
+    # -- statistics
+    def _row(self, profile: FeatureProfile, live: np.ndarray) -> dict[str, Any]:
+        counts = profile.live_counts(live)
+        row: dict[str, Any] = dict.fromkeys(DriftReport.COLUMNS)
+        row.update(feature=profile.name, kind=profile.kind, n=int(counts.sum()))
+        if row["n"] == 0:
+            row["status"] = "ok"
+            return row
+        row["psi"] = psi(profile.counts, counts)
+        if profile.kind == "numeric":
+            values = live.astype(np.float64)
+            row["ks"], row["ks_p"] = ks_2samp(np.asarray(profile.sample), values[~np.isnan(values)])
+            p = row["ks_p"]
+        else:
+            row["chi2"], row["chi2_p"] = chi2_test(profile.counts, counts)
+            row["js"] = jensen_shannon(np.asarray(profile.counts) + 0.0, counts + 0.0)
+            p = row["chi2_p"]
+        if row["psi"] >= self.psi_drift:
+            row["status"] = "drift"
+        elif row["psi"] >= self.psi_warn or p < self.p_value:
+            row["status"] = "warn"
+        else:
+            row["status"] = "ok"
+        return row
+
+    def _compute(self) -> DriftReport:
+        rows = []
+        filled = 0
+        for window, _, profiles in self._windows.values():
+            values = window.values()
+            filled = max(filled, window.filled)
+            rows += [self._row(p, values[:, j]) for j, p in enumerate(profiles)]
+        self._last = {r["feature"]: r["psi"] for r in rows if r["psi"] is not None}
+        quality = self._handle._obs.quality.snapshot() if self._handle is not None else None
+        return DriftReport(rows, filled, quality)
+
+    def report(self, flush: bool = True) -> DriftReport:
+        """Statistics of the current window against the reference (waits for queued
+        records first when ``flush``). Raises :class:`ConfigurationError` when the monitor
+        has no reference yet (not attached)."""
+        if self._reference is None:
+            raise ConfigurationError("the DriftMonitor has no reference profile yet; attach it")
+        if flush:
+            self.flush()
+        with self._window_lock:  # the writer may be pushing; read a consistent window
+            return self._compute()
+
+    def last_psi(self) -> dict[str, float]:
+        """PSI per feature from the last check or report (for metric exporters)."""
+        return dict(self._last)
+
+    def reset(self) -> None:
+        """Forget the live window (e.g. after retraining)."""
+        with self._window_lock:
+            for window, _, _ in self._windows.values():
+                window.pos = window.filled = 0
+            self._status.clear()
+

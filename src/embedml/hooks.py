@@ -1,0 +1,542 @@
+"""Prediction hooks: what a handle hands to sinks after every call, and how it gets there.
+
+A handle builds one :class:`PredictionRecord` per call (``predict``, ``predict_batch``,
+``apredict``) and offers it to each attached :class:`Sink`. A sink accepts it into a
+bounded queue in O(1) and a background thread (one per sink) writes it; the caller never
+waits for I/O and never sees a sink's exception. When the queue is full the record is
+dropped and counted (``policy="drop"``, the default) or the caller waits for room
+(``policy="block"``). Turning arrays into JSON-ready values happens on the writer thread,
+the first time a sink reads ``record.inputs`` / ``record.outputs``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import hashlib
+import itertools
+import logging
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigurationError
+
+__all__ = ["PredictionRecord", "Sink", "jsonable"]
+
+log = logging.getLogger("embedml.hooks")
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types (lists, dicts, str, int, float, bool, None).
+
+    numpy arrays become nested lists, pydantic models dicts, DataFrames lists of records;
+    anything else unknown becomes its ``repr``.
+    """
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "to_dict") and hasattr(value, "columns"):
+        return value.to_dict(orient="records")
+    return repr(value)
+
+
+class Source:
+    """What every record of one loaded version shares (so records stay small)."""
+
+    __slots__ = ("model", "version", "input_names")
+
+    def __init__(self, model: str, version: str, input_names: tuple[str, ...] | None) -> None:
+        self.model = model
+        self.version = version
+        self.input_names = input_names
+
+
+class PredictionRecord:
+    """One call to a handle, as hooks see it.
+
+    Attributes: ``request_id`` (the id ``predict(..., details=True)`` returns, the key of
+    ``log_outcome``), ``model``, ``version``, ``timestamp`` (Unix seconds at the start of
+    the call), ``batch_size`` (rows), ``latency_ms`` (whole call), ``validation_ms``,
+    ``queue_ms`` (time waiting for a batch; 0 without batching), ``model_ms``
+    (preprocess + model + postprocess), ``error`` (``"TypeName: message"`` or ``None``) and
+    ``error_type``. ``inputs`` (after validation; a list of ``{field: value}`` rows for
+    record schemas) and ``outputs`` are JSON-ready values built on first access.
+    """
+
+    __slots__ = (
+        "request_id", "_source", "timestamp", "batch_size", "_timings", "_error",
+        "_raw_inputs", "_raw_outputs", "_inputs", "_outputs",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        request_id: str,
+        source: Source,
+        timestamp: float,
+        batch_size: int,
+        timings: tuple[float, float, float, float],
+        raw_inputs: Any,
+        raw_outputs: Any,
+        error: BaseException | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self._source = source
+        self.timestamp = timestamp
+        self.batch_size = batch_size
+        self._timings = timings  # seconds; the *_ms properties convert when read
+        self._error = error
+        self._raw_inputs = raw_inputs
+        self._raw_outputs = raw_outputs
+        self._inputs: Any = _UNSET
+        self._outputs: Any = _UNSET
+
+    @property
+    def validation_ms(self) -> float:
+        return self._timings[0] * 1e3
+
+    @property
+    def queue_ms(self) -> float:
+        return self._timings[1] * 1e3
+
+    @property
+    def model_ms(self) -> float:
+        return self._timings[2] * 1e3
+
+    @property
+    def latency_ms(self) -> float:
+        return self._timings[3] * 1e3
+
+    @property
+    def error(self) -> str | None:
+        e = self._error
+        return None if e is None else f"{type(e).__name__}: {e}"
+
+    @property
+    def error_type(self) -> str | None:
+        return None if self._error is None else type(self._error).__name__
+
+    @property
+    def model(self) -> str:
+        return self._source.model
+
+    @property
+    def version(self) -> str:
+        return self._source.version
+
+    @property
+    def input_names(self) -> tuple[str, ...] | None:
+        """Field names of the input rows (record schemas), else ``None``."""
+        return self._source.input_names
+
+    @property
+    def raw_inputs(self) -> Any:
+        """The validated input batch as the model got it (arrays); do not modify it."""
+        return self._raw_inputs
+
+    @property
+    def raw_outputs(self) -> Any:
+        """The output batch (arrays) after postprocessing; do not modify it."""
+        return self._raw_outputs
+
+    @property
+    def inputs(self) -> Any:
+        """The validated inputs as JSON-ready values (``None`` if validation failed)."""
+        if self._inputs is _UNSET:
+            raw, names = self._raw_inputs, self._source.input_names
+            if names is not None and getattr(raw, "ndim", 0) == 2:
+                self._inputs = [dict(zip(names, row)) for row in raw.tolist()]
+            else:
+                self._inputs = jsonable(raw)
+        return self._inputs
+
+    @property
+    def outputs(self) -> Any:
+        """The outputs as JSON-ready values (``None`` if the call failed)."""
+        if self._outputs is _UNSET:
+            self._outputs = jsonable(self._raw_outputs)
+        return self._outputs
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as one JSON-ready dict (what :class:`~embedml.JsonlSink` writes)."""
+        return {
+            "request_id": self.request_id,
+            "model": self.model,
+            "version": self.version,
+            "timestamp": self.timestamp,
+            "batch_size": self.batch_size,
+            "latency_ms": round(self.latency_ms, 4),
+            "validation_ms": round(self.validation_ms, 4),
+            "queue_ms": round(self.queue_ms, 4),
+            "model_ms": round(self.model_ms, 4),
+            "error": self.error,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+        }
+
+    def __repr__(self) -> str:
+        status = self.error or "ok"
+        return f"<PredictionRecord {self.request_id} {self.model}@{self.version} n={self.batch_size} {status}>"
+
+
+_UNSET: Any = object()
+
+# Sinks still open, closed (so flushed) at interpreter exit.
+_LIVE: weakref.WeakSet[Sink] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for sink in list(_LIVE):
+        try:
+            sink.close(timeout=5.0)
+        except Exception:  # pragma: no cover - exit must go on
+            log.exception("closing %r at exit failed", sink)
+
+
+def _value(counter: itertools.count[int]) -> int:
+    """Current value of an ``itertools.count`` without advancing it."""
+    return int(repr(counter)[6:-1])  # "count(N)"
+
+
+def _redactor(redact: Any) -> Callable[[Any], Any] | None:
+    """``{"field": "drop" | "hash"}`` (or a list of fields to drop) -> a function on values."""
+    if redact is None:
+        return None
+    rules = dict.fromkeys(redact, "drop") if not isinstance(redact, Mapping) else dict(redact)
+    for key, how in rules.items():
+        if how not in ("drop", "hash"):
+            raise ConfigurationError(f"redact[{key!r}] must be 'drop' or 'hash', got {how!r}")
+
+    def apply(value: Any) -> Any:
+        if isinstance(value, list):
+            return [apply(v) for v in value]
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                how = rules.get(k)
+                if how is None:
+                    out[k] = v
+                elif how == "hash":
+                    out[k] = "sha256:" + hashlib.sha256(repr(v).encode()).hexdigest()[:16]
+            return out
+        return value
+
+    return apply
+
+
+class Sink:
+    """Base of every hook: a bounded queue drained by one background writer thread.
+
+    Subclasses implement :meth:`write` (called on the writer thread with a list of
+    records, oldest first). Options: ``sample`` (fraction of calls kept, 0..1),
+    ``redact`` (``{"field": "drop"|"hash"}`` or a list of fields to drop, applied by
+    :meth:`redact` on input/output dicts), ``max_queue`` (records waiting at most) and
+    ``policy`` (``"drop"``: count and drop when full; ``"block"``: the caller waits).
+    An exception in :meth:`write` is logged once and counted in :meth:`stats`.
+    Raises :class:`ConfigurationError` for invalid options.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample: float = 1.0,
+        redact: Mapping[str, str] | Iterable[str] | None = None,
+        max_queue: int = 10_000,
+        policy: str = "drop",
+        name: str | None = None,
+    ) -> None:
+        if not 0.0 <= float(sample) <= 1.0:
+            raise ConfigurationError(f"sample must be in [0, 1], got {sample!r}")
+        if policy not in ("drop", "block"):
+            raise ConfigurationError(f"policy must be 'drop' or 'block', got {policy!r}")
+        if int(max_queue) < 1:
+            raise ConfigurationError(f"max_queue must be >= 1, got {max_queue!r}")
+        self.sample = float(sample)
+        self.policy = policy
+        self.max_queue = int(max_queue)
+        self.name = name or type(self).__name__
+        #: Seconds between writes when few records arrive (the longest a record waits).
+        self.interval = 0.05
+        self._wake_at = max(1, self.max_queue // 4)
+        self._redact = _redactor(redact)
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._queue: collections.deque[PredictionRecord] = collections.deque()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._users = 0
+        self._busy = 0  # records taken off the queue, not yet written
+        self._counts = collections.Counter[str]()  # writer-side counts, under _lock
+        self._accepted = itertools.count()
+        self._dropped = itertools.count()
+        self._logged_error = False
+
+    # -- caller side
+    def wants(self) -> bool:
+        """Whether to build a record for this call at all (the sampling draw)."""
+        return self.sample >= 1.0 or random.random() < self.sample
+
+    def submit(self, record: PredictionRecord) -> bool:
+        """Offer one record (O(1)); returns whether it was accepted. Never raises.
+        Sampling is decided before, by :meth:`wants`."""
+        # No lock on this path: deque.append and next(itertools.count) are atomic under
+        # the GIL, and a lock here makes many caller threads convoy behind each other.
+        # The size check can overshoot max_queue by at most the number of caller threads.
+        if self._closed:
+            next(self._dropped)
+            return False
+        if self._thread is None:
+            self._start()
+        queue = self._queue
+        if len(queue) + self._busy >= self.max_queue:  # records being written count too
+            if self.policy == "drop":
+                next(self._dropped)
+                return False
+            with self._room:
+                while len(queue) + self._busy >= self.max_queue:
+                    if self._closed:
+                        next(self._dropped)
+                        return False
+                    self._wake.set()
+                    self._room.wait(0.1)
+        queue.append(record)
+        next(self._accepted)
+        # Wake the writer only when a good batch is waiting (it also wakes every
+        # `interval` seconds): waking it per record costs more than writing the record.
+        if len(queue) >= self._wake_at and not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            thread = threading.Thread(target=self._run, name=f"embedml-{self.name}", daemon=True)
+            thread.start()
+            self._thread = thread
+            _LIVE.add(self)
+
+    # -- writer side
+    def _take(self) -> list[PredictionRecord]:
+        batch: list[PredictionRecord] = []
+        pop = self._queue.popleft
+        try:
+            while True:
+                batch.append(pop())
+        except IndexError:
+            pass
+        self._busy = len(batch)
+        return batch
+
+    def _deliver(self, batch: list[PredictionRecord]) -> None:
+        try:
+            self.write(batch)
+            self._count("written", len(batch))
+        except Exception as exc:
+            self._failed(exc, len(batch))
+        finally:
+            self._busy = 0
+            if self.policy == "block":
+                with self._room:
+                    self._room.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            closing = self._closed
+            batch = self._take()
+            if batch:
+                self._deliver(batch)
+            elif closing:
+                return
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def _failed(self, exc: BaseException, n: int) -> None:
+        self._count("errors", n)
+        if not self._logged_error:
+            self._logged_error = True
+            log.error(
+                "sink %s raised %s: %s (logged once; further errors are only counted)",
+                self.name, type(exc).__name__, exc, exc_info=exc,
+            )  # fmt: skip
+
+    def write(self, records: list[PredictionRecord]) -> None:
+        """Handle a list of records on the writer thread. Subclasses override this."""
+        raise NotImplementedError
+
+    def redact(self, value: Any) -> Any:
+        """Apply this sink's redaction rules to a JSON-ready input/output value."""
+        return value if self._redact is None else self._redact(value)
+
+    def record_dict(self, record: PredictionRecord) -> dict[str, Any]:
+        """``record.to_dict()`` with this sink's redaction applied."""
+        d = record.to_dict()
+        if self._redact is not None:
+            d["inputs"] = self._redact(d["inputs"])
+            d["outputs"] = self._redact(d["outputs"])
+        return d
+
+    # -- lifecycle
+    def attach(self, handle: Any) -> None:
+        """Called when a handle starts using this sink (a sink may serve several handles)."""
+        with self._lock:
+            self._users += 1
+
+    def detach(self, handle: Any) -> None:
+        """Called by ``handle.close()``: the last handle to detach closes the sink."""
+        with self._lock:
+            self._users -= 1
+            last = self._users <= 0
+        if last:
+            self.close()
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until every accepted record is written; returns ``False`` on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._queue or self._busy:
+            if self._thread is None or not self._thread.is_alive():
+                return not self._queue
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.002)
+        return True
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Write everything accepted, stop the writer thread and release resources. Idempotent."""
+        with self._room:
+            self._closed = True
+            self._room.notify_all()
+            thread = self._thread
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if not thread.is_alive():
+                # a caller may have appended just after the writer's last look
+                batch = self._take()
+                if batch:
+                    self._deliver(batch)
+        _LIVE.discard(self)
+        self._release()
+
+    def _release(self) -> None:
+        """Free files or other resources after the writer stopped (override)."""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict[str, Any]:
+        """Counts: ``accepted``, ``written``, ``dropped`` (queue full or closed), ``errors``
+        (records a write failed on), and ``queued`` (waiting now)."""
+        with self._lock:
+            c = self._counts
+            return {
+                "name": self.name,
+                "accepted": _value(self._accepted),
+                "written": c["written"],
+                "dropped": _value(self._dropped),
+                "errors": c["errors"],
+                "queued": len(self._queue) + self._busy,
+            }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}{' closed' if self._closed else ''}>"
+
+
+def _snapshot_inputs(batch: Any) -> Any:
+    # The validated batch may be the caller's own array; copy it (cheap next to the JSON
+    # work it saves) so a caller reusing its buffer cannot change what gets logged.
+    if type(batch) is np.ndarray:
+        return batch.copy()
+    if isinstance(batch, dict):
+        return {k: v.copy() if hasattr(v, "copy") else v for k, v in batch.items()}
+    return batch
+
+
+class Observer:
+    """A handle's observability state: metrics, remembered outputs for outcomes, sinks.
+
+    ``end`` is the one call the handle makes after each prediction; it costs O(1) plus
+    one queue append per sink.
+    """
+
+    def __init__(self) -> None:
+        from .metrics import Metrics
+        from .quality import QualityTracker
+
+        self.metrics = Metrics()
+        self.quality = QualityTracker()
+        self.sinks: tuple[Sink, ...] = ()
+        self._lock = threading.Lock()
+
+    def add(self, sink: Sink, handle: Any) -> None:
+        with self._lock:
+            if sink in self.sinks:
+                return
+            sink.attach(handle)
+            self.sinks = (*self.sinks, sink)
+
+    def remove(self, sink: Sink, handle: Any) -> bool:
+        with self._lock:
+            if sink not in self.sinks:
+                return False
+            self.sinks = tuple(s for s in self.sinks if s is not sink)
+        sink.detach(handle)
+        return True
+
+    def end(
+        self,
+        source: Source,
+        request_id: str,
+        batch: Any,
+        outputs: Any,
+        n: int,
+        stamps: tuple[float, float, float, float],
+        error: BaseException | None = None,
+        queue: float = 0.0,
+    ) -> None:
+        """Record one finished call. ``stamps``: perf_counter at start, after validation,
+        after the model (including any queue wait ``queue``), and at the end."""
+        t0, t1, t2, t3 = stamps
+        timings = (t1 - t0, queue, max(t2 - t1 - queue, 0.0), t3 - t0)
+        self.metrics.end(n, timings, error)
+        if error is None:
+            self.quality.remember(request_id, outputs)
+        sinks = self.sinks
+        if sinks:
+            takers = [s for s in sinks if s.wants()]
+            if takers:
+                record = PredictionRecord(
+                    request_id, source, time.time() - timings[3], n, timings,
+                    _snapshot_inputs(batch), outputs, error,
+                )  # fmt: skip
+                for sink in takers:
+                    sink.submit(record)
+
+    def close(self, handle: Any) -> None:
+        with self._lock:
+            sinks, self.sinks = self.sinks, ()
+        for sink in sinks:
+            try:
+                sink.detach(handle)
+            except Exception:  # pragma: no cover - closing must go on
+                log.exception("closing sink %r failed", sink)

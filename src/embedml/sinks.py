@@ -1,0 +1,249 @@
+"""Built-in sinks for prediction records: a JSON Lines file, the ``logging`` module, a callable.
+
+Each is a :class:`~embedml.hooks.Sink`: records are queued by the caller in O(1) and
+written by the sink's own background thread. Pass them to ``store.load(..., hooks=[...])``
+or ``handle.add_hook(...)``; a plain callable given there is wrapped in a
+:class:`CallableSink`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+from .hooks import PredictionRecord, Sink
+
+__all__ = ["CallableSink", "JsonlSink", "LoggingSink", "as_sink", "read_jsonl"]
+
+
+class JsonlSink(Sink):
+    """Append one JSON object per prediction to ``path`` (JSON Lines).
+
+    ``rotate_bytes``: when the file reaches this size it is renamed ``path.1`` (older ones
+    shift to ``path.2`` ...) and a new file is started; ``keep`` rotated files are kept.
+    The file is flushed after every write batch, on :meth:`close` and at interpreter exit.
+    ``arrays="list"`` writes inputs and outputs as JSON lists (readable, but formatting
+    floats as text costs about 1 µs per number); ``arrays="base64"`` writes numeric arrays
+    as ``{"dtype", "shape", "base64"}`` objects (lossless and much cheaper; :func:`read_jsonl`
+    turns them back into arrays). Other options are those of :class:`~embedml.hooks.Sink`. Raises
+    :class:`ConfigurationError` for invalid options.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        rotate_bytes: int | None = None,
+        keep: int = 5,
+        sample: float = 1.0,
+        redact: Mapping[str, str] | Iterable[str] | None = None,
+        max_queue: int = 10_000,
+        policy: str = "drop",
+        arrays: str = "list",
+    ) -> None:
+        if arrays not in ("list", "base64"):
+            raise ConfigurationError(f"arrays must be 'list' or 'base64', got {arrays!r}")
+        if rotate_bytes is not None and int(rotate_bytes) < 1:
+            raise ConfigurationError(f"rotate_bytes must be >= 1 or None, got {rotate_bytes!r}")
+        if int(keep) < 0:
+            raise ConfigurationError(f"keep must be >= 0, got {keep!r}")
+        super().__init__(
+            sample=sample, redact=redact, max_queue=max_queue, policy=policy,
+            name=f"jsonl:{Path(path).name}",
+        )  # fmt: skip
+        self.path = Path(path)
+        self.rotate_bytes = None if rotate_bytes is None else int(rotate_bytes)
+        self.keep = int(keep)
+        self.arrays = arrays
+        self._file: Any = None
+
+    def write(self, records: list[PredictionRecord]) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open
+        self._file.write("".join([self._line(r) for r in records]))
+        self._file.flush()
+        if self.rotate_bytes is not None and self._file.tell() >= self.rotate_bytes:
+            self._rotate()
+
+    def _payload(self, record: PredictionRecord, which: str) -> str:
+        raw = record.raw_inputs if which == "inputs" else record.raw_outputs
+        if self.arrays == "base64" and not (which == "inputs" and self._redact is not None):
+            packed = _pack(raw)
+            if packed is not None:
+                return json.dumps(packed)
+        value = record.inputs if which == "inputs" else record.outputs
+        return json.dumps(self.redact(value), default=str)
+
+    def _line(self, r: PredictionRecord) -> str:
+        # The envelope is formatted directly: json.dumps of a whole dict costs more than
+        # the record's other work. Only strings that may need escaping go through json.
+        return (
+            f'{{"request_id":"{r.request_id}","model":{json.dumps(r.model)},'
+            f'"version":{json.dumps(r.version)},"timestamp":{r.timestamp!r},'
+            f'"batch_size":{r.batch_size},"latency_ms":{r.latency_ms:.4f},'
+            f'"validation_ms":{r.validation_ms:.4f},"queue_ms":{r.queue_ms:.4f},'
+            f'"model_ms":{r.model_ms:.4f},"error":{json.dumps(r.error)},'
+            f'"inputs":{self._payload(r, "inputs")},"outputs":{self._payload(r, "outputs")}}}\n'
+        )
+
+    def _rotate(self) -> None:
+        self._file.close()
+        self._file = None
+        if self.keep == 0:
+            self.path.unlink()
+            return
+        oldest = self.path.with_name(f"{self.path.name}.{self.keep}")
+        if oldest.exists():
+            oldest.unlink()
+        for i in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                older.rename(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        self.path.rename(self.path.with_name(f"{self.path.name}.1"))
+
+    def files(self) -> list[Path]:
+        """The current file and the rotated ones, oldest first."""
+        rotated = [self.path.with_name(f"{self.path.name}.{i}") for i in range(self.keep, 0, -1)]
+        return [p for p in [*rotated, self.path] if p.exists()]
+
+    def _release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _pack(value: Any) -> Any:
+    """Numeric arrays (or dicts of them) as base64 objects; ``None`` if not applicable."""
+    if hasattr(value, "dtype") and hasattr(value, "tobytes") and value.dtype.kind in "biuf":
+        return {
+            "dtype": value.dtype.str,
+            "shape": list(value.shape),
+            "base64": base64.b64encode(value.tobytes()).decode("ascii"),
+        }
+    if isinstance(value, dict):
+        packed = {str(k): _pack(v) for k, v in value.items()}
+        return packed if all(v is not None for v in packed.values()) else None
+    return None
+
+
+def _unpack(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, dict):
+        if set(value) == {"dtype", "shape", "base64"}:
+            raw = base64.b64decode(value["base64"])
+            return np.frombuffer(raw, dtype=np.dtype(value["dtype"])).reshape(value["shape"])
+        return {k: _unpack(v) for k, v in value.items()}
+    return value
+
+
+def read_jsonl(path: str | os.PathLike[str], *, rotated: bool = True) -> list[dict[str, Any]]:
+    """Read prediction records written by :class:`JsonlSink` (oldest first).
+
+    With ``rotated=True`` the rotated files ``path.N`` ... ``path.1`` are read before
+    ``path``. A truncated last line (a crash mid-write) is skipped. Arrays written with
+    ``arrays="base64"`` come back as numpy arrays.
+    """
+    return list(iter_jsonl(path, rotated=rotated))
+
+
+def iter_jsonl(path: str | os.PathLike[str], *, rotated: bool = True) -> Iterator[dict[str, Any]]:
+    """Like :func:`read_jsonl`, one record at a time."""
+    path = Path(path)
+    files = []
+    if rotated:
+        numbered = []
+        for p in path.parent.glob(f"{path.name}.*"):
+            suffix = p.name[len(path.name) + 1 :]
+            if suffix.isdigit():
+                numbered.append((int(suffix), p))
+        files = [p for _, p in sorted(numbered, reverse=True)]
+    if path.exists():
+        files.append(path)
+    for p in files:
+        with open(p, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                for key in ("inputs", "outputs"):
+                    if isinstance(d.get(key), dict):
+                        d[key] = _unpack(d[key])
+                yield d
+
+
+class LoggingSink(Sink):
+    """Log each record through the stdlib ``logging`` module.
+
+    The message is the record as one JSON line; the record's dict is also attached as
+    ``extra={"prediction": ...}`` for structured handlers. ``logger`` is a
+    ``logging.Logger`` or a logger name (default ``"embedml.predictions"``).
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger | str | None = None,
+        *,
+        level: int = logging.INFO,
+        sample: float = 1.0,
+        redact: Mapping[str, str] | Iterable[str] | None = None,
+        max_queue: int = 10_000,
+        policy: str = "drop",
+    ) -> None:
+        super().__init__(
+            sample=sample, redact=redact, max_queue=max_queue, policy=policy, name="logging"
+        )
+        if logger is None or isinstance(logger, str):
+            logger = logging.getLogger(logger or "embedml.predictions")
+        self.logger = logger
+        self.level = level
+
+    def write(self, records: list[PredictionRecord]) -> None:
+        if not self.logger.isEnabledFor(self.level):
+            return
+        for r in records:
+            d = self.record_dict(r)
+            self.logger.log(self.level, json.dumps(d, default=str), extra={"prediction": d})
+
+
+class CallableSink(Sink):
+    """Call ``fn(record)`` for every record, on the sink's background thread.
+
+    An exception from ``fn`` is logged once and counted; the other records still go through.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[PredictionRecord], Any],
+        *,
+        sample: float = 1.0,
+        max_queue: int = 10_000,
+        policy: str = "drop",
+    ) -> None:
+        if not callable(fn):
+            raise ConfigurationError(f"a hook must be callable or a Sink, got {fn!r}")
+        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        super().__init__(sample=sample, max_queue=max_queue, policy=policy, name=name)
+        self.fn = fn
+
+    def write(self, records: list[PredictionRecord]) -> None:
+        for r in records:
+            try:
+                self.fn(r)
+            except Exception as exc:
+                self._failed(exc, 1)
+
+
+def as_sink(hook: Sink | Callable[[PredictionRecord], Any]) -> Sink:
+    """A sink as is; a plain callable wrapped in :class:`CallableSink`."""
+    if isinstance(hook, Sink):
+        return hook
+    return CallableSink(hook)
