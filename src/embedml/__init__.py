@@ -31,15 +31,25 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .cache import ModelCache, default_cache
     from .formats import FormatOptions, ModelFormat, Runtime, available_formats, register_format
     from .handle import HandleState, ModelHandle, Prediction
     from .manifest import Manifest
+    from .promotion import Gate
+    from .routing import ABTest, Canary
     from .schema import RecordSchema, TensorSchema, TensorSpec
+    from .shadow import Shadow
     from .store import ModelStore, ModelVersion
 
 # Public names served from submodules on first use (PEP 562), so ``import embedml`` does not
 # pay for numpy and pydantic until they are needed.
 _LAZY = {
+    "ModelCache": "cache",
+    "default_cache": "cache",
+    "Gate": "promotion",
+    "ABTest": "routing",
+    "Canary": "routing",
+    "Shadow": "shadow",
     "FormatOptions": "formats",
     "ModelFormat": "formats",
     "Runtime": "formats",
@@ -57,15 +67,19 @@ _LAZY = {
 }
 
 __all__ = [
+    "ABTest",
+    "Canary",
     "ConfigurationError",
     "EmbedMLError",
     "FormatOptions",
+    "Gate",
     "GateFailedError",
     "HandleClosedError",
     "HandleState",
     "IntegrityError",
     "InvalidNameError",
     "Manifest",
+    "ModelCache",
     "ModelFormat",
     "ModelHandle",
     "ModelNotFoundError",
@@ -79,6 +93,7 @@ __all__ = [
     "RecordSchema",
     "Runtime",
     "SchemaError",
+    "Shadow",
     "StoreError",
     "TensorSchema",
     "TensorSpec",
@@ -87,6 +102,7 @@ __all__ = [
     "VersionNotFoundError",
     "__version__",
     "available_formats",
+    "default_cache",
     "default_store",
     "load",
     "register_format",
@@ -120,10 +136,14 @@ def load(
     version: str | int = "latest",
     *,
     store: ModelStore | str | os.PathLike[str] | None = None,
+    cache: ModelCache | bool = True,
     **options: Any,
 ) -> ModelHandle:
     """Load ``name`` at ``version`` from ``store`` (see :func:`default_store`).
 
-    ``options`` are those of :meth:`ModelStore.load`; an unknown one is a ``TypeError``.
+    The loaded model comes from the process-wide :func:`default_cache` (``cache=False`` loads
+    a private copy; or pass a :class:`ModelCache`), so loading the same version again is
+    nearly free. ``options`` are those of :meth:`ModelStore.load`; an unknown one is a
+    ``TypeError``.
     """
-    return default_store(store).load(name, version, **options)
+    return default_store(store).load(name, version, cache=cache, **options)
