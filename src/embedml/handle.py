@@ -414,7 +414,11 @@ class ModelHandle:
         current = self._pipe
         if mv.version == current.mv.version and mv.manifest.sha256 == current.mv.manifest.sha256:
             return mv.version
-        new = self._cache.pipeline(self._store, mv, self._options) if self._cache else None
+        new = (
+            self._cache.pipeline(self._store, mv, self._options)
+            if self._cache is not None
+            else None
+        )
         if new is None:
             new = build_pipeline(self._store, mv, self._options)  # type: ignore[arg-type]
         try:

@@ -359,8 +359,11 @@ class ModelStore:
         """Append one entry to ``history.jsonl`` (caller holds the lock) and return it."""
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ts": time.time(), **entry}
         line = json.dumps(entry, sort_keys=True, default=str) + "\n"
-        fd = os.open(self._model_dir(name) / _HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self._model_dir(name) / _HISTORY, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line  # a writer died mid-line: keep that torn line apart
             os.write(fd, line.encode())
             os.fsync(fd)
         finally:
@@ -594,7 +597,10 @@ class ModelStore:
             from .cache import default_cache
 
             cache = default_cache()
-        handle = ModelHandle.open(self, self.resolve(name, version), options, cache or None)
+        # Not `cache or None`: an empty ModelCache has len() 0.
+        handle = ModelHandle.open(
+            self, self.resolve(name, version), options, None if cache is False else cache
+        )
         if follow:
             from .follow import Follower
 
