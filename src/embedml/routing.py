@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import bisect
 import collections
-import hashlib
+import itertools
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,40 +26,59 @@ __all__ = ["ABTest", "Canary"]
 Key = str | Callable[[Any], Any] | None
 
 
+_GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: spreads CRC-32 values over 64 bits
+_MASK = (1 << 64) - 1
+
+
 def key_fraction(value: Any, salt: str = "") -> float:
     """A stable, uniform number in ``[0, 1)`` for a key value (same in every process).
 
     ``str(value)`` is hashed, so ``42`` and ``"42"`` (or ``np.int64(42)``) route alike.
+    CRC-32 with a multiplicative mix rather than a cryptographic hash: it runs on every
+    call, and routing needs spread, not secrecy.
     """
-    digest = hashlib.blake2b(f"{salt}\x00{value}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
+    h = zlib.crc32(str(value).encode(), zlib.crc32(salt.encode()) if salt else 0)
+    return (((h * _GOLDEN) & _MASK) >> 11) * (1.0 / (1 << 53))
 
 
 class ArmStats:
-    """Counters and recent latencies of one arm (thread-safe)."""
+    """Counters and recent latencies of one arm (thread-safe).
+
+    The one-record path takes no lock (it runs on every call): ``next()`` on an
+    ``itertools.count`` and ``deque.append`` are atomic in CPython.
+    """
 
     def __init__(self, window: int = 4096) -> None:
-        self.requests = 0
-        self.rows = 0
-        self.errors = 0
-        self.seconds = 0.0
+        self._requests = itertools.count()
         self._recent: collections.deque[float] = collections.deque(maxlen=window)
         self._lock = threading.Lock()
+        self._batch_calls = 0
+        self._batch_rows = 0
+        self._errors = 0
 
-    def add(self, rows: int, seconds: float, failed: bool) -> None:
+    def one(self, seconds: float) -> None:
+        """A successful one-record call."""
+        next(self._requests)
+        self._recent.append(seconds)
+
+    def add(self, rows: int, seconds: float, failed: bool, batch: bool = True) -> None:
+        """Any other call: a batch, or a failure."""
+        next(self._requests)
+        self._recent.append(seconds)
         with self._lock:
-            self.requests += 1
-            self.rows += rows
-            self.errors += failed
-            self.seconds += seconds
-            self._recent.append(seconds)
+            if batch:
+                self._batch_calls += 1
+                self._batch_rows += rows
+            self._errors += failed
 
     def snapshot(self) -> dict[str, float]:
+        requests = int(repr(self._requests)[6:-1])  # "count(N)": reading it does not count
+        recent = sorted(self._recent)
+        n = len(recent)
         with self._lock:
-            recent = sorted(self._recent)
-            out = {"requests": self.requests, "rows": self.rows, "errors": self.errors}
-            n = len(recent)
-        out["mean_ms"] = 1000 * self.seconds / self.requests if self.requests else 0.0
+            rows = requests - self._batch_calls + self._batch_rows
+            out: dict[str, float] = {"requests": requests, "rows": rows, "errors": self._errors}
+        out["mean_ms"] = 1000 * sum(recent) / n if n else 0.0
         out["p50_ms"] = 1000 * recent[n // 2] if n else 0.0
         out["p99_ms"] = 1000 * recent[min(n - 1, int(n * 0.99))] if n else 0.0
         return out
@@ -146,7 +166,7 @@ class ABTest:
 
     def _pick(self, u: float) -> str:
         bounds, names = self._split
-        return names[min(bisect.bisect_right(bounds, u), len(names) - 1)]
+        return names[bisect.bisect_right(bounds, u)]  # u < 1.0 == bounds[-1]
 
     def arm_for(self, record: Any) -> str:
         """The arm a record goes to (random without a key); use it to log outcomes per arm."""
@@ -182,7 +202,14 @@ class ABTest:
     def predict(self, record: Any, *, details: bool = False) -> Any:
         """Predict one record on the arm it routes to (see ``ModelHandle.predict``)."""
         arm = self.arm_for(record)
-        return self._call(arm, lambda: self.arms[arm].predict(record, details=details), 1)
+        start = time.perf_counter()
+        try:
+            out = self.arms[arm].predict(record, details=details)
+        except BaseException:
+            self._stats[arm].add(1, time.perf_counter() - start, True, batch=False)
+            raise
+        self._stats[arm].one(time.perf_counter() - start)
+        return out
 
     def predict_batch(self, records: Any, *, details: bool = False) -> Any:
         """Predict a batch, each record on its own arm; results come back in input order.
@@ -229,11 +256,11 @@ class ABTest:
             failed = False
             return out
         finally:
-            self._stats[arm].add(1, time.perf_counter() - start, failed)
+            self._stats[arm].add(1, time.perf_counter() - start, failed, batch=False)
 
     def metrics(self) -> dict[str, dict[str, float]]:
-        """Per arm: ``requests``, ``rows``, ``errors``, ``mean_ms``, ``p50_ms``, ``p99_ms``
-        (percentiles over the latest 4096 calls)."""
+        """Per arm: ``requests``, ``rows``, ``errors`` (since the start), and ``mean_ms``,
+        ``p50_ms``, ``p99_ms`` over the latest 4096 calls."""
         return {arm: stats.snapshot() for arm, stats in self._stats.items()}
 
     @property
