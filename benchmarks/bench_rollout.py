@@ -11,7 +11,8 @@ Everything is measured in one run so ratios compare like with like:
 
 * **routing**: one-record ``predict`` through a bare handle, ``Canary`` (random, and sticky
   by a key), and ``ABTest`` (sticky, 50/50) vs ``InferenceSession.run`` on the same row.
-  Calls are timed one at a time with the cases interleaved round by round.
+  Calls are timed one at a time with the cases interleaved round by round; 1,000
+  different records (users) take turns, the same for every case.
 * **swap pause**: client threads call ``predict`` non-stop while the main thread swaps
   between the versions; latencies of calls that overlapped a swap vs calls that did not.
 * **cache**: ``store.load`` of a version already in a ``ModelCache`` vs a cold load.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import sys
 import tempfile
 import threading
@@ -53,14 +55,27 @@ def interleaved(cases: dict[str, Callable[[], Any]], rounds: int, per_round: int
             fn()
     out: dict[str, list[int]] = {name: [] for name in cases}
     gc.collect()
+    order = list(cases)
+    shuffle = np.random.default_rng(0).shuffle
     for _ in range(rounds):
-        for name, fn in cases.items():
-            samples = out[name]
+        shuffle(order)  # no case always runs right after another one
+        for name in order:
+            fn, samples = cases[name], out[name]
             for _ in range(per_round):
                 t0 = clock()
                 fn()
                 samples.append(clock() - t0)
     return out
+
+
+def paired_ratio(case: list[int], base: list[int], per_round: int) -> float:
+    """Median over rounds of (case median / base median) in the same round: pairs samples
+    taken moments apart, so bursts of load from other processes cancel out."""
+    ratios = [
+        np.median(case[i : i + per_round]) / np.median(base[i : i + per_round])
+        for i in range(0, len(case), per_round)
+    ]
+    return float(np.median(ratios))
 
 
 def build_models(store: embedml.ModelStore) -> np.ndarray:
@@ -82,22 +97,32 @@ def build_models(store: embedml.ModelStore) -> np.ndarray:
 def bench_routing(store: embedml.ModelStore, X: np.ndarray, rounds: int, per_round: int) -> list[tuple[str, ...]]:
     import onnxruntime as ort
 
-    h1, h2 = store.load("mlp", "1"), store.load("mlp", "2")
+    # One intra-op thread per session: with two sessions alternating, ONNX Runtime's
+    # spinning pool threads of the idle one would steal the CPU (2 cores here).
+    opts = {"intra_op_num_threads": 1}
+    h1 = store.load("mlp", "1", session_options=opts)
+    h2 = store.load("mlp", "2", session_options=opts)
     mv = store.resolve("mlp", "1")
-    session = ort.InferenceSession(mv.artifact_path.read_bytes(), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    session = ort.InferenceSession(mv.artifact_path.read_bytes(), so, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    row = X[0]
+    # 1,000 users take turns; column 0 stands in for the user id field.
+    users = [X[i] for i in range(1000)]
+    turn = itertools.cycle(users)
+    key = lambda r: r[0]  # noqa: E731
     row2d = X[:1]
-    key = lambda r: int(r[0] * 1e6)  # noqa: E731 - a stand-in for a user id field
     canary = embedml.Canary(h1, h2, fraction=0.1)
     sticky = embedml.Canary(h1, h2, fraction=0.1, key=key)
     ab = embedml.ABTest({"a": h1, "b": h2}, key=key)
+    same = embedml.ABTest({"a": h1, "b": h1}, key=key)  # routing cost alone: one session
     cases = {
         "onnxruntime session.run": lambda: session.run(None, {name: row2d}),
-        "handle.predict": lambda: h1.predict(row),
-        "Canary (random 10%)": lambda: canary.predict(row),
-        "Canary (sticky by key)": lambda: sticky.predict(row),
-        "ABTest (sticky, 50/50)": lambda: ab.predict(row),
+        "handle.predict": lambda: h1.predict(next(turn)),
+        "Canary (random 10%)": lambda: canary.predict(next(turn)),
+        "Canary (sticky by key)": lambda: sticky.predict(next(turn)),
+        "ABTest (sticky, 50/50)": lambda: ab.predict(next(turn)),
+        "ABTest (sticky, both arms one handle)": lambda: same.predict(next(turn)),
     }
     samples = interleaved(cases, rounds, per_round)
     base = percentiles(samples["handle.predict"])[0]
@@ -105,7 +130,10 @@ def bench_routing(store: embedml.ModelStore, X: np.ndarray, rounds: int, per_rou
     rows = []
     for case, s in samples.items():
         med, p99 = percentiles(s)
-        rows.append((case, f"{med:.1f}", f"{p99:.1f}", f"{med / base:.3f}", f"{med / raw:.2f}"))
+        rows.append((
+            case, f"{med:.1f}", f"{p99:.1f}", f"{med / base:.3f}",
+            f"{paired_ratio(s, samples['handle.predict'], per_round):.3f}", f"{med / raw:.2f}",
+        ))  # fmt: skip
     h1.close()
     h2.close()
     return rows
@@ -192,7 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a fast smoke run")
     args = parser.parse_args()
-    rounds, per_round = (5, 200) if args.quick else (30, 500)
+    rounds, per_round = (10, 100) if args.quick else (80, 250)
     swaps, repeats = (6, 10) if args.quick else (20, 40)
     with tempfile.TemporaryDirectory() as tmp:
         store = embedml.ModelStore(Path(tmp) / "store")
@@ -201,7 +229,10 @@ def main() -> None:
         swap = bench_swap(store, X, swaps, threads=2)
         cache = bench_cache(store, repeats)
     print(f"## Routing overhead (one-record predict, {rounds * per_round} calls per case)\n")
-    print(table(("case", "median µs", "p99 µs", "ratio vs handle", "ratio vs onnxruntime"), routing))
+    print(table(
+        ("case", "median µs", "p99 µs", "ratio vs handle", "paired ratio vs handle", "ratio vs onnxruntime"),
+        routing,
+    ))  # fmt: skip
     print(f"\n## Hot swap pause (2 client threads, {swaps} swaps between versions 1 and 2)\n")
     print(table(("calls", "count", "median µs", "p99 µs", "median ratio"), swap))
     print(f"\n## Model cache ({repeats} loads each)\n")

@@ -40,6 +40,9 @@ def test_gate_passes_and_moves_the_alias_recording_scores(models):
     assert entry["gate"]["candidate"] == pytest.approx(scores["2"])
     assert entry["gate"]["current"] == pytest.approx(scores["1"])
     assert entry["gate"]["metric"] == "accuracy_score"
+    gate_entry = store.history("clf")[-2]
+    assert gate_entry["action"] == "gate" and gate_entry["passed"] is True
+    assert gate_entry["scores"] == entry["gate"]
 
 
 def test_gate_below_min_score_raises_with_scores_and_leaves_the_alias(models):

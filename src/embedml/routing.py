@@ -28,6 +28,8 @@ Key = str | Callable[[Any], Any] | None
 
 _GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: spreads CRC-32 values over 64 bits
 _MASK = (1 << 64) - 1
+_MEMO = 100_000
+_now = time.perf_counter
 
 
 def key_fraction(value: Any, salt: str = "") -> float:
@@ -49,8 +51,8 @@ class ArmStats:
     """
 
     def __init__(self, window: int = 4096) -> None:
-        self._requests = itertools.count()
-        self._recent: collections.deque[float] = collections.deque(maxlen=window)
+        self.requests_counter = itertools.count()
+        self.recent: collections.deque[float] = collections.deque(maxlen=window)
         self._lock = threading.Lock()
         self._batch_calls = 0
         self._batch_rows = 0
@@ -58,13 +60,13 @@ class ArmStats:
 
     def one(self, seconds: float) -> None:
         """A successful one-record call."""
-        next(self._requests)
-        self._recent.append(seconds)
+        next(self.requests_counter)
+        self.recent.append(seconds)
 
     def add(self, rows: int, seconds: float, failed: bool, batch: bool = True) -> None:
         """Any other call: a batch, or a failure."""
-        next(self._requests)
-        self._recent.append(seconds)
+        next(self.requests_counter)
+        self.recent.append(seconds)
         with self._lock:
             if batch:
                 self._batch_calls += 1
@@ -72,8 +74,8 @@ class ArmStats:
             self._errors += failed
 
     def snapshot(self) -> dict[str, float]:
-        requests = int(repr(self._requests)[6:-1])  # "count(N)": reading it does not count
-        recent = sorted(self._recent)
+        requests = int(repr(self.requests_counter)[6:-1])  # "count(N)": reading does not count
+        recent = sorted(self.recent)
         n = len(recent)
         with self._lock:
             rows = requests - self._batch_calls + self._batch_rows
@@ -113,6 +115,7 @@ class ABTest:
         self.arms: dict[str, Any] = dict(arms)
         self.key = key
         self.salt = salt
+        self._memo: dict[Any, float] = {}  # key value -> hash fraction, for returning users
         self._stats = {arm: ArmStats() for arm in self.arms}
         self.set_weights(weights)
 
@@ -168,11 +171,36 @@ class ABTest:
         bounds, names = self._split
         return names[bisect.bisect_right(bounds, u)]  # u < 1.0 == bounds[-1]
 
+    def _fraction(self, value: Any) -> float:
+        """``key_fraction`` of a key value, remembered for up to ``_MEMO`` recent values."""
+        try:
+            return self._memo[value]
+        except KeyError:
+            u = self._memo[value] = key_fraction(value, self.salt)
+            if len(self._memo) > _MEMO:
+                self._memo.clear()  # cheaper than LRU bookkeeping on every call
+            return u
+        except TypeError:  # unhashable key value
+            return key_fraction(value, self.salt)
+
     def arm_for(self, record: Any) -> str:
         """The arm a record goes to (random without a key); use it to log outcomes per arm."""
-        if self.key is None:
-            return self._pick(random.random())
-        return self._pick(key_fraction(self._key_of(record), self.salt))
+        # Runs on every call: kept flat (each Python call costs ~0.1 µs, a sizeable share
+        # of a small model's latency).
+        key = self.key
+        if key is None:
+            u = random.random()
+        else:
+            if type(record) is dict and type(key) is str and key in record:
+                value = record[key]
+            else:
+                value = self._key_of(record)
+            try:
+                u = self._memo[value]
+            except (KeyError, TypeError):
+                u = self._fraction(value)
+        bounds, names = self._split
+        return names[bisect.bisect_right(bounds, u)]  # u < 1.0 == bounds[-1]
 
     def _row_arms(self, records: Any, n: int) -> list[str]:
         if self.key is None:
@@ -182,11 +210,11 @@ class ABTest:
                 column = records[self.key]
             except (KeyError, TypeError, IndexError, ValueError):
                 raise SchemaError(f"batch has no routing key column {self.key!r}", field=self.key) from None
-            return [self._pick(key_fraction(v, self.salt)) for v in list(column)]
+            return [self._pick(self._fraction(v)) for v in list(column)]
         from .tensors import take
 
         rows = records if isinstance(records, list | tuple) else [take(records, i) for i in range(n)]
-        return [self._pick(key_fraction(self._key_of(r, i), self.salt)) for i, r in enumerate(rows)]
+        return [self._pick(self._fraction(self._key_of(r, i))) for i, r in enumerate(rows)]
 
     # -- calls
     def _call(self, arm: str, fn: Callable[[], Any], rows: int) -> Any:
@@ -202,13 +230,15 @@ class ABTest:
     def predict(self, record: Any, *, details: bool = False) -> Any:
         """Predict one record on the arm it routes to (see ``ModelHandle.predict``)."""
         arm = self.arm_for(record)
-        start = time.perf_counter()
+        start = _now()
         try:
             out = self.arms[arm].predict(record, details=details)
         except BaseException:
-            self._stats[arm].add(1, time.perf_counter() - start, True, batch=False)
+            self._stats[arm].add(1, _now() - start, True, batch=False)
             raise
-        self._stats[arm].one(time.perf_counter() - start)
+        stats = self._stats[arm]
+        next(stats.requests_counter)  # ArmStats.one, inlined
+        stats.recent.append(_now() - start)
         return out
 
     def predict_batch(self, records: Any, *, details: bool = False) -> Any:

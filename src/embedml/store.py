@@ -425,7 +425,8 @@ class ModelStore:
         """Point ``alias`` at ``version`` if it passes ``gate`` (an :class:`~embedml.Gate`).
 
         The gate scores the candidate, and the version the alias points to now, on its
-        holdout set; the outcome and scores are appended to :meth:`history` either way.
+        holdout set; the outcome and scores are appended to :meth:`history` either way
+        (an ``action="gate"`` entry, then the ``"promote"`` move when it passed).
         Raises :class:`GateFailedError` (carrying the scores; the alias is not moved), and
         the errors of :meth:`resolve` and :meth:`load`.
         """
@@ -446,6 +447,10 @@ class ModelStore:
                         "passed": False, "scores": exc.scores, "who": who or current_user(),
                     })  # fmt: skip
                     raise
+                self._append_history(name, {
+                    "action": "gate", "alias": alias, "from": previous, "to": target.version,
+                    "passed": True, "scores": scores, "who": who or current_user(),
+                })  # fmt: skip
                 extra = {"gate": scores}
             self._move_alias(name, alias, target, "promote", who, **extra)
         return target
@@ -475,8 +480,8 @@ class ModelStore:
         Each entry has ``time`` (UTC, ISO 8601), ``ts``, ``action`` (``"set_alias"``,
         ``"promote"``, ``"rollback"``, ``"remove_alias"`` or ``"gate"``), ``alias``,
         ``from`` / ``to`` versions, ``who``; moves have ``rollback`` (true when the alias
-        went to an older version), promotions ``gate`` (the scores), failed gates
-        ``passed: false`` and ``scores``. Unreadable lines are skipped with a warning.
+        went to an older version), promotions ``gate`` (the scores); gate entries have
+        ``passed`` and ``scores``. Unreadable lines are skipped with a warning.
         """
         path = self._model_dir(name) / _HISTORY
         try:
