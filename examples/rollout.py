@@ -95,7 +95,7 @@ def main() -> None:
         print("rolled back, serving", prod.predict(applicants[0], details=True).version)
         for entry in store.history("credit", alias="production"):
             print(f"  {entry['action']:9} {entry['from']} -> {entry['to']} by {entry['who']}"
-                  f"{' (rollback)' if entry['rollback'] else ''}")
+                  f"{' (rollback)' if entry.get('rollback') else ''}")
         prod.close()
         candidate.close()
 

@@ -153,11 +153,11 @@ def test_follow_picks_up_a_rollback_made_by_another_process(affine, subprocess_e
     )  # fmt: skip
     _wait_for(lambda: h.version == "1", "the follower to roll back to 1")
     assert h.predict([1.0, 1.0], details=True).output == 2.0
-    assert h._follower.swaps == 2 and h._follower.errors == 0
+    assert h.follower.swaps == 2 and h.follower.errors == 0
     last = affine.history("m")[-1]
     assert (last["from"], last["to"], last["who"], last["rollback"]) == ("3", "1", "oncall", True)
     h.close()
-    assert not h._follower.alive
+    assert not h.follower.alive
     assert set(threading.enumerate()) == before
 
 
@@ -168,8 +168,8 @@ def test_follower_counts_a_version_that_cannot_load_and_keeps_serving(affine):
         bad = affine.save("m", Affine(7.0), version="4")
         (bad.path / bad.manifest.artifact).write_bytes(b"tampered")
         affine.set_alias("m", "production", "4")
-        _wait_for(lambda: h._follower.errors >= 1, "the follower to report the bad version")
-        assert "IntegrityError" in h._follower.last_error
+        _wait_for(lambda: h.follower.errors >= 1, "the follower to report the bad version")
+        assert "IntegrityError" in h.follower.last_error
         assert h.version == "1" and h.predict([1.0, 1.0]) == 2.0
         affine.set_alias("m", "production", "2")  # a good version is picked up again
         _wait_for(lambda: h.version == "2", "the follower to swap to 2")

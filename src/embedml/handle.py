@@ -332,6 +332,12 @@ class ModelHandle:
         return self._pipe.input_schema
 
     @property
+    def follower(self) -> Follower | None:
+        """The alias follower of a handle loaded with ``follow=True`` (its ``swaps``,
+        ``errors``, ``last_error``), else ``None``."""
+        return self._follower
+
+    @property
     def state(self) -> HandleState:
         """``HandleState.OPEN`` or ``HandleState.CLOSED``."""
         return self._state
