@@ -112,3 +112,29 @@ def test_history_skips_a_torn_line_and_bad_gate_settings_are_refused(models):
         embedml.Gate(accuracy_score, X, y, max_drop=-0.1)
     with pytest.raises(embedml.ConfigurationError):
         embedml.Gate("accuracy", X, y)
+
+
+def test_two_processes_moving_aliases_at_once_keep_a_whole_history(models, subprocess_env):
+    import subprocess
+    import sys
+
+    from helpers_models import child_env
+
+    store, _, _ = models
+    code = (
+        "import sys, embedml\n"
+        "s = embedml.ModelStore(sys.argv[1])\n"
+        "for i in range(25):\n"
+        "    s.set_alias('clf', sys.argv[2], str(1 + i % 3), who=sys.argv[2])\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(store.root), alias], env=child_env(subprocess_env))
+        for alias in ("blue", "green")
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    for alias in ("blue", "green"):
+        moves = store.history("clf", alias=alias)
+        assert [e["to"] for e in moves] == [str(1 + i % 3) for i in range(25)]
+        assert [e["from"] for e in moves] == [None] + [e["to"] for e in moves[:-1]]
+        assert {e["who"] for e in moves} == {alias}
+    assert store.aliases("clf") == {"production": "1", "blue": "1", "green": "1"}

@@ -181,3 +181,12 @@ def test_follow_options_are_checked(affine):
     with pytest.raises(TypeError):
         affine.load("m", "latest", follow_alias=True)
     assert not [t for t in threading.enumerate() if t.name.startswith("embedml-follow")]
+
+
+def test_following_latest_picks_up_new_saves(affine):
+    with affine.load("m", follow=True, poll_s=0.02) as h:
+        assert h.version == "3" and h.follower.spec == "latest"
+        affine.save("m", Affine(4.0), version="4", format="tracked")
+        _wait_for(lambda: h.version == "4", "the follower to load the new save")
+        assert h.predict([1.0, 1.0]) == 8.0
+    assert not h.follower.alive
