@@ -112,7 +112,9 @@ def test_calls_in_flight_finish_on_the_old_version_and_it_closes_after(store):
 
 def test_failed_warmup_keeps_the_old_version_serving(store):
     store.save("w", Affine(1.0), version="1")
-    store.save("w", Affine(2.0), version="2", input_schema=embedml.TensorSpec("x", "float64", [None, 2]))
+    two = embedml.TensorSpec("x", "float64", [None, 2])
+    store.save("w", Affine(2.0), version="2", input_schema=two)
+    store.save("w", Affine(3.0), version="3", input_schema=two)
     with store.load("w", "1") as h:
         h.predict([1.0, 2.0, 3.0])  # remembered as the warm-up sample
         with pytest.raises(embedml.SchemaError):
@@ -121,6 +123,11 @@ def test_failed_warmup_keeps_the_old_version_serving(store):
         assert h.predict([1.0, 2.0, 3.0]) == 6.0
         assert h.swap("2", warmup=[1.0, 1.0]) == "2"
         assert h.predict([1.0, 2.0]) == 6.0
+        with pytest.raises(embedml.SchemaError):
+            h.predict([1.0, 2.0, 3.0])  # a bad record is not kept as the warm-up sample
+        # Version 3 takes 2 features too: warmed up on [1.0, 2.0], not on the bad record.
+        assert h.swap("3") == "3"
+        assert h.predict([1.0, 2.0]) == 9.0
 
 
 def test_swap_to_the_same_version_is_a_no_op_and_closed_handles_refuse(affine):

@@ -365,9 +365,9 @@ class ModelHandle:
         """
         pipe = self._pipeline()
         try:
-            self._sample = record
             batch = pipe.prepare_one(record)
             out = pipe.row(pipe.run(batch, 1), 0)
+            self._sample = record  # only records that worked: a bad one must not break swap
         finally:
             pipe.release()
         return Prediction(out, new_request_id(), pipe.mv.name, pipe.mv.version) if details else out
@@ -401,7 +401,7 @@ class ModelHandle:
 
         Resolves ``version`` (a spec such as ``"2"``, ``"latest"`` or ``"@production"``),
         loads it fully and warms it up by predicting ``warmup`` (default: the last record
-        given to ``predict``, if any) before switching. Calls already running finish on the
+        ``predict`` succeeded on, if any) before switching. Calls already running finish on the
         old version, which is closed once they are done; new calls go to the new one. Use
         ``predict(..., details=True)`` to see which version produced a result.
 
