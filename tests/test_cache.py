@@ -111,3 +111,31 @@ def test_embedml_load_uses_the_process_cache_and_swaps_through_it(tenants):
     for h in (a, b, private):
         h.close()
     embedml.default_cache().clear()
+
+
+def test_churn_from_many_threads_serves_right_results_and_closes_every_runtime(tenants):
+    cache = embedml.ModelCache(max_models=2)
+    errors: list[BaseException] = []
+
+    def tenant_traffic(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(80):
+                i = int(rng.integers(0, 4))
+                with tenants.load(f"tenant{i}", cache=cache) as h:
+                    assert h.predict([1.0, 2.0]) == 3.0 * (i + 1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=tenant_traffic, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    stats = cache.stats()
+    assert stats["hits"] + stats["misses"] == 480 and stats["models"] <= 2
+    # Every runtime loaded and then evicted was closed; the ones still cached are open.
+    assert len(CLOSED) == stats["misses"] - stats["models"] == stats["evictions"]
+    cache.clear()
+    assert len(CLOSED) == stats["misses"]
