@@ -33,13 +33,17 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .batching import Batching, BatchingStats
+    from .cache import ModelCache, default_cache
     from .drift import DriftMonitor, DriftReport
     from .formats import FormatOptions, ModelFormat, Runtime, available_formats, register_format
     from .handle import HandleState, ModelHandle, Prediction
     from .hooks import PredictionRecord, Sink
     from .manifest import Manifest
     from .profile import ReferenceProfile
+    from .promotion import Gate
+    from .routing import ABTest, Canary
     from .schema import RecordSchema, TensorSchema, TensorSpec
+    from .shadow import Shadow
     from .sinks import CallableSink, JsonlSink, LoggingSink, read_jsonl
     from .store import ModelStore, ModelVersion
 
@@ -48,6 +52,12 @@ if TYPE_CHECKING:
 _LAZY = {
     "Batching": "batching",
     "BatchingStats": "batching",
+    "ModelCache": "cache",
+    "default_cache": "cache",
+    "Gate": "promotion",
+    "ABTest": "routing",
+    "Canary": "routing",
+    "Shadow": "shadow",
     "FormatOptions": "formats",
     "ModelFormat": "formats",
     "Runtime": "formats",
@@ -77,11 +87,14 @@ __all__ = [
     "Batching",
     "BatchingStats",
     "CallableSink",
+    "ABTest",
+    "Canary",
     "ConfigurationError",
     "DriftMonitor",
     "DriftReport",
     "EmbedMLError",
     "FormatOptions",
+    "Gate",
     "GateFailedError",
     "HandleClosedError",
     "HandleState",
@@ -90,6 +103,7 @@ __all__ = [
     "JsonlSink",
     "LoggingSink",
     "Manifest",
+    "ModelCache",
     "ModelFormat",
     "ModelHandle",
     "ModelNotFoundError",
@@ -107,6 +121,7 @@ __all__ = [
     "Runtime",
     "SchemaError",
     "Sink",
+    "Shadow",
     "StoreError",
     "TensorSchema",
     "TensorSpec",
@@ -115,6 +130,7 @@ __all__ = [
     "VersionNotFoundError",
     "__version__",
     "available_formats",
+    "default_cache",
     "default_store",
     "load",
     "read_jsonl",
@@ -149,10 +165,14 @@ def load(
     version: str | int = "latest",
     *,
     store: ModelStore | str | os.PathLike[str] | None = None,
+    cache: ModelCache | bool = True,
     **options: Any,
 ) -> ModelHandle:
     """Load ``name`` at ``version`` from ``store`` (see :func:`default_store`).
 
-    ``options`` are those of :meth:`ModelStore.load`; an unknown one is a ``TypeError``.
+    The loaded model comes from the process-wide :func:`default_cache` (``cache=False`` loads
+    a private copy; or pass a :class:`ModelCache`), so loading the same version again is
+    nearly free. ``options`` are those of :meth:`ModelStore.load`; an unknown one is a
+    ``TypeError``.
     """
-    return default_store(store).load(name, version, **options)
+    return default_store(store).load(name, version, cache=cache, **options)

@@ -8,6 +8,11 @@ A :class:`Pipeline` holds one loaded version and runs those stages on a batch; t
 owns a pipeline, exposes ``predict`` / ``predict_batch`` / ``apredict``, and is closed with
 ``close()`` or ``with``. Errors: :class:`SchemaError` (bad input, the model is not called),
 :class:`PredictionError` (a stage raised; the original is chained), :class:`HandleClosedError`.
+
+Hot swap: ``handle.swap(spec)`` builds and warms up the new pipeline before replacing the
+handle's pipeline in one assignment. Each call holds a use of the pipeline it started on, and
+a pipeline closes when its last use is released, so calls in flight finish on the old version
+and no call ever waits for a swap.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from .tensors import n_rows, take
 
 if TYPE_CHECKING:
     from .batching import Batcher, Batching, BatchingStats
+    from .cache import ModelCache
+    from .follow import Follower
     from .store import ModelStore, ModelVersion
 
 __all__ = ["HandleState", "LoadOptions", "ModelHandle", "Pipeline", "Prediction", "new_request_id"]
@@ -168,6 +175,27 @@ class Pipeline:
 
             self.batcher = Batcher(self, options.batching)  # type: ignore[arg-type]
 
+        # Uses: one for the owner (a handle or the cache) plus one per call in flight. The
+        # pipeline closes when the count drops to zero; no lock is held around the model.
+        self._uses = 1
+        self._uses_lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        """Take one use; ``False`` if the pipeline has already been released for good."""
+        with self._uses_lock:
+            if self._uses <= 0:
+                return False
+            self._uses += 1
+            return True
+
+    def release(self) -> None:
+        """Give back one use; the last one closes the pipeline (after its calls finished)."""
+        with self._uses_lock:
+            self._uses -= 1
+            last = self._uses == 0
+        if last:
+            self.close()
+
     def _context(self, exc: SchemaError) -> SchemaError:
         exc.model, exc.version = self.mv.name, self.mv.version
         return exc
@@ -247,6 +275,24 @@ class Pipeline:
         self.runtime.close()
 
 
+def build_pipeline(store: ModelStore, mv: ModelVersion, options: LoadOptions) -> Pipeline:
+    """Verify the artifact of ``mv`` and load it with its format into a new :class:`Pipeline`."""
+    start = time.perf_counter()
+    fmt = get_format(mv.manifest.format)
+    data = store.read_artifact(mv)  # hash checked before any byte is deserialised
+    try:
+        runtime = fmt.load(data, options.format_options())
+    except EmbedMLError:
+        raise
+    except Exception as exc:
+        from .errors import UnsupportedFormatError
+
+        raise UnsupportedFormatError(
+            f"could not load {mv} as {fmt.name}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return Pipeline(mv, runtime, options, time.perf_counter() - start)
+
+
 class HandleState(enum.Enum):
     """Lifecycle of a handle: ``OPEN`` until ``close()``, then ``CLOSED`` for good."""
 
@@ -263,13 +309,21 @@ class ModelHandle:
     """
 
     def __init__(
-        self, pipeline: Pipeline, options: LoadOptions, store: ModelStore | None = None
+        self,
+        pipeline: Pipeline,
+        options: LoadOptions,
+        *,
+        store: ModelStore | None = None,
+        cache: ModelCache | None = None,
     ) -> None:
-        self._pipe = pipeline
+        self._pipe = pipeline  # this handle owns one use of it (see Pipeline.acquire)
         self._options = options
         self._state = HandleState.OPEN
         self._lock = threading.Lock()
         self._store = store
+        self._cache = cache
+        self._sample: Any = None  # the last record predicted: swap's default warm-up input
+        self._follower: Follower | None = None
         self._obs = Observer()
         self._warmed = False
         try:
@@ -280,22 +334,18 @@ class ModelHandle:
             raise
 
     @classmethod
-    def open(cls, store: ModelStore, mv: ModelVersion, options: LoadOptions) -> ModelHandle:
-        """Verify the artifact of ``mv``, load it with its format, and wrap it in a handle."""
-        start = time.perf_counter()
-        fmt = get_format(mv.manifest.format)
-        data = store.read_artifact(mv)  # hash checked before any byte is deserialised
-        try:
-            runtime = fmt.load(data, options.format_options())
-        except EmbedMLError:
-            raise
-        except Exception as exc:
-            from .errors import UnsupportedFormatError
-
-            raise UnsupportedFormatError(
-                f"could not load {mv} as {fmt.name}: {type(exc).__name__}: {exc}"
-            ) from exc
-        return cls(Pipeline(mv, runtime, options, time.perf_counter() - start), options, store)
+    def open(
+        cls,
+        store: ModelStore,
+        mv: ModelVersion,
+        options: LoadOptions,
+        cache: ModelCache | None = None,
+    ) -> ModelHandle:
+        """Open ``mv`` (from ``cache`` when given, else loaded now) and wrap it in a handle."""
+        pipe = cache.pipeline(store, mv, options) if cache is not None else None
+        if pipe is None:
+            pipe = build_pipeline(store, mv, options)
+        return cls(pipe, options, store=store, cache=cache)
 
     # -- identity
     @property
@@ -324,6 +374,12 @@ class ModelHandle:
         return self._pipe.input_schema
 
     @property
+    def follower(self) -> Follower | None:
+        """The alias follower of a handle loaded with ``follow=True`` (its ``swaps``,
+        ``errors``, ``last_error``), else ``None``."""
+        return self._follower
+
+    @property
     def state(self) -> HandleState:
         """``HandleState.OPEN`` or ``HandleState.CLOSED``."""
         return self._state
@@ -333,9 +389,14 @@ class ModelHandle:
 
     # -- calls
     def _pipeline(self) -> Pipeline:
-        if self._state is not HandleState.OPEN:
-            raise HandleClosedError(f"the handle for {self._pipe.label} is closed")
-        return self._pipe
+        """The current pipeline, with one use taken: give it back with ``release()``."""
+        while True:
+            if self._state is not HandleState.OPEN:
+                raise HandleClosedError(f"the handle for {self._pipe.label} is closed")
+            pipe = self._pipe
+            if pipe.acquire():
+                return pipe
+            # Swapped out and drained between the read and the acquire: read again.
 
     def predict(
         self, record: Any, *, details: bool = False, timeout_ms: float | None = None
@@ -386,6 +447,10 @@ class ModelHandle:
         except Exception as exc:
             self._observe(pipe, batch, raw, n, t0, t1, t2, exc)
             raise
+        finally:
+            pipe.release()
+        if one:
+            self._sample = records  # only records that worked: a bad one must not break swap
         rid = self._observe(pipe, batch, raw, n, t0, t1, t2)
         return Prediction(out, rid, pipe.mv.name, pipe.mv.version) if details else out
 
@@ -401,6 +466,7 @@ class ModelHandle:
 
         pipe = self._pipeline()
         if pipe.batcher is None:
+            pipe.release()
             return await asyncio.to_thread(self.predict, record, details=details)
         self._obs.metrics.begin()
         t0 = t1 = t2 = time.perf_counter()
@@ -415,6 +481,9 @@ class ModelHandle:
         except Exception as exc:
             self._observe(pipe, batch, raw, 1, t0, t1, t2, exc)
             raise
+        finally:
+            pipe.release()
+        self._sample = record
         rid = self._observe(pipe, batch, raw, 1, t0, t1, t2)
         return Prediction(out, rid, pipe.mv.name, pipe.mv.version) if details else out
 
@@ -447,7 +516,8 @@ class ModelHandle:
         """
         from .sinks import as_sink
 
-        self._pipeline()
+        if self._state is not HandleState.OPEN:
+            raise HandleClosedError(f"the handle for {self._pipe.label} is closed")
         if not callable(hook) and not isinstance(hook, Sink):
             raise ConfigurationError(f"a hook must be a Sink or a callable, got {hook!r}")
         sink = as_sink(hook)
@@ -515,10 +585,13 @@ class ModelHandle:
             raise ConfigurationError(f"warmup(n) needs n >= 1, got {n!r}")
         pipe = self._pipeline()
         start = time.perf_counter()
-        records = synthetic_batch(pipe.input_schema, 1)
-        for _ in range(int(n)):
-            batch = pipe.prepare_many(records)
-            pipe.rows(pipe.run(batch, 1), 1)
+        try:
+            records = synthetic_batch(pipe.input_schema, 1)
+            for _ in range(int(n)):
+                batch = pipe.prepare_many(records)
+                pipe.rows(pipe.run(batch, 1), 1)
+        finally:
+            pipe.release()
         self._warmed = True
         return time.perf_counter() - start
 
@@ -545,17 +618,71 @@ class ModelHandle:
             return None
         return ReferenceProfile.from_json(self._store.read_extra_file(mv, PROFILE_FILE))
 
+    # -- versions
+    def swap(self, version: str | int = "latest", *, warmup: Any = None) -> str:
+        """Serve another version of the same model, without dropping or pausing a call.
+
+        Resolves ``version`` (a spec such as ``"2"``, ``"latest"`` or ``"@production"``),
+        loads it fully and warms it up by predicting ``warmup`` (default: the last record
+        ``predict`` succeeded on, if any) before switching. Calls already running finish on the
+        old version, which is closed once they are done; new calls go to the new one. Use
+        ``predict(..., details=True)`` to see which version produced a result.
+
+        Returns the version now served. Raises the errors of :meth:`ModelStore.load`, and
+        :class:`SchemaError` / :class:`PredictionError` if the warm-up fails, in which case
+        the old version keeps serving. Raises :class:`HandleClosedError` on a closed handle.
+        """
+        if self._store is None:
+            raise ConfigurationError("this handle was not opened from a store; it cannot swap")
+        if self._state is not HandleState.OPEN:
+            raise HandleClosedError(f"the handle for {self._pipe.label} is closed")
+        mv = self._store.resolve(self.name, version)
+        return self._swap_to(mv, warmup)
+
+    def _swap_to(self, mv: ModelVersion, warmup: Any = None) -> str:
+        current = self._pipe
+        if mv.version == current.mv.version and mv.manifest.sha256 == current.mv.manifest.sha256:
+            return mv.version
+        new = (
+            self._cache.pipeline(self._store, mv, self._options)
+            if self._cache is not None
+            else None
+        )
+        if new is None:
+            new = build_pipeline(self._store, mv, self._options)  # type: ignore[arg-type]
+        try:
+            sample = warmup if warmup is not None else self._sample
+            if sample is not None:
+                new.row(new.run(new.prepare_one(sample), 1), 0)
+        except BaseException:
+            new.release()
+            raise
+        with self._lock:
+            if self._state is not HandleState.OPEN:
+                new.release()
+                raise HandleClosedError(f"the handle for {current.label} is closed")
+            old, self._pipe = self._pipe, new
+        old.release()
+        return mv.version
+
     # -- lifecycle
-    def close(self) -> None:
-        """Stop serving and release the runtime. Idempotent. With batching, calls already
-        queued finish first; calls made after ``close`` raise :class:`HandleClosedError`.
-        Then every record accepted by the hooks is written out (sinks no other handle uses
-        are closed)."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop serving: new calls raise :class:`HandleClosedError`, calls already running or
+        queued for a batch finish (waiting up to ``timeout`` seconds), every record accepted
+        by the hooks is written out (sinks no other handle uses are closed), the alias
+        follower of a ``follow=True`` handle stops, and the runtime is released once no call
+        uses it. Idempotent."""
         with self._lock:
             if self._state is HandleState.CLOSED:
                 return
             self._state = HandleState.CLOSED
-        self._pipe.close()  # drains the batcher first, so drained calls reach the hooks
+            follower = self._follower
+        if follower is not None:
+            follower.stop()
+        self._pipe.release()
+        deadline = time.monotonic() + timeout
+        while self._obs.metrics.snapshot()["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.002)
         self._obs.close(self)
 
     def __enter__(self) -> ModelHandle:

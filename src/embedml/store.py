@@ -8,6 +8,7 @@ Layout::
           model.onnx
           manifest.json
         aliases.json          {"production": "2"}
+        history.jsonl         append-only log of alias moves and promotion gates
         .lock                 serialises alias updates between processes
 
 A version becomes visible in one ``rename`` of a fully written, fsynced temporary folder,
@@ -19,10 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import getpass
 import hashlib
 import json
+import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -46,11 +50,15 @@ from .manifest import MANIFEST_FILE, Manifest, environment
 from .schema import TensorSchema, schema_to_dict
 
 if TYPE_CHECKING:
+    from .cache import ModelCache
     from .handle import ModelHandle
+    from .promotion import Gate
 
 __all__ = ["ModelStore", "ModelVersion"]
 
 _ALIASES = "aliases.json"
+_HISTORY = "history.jsonl"
+log = logging.getLogger("embedml.store")
 _CHUNK = 1 << 20
 
 
@@ -97,6 +105,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def current_user() -> str:
+    """The OS user name (``uid:N`` when it cannot be found), recorded in the history."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry and no $USER (some containers)
+        return f"uid:{os.getuid()}"
 
 
 def _check_import_path(value: str | None, what: str) -> str | None:
@@ -350,30 +366,157 @@ class ModelStore:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-    def set_alias(self, name: str, alias: str, version: str | int) -> ModelVersion:
-        """Point ``alias`` (e.g. ``"production"``) at an existing version; returns that version."""
+    def _write_aliases(self, name: str, aliases: dict[str, str]) -> None:
+        _write_atomic(
+            self._model_dir(name) / _ALIASES,
+            json.dumps(aliases, indent=2, sort_keys=True).encode(),
+        )
+
+    def _append_history(self, name: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """Append one entry to ``history.jsonl`` (caller holds the lock) and return it."""
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ts": time.time(), **entry}
+        line = json.dumps(entry, sort_keys=True, default=str) + "\n"
+        fd = os.open(self._model_dir(name) / _HISTORY, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line  # a writer died mid-line: keep that torn line apart
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return entry
+
+    def _move_alias(
+        self, name: str, alias: str, target: ModelVersion, action: str, who: str | None,
+        **extra: Any,
+    ) -> None:
+        """Point ``alias`` at ``target`` and record the move (caller holds the lock)."""
+        aliases = self.aliases(name)
+        previous = aliases.get(alias)
+        aliases[alias] = target.version
+        self._write_aliases(name, aliases)
+        rollback = previous is not None and V.parse_version(target.version) < V.parse_version(previous)
+        self._append_history(name, {
+            "action": action, "alias": alias, "from": previous, "to": target.version,
+            "rollback": rollback, "who": who or current_user(), **extra,
+        })  # fmt: skip
+
+    def set_alias(
+        self, name: str, alias: str, version: str | int, *, who: str | None = None
+    ) -> ModelVersion:
+        """Point ``alias`` (e.g. ``"production"``) at an existing version; returns that version.
+
+        The move is appended to :meth:`history` with ``who`` (default: the OS user); a move
+        to an older version than before is marked as a rollback.
+        """
         alias = V.check_alias(alias)
         with self._lock(name):
             target = self.resolve(name, V.canonical_version(version))
-            aliases = self.aliases(name)
-            aliases[alias] = target.version
-            _write_atomic(
-                self._model_dir(name) / _ALIASES,
-                json.dumps(aliases, indent=2, sort_keys=True).encode(),
-            )
+            self._move_alias(name, alias, target, "set_alias", who)
         return target
 
-    def remove_alias(self, name: str, alias: str) -> None:
+    def remove_alias(self, name: str, alias: str, *, who: str | None = None) -> None:
         """Remove an alias; raises :class:`VersionNotFoundError` if it does not exist."""
         alias = V.check_alias(alias)
         with self._lock(name):
             aliases = self.aliases(name)
-            if aliases.pop(alias, None) is None:
+            previous = aliases.pop(alias, None)
+            if previous is None:
                 raise self._not_found(name, f"@{alias}")
-            _write_atomic(
-                self._model_dir(name) / _ALIASES,
-                json.dumps(aliases, indent=2, sort_keys=True).encode(),
-            )
+            self._write_aliases(name, aliases)
+            self._append_history(name, {
+                "action": "remove_alias", "alias": alias, "from": previous, "to": None,
+                "rollback": False, "who": who or current_user(),
+            })  # fmt: skip
+
+    def promote(
+        self,
+        name: str,
+        version: str | int,
+        alias: str = "production",
+        *,
+        gate: Gate | None = None,
+        who: str | None = None,
+    ) -> ModelVersion:
+        """Point ``alias`` at ``version`` if it passes ``gate`` (an :class:`~embedml.Gate`).
+
+        The gate scores the candidate, and the version the alias points to now, on its
+        holdout set; the outcome and scores are appended to :meth:`history` either way
+        (an ``action="gate"`` entry, then the ``"promote"`` move when it passed).
+        Raises :class:`GateFailedError` (carrying the scores; the alias is not moved), and
+        the errors of :meth:`resolve` and :meth:`load`.
+        """
+        alias = V.check_alias(alias)
+        with self._lock(name):
+            # Scored under the lock so that the version compared against cannot move meanwhile.
+            target = self.resolve(name, V.canonical_version(version))
+            previous = self.aliases(name).get(alias)
+            extra: dict[str, Any] = {}
+            if gate is not None:
+                from .errors import GateFailedError
+
+                try:
+                    scores = gate.evaluate(self, target, previous)
+                except GateFailedError as exc:
+                    self._append_history(name, {
+                        "action": "gate", "alias": alias, "from": previous, "to": target.version,
+                        "passed": False, "scores": exc.scores, "who": who or current_user(),
+                    })  # fmt: skip
+                    raise
+                self._append_history(name, {
+                    "action": "gate", "alias": alias, "from": previous, "to": target.version,
+                    "passed": True, "scores": scores, "who": who or current_user(),
+                })  # fmt: skip
+                extra = {"gate": scores}
+            self._move_alias(name, alias, target, "promote", who, **extra)
+        return target
+
+    def rollback(self, name: str, alias: str = "production", *, who: str | None = None) -> ModelVersion:
+        """Move ``alias`` back to the version it had before the move that set its current one.
+
+        Repeated rollbacks walk further back (3 -> 2 -> 1); the move is recorded with
+        ``action="rollback"``. Returns that version. Raises :class:`StoreError` when the history has no earlier
+        version for the alias.
+        """
+        alias = V.check_alias(alias)
+        with self._lock(name):
+            current = self.aliases(name).get(alias)
+            for entry in reversed(self.history(name, alias=alias)):
+                if entry.get("action") in ("set_alias", "promote") and entry["to"] == current:
+                    if entry.get("from") is None:
+                        break
+                    target = self.resolve(name, entry["from"])
+                    self._move_alias(name, alias, target, "rollback", who)
+                    return target
+            raise StoreError(f"the history of {name}@{alias} has no earlier version to roll back to")
+
+    def history(self, name: str, *, alias: str | None = None) -> list[dict[str, Any]]:
+        """Alias moves and gate outcomes of ``name``, oldest first (optionally of one alias).
+
+        Each entry has ``time`` (UTC, ISO 8601), ``ts``, ``action`` (``"set_alias"``,
+        ``"promote"``, ``"rollback"``, ``"remove_alias"`` or ``"gate"``), ``alias``,
+        ``from`` / ``to`` versions, ``who``; moves have ``rollback`` (true when the alias
+        went to an older version), promotions ``gate`` (the scores); gate entries have
+        ``passed`` and ``scores``. Unreadable lines are skipped with a warning.
+        """
+        path = self._model_dir(name) / _HISTORY
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        entries = []
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s line %d is not valid JSON; skipped", path, i)
+                continue
+            if alias is None or entry.get("alias") == alias:
+                entries.append(entry)
+        return entries
 
     def delete(self, name: str, version: str | int) -> None:
         """Delete one version. Refuses (:class:`StoreError`) while an alias points to it."""
@@ -472,8 +615,18 @@ class ModelStore:
         allow_extra: bool = False,
         batching: Any = None,
         hooks: list[Any] | tuple[Any, ...] = (),
+        follow: bool = False,
+        poll_s: float = 1.0,
+        cache: ModelCache | bool = False,
     ) -> ModelHandle:
         """Resolve ``version`` and open a :class:`~embedml.ModelHandle` on it.
+
+        ``follow=True`` keeps the handle on whatever ``version`` resolves to (typically an
+        alias such as ``"@production"``): every ``poll_s`` seconds a background thread
+        re-resolves it and hot-swaps the handle when it changed (see
+        :meth:`ModelHandle.swap`); ``close()`` stops the thread. ``cache=True`` takes the
+        loaded model from the process-wide :func:`~embedml.default_cache` (or pass a
+        :class:`~embedml.ModelCache`), so loading the same version again costs nothing.
 
         Options: ``method`` (sklearn-style objects: ``"predict"``, ``"predict_proba"``...),
         ``session_options`` (ONNX Runtime, dict or ``SessionOptions``), ``outputs`` (ONNX
@@ -493,4 +646,20 @@ class ModelStore:
             postprocess=postprocess, strict=strict, allow_extra=allow_extra, batching=batching,
             hooks=tuple(hooks),
         )  # fmt: skip
-        return ModelHandle.open(self, self.resolve(name, version), options)
+        if cache is True:
+            from .cache import default_cache
+
+            cache = default_cache()
+        # Not `cache or None`: an empty ModelCache has len() 0.
+        handle = ModelHandle.open(
+            self, self.resolve(name, version), options, None if cache is False else cache
+        )
+        if follow:
+            from .follow import Follower
+
+            try:
+                handle._follower = Follower(handle, self, str(version), poll_s)
+            except BaseException:
+                handle.close()
+                raise
+        return handle

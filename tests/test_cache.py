@@ -1,0 +1,141 @@
+"""The many-model cache: hits share one runtime, count and byte bounds evict LRU, evicted
+runtimes close once idle, concurrent loads of one model load it once."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import embedml
+from helpers_models import onnx_linear
+from helpers_rollout import CLOSED, Affine, SlowToLoad
+
+
+@pytest.fixture
+def tenants(store):
+    for i in range(4):
+        store.save(f"tenant{i}", Affine(float(i + 1)), version="1", format="tracked")
+    CLOSED.clear()
+    return store
+
+
+def test_hit_shares_the_loaded_runtime_and_options_are_part_of_the_key(tenants):
+    cache = embedml.ModelCache(max_models=8)
+    h1 = tenants.load("tenant0", cache=cache)
+    h2 = tenants.load("tenant0", cache=cache)
+    assert h1._pipe is h2._pipe and cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1
+    h1.close()
+    assert h2.predict([1.0, 2.0]) == 3.0  # one handle closing does not close the shared model
+    h3 = tenants.load("tenant0", cache=cache, strict=False)  # other options: another entry
+    assert h3._pipe is not h2._pipe and len(cache) == 2
+    tenants.save("lin", onnx_linear())
+    opts = {"intra_op_num_threads": 1}  # a dict cannot be part of a key: loaded uncached
+    h4 = tenants.load("lin", cache=cache, session_options=opts)
+    h5 = tenants.load("lin", cache=cache, session_options=opts)
+    assert len(cache) == 2 and h4._pipe is not h5._pipe
+    for h in (h2, h3, h4, h5):
+        h.close()
+    assert CLOSED == []  # the cache keeps its models loaded after their handles close
+    cache.clear()
+    assert CLOSED == ["1.0", "1.0"] and len(cache) == 0
+
+
+def test_count_bound_evicts_lru_and_closes_once_idle(tenants):
+    cache = embedml.ModelCache(max_models=2)
+    held = tenants.load("tenant0", cache=cache)  # still in use when evicted
+    tenants.load("tenant1", cache=cache).close()
+    tenants.load("tenant0", cache=cache).close()  # tenant0 is now the most recent
+    tenants.load("tenant2", cache=cache).close()  # evicts tenant1 (least recently used)
+    assert CLOSED == ["2.0"]
+    tenants.load("tenant3", cache=cache).close()  # evicts tenant0, but `held` still uses it
+    assert CLOSED == ["2.0"] and cache.stats()["evictions"] == 2
+    assert held.predict([1.0, 1.0]) == 2.0
+    held.close()
+    assert CLOSED == ["2.0", "1.0"]
+    cache.clear()
+    assert sorted(CLOSED) == ["1.0", "2.0", "3.0", "4.0"]
+
+
+def test_byte_bound_evicts_by_approximate_size(tenants):
+    size = tenants.resolve("tenant0").manifest.size
+    cache = embedml.ModelCache(max_models=100, max_bytes=int(size * 2.5))
+    for i in range(4):
+        tenants.load(f"tenant{i}", cache=cache).close()
+    assert len(cache) == 2 and cache.nbytes <= size * 2.5
+    assert sorted(CLOSED) == ["1.0", "2.0"]
+    tiny = embedml.ModelCache(max_bytes=10)  # smaller than any model: served, never kept
+    h = tenants.load("tenant3", cache=tiny)
+    assert len(tiny) == 0 and h.predict([1.0]) == 4.0
+    h.close()
+    assert CLOSED.count("4.0") == 1
+    with pytest.raises(embedml.ConfigurationError):
+        embedml.ModelCache(max_models=0)
+
+
+def test_two_threads_asking_at_once_load_once(store):
+    store.save("slow", SlowToLoad(3.0, 0.5), version="1")
+    SlowToLoad.LOADS.clear()
+    cache = embedml.ModelCache()
+    barrier = threading.Barrier(4)
+    handles = []
+
+    def ask() -> None:
+        barrier.wait()
+        handles.append(store.load("slow", cache=cache))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert SlowToLoad.LOADS == [3.0]
+    assert len({id(h._pipe) for h in handles}) == 1
+    assert cache.stats()["misses"] == 1 and cache.stats()["hits"] == 3
+    assert [h.predict(np.ones(2)) for h in handles] == [6.0] * 4
+    for h in handles:
+        h.close()
+    cache.clear()
+
+
+def test_embedml_load_uses_the_process_cache_and_swaps_through_it(tenants):
+    a = embedml.load("tenant1", store=tenants)
+    b = embedml.load("tenant1", store=tenants)
+    private = embedml.load("tenant1", store=tenants, cache=False)
+    assert a._pipe is b._pipe and private._pipe is not a._pipe
+    assert embedml.default_cache() is embedml.default_cache()
+    tenants.save("tenant1", Affine(10.0), version="2", format="tracked")
+    a.swap("2")
+    assert b.swap("2") == "2" and a._pipe is b._pipe  # the new version comes from the cache too
+    for h in (a, b, private):
+        h.close()
+    embedml.default_cache().clear()
+
+
+def test_churn_from_many_threads_serves_right_results_and_closes_every_runtime(tenants):
+    cache = embedml.ModelCache(max_models=2)
+    errors: list[BaseException] = []
+
+    def tenant_traffic(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(80):
+                i = int(rng.integers(0, 4))
+                with tenants.load(f"tenant{i}", cache=cache) as h:
+                    assert h.predict([1.0, 2.0]) == 3.0 * (i + 1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=tenant_traffic, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    stats = cache.stats()
+    assert stats["hits"] + stats["misses"] == 480 and stats["models"] <= 2
+    # Every runtime loaded and then evicted was closed; the ones still cached are open.
+    assert len(CLOSED) == stats["misses"] - stats["models"] == stats["evictions"]
+    cache.clear()
+    assert len(CLOSED) == stats["misses"]

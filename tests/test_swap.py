@@ -1,0 +1,199 @@
+"""Hot swap under load, in-flight calls finishing on the old version, and following an alias
+that another process moves (the rollback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import embedml
+from helpers_models import child_env
+from helpers_rollout import CLOSED, EVENTS, Affine, Blocking
+
+K = {"1": 1.0, "2": -2.0, "3": 3.0}
+
+
+@pytest.fixture
+def affine(store):
+    for version, k in K.items():
+        store.save("m", Affine(k), version=version, format="tracked")
+    return store
+
+
+def _wait_for(cond, what: str, timeout: float = 60.0) -> None:
+    """Poll ``cond`` (a liveness bound, not a speed check: the machine is shared)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_swap_under_load_loses_no_request_and_returns_no_wrong_result(affine):
+    before = set(threading.enumerate())
+    h = affine.load("m", "1")
+    n_threads, per_thread = 8, 1300  # 10,400 requests
+    errors: list[BaseException] = []
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+    stop_swapping = threading.Event()
+    swaps = []
+    CLOSED.clear()
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        mine: dict[str, int] = {}
+        try:
+            for _ in range(per_thread):
+                x = rng.normal(size=3)
+                p = h.predict(x, details=True)
+                assert p.output == pytest.approx(K[p.version] * x.sum()), (p.version, x)
+                mine[p.version] = mine.get(p.version, 0) + 1
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        with lock:
+            for v, c in mine.items():
+                seen[v] = seen.get(v, 0) + c
+
+    def swapper() -> None:
+        targets = ["2", "3", "1"]
+        i = 0
+        while not stop_swapping.is_set():
+            swaps.append(h.swap(targets[i % 3]))
+            i += 1
+            time.sleep(0.002)
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(n_threads)]
+    for t in clients:
+        t.start()
+    swap_thread = threading.Thread(target=swapper)
+    swap_thread.start()
+    for t in clients:
+        t.join()
+    stop_swapping.set()
+    swap_thread.join()
+    assert not errors, errors[:3]
+    assert sum(seen.values()) == n_threads * per_thread  # no request lost
+    assert set(seen) == {"1", "2", "3"}  # the load really spanned swaps
+    # Every swapped-out runtime was closed once drained, and the last one on close().
+    assert len(CLOSED) == len(swaps)
+    h.close()
+    assert len(CLOSED) == len(swaps) + 1
+    assert set(threading.enumerate()) == before
+
+
+def test_calls_in_flight_finish_on_the_old_version_and_it_closes_after(store):
+    CLOSED.clear()
+    EVENTS["slow-1"] = threading.Event()
+    store.save("b", Blocking(1.0, "slow-1"), version="1", format="tracked")
+    store.save("b", Affine(5.0), version="2", format="tracked")
+    h = store.load("b", "1")
+    old = []
+    t = threading.Thread(target=lambda: old.append(h.predict([1.0, 2.0], details=True)))
+    t.start()
+    _wait_for(lambda: h._pipe._uses == 2, "the call to be in flight")
+    assert h.swap("2", warmup=[1.0, 1.0]) == "2"
+    # New calls go to version 2 at once, while the old call is still running on version 1.
+    assert h.predict([1.0, 2.0], details=True).version == "2"
+    assert h.version == "2"
+    assert CLOSED == []  # version 1 is still in use
+    EVENTS["slow-1"].set()
+    t.join()
+    assert old[0].version == "1" and old[0].output == 3.0
+    assert CLOSED == ["1.0"]  # closed once drained
+    h.close()
+    assert CLOSED == ["1.0", "5.0"]
+
+
+def test_failed_warmup_keeps_the_old_version_serving(store):
+    store.save("w", Affine(1.0), version="1")
+    two = embedml.TensorSpec("x", "float64", [None, 2])
+    store.save("w", Affine(2.0), version="2", input_schema=two)
+    store.save("w", Affine(3.0), version="3", input_schema=two)
+    with store.load("w", "1") as h:
+        h.predict([1.0, 2.0, 3.0])  # remembered as the warm-up sample
+        with pytest.raises(embedml.SchemaError):
+            h.swap("2")  # version 2 takes 2 features: the live traffic would break
+        assert h.version == "1"
+        assert h.predict([1.0, 2.0, 3.0]) == 6.0
+        assert h.swap("2", warmup=[1.0, 1.0]) == "2"
+        assert h.predict([1.0, 2.0]) == 6.0
+        with pytest.raises(embedml.SchemaError):
+            h.predict([1.0, 2.0, 3.0])  # a bad record is not kept as the warm-up sample
+        # Version 3 takes 2 features too: warmed up on [1.0, 2.0], not on the bad record.
+        assert h.swap("3") == "3"
+        assert h.predict([1.0, 2.0]) == 9.0
+
+
+def test_swap_to_the_same_version_is_a_no_op_and_closed_handles_refuse(affine):
+    h = affine.load("m", "2")
+    pipe = h._pipe
+    assert h.swap("2") == "2" and h._pipe is pipe
+    assert h.swap("latest") == "3"
+    h.close()
+    with pytest.raises(embedml.HandleClosedError):
+        h.swap("1")
+    with pytest.raises(embedml.VersionNotFoundError):
+        affine.load("m", "1").swap("9")
+
+
+def test_follow_picks_up_a_rollback_made_by_another_process(affine, subprocess_env):
+    before = set(threading.enumerate())
+    affine.set_alias("m", "production", "2")
+    h = affine.load("m", "@production", follow=True, poll_s=0.02)
+    assert h.predict([1.0, 1.0], details=True).version == "2"
+    affine.set_alias("m", "production", "3")  # this process
+    _wait_for(lambda: h.version == "3", "the follower to swap to 3")
+    assert h.predict([1.0, 1.0]) == 6.0
+    code = (
+        "import sys, embedml\n"
+        "embedml.ModelStore(sys.argv[1]).set_alias('m', 'production', '1', who='oncall')\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(affine.root)],
+        check=True, env=child_env(subprocess_env), timeout=120,
+    )  # fmt: skip
+    _wait_for(lambda: h.version == "1", "the follower to roll back to 1")
+    assert h.predict([1.0, 1.0], details=True).output == 2.0
+    assert h.follower.swaps == 2 and h.follower.errors == 0
+    last = affine.history("m")[-1]
+    assert (last["from"], last["to"], last["who"], last["rollback"]) == ("3", "1", "oncall", True)
+    h.close()
+    assert not h.follower.alive
+    assert set(threading.enumerate()) == before
+
+
+def test_follower_counts_a_version_that_cannot_load_and_keeps_serving(affine):
+    affine.set_alias("m", "production", "1")
+    with affine.load("m", "@production", follow=True, poll_s=0.02) as h:
+        h.predict([1.0, 1.0])
+        bad = affine.save("m", Affine(7.0), version="4")
+        (bad.path / bad.manifest.artifact).write_bytes(b"tampered")
+        affine.set_alias("m", "production", "4")
+        _wait_for(lambda: h.follower.errors >= 1, "the follower to report the bad version")
+        assert "IntegrityError" in h.follower.last_error
+        assert h.version == "1" and h.predict([1.0, 1.0]) == 2.0
+        affine.set_alias("m", "production", "2")  # a good version is picked up again
+        _wait_for(lambda: h.version == "2", "the follower to swap to 2")
+
+
+def test_follow_options_are_checked(affine):
+    with pytest.raises(embedml.ConfigurationError, match="poll_s"):
+        affine.load("m", "latest", follow=True, poll_s=0)
+    with pytest.raises(TypeError):
+        affine.load("m", "latest", follow_alias=True)
+    assert not [t for t in threading.enumerate() if t.name.startswith("embedml-follow")]
+
+
+def test_following_latest_picks_up_new_saves(affine):
+    with affine.load("m", follow=True, poll_s=0.02) as h:
+        assert h.version == "3" and h.follower.spec == "latest"
+        affine.save("m", Affine(4.0), version="4", format="tracked")
+        _wait_for(lambda: h.version == "4", "the follower to load the new save")
+        assert h.predict([1.0, 1.0]) == 8.0
+    assert not h.follower.alive
