@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .handle import HandleState, ModelHandle, Prediction
     from .manifest import Manifest
     from .schema import RecordSchema, TensorSchema, TensorSpec
+    from .scoring import ScoreSummary, score
     from .store import ModelStore, ModelVersion
 
 # Public names served from submodules on first use (PEP 562), so ``import embedml`` does not
@@ -52,6 +53,8 @@ _LAZY = {
     "RecordSchema": "schema",
     "TensorSchema": "schema",
     "TensorSpec": "schema",
+    "ScoreSummary": "scoring",
+    "score": "scoring",
     "ModelStore": "store",
     "ModelVersion": "store",
 }
@@ -79,6 +82,7 @@ __all__ = [
     "RecordSchema",
     "Runtime",
     "SchemaError",
+    "ScoreSummary",
     "StoreError",
     "TensorSchema",
     "TensorSpec",
@@ -90,6 +94,7 @@ __all__ = [
     "default_store",
     "load",
     "register_format",
+    "score",
 ]
 
 
