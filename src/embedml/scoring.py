@@ -293,7 +293,7 @@ class _Writer:
         self._pq: Any = None
         self._schema: Any = None
         if fmt != "parquet":
-            self._file = open(path, "w", newline="" if fmt == "csv" else None, encoding="utf-8")
+            self._file = open(path, "w", newline="" if fmt == "csv" else None, encoding="utf-8")  # noqa: SIM115 - closed by close()
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
