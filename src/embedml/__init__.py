@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .promotion import Gate
     from .routing import ABTest, Canary
     from .schema import RecordSchema, TensorSchema, TensorSpec
+    from .scoring import ScoreSummary, score
     from .shadow import Shadow
     from .sinks import CallableSink, JsonlSink, LoggingSink, read_jsonl
     from .store import ModelStore, ModelVersion
@@ -79,6 +80,8 @@ _LAZY = {
     "RecordSchema": "schema",
     "TensorSchema": "schema",
     "TensorSpec": "schema",
+    "ScoreSummary": "scoring",
+    "score": "scoring",
     "ModelStore": "store",
     "ModelVersion": "store",
 }
@@ -122,6 +125,7 @@ __all__ = [
     "SchemaError",
     "Sink",
     "Shadow",
+    "ScoreSummary",
     "StoreError",
     "TensorSchema",
     "TensorSpec",
@@ -135,6 +139,7 @@ __all__ = [
     "load",
     "read_jsonl",
     "register_format",
+    "score",
 ]
 
 

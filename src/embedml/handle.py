@@ -690,3 +690,40 @@ class ModelHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- streaming (see embedml.streaming)
+    def predict_stream(
+        self,
+        records: Any,
+        *,
+        batch_size: int = 64,
+        max_wait_ms: float = 10.0,
+        on_error: str = "raise",
+    ) -> Any:
+        """Yield a result per record of an iterable, in order, scored in micro-batches.
+
+        See :func:`embedml.streaming.predict_stream` (bounded memory, ``on_error``).
+        """
+        from .streaming import predict_stream
+
+        return predict_stream(
+            self, records, batch_size=batch_size, max_wait_ms=max_wait_ms, on_error=on_error  # type: ignore[arg-type]
+        )
+
+    def apredict_stream(
+        self,
+        records: Any,
+        *,
+        batch_size: int = 64,
+        max_wait_ms: float = 10.0,
+        on_error: str = "raise",
+    ) -> Any:
+        """Async generator of results for an async iterable of records, in order.
+
+        See :func:`embedml.streaming.apredict_stream`.
+        """
+        from .streaming import apredict_stream
+
+        return apredict_stream(
+            self, records, batch_size=batch_size, max_wait_ms=max_wait_ms, on_error=on_error  # type: ignore[arg-type]
+        )

@@ -1,0 +1,443 @@
+"""The ``embedml`` command: look into a model store, score files, verify, alias, benchmark.
+
+::
+
+    embedml [--store DIR] ls
+    embedml show NAME[@SPEC]
+    embedml predict NAME[@SPEC] --input FILE --output FILE
+    embedml verify [NAME]
+    embedml alias NAME ALIAS VERSION
+    embedml bench NAME[@SPEC]
+
+The store is ``--store DIR``, else ``$EMBEDML_STORE``, else ``./models``. ``NAME@SPEC``
+takes a version (``fraud@1.2``), a specifier (``'fraud@>=1,<2'``) or an alias
+(``fraud@production``); a bare ``NAME`` means the latest version. User mistakes end with one
+line on stderr and exit status 1 (2 for a bad command line), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import EmbedMLError, InvalidNameError, StoreError
+
+if TYPE_CHECKING:
+    from .store import ModelStore
+
+__all__ = ["main", "parse_ref"]
+
+PROG = "embedml"
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """``"fraud@production"`` -> ``("fraud", "@production")``; ``"fraud@1.2"`` ->
+    ``("fraud", "1.2")``; ``"fraud"`` -> ``("fraud", "latest")``. The spec is checked with
+    :func:`embedml.versions.parse_spec`; raises :class:`InvalidNameError`."""
+    from . import versions as V
+
+    name, at, spec = ref.partition("@")
+    V.check_name(name)
+    if not at:
+        return name, "latest"
+    spec = spec.strip()
+    if not spec:
+        raise InvalidNameError(f"{ref!r}: nothing after '@'; write NAME, NAME@VERSION or NAME@ALIAS")
+    # An alias starts with a letter and a version with a digit, so they cannot be confused;
+    # "latest" is a reserved word, not an alias.
+    if spec[:1].isalpha() and spec != "latest":
+        spec = "@" + spec
+    V.parse_spec(spec)
+    return name, spec
+
+
+def _open_store(args: argparse.Namespace) -> ModelStore:
+    from .store import ModelStore
+
+    root = Path(args.store or os.environ.get("EMBEDML_STORE") or "models")
+    if not root.is_dir():
+        raise StoreError(
+            f"no model store at {root} (give --store DIR or set EMBEDML_STORE)"
+        )
+    return ModelStore(root)
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    rows = []
+    for name in store.models():
+        versions = store.versions(name)
+        aliases = store.aliases(name)
+        rows.append(
+            {"name": name, "versions": versions, "latest": store.resolve(name).version, "aliases": aliases}
+        )
+    if args.json:
+        _out(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        _out(f"no models in {store.root}")
+        return 0
+    width = max(4, *(len(r["name"]) for r in rows))
+    _out(f"{'NAME':<{width}}  {'LATEST':<8}  {'VERSIONS':<8}  ALIASES")
+    for r in rows:
+        alias_text = ", ".join(f"{a} -> {v}" for a, v in sorted(r["aliases"].items())) or "-"
+        _out(f"{r['name']:<{width}}  {r['latest']:<8}  {len(r['versions']):<8}  {alias_text}")
+    return 0
+
+
+def _describe_schema(d: Any) -> list[str]:
+    if d is None:
+        return ["  (none declared)"]
+    if d.get("kind") == "record":
+        lines = []
+        for f in d["fields"]:
+            extra = []
+            for key, sym in (("minimum", ">="), ("exclusive_minimum", ">"), ("maximum", "<="), ("exclusive_maximum", "<")):
+                if f.get(key) is not None:
+                    extra.append(f"{sym}{f[key]}")
+            if f.get("enum"):
+                extra.append(f"one of {f['enum']}")
+            if f.get("nullable"):
+                extra.append("nullable")
+            lines.append(f"  {f['name']}: {f['kind']}" + (f"  ({', '.join(extra)})" if extra else ""))
+        return lines
+    return [f"  {t['name']}: {t['dtype']} {tuple(t['shape'])}" for t in d.get("tensors", [])]
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    name, spec = parse_ref(args.ref)
+    mv = store.resolve(name, spec)
+    aliases = store.aliases(name)
+    history = []
+    for version in store.versions(name):
+        m = store.manifest(name, version)
+        history.append(
+            {
+                "version": version,
+                "created_at": m.created_at,
+                "aliases": sorted(a for a, v in aliases.items() if v == version),
+            }
+        )
+    m = mv.manifest
+    if args.json:
+        data = {"manifest": m.model_dump(mode="json"), "aliases": aliases, "history": history}
+        _out(json.dumps(data, indent=2, sort_keys=True))
+        return 0
+    _out(f"{mv}  ({m.format}, {m.size} bytes)")
+    _out(f"path:       {mv.path}")
+    _out(f"sha256:     {m.sha256}")
+    _out(f"created:    {m.created_at}")
+    _out(f"python:     {m.python}   embedml: {m.embedml or '?'}")
+    if m.frameworks:
+        _out("frameworks: " + ", ".join(f"{k} {v}" for k, v in sorted(m.frameworks.items())))
+    if m.preprocess or m.postprocess:
+        _out(f"steps:      preprocess={m.preprocess}  postprocess={m.postprocess}")
+    if m.metadata:
+        _out("metadata:   " + json.dumps(m.metadata, sort_keys=True, default=str))
+    _out("input schema:")
+    for line in _describe_schema(m.input_schema):
+        _out(line)
+    _out("output schema:")
+    for line in _describe_schema(m.output_schema):
+        _out(line)
+    _out("aliases:    " + (", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"))
+    _out("history:")
+    for h in history:
+        mark = " *" if h["version"] == mv.version else "  "
+        tags = "  " + " ".join("@" + a for a in h["aliases"]) if h["aliases"] else ""
+        _out(f"{mark} {h['version']:<10} {h['created_at']}{tags}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .scoring import score
+
+    store = _open_store(args)
+    name, spec = parse_ref(args.ref)
+    progress = None if args.progress is None else args.progress
+    with store.load(name, spec, allow_extra=args.allow_extra) as handle:
+        summary = score(
+            handle,
+            args.input,
+            args.output,
+            batch_size=args.batch_size,
+            id_column=args.id_column,
+            rejects=args.rejects,
+            progress=progress,
+        )
+    line = (
+        f"{summary.model}@{summary.version}: scored {summary.scored} rows "
+        f"in {summary.seconds:.2f}s -> {summary.output}"
+    )
+    if summary.rejected:
+        line += f"; rejected {summary.rejected} -> {summary.rejects}"
+    _out(line)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    report = store.verify(args.name)
+    bad = {k: v for k, v in report.items() if v is not None}
+    for key, error in report.items():
+        _out(f"ok        {key}" if error is None else f"MISMATCH  {key}: {error}")
+    _out(f"{len(report)} version(s) checked, {len(bad)} mismatch(es)")
+    return 1 if bad else 0
+
+
+def _cmd_alias(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    mv = store.set_alias(args.name, args.alias, args.version)
+    _out(f"{mv.name}@{args.alias.lstrip('@')} -> {mv.version}")
+    return 0
+
+
+def _synthetic(handle: Any, n: int, seed: int = 0) -> list[Any]:
+    """``n`` valid records made up from the handle's input schema."""
+    import numpy as np
+
+    from .schema import RecordSchema, TensorSchema
+
+    rng = np.random.default_rng(seed)
+    schema = handle.input_schema
+    if isinstance(schema, RecordSchema):
+        cols: dict[str, list[Any]] = {}
+        for f in schema.fields:
+            lo = next((x for x in (f.minimum, f.exclusive_minimum) if x is not None), None)
+            hi = next((x for x in (f.maximum, f.exclusive_maximum) if x is not None), None)
+            if f.enum:
+                values = [f.enum[i] for i in rng.integers(0, len(f.enum), n)]
+            elif f.kind == "boolean":
+                values = [bool(v) for v in rng.integers(0, 2, n)]
+            elif f.kind == "string":
+                values = [f"s{i % 7}" for i in range(n)]
+            else:
+                a = -1.0 if lo is None else float(lo)
+                b = (a + 2.0) if hi is None else float(hi)
+                if lo is None and hi is not None:
+                    a = b - 2.0
+                mid, half = (a + b) / 2, (b - a) / 2
+                x = mid + half * rng.uniform(-0.9, 0.9, n)
+                values = [int(round(v)) for v in x] if f.kind == "integer" else [float(v) for v in x]
+                if f.kind == "integer":
+                    values = [min(max(v, int(np.ceil(a + 1e-9))), int(np.floor(b - 1e-9))) if hi is not None and lo is not None else v for v in values]
+            cols[f.name] = values
+        return [dict(zip(cols, row)) for row in zip(*cols.values())]
+    if isinstance(schema, TensorSchema):
+
+        def example(spec: Any) -> Any:
+            shape = tuple(1 if d == -1 else d for d in spec.shape[1:])
+            if spec.dtype in ("str", "object"):
+                return np.full(shape, "x", dtype=object)
+            if spec.np_dtype.kind in "iub":
+                return rng.integers(0, 2, shape).astype(spec.np_dtype)
+            return rng.normal(size=shape).astype(spec.np_dtype)
+
+        if schema.single:
+            return [example(schema.specs[0]) for _ in range(n)]
+        return [{s.name: example(s) for s in schema.specs} for _ in range(n)]
+    raise EmbedMLError(
+        f"{handle.name}@{handle.version} declares no input schema, so bench cannot make up inputs"
+    )
+
+
+def _stack(handle: Any, records: list[Any]) -> Any:
+    from .schema import TensorSchema
+
+    schema = handle.input_schema
+    if isinstance(schema, TensorSchema):
+        import numpy as np
+
+        if schema.single:
+            return np.stack(records)
+        return {s.name: np.stack([r[s.name] for r in records]) for s in schema.specs}
+    return records
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    store = _open_store(args)
+    name, spec = parse_ref(args.ref)
+    with store.load(name, spec) as handle:
+        records = _synthetic(handle, max(args.batch_size, 256))
+        handle.predict(records[0])  # warm-up, and a schema check of the synthetic inputs
+        lat = []
+        deadline = time.perf_counter() + args.seconds
+        i = 0
+        while time.perf_counter() < deadline or len(lat) < 5:
+            t = time.perf_counter()
+            handle.predict(records[i % len(records)])
+            lat.append(time.perf_counter() - t)
+            i += 1
+        batch = _stack(handle, records[: args.batch_size])
+        handle.predict_batch(batch)
+        blat = []
+        deadline = time.perf_counter() + args.seconds
+        while time.perf_counter() < deadline or len(blat) < 5:
+            t = time.perf_counter()
+            handle.predict_batch(batch)
+            blat.append(time.perf_counter() - t)
+        one, many = np.array(lat) * 1e3, np.array(blat) * 1e3
+        result = {
+            "model": f"{handle.name}@{handle.version}",
+            "format": handle.format,
+            "single": {
+                "calls": len(one),
+                "median_ms": float(np.median(one)),
+                "p99_ms": float(np.percentile(one, 99)),
+                "rows_per_s": float(len(one) / (one.sum() / 1e3)),
+            },
+            "batch": {
+                "batch_size": args.batch_size,
+                "calls": len(many),
+                "median_ms": float(np.median(many)),
+                "p99_ms": float(np.percentile(many, 99)),
+                "rows_per_s": float(args.batch_size * len(many) / (many.sum() / 1e3)),
+            },
+        }
+    if args.json:
+        _out(json.dumps(result, indent=2))
+        return 0
+    s, b = result["single"], result["batch"]
+    _out(f"{result['model']} ({result['format']}), synthetic inputs from the schema")
+    _out(f"{'mode':<22} {'calls':>7} {'median ms':>10} {'p99 ms':>9} {'rows/s':>11}")
+    _out(f"{'predict (1 row)':<22} {s['calls']:>7} {s['median_ms']:>10.3f} {s['p99_ms']:>9.3f} {s['rows_per_s']:>11.0f}")
+    label = f"predict_batch ({args.batch_size})"
+    _out(f"{label:<22} {b['calls']:>7} {b['median_ms']:>10.3f} {b['p99_ms']:>9.3f} {b['rows_per_s']:>11.0f}")
+    _out(f"batching speed-up: {b['rows_per_s'] / s['rows_per_s']:.1f}x rows/s")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``embedml`` command."""
+    from ._version import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--store",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="model store folder (default: $EMBEDML_STORE, else ./models)",
+    )
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Look into an embedml model store, score files, verify artifacts.",
+        epilog="NAME@SPEC: fraud (latest), fraud@1.2, 'fraud@>=1,<2', fraud@production",
+    )
+    parser.add_argument("--store", metavar="DIR", default=None, help=common._actions[0].help)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("ls", parents=[common], help="list models, latest versions and aliases")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_ls)
+
+    p = sub.add_parser("show", parents=[common], help="manifest, schema, aliases and history of a version")
+    p.add_argument("ref", metavar="NAME[@SPEC]")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="score a CSV / JSON Lines / Parquet file into another",
+        description="Score every row of --input into --output (formats from the suffixes). "
+        "Bad rows go to a reject file with their row number; the rest is scored.",
+    )
+    p.add_argument("ref", metavar="NAME[@SPEC]")
+    p.add_argument("--input", "-i", required=True, metavar="FILE", help=".csv, .jsonl or .parquet")
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help=".csv, .jsonl or .parquet")
+    p.add_argument("--batch-size", type=_positive_int, default=1024, metavar="N", help="rows per chunk (default 1024)")
+    p.add_argument("--id-column", metavar="COL", help="copy this input column to the output (default: row number)")
+    p.add_argument("--rejects", metavar="FILE", help="reject file (default: OUTPUT.rejects.jsonl)")
+    p.add_argument("--allow-extra", action="store_true", help="ignore input columns the schema does not know")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
+    group.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="re-hash every artifact; exit 1 on any mismatch",
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="only this model")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("alias", parents=[common], help="point ALIAS of NAME at VERSION")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("alias", metavar="ALIAS")
+    p.add_argument("version", metavar="VERSION")
+    p.set_defaults(func=_cmd_alias)
+
+    p = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="latency and throughput on synthetic inputs, one row vs batches",
+    )
+    p.add_argument("ref", metavar="NAME[@SPEC]")
+    p.add_argument("--seconds", type=_positive_float, default=1.0, metavar="S", help="time per mode (default 1)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="batch size (default 64)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``embedml`` command; return its exit status (0 ok, 1 error, 2 usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # the reader went away (`embedml show x | head`): stop quietly, as other tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (EmbedMLError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        return 130

@@ -1,0 +1,176 @@
+"""Scale-out on Ray Data: score a ``ray.data.Dataset`` with one model handle per actor.
+
+:class:`EmbedMLPredictor` is a callable class for ``Dataset.map_batches``: each Ray actor
+builds one, which loads the model once from the store, then scores every batch sent to it.
+:func:`predict` wires it up with the usual knobs (``concurrency``, ``batch_size``,
+``num_cpus``).
+
+The store is opened by path in every actor, so the path must be reachable by every worker
+node: on one machine any local path works; on a cluster put the store on a shared
+filesystem (NFS, EFS, a Lustre or CephFS mount, a ``gcsfuse``/``s3fs`` mount) mounted at the
+same path on every node. Nothing is shipped to the workers except the path, name and
+version. Install with ``pip install 'embedml[ray]'``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError, EmbedMLError, StoreError
+
+__all__ = ["EmbedMLPredictor", "predict"]
+
+
+def _store_path(store_uri: str | os.PathLike[str]) -> Path:
+    text = os.fspath(store_uri)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    elif "://" in text:
+        raise ConfigurationError(
+            f"store_uri {text!r}: only local or shared-filesystem paths are supported; "
+            "mount the bucket (gcsfuse, s3fs) at the same path on every node"
+        )
+    return Path(text)
+
+
+class EmbedMLPredictor:
+    """Callable class for ``Dataset.map_batches(..., batch_format="pandas")``.
+
+    Built once per actor: opens the store at ``store_uri`` and loads ``name`` at
+    ``version`` (kept for the actor's life). Each call takes a pandas batch and returns it
+    with the prediction columns added (``prediction`` or ``prediction_0``..., or the output
+    schema's fields; see :func:`embedml.scoring.flatten_output`) and ``error_column``:
+    ``None`` for scored rows, the error message for rows that failed validation or on
+    which the model raised (their prediction columns are null). A bad row never fails the
+    batch. ``feature_columns`` picks the model's input columns (default: the record
+    schema's fields, else every column); the other columns pass through unchanged.
+    """
+
+    def __init__(
+        self,
+        store_uri: str | os.PathLike[str],
+        name: str,
+        version: str = "latest",
+        *,
+        feature_columns: Sequence[str] | None = None,
+        error_column: str = "error",
+        load_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        from ..store import ModelStore
+
+        root = _store_path(store_uri)
+        if not root.is_dir():
+            raise StoreError(
+                f"no model store at {root} on this worker; the store must be on a filesystem every Ray node mounts at the same path"
+            )
+        self.handle = ModelStore(root).load(name, version, **dict(load_options or {}))
+        self.error_column = error_column
+        from ..schema import RecordSchema
+
+        schema = self.handle.input_schema
+        self._records = isinstance(schema, RecordSchema)
+        if feature_columns is not None:
+            self.feature_columns: list[str] | None = list(feature_columns)
+        elif self._records:
+            self.feature_columns = list(schema.names)  # type: ignore[union-attr]
+        else:
+            self.feature_columns = None
+
+    def _inputs(self, df: Any) -> Any:
+        cols = self.feature_columns if self.feature_columns is not None else list(df.columns)
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise ConfigurationError(
+                f"the dataset has no column(s) {missing} for {self.handle.name}@{self.handle.version}; columns: {list(df.columns)}"
+            )
+        features = df[cols]
+        if self._records:
+            return features, lambda: features.to_dict("records")
+        matrix = features.to_numpy()
+        return matrix, lambda: list(matrix)
+
+    def __call__(self, batch: Any) -> Any:
+        import numpy as np
+        import pandas as pd
+
+        from ..scoring import flatten_output
+        from ..streaming import _split_rows, predict_rows
+
+        df = batch if isinstance(batch, pd.DataFrame) else pd.DataFrame(batch)
+        n = len(df)
+        if n == 0:
+            return df.assign(**{self.error_column: pd.Series([], dtype=object)})
+        whole, rows = self._inputs(df)
+        errors: list[str | None] = [None] * n
+        try:
+            out = self.handle.predict_batch(whole)
+        except EmbedMLError:
+            # isolate the bad rows; the rest of the batch is still scored
+            results = predict_rows(self.handle, rows())
+        else:
+            if isinstance(out, np.ndarray) and out.ndim in (1, 2) and out.dtype != object:
+                cols = {"prediction": out} if out.ndim == 1 else {f"prediction_{j}": out[:, j] for j in range(out.shape[1])}
+                return df.assign(**cols, **{self.error_column: errors})
+            results = _split_rows(out, n)
+        flat: list[dict[str, Any]] = []
+        for i, result in enumerate(results):
+            if isinstance(result, EmbedMLError):
+                errors[i] = str(result)
+                flat.append({})
+            else:
+                flat.append(flatten_output(result))
+        preds = pd.DataFrame.from_records(flat, index=df.index)
+        return df.assign(**{c: preds[c] for c in preds.columns}, **{self.error_column: errors})
+
+
+def predict(
+    dataset: Any,
+    store_uri: str | os.PathLike[str],
+    name: str,
+    version: str = "latest",
+    *,
+    batch_size: int = 1024,
+    concurrency: int | tuple[int, int] = 1,
+    num_cpus: float = 1.0,
+    feature_columns: Sequence[str] | None = None,
+    error_column: str = "error",
+    load_options: Mapping[str, Any] | None = None,
+    **map_batches_kwargs: Any,
+) -> Any:
+    """Score a ``ray.data.Dataset``: returns a lazy Dataset with the prediction columns and
+    ``error_column`` added to every row (see :class:`EmbedMLPredictor`).
+
+    The spec ``version`` (``"latest"``, ``"1.2"``, ``">=1,<2"``, ``"@production"``) is resolved
+    once, here on the driver, so every actor loads the same version even if a new one is
+    saved mid-job. ``concurrency`` actors (an int, or ``(min, max)`` for autoscaling) each
+    reserve ``num_cpus`` CPUs and get batches of ``batch_size`` rows. Other keyword
+    arguments go to ``Dataset.map_batches``. Raises :class:`ConfigurationError` /
+    :class:`StoreError` / the store's lookup errors before any work starts.
+    """
+    from ..store import ModelStore
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    root = _store_path(store_uri)
+    if not root.is_dir():
+        raise StoreError(f"no model store at {root}")
+    mv = ModelStore(root).resolve(name, version)
+    return dataset.map_batches(
+        EmbedMLPredictor,
+        fn_constructor_kwargs={
+            "store_uri": str(root),
+            "name": mv.name,
+            "version": mv.version,
+            "feature_columns": list(feature_columns) if feature_columns is not None else None,
+            "error_column": error_column,
+            "load_options": dict(load_options or {}),
+        },
+        batch_size=batch_size,
+        batch_format="pandas",
+        concurrency=concurrency,
+        num_cpus=num_cpus,
+        **map_batches_kwargs,
+    )

@@ -1,0 +1,237 @@
+"""Streaming prediction: micro-batch an endless iterator of records, results in input order.
+
+:func:`predict_stream` takes a sync iterable, :func:`apredict_stream` an async one. Both
+gather up to ``batch_size`` records, or fewer once ``max_wait_ms`` has passed since the
+first record of the batch arrived, run one ``predict_batch`` call, and yield one result per
+record in input order. Memory is bounded: at most ``2 * batch_size`` records wait to be
+scored, so a fast producer is slowed to the model's pace (back-pressure).
+
+A record that fails validation (or on which the model raises) does not poison the rest of
+its batch: the batch is bisected until the bad records are isolated (:func:`predict_rows`),
+so good records are scored with few extra calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import ConfigurationError, PredictionError, SchemaError
+
+if TYPE_CHECKING:
+    from .handle import ModelHandle
+
+__all__ = ["apredict_stream", "predict_rows", "predict_stream"]
+
+OnError = Literal["raise", "yield"]
+_END = object()
+
+
+def _split_rows(out: Any, n: int) -> list[Any]:
+    """One result per row of a ``predict_batch`` result (list, array, dict or tuple)."""
+    from .tensors import take
+
+    if isinstance(out, list):
+        return out
+    return [take(out, i) for i in range(n)]
+
+
+def predict_rows(handle: ModelHandle, records: Sequence[Any]) -> list[Any]:
+    """Predict ``records`` and return one entry per record: its result, or the
+    :class:`SchemaError` / :class:`PredictionError` that record alone raises.
+
+    One ``predict_batch`` call when the whole batch is good; otherwise the batch is
+    bisected, so ``k`` bad records cost about ``2k log2(n)`` extra calls and the good ones
+    are still scored in batches. The errors' ``index`` is the position in ``records``.
+    Other errors (a closed handle, ...) are raised.
+    """
+    results: list[Any] = [None] * len(records)
+
+    def solve(lo: int, hi: int) -> None:
+        try:
+            out = handle.predict_batch(list(records[lo:hi]))
+        except (SchemaError, PredictionError) as exc:
+            if hi - lo == 1:
+                exc.index = lo
+                results[lo] = exc
+                return
+            mid = (lo + hi) // 2
+            solve(lo, mid)
+            solve(mid, hi)
+            return
+        results[lo:hi] = _split_rows(out, hi - lo)
+
+    if records:
+        solve(0, len(records))
+    return results
+
+
+def _check(batch_size: int, max_wait_ms: float, on_error: str) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not max_wait_ms >= 0:
+        raise ConfigurationError(f"max_wait_ms must be >= 0, got {max_wait_ms!r}")
+    if on_error not in ("raise", "yield"):
+        raise ConfigurationError(f"on_error must be 'raise' or 'yield', got {on_error!r}")
+
+
+def _emit(results: list[Any], offset: int, on_error: str) -> Iterator[Any]:
+    for result in results:
+        if isinstance(result, SchemaError | PredictionError):
+            result.index = offset + (result.index or 0)
+            if on_error == "raise":
+                raise result
+        yield result
+
+
+def predict_stream(
+    handle: ModelHandle,
+    records: Iterable[Any],
+    *,
+    batch_size: int = 64,
+    max_wait_ms: float = 10.0,
+    on_error: OnError = "raise",
+) -> Iterator[Any]:
+    """Yield ``handle``'s result for each record of ``records``, in order, micro-batching.
+
+    A reader thread pulls from ``records`` into a queue of at most ``2 * batch_size``
+    records; a batch is scored when it is full, or ``max_wait_ms`` after its first record
+    arrived, or when the input ends. With ``on_error="raise"`` (default) a bad record raises
+    its :class:`SchemaError` / :class:`PredictionError` (``index`` = its position in the
+    stream) after the results before it; with ``"yield"`` the error is yielded in its place
+    and the stream goes on. An exception from the input iterable itself is re-raised.
+    Closing the generator early stops the reader thread (unless the input iterable itself
+    blocks forever; the thread is a daemon). Raises :class:`ConfigurationError` for bad
+    arguments.
+    """
+    _check(batch_size, max_wait_ms, on_error)
+    return _stream(handle, records, batch_size, max_wait_ms / 1000.0, on_error)
+
+
+def _stream(
+    handle: ModelHandle, records: Iterable[Any], size: int, wait: float, on_error: str
+) -> Iterator[Any]:
+    q: queue.Queue[Any] = queue.Queue(maxsize=2 * size)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for record in records:
+                if not put((record,)):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(exc)
+
+    reader = threading.Thread(target=read, name="embedml-stream-reader", daemon=True)
+    reader.start()
+    offset = 0
+    try:
+        done = False
+        while not done:
+            item = q.get()
+            batch: list[Any] = []
+            failure: BaseException | None = None
+            deadline = time.monotonic() + wait
+            while True:
+                if item is _END:
+                    done = True
+                    break
+                if isinstance(item, BaseException):
+                    failure = item
+                    break
+                batch.append(item[0])
+                if len(batch) >= size:
+                    break
+                try:
+                    item = q.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+            if batch:
+                yield from _emit(predict_rows(handle, batch), offset, on_error)
+                offset += len(batch)
+            if failure is not None:
+                raise failure
+    finally:
+        stop.set()
+        reader.join(timeout=1.0)
+
+
+async def apredict_stream(
+    handle: ModelHandle,
+    records: AsyncIterable[Any],
+    *,
+    batch_size: int = 64,
+    max_wait_ms: float = 10.0,
+    on_error: OnError = "raise",
+) -> AsyncIterator[Any]:
+    """Async :func:`predict_stream`: consume an async iterable, yield results in order.
+
+    A task pulls records into a queue of at most ``2 * batch_size``; each batch runs in a
+    worker thread, so the event loop is never blocked by the model. ``on_error`` and the
+    errors are as in :func:`predict_stream`. Closing the generator cancels the reader task.
+    """
+    _check(batch_size, max_wait_ms, on_error)
+    wait = max_wait_ms / 1000.0
+    q: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * batch_size)
+
+    async def read() -> None:
+        try:
+            async for record in records:
+                await q.put((record,))
+            await q.put(_END)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            await q.put(exc)
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.ensure_future(read())
+    offset = 0
+    try:
+        done = False
+        while not done:
+            item = await q.get()
+            batch: list[Any] = []
+            failure: BaseException | None = None
+            deadline = loop.time() + wait
+            while True:
+                if item is _END:
+                    done = True
+                    break
+                if isinstance(item, BaseException):
+                    failure = item
+                    break
+                batch.append(item[0])
+                if len(batch) >= batch_size:
+                    break
+                try:
+                    # cancelling a Queue.get is safe (unlike cancelling the source's __anext__)
+                    item = await asyncio.wait_for(q.get(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    break
+            if batch:
+                results = await asyncio.to_thread(predict_rows, handle, batch)
+                for result in _emit(results, offset, on_error):
+                    yield result
+                offset += len(batch)
+            if failure is not None:
+                raise failure
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
