@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -33,6 +33,7 @@ from .formats import FormatOptions, Runtime, get_format
 from .manifest import Manifest
 from .schema import NoSchema, RecordSchema, SchemaOptions, TensorSchema, schema_from_dict
 from .tensors import n_rows, take
+from .trust import check_before_load
 
 if TYPE_CHECKING:
     from .store import ModelStore, ModelVersion
@@ -74,8 +75,30 @@ class LoadOptions:
     postprocess: Callable[[Any], Any] | str | None = None
     strict: bool = True
     allow_extra: bool = False
+    # hardening (docs/security.md)
+    allow_nan: bool = False
+    max_batch_rows: int | None = None
+    max_string_length: int | None = None
+    require_signature: bool = False
+    signing_key: str | bytes | None = field(default=None, repr=False)
+    restricted: bool = False
+    trusted_types: tuple[Any, ...] = ()
+    strict_versions: bool = False
 
     def __post_init__(self) -> None:
+        for what in ("max_batch_rows", "max_string_length"):
+            value = getattr(self, what)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigurationError(f"{what} must be a positive int or None, got {value!r}")
+        if isinstance(self.trusted_types, str) or not isinstance(
+            self.trusted_types, list | tuple | set | frozenset
+        ):
+            raise ConfigurationError(
+                f"trusted_types must be a list of types or 'module.Name' strings, got {self.trusted_types!r}"
+            )
+        object.__setattr__(self, "trusted_types", tuple(self.trusted_types))
         if self.method is not None and not isinstance(self.method, str):
             raise ConfigurationError(
                 f"method must be a method name such as 'predict_proba', got {self.method!r}"
@@ -89,9 +112,16 @@ class LoadOptions:
 
     def format_options(self) -> FormatOptions:
         outputs = tuple(self.outputs) if isinstance(self.outputs, list | tuple) else self.outputs
+        extra = {"restricted": True, "trusted_types": self.trusted_types} if self.restricted else {}
         return FormatOptions(
-            method=self.method, session_options=self.session_options, outputs=outputs
+            method=self.method, session_options=self.session_options, outputs=outputs, extra=extra
         )
+
+    def schema_options(self) -> SchemaOptions:
+        return SchemaOptions(
+            strict=self.strict, allow_extra=self.allow_extra, allow_nan=self.allow_nan,
+            max_batch_rows=self.max_batch_rows, max_string_length=self.max_string_length,
+        )  # fmt: skip
 
 
 def _import_callable(path: str, what: str) -> Callable[[Any], Any]:
@@ -133,7 +163,7 @@ class Pipeline:
             else None
         )
         self.output_schema = schema_from_dict(m.output_schema)  # type: ignore[arg-type]
-        self.schema_options = SchemaOptions(strict=options.strict, allow_extra=options.allow_extra)
+        self.schema_options = options.schema_options()
         pre = options.preprocess if options.preprocess is not None else m.preprocess
         post = options.postprocess if options.postprocess is not None else m.postprocess
         self.preprocess = _import_callable(pre, "preprocess") if isinstance(pre, str) else pre
@@ -239,6 +269,7 @@ class ModelHandle:
     def open(cls, store: ModelStore, mv: ModelVersion, options: LoadOptions) -> ModelHandle:
         """Verify the artifact of ``mv``, load it with its format, and wrap it in a handle."""
         start = time.perf_counter()
+        check_before_load(mv, options)  # signature and framework versions, before any byte is read
         fmt = get_format(mv.manifest.format)
         data = store.read_artifact(mv)  # hash checked before any byte is deserialised
         try:

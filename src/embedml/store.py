@@ -34,16 +34,19 @@ from packaging.version import Version
 from . import versions as V
 from ._version import __version__
 from .errors import (
+    ConfigurationError,
     IntegrityError,
     InvalidNameError,
     ModelNotFoundError,
     StoreError,
+    UntrustedArtifactError,
     VersionExistsError,
     VersionNotFoundError,
 )
 from .formats import format_for_object, format_for_path, get_format
 from .manifest import MANIFEST_FILE, Manifest, environment
 from .schema import TensorSchema, schema_to_dict
+from .signing import KEY_ENV, SIGNATURE_FILE, resolve_key, signature_document
 
 if TYPE_CHECKING:
     from .handle import ModelHandle
@@ -109,6 +112,23 @@ def _check_import_path(value: str | None, what: str) -> str | None:
     return value
 
 
+def _check_trust(path: Any, fmt: str, trust: bool, sha256: str | None) -> str | None:
+    """Refuse a pickle/joblib file nobody vouched for; normalise a given ``sha256``."""
+    if sha256 is not None:
+        digest = sha256.strip().lower() if isinstance(sha256, str) else ""
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ConfigurationError(f"sha256 must be 64 hex digits, got {sha256!r}")
+        return digest
+    if trust is not True:
+        raise UntrustedArtifactError(
+            f"{os.fspath(path)!r} is a {fmt} file: loading it runs whatever code it contains, "
+            "and nothing vouches for its bytes. Pass sha256='<expected hex digest>' "
+            "(checked before saving) or trust=True if you know where it came from; "
+            "see docs/security.md"
+        )
+    return None
+
+
 class ModelStore:
     """A directory of models, each with immutable PEP 440 versions and movable aliases.
 
@@ -132,7 +152,10 @@ class ModelStore:
         return path
 
     def _version_dir(self, name: str, version: str) -> Path:
-        return self._model_dir(name) / version
+        path = self._model_dir(name) / version
+        if path.is_symlink():
+            raise StoreError(f"version folder {path} is a symlink; refusing it")
+        return path
 
     # -- listing
     def models(self) -> list[str]:
@@ -240,6 +263,9 @@ class ModelStore:
         metadata: Mapping[str, Any] | None = None,
         preprocess: str | None = None,
         postprocess: str | None = None,
+        trust: bool = False,
+        sha256: str | None = None,
+        signing_key: str | bytes | None = None,
     ) -> ModelVersion:
         """Save ``model`` as a new immutable version of ``name`` and return it.
 
@@ -250,10 +276,18 @@ class ModelStore:
         pydantic model class (one record) or :class:`TensorSpec` (or a list of them).
         ``preprocess`` / ``postprocess`` are import paths ``"package.module:function"``.
 
+        A pickle or joblib *file* runs code when loaded, so saving one needs ``trust=True``
+        or its expected ``sha256="<hex>"`` (checked on the copied bytes); otherwise
+        :class:`UntrustedArtifactError` is raised before the file is opened. With a signing
+        key (``signing_key=`` or ``$EMBEDML_SIGNING_KEY``) the manifest is signed
+        (``manifest.sig``, see ``docs/security.md``).
+
         Raises :class:`VersionExistsError`, :class:`InvalidNameError`,
-        :class:`UnsupportedFormatError` or :class:`SchemaError`.
+        :class:`UnsupportedFormatError`, :class:`UntrustedArtifactError` or
+        :class:`SchemaError`.
         """
         model_dir = self._model_dir(name)
+        key = resolve_key(signing_key)
         is_path = isinstance(model, str | os.PathLike)
         if format is not None:
             fmt = get_format(format)
@@ -261,6 +295,8 @@ class ModelStore:
             fmt = format_for_path(model)
         else:
             fmt = format_for_object(model)
+        if is_path and fmt.unsafe_to_load:
+            sha256 = _check_trust(model, fmt.name, trust, sha256)
         explicit = V.canonical_version(version) if version is not None else None
         in_schema = schema_to_dict(input_schema)
         if in_schema is None and not is_path:
@@ -287,6 +323,10 @@ class ModelStore:
             else:
                 fmt.dump(model, tmp / artifact)
             digest = sha256_file(tmp / artifact)
+            if is_path and sha256 is not None and digest != sha256:
+                raise UntrustedArtifactError(
+                    f"{os.fspath(model)} has SHA-256 {digest}, not the {sha256} you vouched for; not saving it"
+                )
             with open(tmp / artifact, "rb+") as f:
                 os.fsync(f.fileno())
             fields = {
@@ -296,18 +336,26 @@ class ModelStore:
                 "metadata": dict(metadata or {}), "embedml": __version__,
                 "frameworks": environment(fmt.frameworks(None if is_path else model)),
             }  # fmt: skip
-            return self._publish(model_dir, tmp, fields, explicit)
+            return self._publish(model_dir, tmp, fields, explicit, key)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _publish(
-        self, model_dir: Path, tmp: Path, fields: dict[str, Any], explicit: str | None
+        self,
+        model_dir: Path,
+        tmp: Path,
+        fields: dict[str, Any],
+        explicit: str | None,
+        key: bytes | None = None,
     ) -> ModelVersion:
         """Rename the finished folder into place; on a clash take the next major version."""
         for _ in range(1000):
             version = explicit or V.next_major(self._versions(model_dir))
             manifest = Manifest(version=version, **fields)
-            _write_atomic(tmp / MANIFEST_FILE, manifest.to_json().encode())
+            data = manifest.to_json().encode()
+            _write_atomic(tmp / MANIFEST_FILE, data)
+            if key is not None:
+                _write_atomic(tmp / SIGNATURE_FILE, signature_document(data, key))
             final = model_dir / version
             try:
                 os.rename(tmp, final)
@@ -371,6 +419,21 @@ class ModelStore:
             os.rename(target.path, trash)
             shutil.rmtree(trash, ignore_errors=True)
 
+    def sign(self, name: str, version: str | int, *, signing_key: str | bytes | None = None) -> Path:
+        """Sign (or re-sign) an existing version's manifest; returns the ``manifest.sig`` path.
+
+        Use it to sign versions saved before signing was turned on, after checking them
+        (for example with :meth:`verify`). Raises :class:`ConfigurationError` without a key.
+        """
+        key = resolve_key(signing_key)
+        if key is None:
+            raise ConfigurationError(f"sign() needs a key: pass signing_key= or set ${KEY_ENV}")
+        mv = self.resolve(name, V.canonical_version(version))
+        data = (mv.path / MANIFEST_FILE).read_bytes()
+        Manifest.from_json(data, where=str(mv.path / MANIFEST_FILE))
+        _write_atomic(mv.path / SIGNATURE_FILE, signature_document(data, key))
+        return mv.path / SIGNATURE_FILE
+
     # -- reading artifacts
     def read_artifact(self, mv: ModelVersion) -> bytes:
         """The artifact's bytes, after checking size and SHA-256 against the manifest.
@@ -429,6 +492,14 @@ class ModelStore:
         postprocess: Any = None,
         strict: bool = True,
         allow_extra: bool = False,
+        allow_nan: bool = False,
+        max_batch_rows: int | None = None,
+        max_string_length: int | None = None,
+        require_signature: bool = False,
+        signing_key: str | bytes | None = None,
+        restricted: bool = False,
+        trusted_types: list[Any] | tuple[Any, ...] = (),
+        strict_versions: bool = False,
     ) -> ModelHandle:
         """Resolve ``version`` and open a :class:`~embedml.ModelHandle` on it.
 
@@ -438,11 +509,23 @@ class ModelStore:
         override the manifest's), ``strict`` (only lossless casts), ``allow_extra`` (ignore
         unknown fields). An unknown option is a ``TypeError``. Raises the errors of
         :meth:`resolve` and :meth:`read_artifact`, and :class:`UnsupportedFormatError`.
+
+        Hardening (``docs/security.md``): ``allow_nan`` (default ``False``: NaN/inf in
+        numeric inputs is a :class:`SchemaError`), ``max_batch_rows``, ``max_string_length``;
+        ``require_signature`` with ``signing_key`` (or ``$EMBEDML_SIGNING_KEY``) refuses
+        unsigned or wrongly signed versions (:class:`SignatureError`) before the artifact is
+        read; ``restricted=True`` unpickles pickle/joblib with an allow-list plus
+        ``trusted_types`` (:class:`UntrustedArtifactError` names a refused type);
+        ``strict_versions=True`` turns a framework version skew warning into
+        :class:`FrameworkVersionError`.
         """
         from .handle import LoadOptions, ModelHandle
 
         options = LoadOptions(
             method=method, session_options=session_options, outputs=outputs, preprocess=preprocess,
-            postprocess=postprocess, strict=strict, allow_extra=allow_extra,
+            postprocess=postprocess, strict=strict, allow_extra=allow_extra, allow_nan=allow_nan,
+            max_batch_rows=max_batch_rows, max_string_length=max_string_length,
+            require_signature=require_signature, signing_key=signing_key, restricted=restricted,
+            trusted_types=tuple(trusted_types), strict_versions=strict_versions,
         )  # fmt: skip
         return ModelHandle.open(self, self.resolve(name, version), options)
