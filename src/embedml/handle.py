@@ -82,7 +82,7 @@ class LoadOptions:
     require_signature: bool = False
     signing_key: str | bytes | None = field(default=None, repr=False)
     restricted: bool = False
-    trusted_types: tuple[Any, ...] = ()
+    trusted_types: tuple[Any, ...] | list[Any] = ()
     strict_versions: bool = False
 
     def __post_init__(self) -> None:

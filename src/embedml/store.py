@@ -526,6 +526,6 @@ class ModelStore:
             postprocess=postprocess, strict=strict, allow_extra=allow_extra, allow_nan=allow_nan,
             max_batch_rows=max_batch_rows, max_string_length=max_string_length,
             require_signature=require_signature, signing_key=signing_key, restricted=restricted,
-            trusted_types=tuple(trusted_types), strict_versions=strict_versions,
+            trusted_types=trusted_types, strict_versions=strict_versions,
         )  # fmt: skip
         return ModelHandle.open(self, self.resolve(name, version), options)

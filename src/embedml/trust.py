@@ -67,10 +67,12 @@ def check_before_load(mv: ModelVersion, options: LoadOptions) -> None:
             data = path.read_bytes()
         except FileNotFoundError:
             raise SignatureError(f"{mv}: {path} disappeared before loading") from None
-        if verify_signature(mv.path, data, key, required=options.require_signature, label=str(mv)):
-            # the manifest resolve() parsed must be the one that was signed
-            if Manifest.from_json(data, where=str(path)) != mv.manifest:
-                raise SignatureError(f"{mv}: the manifest changed while loading; refusing it")
+        signed = verify_signature(
+            mv.path, data, key, required=options.require_signature, label=str(mv)
+        )
+        # the manifest resolve() parsed must be the one that was signed
+        if signed and Manifest.from_json(data, where=str(path)) != mv.manifest:
+            raise SignatureError(f"{mv}: the manifest changed while loading; refusing it")
     skew = framework_skew(mv.manifest)
     if not skew:
         return
