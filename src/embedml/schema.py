@@ -18,6 +18,7 @@ Batches are checked column by column with numpy, not one pydantic object per row
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
@@ -427,12 +428,27 @@ class RecordSchema:
     def one(self, record: Any, opts: SchemaOptions) -> np.ndarray:
         """Validate one record (dict, pydantic instance or 1-D array) into a 1-row matrix."""
         try:
-            m = self._one(record, opts)
+            try:
+                m = self._one(record, opts)
+            except OverflowError:
+                raise self._too_large([record]) from None
             self._check_limits(m, opts)
             return m
         except SchemaError as exc:
             exc.index = None  # a single record has no batch index
             raise
+
+    def _too_large(self, rows: Any) -> SchemaError:
+        """The error for an int beyond float64 (numpy raises a bare ``OverflowError``)."""
+        if isinstance(rows, list):
+            for i, r in enumerate(rows):
+                for f in self.fields:
+                    v = r.get(f.name) if isinstance(r, Mapping) else None
+                    if isinstance(v, int) and abs(v) > sys.float_info.max:
+                        return SchemaError(
+                            "the number is too large for float64", field=f.name, index=i
+                        )
+        return SchemaError("a number is too large for float64")
 
     def _check_limits(self, m: np.ndarray, opts: SchemaOptions) -> None:
         if opts.allow_nan and opts.max_string_length is None:
@@ -470,7 +486,10 @@ class RecordSchema:
         """Validate a batch (list of records, 2-D array or DataFrame) into a matrix."""
         if not isinstance(records, Mapping) and hasattr(records, "__len__"):
             check_rows(len(records), opts)  # before any per-row work
-        m = self._many(records, opts)
+        try:
+            m = self._many(records, opts)
+        except OverflowError:
+            raise self._too_large(records) from None
         check_rows(len(m), opts)
         self._check_limits(m, opts)
         return m
@@ -898,24 +917,27 @@ class NoSchema:
         if isinstance(record, np.ndarray):
             return record[None]
         if isinstance(record, Mapping):
-            return {k: np.asarray(v)[None] for k, v in record.items()}
-        try:
-            return np.asarray([record])
-        except (TypeError, ValueError) as exc:
-            raise SchemaError(f"cannot be read as an array: {exc}") from None
+            return {k: _loose_array(v, k)[None] for k, v in record.items()}
+        return _loose_array([record], None)
 
     def _many(self, records: Any, opts: SchemaOptions) -> Any:
         if isinstance(records, np.ndarray) or type(records).__module__.startswith("pandas"):
             return records
         if isinstance(records, Mapping):
-            return {k: np.asarray(v) for k, v in records.items()}
-        try:
-            return np.asarray(records)
-        except (TypeError, ValueError) as exc:
-            raise SchemaError(f"cannot be read as an array: {exc}") from None
+            return {k: _loose_array(v, k) for k, v in records.items()}
+        return _loose_array(records, None)
 
     def to_dict(self) -> None:
         return None
+
+
+def _loose_array(value: Any, name: Any) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SchemaError(
+            f"cannot be read as an array: {exc}", field=None if name is None else str(name)
+        ) from None
 
 
 def _check_loose(batch: Any, opts: SchemaOptions) -> None:
