@@ -177,6 +177,7 @@ def test_other_files_and_objects_need_no_voucher(store, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["pickle", "joblib"])
 def test_restricted_loads_sklearn_models(store, fmt):
+    from sklearn.base import clone
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -186,7 +187,7 @@ def test_restricted_loads_sklearn_models(store, fmt):
         "lr": sk_logreg(),
         "rf": RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y),
         "hgb": HistGradientBoostingClassifier(max_iter=3).fit(X, y),
-        "pipe": make_pipeline(StandardScaler(), sk_logreg()).fit(X, y),
+        "pipe": make_pipeline(StandardScaler(), clone(sk_logreg())).fit(X, y),
     }
     for name, model in models.items():
         store.save(name, model, format=fmt)
