@@ -13,7 +13,15 @@ from hypothesis.extra import numpy as hnp
 from pydantic import BaseModel
 
 import embedml
-from helpers_models import LINEAR_B, LINEAR_W, CountingModel, RowEcho, onnx_linear, sk_logreg
+from helpers_models import (
+    LINEAR_B,
+    LINEAR_W,
+    CountingModel,
+    RowEcho,
+    onnx_linear,
+    onnx_two_inputs,
+    sk_logreg,
+)
 
 SETTINGS = settings(
     max_examples=150,
@@ -85,7 +93,8 @@ def handles(tmp_path_factory):
     store.save("mixed", RowEcho(), input_schema=Mixed)
     store.save("tensor", onnx_linear())
     store.save("free", CountingModel("props"))
-    opened = {name: store.load(name) for name in ("record", "mixed", "tensor", "free")}
+    store.save("two", onnx_two_inputs())
+    opened = {name: store.load(name) for name in ("record", "mixed", "tensor", "free", "two")}
     yield opened
     for h in opened.values():
         h.close()
@@ -157,3 +166,23 @@ def test_schemaless_handle(handles, value):
             expect = batch.sum(axis=1)
             np.testing.assert_array_equal([got] if one else got, expect)
     assert h.predict_batch(np.ones((2, 3))).tolist() == [3.0, 3.0]
+
+
+two_inputs = st.dictionaries(
+    st.sampled_from(["a", "b", "c"]), json_like | arrays, max_size=3
+) | st.fixed_dictionaries({"a": json_like | arrays, "b": json_like | arrays})
+
+
+@SETTINGS
+@given(value=two_inputs | json_like)
+def test_multi_input_tensor_handle(handles, value):
+    h = handles["two"]
+    for one in (True, False):
+        kind, got = outcome(h.predict if one else h.predict_batch, value)
+        if kind == "ok":
+            a = np.asarray(value["a"], dtype=np.float32).reshape(-1, 2)
+            b = np.asarray(value["b"], dtype=np.float32).reshape(-1, 2)
+            np.testing.assert_allclose(np.asarray(got["sum"]).reshape(-1, 2), a + b, rtol=1e-6)
+            np.testing.assert_allclose(np.asarray(got["prod"]).reshape(-1, 2), a * b, rtol=1e-6)
+    out = h.predict_batch({"a": np.ones((2, 2), np.float32), "b": np.full((2, 2), 3, np.float32)})
+    assert out["sum"].tolist() == [[4.0, 4.0], [4.0, 4.0]]
