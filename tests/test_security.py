@@ -128,6 +128,18 @@ def test_sign_an_existing_version(store):
         store.load("lr", require_signature=True, signing_key="wrong")
 
 
+def test_verify_reports_signatures(store):
+    store.save("lr", sk_logreg(), signing_key=KEY)
+    mv = store.save("lr", sk_logreg(), signing_key=KEY)
+    store.save("plain", sk_logreg())
+    assert store.verify(signing_key=KEY) == {"lr@1": None, "lr@2": None, "plain@1": None}
+    _rewrite_manifest(mv, metadata={"x": 1})
+    report = store.verify(signing_key=KEY, require_signature=True)
+    assert report["lr@1"] is None
+    assert "does not match" in report["lr@2"] and "not signed" in report["plain@1"]
+    assert store.verify()["lr@2"] is None  # without a key only hashes are checked
+
+
 # ---------------------------------------------------------------- pickle files need a voucher
 
 
@@ -319,6 +331,22 @@ def test_symlinked_model_and_version_folders_are_refused(store, tmp_path):
     with pytest.raises(embedml.StoreError, match="symlink"):
         store.load("n", "2")
     store.load("n", "1").close()
+
+
+def test_planted_symlinks_for_manifest_and_lock_are_refused(store, tmp_path):
+    mv = store.save("m", sk_logreg())
+    real = tmp_path / "elsewhere.json"
+    real.write_bytes((mv.path / MANIFEST_FILE).read_bytes())
+    (mv.path / MANIFEST_FILE).unlink()
+    (mv.path / MANIFEST_FILE).symlink_to(real)
+    with pytest.raises(embedml.IntegrityError, match="symlink"):
+        store.load("m")
+    target = tmp_path / "created-outside"
+    (store.root / "m" / ".lock").unlink(missing_ok=True)
+    (store.root / "m" / ".lock").symlink_to(target)
+    with pytest.raises(embedml.StoreError, match="lock"):
+        store.set_alias("m", "prod", "1")
+    assert not target.exists()
 
 
 def test_alias_file_pointing_outside_is_not_followed(store):

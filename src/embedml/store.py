@@ -46,7 +46,7 @@ from .errors import (
 from .formats import format_for_object, format_for_path, get_format
 from .manifest import MANIFEST_FILE, Manifest, environment
 from .schema import TensorSchema, schema_to_dict
-from .signing import KEY_ENV, SIGNATURE_FILE, resolve_key, signature_document
+from .signing import KEY_ENV, SIGNATURE_FILE, resolve_key, signature_document, verify_signature
 
 if TYPE_CHECKING:
     from .handle import ModelHandle
@@ -200,6 +200,8 @@ class ModelStore:
     def manifest(self, name: str, version: str) -> Manifest:
         """Read the manifest of one exact version."""
         path = self._version_dir(name, version) / MANIFEST_FILE
+        if path.is_symlink():
+            raise IntegrityError(f"{path} is a symlink; refusing it")
         try:
             text = path.read_bytes()
         except FileNotFoundError:
@@ -374,7 +376,12 @@ class ModelStore:
     def _lock(self, name: str) -> Iterator[None]:
         model_dir = self._model_dir(name)
         model_dir.mkdir(parents=True, exist_ok=True)
-        with open(model_dir / ".lock", "a+") as f:
+        # O_NOFOLLOW: a planted ".lock" symlink must not make us create files elsewhere
+        try:
+            fd = os.open(model_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open the lock file in {model_dir}: {exc}") from exc
+        with open(fd, "a+") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -466,17 +473,32 @@ class ModelStore:
             )
         return data
 
-    def verify(self, name: str | None = None) -> dict[str, str | None]:
-        """Re-hash every artifact (of ``name``, or of all models): ``{"name@version": error or None}``."""
+    def verify(
+        self,
+        name: str | None = None,
+        *,
+        signing_key: str | bytes | None = None,
+        require_signature: bool = False,
+    ) -> dict[str, str | None]:
+        """Re-hash every artifact (of ``name``, or of all models): ``{"name@version": error or None}``.
+
+        With a key (argument or ``$EMBEDML_SIGNING_KEY``) signatures are checked too, and
+        with ``require_signature=True`` an unsigned version is reported.
+        """
+        key = resolve_key(signing_key)
         report: dict[str, str | None] = {}
         for model in [name] if name else self.models():
             for version in self.versions(model):
-                key = f"{model}@{version}"
+                label = f"{model}@{version}"
                 try:
-                    self.read_artifact(self.resolve(model, version))
-                    report[key] = None
+                    mv = self.resolve(model, version)
+                    if key is not None or require_signature:
+                        data = (mv.path / MANIFEST_FILE).read_bytes()
+                        verify_signature(mv.path, data, key, required=require_signature, label=label)
+                    self.read_artifact(mv)
+                    report[label] = None
                 except IntegrityError as exc:
-                    report[key] = str(exc)
+                    report[label] = str(exc)
         return report
 
     # -- loading (delegated: the store itself never loads a model)
