@@ -136,8 +136,8 @@ def test_predict_rows_isolates_model_errors(store):
 
     X = np.arange(20, dtype=float).reshape(-1, 1)
     store.save("lin", LinearRegression().fit(X, 2 * X[:, 0]), input_schema=Features1)
-    with store.load("lin") as h:
-        # NaN passes the schema (a float) but sklearn refuses it: a PredictionError per row
+    with store.load("lin", allow_nan=True) as h:
+        # NaN passes the schema when allowed, but sklearn refuses it: a PredictionError per row
         records = [{"a": float(i)} for i in range(10)]
         records[4] = {"a": float("nan")}
         results = predict_rows(h, records)

@@ -15,6 +15,9 @@ builtin so that generic code keeps working (``LookupError``, ``ValueError``,
     ├── VersionExistsError                   versions are immutable
     ├── StoreError                           the store refused an operation
     ├── IntegrityError                       artifact hash or signature mismatch
+    │   ├── SignatureError                   unsigned or wrongly signed version
+    │   └── UntrustedArtifactError           pickle bytes nobody vouched for / type refused
+    ├── FrameworkVersionError                installed framework differs (strict_versions)
     ├── UnsupportedFormatError               unknown or unusable model format
     ├── SchemaError (ValueError)             input/output does not match the schema
     ├── PredictionError                      the model or a processing step raised
@@ -22,6 +25,9 @@ builtin so that generic code keeps working (``LookupError``, ``ValueError``,
     ├── OverloadedError                      the batching queue is full
     ├── PredictionTimeoutError (TimeoutError) the call's deadline passed
     └── GateFailedError                      a promotion gate rejected a version
+
+Warnings (not errors): :class:`FrameworkVersionWarning` (a ``UserWarning``), issued when
+the installed scikit-learn / torch / onnxruntime differs from the one in the manifest.
 
 This module depends on nothing else in embedml.
 """
@@ -41,6 +47,10 @@ __all__ = [
     "VersionExistsError",
     "StoreError",
     "IntegrityError",
+    "SignatureError",
+    "UntrustedArtifactError",
+    "FrameworkVersionError",
+    "FrameworkVersionWarning",
     "UnsupportedFormatError",
     "SchemaError",
     "PredictionError",
@@ -90,6 +100,36 @@ class StoreError(EmbedMLError):
 
 class IntegrityError(EmbedMLError):
     """An artifact does not match its manifest (hash, size or signature)."""
+
+
+class SignatureError(IntegrityError):
+    """A version has no signature, or one that does not match, while one is required."""
+
+
+class UntrustedArtifactError(IntegrityError):
+    """Pickle bytes nobody vouched for, or a type refused by restricted unpickling.
+
+    ``type_name`` is the refused ``module.qualname`` when a restricted load refused a type.
+    """
+
+    def __init__(self, message: str, *, type_name: str | None = None) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_untrusted, (str(self), self.type_name))
+
+
+def _rebuild_untrusted(message: str, type_name: str | None) -> UntrustedArtifactError:
+    return UntrustedArtifactError(message, type_name=type_name)
+
+
+class FrameworkVersionError(EmbedMLError):
+    """With ``strict_versions=True``: an installed framework differs from the manifest's."""
+
+
+class FrameworkVersionWarning(UserWarning):
+    """The installed version of a framework differs from the one the model was saved with."""
 
 
 class UnsupportedFormatError(EmbedMLError):

@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -40,6 +40,7 @@ from .hooks import Observer, Sink, Source
 from .manifest import Manifest
 from .schema import NoSchema, RecordSchema, SchemaOptions, TensorSchema, schema_from_dict
 from .tensors import n_rows, take
+from .trust import check_before_load
 
 if TYPE_CHECKING:
     from .batching import Batcher, Batching, BatchingStats
@@ -87,6 +88,15 @@ class LoadOptions:
     allow_extra: bool = False
     batching: Batching | bool | None = None
     hooks: tuple[Any, ...] = ()
+    # hardening (docs/security.md)
+    allow_nan: bool = False
+    max_batch_rows: int | None = None
+    max_string_length: int | None = None
+    require_signature: bool = False
+    signing_key: str | bytes | None = field(default=None, repr=False)
+    restricted: bool = False
+    trusted_types: tuple[Any, ...] | list[Any] = ()
+    strict_versions: bool = False
 
     def __post_init__(self) -> None:
         if self.batching is not None and self.batching is not False:
@@ -104,6 +114,19 @@ class LoadOptions:
         for hook in self.hooks:
             if not callable(hook) and not isinstance(hook, Sink):
                 raise ConfigurationError(f"a hook must be a Sink or a callable, got {hook!r}")
+        for what in ("max_batch_rows", "max_string_length"):
+            value = getattr(self, what)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigurationError(f"{what} must be a positive int or None, got {value!r}")
+        if isinstance(self.trusted_types, str) or not isinstance(
+            self.trusted_types, list | tuple | set | frozenset
+        ):
+            raise ConfigurationError(
+                f"trusted_types must be a list of types or 'module.Name' strings, got {self.trusted_types!r}"
+            )
+        object.__setattr__(self, "trusted_types", tuple(self.trusted_types))
         if self.method is not None and not isinstance(self.method, str):
             raise ConfigurationError(
                 f"method must be a method name such as 'predict_proba', got {self.method!r}"
@@ -117,9 +140,16 @@ class LoadOptions:
 
     def format_options(self) -> FormatOptions:
         outputs = tuple(self.outputs) if isinstance(self.outputs, list | tuple) else self.outputs
+        extra = {"restricted": True, "trusted_types": self.trusted_types} if self.restricted else {}
         return FormatOptions(
-            method=self.method, session_options=self.session_options, outputs=outputs
+            method=self.method, session_options=self.session_options, outputs=outputs, extra=extra
         )
+
+    def schema_options(self) -> SchemaOptions:
+        return SchemaOptions(
+            strict=self.strict, allow_extra=self.allow_extra, allow_nan=self.allow_nan,
+            max_batch_rows=self.max_batch_rows, max_string_length=self.max_string_length,
+        )  # fmt: skip
 
 
 def _import_callable(path: str, what: str) -> Callable[[Any], Any]:
@@ -161,7 +191,7 @@ class Pipeline:
             else None
         )
         self.output_schema = schema_from_dict(m.output_schema)  # type: ignore[arg-type]
-        self.schema_options = SchemaOptions(strict=options.strict, allow_extra=options.allow_extra)
+        self.schema_options = options.schema_options()
         pre = options.preprocess if options.preprocess is not None else m.preprocess
         post = options.postprocess if options.postprocess is not None else m.postprocess
         self.preprocess = _import_callable(pre, "preprocess") if isinstance(pre, str) else pre
@@ -278,6 +308,7 @@ class Pipeline:
 def build_pipeline(store: ModelStore, mv: ModelVersion, options: LoadOptions) -> Pipeline:
     """Verify the artifact of ``mv`` and load it with its format into a new :class:`Pipeline`."""
     start = time.perf_counter()
+    check_before_load(mv, options)  # signature and framework versions, before any byte is read
     fmt = get_format(mv.manifest.format)
     data = store.read_artifact(mv)  # hash checked before any byte is deserialised
     try:

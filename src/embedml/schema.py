@@ -18,6 +18,7 @@ Batches are checked column by column with numpy, not one pydantic object per row
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
@@ -25,6 +26,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from .errors import SchemaError
+from .tensors import n_rows
 
 __all__ = [
     "FieldSpec",
@@ -35,6 +37,8 @@ __all__ = [
     "TensorSchema",
     "TensorSpec",
     "cast_array",
+    "check_array",
+    "check_rows",
     "schema_from_dict",
     "schema_to_dict",
 ]
@@ -47,10 +51,70 @@ _DTYPES = {
 
 @dataclass(frozen=True)
 class SchemaOptions:
-    """How strictly inputs are checked (load options of a handle)."""
+    """How strictly inputs are checked (load options of a handle).
+
+    Limits (each violation is a :class:`SchemaError` naming the field or tensor):
+    ``allow_nan=False`` refuses NaN and +-infinity in numeric inputs (a ``None`` in a
+    nullable number field is still accepted; it travels as NaN); ``max_batch_rows`` caps
+    the rows of one call; ``max_string_length`` caps every string value.
+    """
 
     strict: bool = True
     allow_extra: bool = False
+    allow_nan: bool = False
+    max_batch_rows: int | None = None
+    max_string_length: int | None = None
+
+
+def check_rows(n: int, opts: SchemaOptions) -> None:
+    """Raise :class:`SchemaError` if a batch of ``n`` rows exceeds ``max_batch_rows``."""
+    if opts.max_batch_rows is not None and n > opts.max_batch_rows:
+        raise SchemaError(
+            f"the batch has {n} rows, more than max_batch_rows={opts.max_batch_rows}; split it",
+            expected=opts.max_batch_rows,
+            got=n,
+        )
+
+
+def _bad_number(v: Any) -> bool:
+    return isinstance(v, float | np.floating) and not np.isfinite(v)
+
+
+def check_array(
+    a: np.ndarray, name: str | None, opts: SchemaOptions, *, nullable: bool = False
+) -> None:
+    """Apply the NaN/inf and string-length limits to one array (rows on axis 0).
+
+    ``nullable`` lets NaN (a null) through but still refuses infinities.
+    """
+    bad: Any = None
+    if a.dtype.kind in "fc" and not opts.allow_nan:
+        finite = np.isfinite(a)
+        bad = ~finite if not nullable else ~(finite | np.isnan(a))
+    elif a.dtype.kind == "O" and (not opts.allow_nan or opts.max_string_length is not None):
+        limit = opts.max_string_length
+        bad = np.zeros(a.shape, dtype=bool)
+        for pos, v in np.ndenumerate(a):
+            if isinstance(v, str):
+                bad[pos] = limit is not None and len(v) > limit
+            elif not opts.allow_nan and _bad_number(v):
+                bad[pos] = not (nullable and np.isnan(v))
+    elif a.dtype.kind == "U" and opts.max_string_length is not None:
+        bad = np.char.str_len(a) > opts.max_string_length
+    if bad is None or not bad.any():
+        return
+    pos = tuple(int(x) for x in np.argwhere(bad)[0]) if a.ndim else ()
+    v = a[pos]
+    index = pos[0] if pos else None
+    if isinstance(v, str):
+        raise SchemaError(
+            f"a string of {len(v)} characters is longer than max_string_length={opts.max_string_length}",
+            field=name, index=index, expected=opts.max_string_length, got=len(v),
+        )  # fmt: skip
+    raise SchemaError(
+        f"{_plain(v)!r} is not allowed: NaN and infinity are refused (load with allow_nan=True to accept them)",
+        field=name, index=index, got=_plain(v),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -364,10 +428,36 @@ class RecordSchema:
     def one(self, record: Any, opts: SchemaOptions) -> np.ndarray:
         """Validate one record (dict, pydantic instance or 1-D array) into a 1-row matrix."""
         try:
-            return self._one(record, opts)
+            try:
+                m = self._one(record, opts)
+            except OverflowError:
+                raise self._too_large([record]) from None
+            self._check_limits(m, opts)
+            return m
         except SchemaError as exc:
             exc.index = None  # a single record has no batch index
             raise
+
+    def _too_large(self, rows: Any) -> SchemaError:
+        """The error for an int beyond float64 (numpy raises a bare ``OverflowError``)."""
+        if isinstance(rows, list):
+            for i, r in enumerate(rows):
+                for f in self.fields:
+                    v = r.get(f.name) if isinstance(r, Mapping) else None
+                    if isinstance(v, int) and abs(v) > sys.float_info.max:
+                        return SchemaError(
+                            "the number is too large for float64", field=f.name, index=i
+                        )
+        return SchemaError("a number is too large for float64")
+
+    def _check_limits(self, m: np.ndarray, opts: SchemaOptions) -> None:
+        if opts.allow_nan and opts.max_string_length is None:
+            return
+        for j, f in enumerate(self.fields):
+            if f.kind == "string" and opts.max_string_length is not None:
+                check_array(m[:, j], f.name, opts)
+            elif f.kind == "number" and not opts.allow_nan:
+                check_array(m[:, j], f.name, opts, nullable=f.nullable)
 
     def _one(self, record: Any, opts: SchemaOptions) -> np.ndarray:
         if type(record) is not dict:
@@ -394,6 +484,17 @@ class RecordSchema:
 
     def many(self, records: Any, opts: SchemaOptions) -> np.ndarray:
         """Validate a batch (list of records, 2-D array or DataFrame) into a matrix."""
+        if not isinstance(records, Mapping) and hasattr(records, "__len__"):
+            check_rows(len(records), opts)  # before any per-row work
+        try:
+            m = self._many(records, opts)
+        except OverflowError:
+            raise self._too_large(records) from None
+        check_rows(len(m), opts)
+        self._check_limits(m, opts)
+        return m
+
+    def _many(self, records: Any, opts: SchemaOptions) -> np.ndarray:
         if isinstance(records, np.ndarray):
             return self._from_array(records, opts)
         if type(records).__module__.startswith("pandas"):
@@ -666,6 +767,29 @@ class TensorSchema:
 
     def one(self, record: Any, opts: SchemaOptions) -> Any:
         """Validate one example (without the batch dimension) into a batch of one."""
+        batch = self._one(record, opts)
+        self._check_limits(batch, opts, single=True)
+        return batch
+
+    def many(self, records: Any, opts: SchemaOptions) -> Any:
+        """Validate a batch (one array, or a dict name -> array for multi-input models)."""
+        batch = self._many(records, opts)
+        self._check_limits(batch, opts, single=False)
+        return batch
+
+    def _check_limits(self, batch: Any, opts: SchemaOptions, *, single: bool) -> None:
+        arrays = batch if isinstance(batch, dict) else {self._spec.name: batch}
+        for name, a in arrays.items():
+            if not single:
+                check_rows(len(a), opts)
+            try:
+                check_array(a, name, opts)
+            except SchemaError as exc:
+                if single:
+                    exc.index = None
+                raise
+
+    def _one(self, record: Any, opts: SchemaOptions) -> Any:
         if self.single:
             a = record if isinstance(record, np.ndarray) else _asarray(record, self._spec)
             if a.ndim == len(self._spec.shape) - 1:
@@ -688,8 +812,7 @@ class TensorSchema:
             batch[spec.name] = np.asarray(record[spec.name])[None]
         return self._check_many(batch, record, opts)
 
-    def many(self, records: Any, opts: SchemaOptions) -> Any:
-        """Validate a batch (one array, or a dict name -> array for multi-input models)."""
+    def _many(self, records: Any, opts: SchemaOptions) -> Any:
         if self.single:
             a = records if isinstance(records, np.ndarray) else _asarray(records, self._spec)
             return self._check(a, self._spec, self._dtypes[0], opts)
@@ -776,27 +899,58 @@ class NoSchema:
     kind = "none"
 
     def one(self, record: Any, opts: SchemaOptions) -> Any:
+        batch = self._one(record, opts)
+        try:
+            _check_loose(batch, opts)
+        except SchemaError as exc:
+            exc.index = None
+            raise
+        return batch
+
+    def many(self, records: Any, opts: SchemaOptions) -> Any:
+        batch = self._many(records, opts)
+        _check_loose(batch, opts)
+        check_rows(n_rows(batch), opts)
+        return batch
+
+    def _one(self, record: Any, opts: SchemaOptions) -> Any:
         if isinstance(record, np.ndarray):
             return record[None]
         if isinstance(record, Mapping):
-            return {k: np.asarray(v)[None] for k, v in record.items()}
-        try:
-            return np.asarray([record])
-        except (TypeError, ValueError) as exc:
-            raise SchemaError(f"cannot be read as an array: {exc}") from None
+            return {k: _loose_array(v, k)[None] for k, v in record.items()}
+        return _loose_array([record], None)
 
-    def many(self, records: Any, opts: SchemaOptions) -> Any:
+    def _many(self, records: Any, opts: SchemaOptions) -> Any:
         if isinstance(records, np.ndarray) or type(records).__module__.startswith("pandas"):
             return records
         if isinstance(records, Mapping):
-            return {k: np.asarray(v) for k, v in records.items()}
-        try:
-            return np.asarray(records)
-        except (TypeError, ValueError) as exc:
-            raise SchemaError(f"cannot be read as an array: {exc}") from None
+            return {k: _loose_array(v, k) for k, v in records.items()}
+        return _loose_array(records, None)
 
     def to_dict(self) -> None:
         return None
+
+
+def _loose_array(value: Any, name: Any) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SchemaError(
+            f"cannot be read as an array: {exc}", field=None if name is None else str(name)
+        ) from None
+
+
+def _check_loose(batch: Any, opts: SchemaOptions) -> None:
+    """Limits for schemaless inputs: arrays, dicts of arrays or DataFrames (by column)."""
+    if isinstance(batch, np.ndarray):
+        check_array(batch, None, opts)
+    elif isinstance(batch, Mapping):
+        for k, v in batch.items():
+            if isinstance(v, np.ndarray):
+                check_array(v, str(k), opts)
+    elif type(batch).__module__.startswith("pandas") and hasattr(batch, "columns"):
+        for col in batch.columns:
+            check_array(batch[col].to_numpy(), str(col), opts)
 
 
 Schema = RecordSchema | TensorSchema | NoSchema

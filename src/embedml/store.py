@@ -38,16 +38,19 @@ from packaging.version import Version
 from . import versions as V
 from ._version import __version__
 from .errors import (
+    ConfigurationError,
     IntegrityError,
     InvalidNameError,
     ModelNotFoundError,
     StoreError,
+    UntrustedArtifactError,
     VersionExistsError,
     VersionNotFoundError,
 )
 from .formats import format_for_object, format_for_path, get_format
 from .manifest import MANIFEST_FILE, Manifest, environment
 from .schema import TensorSchema, schema_to_dict
+from .signing import KEY_ENV, SIGNATURE_FILE, resolve_key, signature_document, verify_signature
 
 if TYPE_CHECKING:
     from .cache import ModelCache
@@ -125,6 +128,23 @@ def _check_import_path(value: str | None, what: str) -> str | None:
     return value
 
 
+def _check_trust(path: Any, fmt: str, trust: bool, sha256: str | None) -> str | None:
+    """Refuse a pickle/joblib file nobody vouched for; normalise a given ``sha256``."""
+    if sha256 is not None:
+        digest = sha256.strip().lower() if isinstance(sha256, str) else ""
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ConfigurationError(f"sha256 must be 64 hex digits, got {sha256!r}")
+        return digest
+    if trust is not True:
+        raise UntrustedArtifactError(
+            f"{os.fspath(path)!r} is a {fmt} file: loading it runs whatever code it contains, "
+            "and nothing vouches for its bytes. Pass sha256='<expected hex digest>' "
+            "(checked before saving) or trust=True if you know where it came from; "
+            "see docs/security.md"
+        )
+    return None
+
+
 class ModelStore:
     """A directory of models, each with immutable PEP 440 versions and movable aliases.
 
@@ -148,7 +168,10 @@ class ModelStore:
         return path
 
     def _version_dir(self, name: str, version: str) -> Path:
-        return self._model_dir(name) / version
+        path = self._model_dir(name) / version
+        if path.is_symlink():
+            raise StoreError(f"version folder {path} is a symlink; refusing it")
+        return path
 
     # -- listing
     def models(self) -> list[str]:
@@ -193,6 +216,8 @@ class ModelStore:
     def manifest(self, name: str, version: str) -> Manifest:
         """Read the manifest of one exact version."""
         path = self._version_dir(name, version) / MANIFEST_FILE
+        if path.is_symlink():
+            raise IntegrityError(f"{path} is a symlink; refusing it")
         try:
             text = path.read_bytes()
         except FileNotFoundError:
@@ -258,6 +283,9 @@ class ModelStore:
         postprocess: str | None = None,
         reference_data: Any = None,
         reference_outputs: Any = None,
+        trust: bool = False,
+        sha256: str | None = None,
+        signing_key: str | bytes | None = None,
     ) -> ModelVersion:
         """Save ``model`` as a new immutable version of ``name`` and return it.
 
@@ -271,10 +299,18 @@ class ModelStore:
         against the input schema) and ``reference_outputs`` store a reference profile in
         the version for :class:`~embedml.DriftMonitor` (see ``docs/observability.md``).
 
+        A pickle or joblib *file* runs code when loaded, so saving one needs ``trust=True``
+        or its expected ``sha256="<hex>"`` (checked on the copied bytes); otherwise
+        :class:`UntrustedArtifactError` is raised before the file is opened. With a signing
+        key (``signing_key=`` or ``$EMBEDML_SIGNING_KEY``) the manifest is signed
+        (``manifest.sig``, see ``docs/security.md``).
+
         Raises :class:`VersionExistsError`, :class:`InvalidNameError`,
-        :class:`UnsupportedFormatError` or :class:`SchemaError`.
+        :class:`UnsupportedFormatError`, :class:`UntrustedArtifactError` or
+        :class:`SchemaError`.
         """
         model_dir = self._model_dir(name)
+        key = resolve_key(signing_key)
         is_path = isinstance(model, str | os.PathLike)
         if format is not None:
             fmt = get_format(format)
@@ -282,6 +318,8 @@ class ModelStore:
             fmt = format_for_path(model)
         else:
             fmt = format_for_object(model)
+        if is_path and fmt.unsafe_to_load:
+            sha256 = _check_trust(model, fmt.name, trust, sha256)
         explicit = V.canonical_version(version) if version is not None else None
         in_schema = schema_to_dict(input_schema)
         if in_schema is None and not is_path:
@@ -313,6 +351,10 @@ class ModelStore:
             else:
                 fmt.dump(model, tmp / artifact)
             digest = sha256_file(tmp / artifact)
+            if is_path and sha256 is not None and digest != sha256:
+                raise UntrustedArtifactError(
+                    f"{os.fspath(model)} has SHA-256 {digest}, not the {sha256} you vouched for; not saving it"
+                )
             with open(tmp / artifact, "rb+") as f:
                 os.fsync(f.fileno())
             extra_files = {}
@@ -329,18 +371,26 @@ class ModelStore:
                 "frameworks": environment(fmt.frameworks(None if is_path else model)),
                 "extra_files": extra_files,
             }  # fmt: skip
-            return self._publish(model_dir, tmp, fields, explicit)
+            return self._publish(model_dir, tmp, fields, explicit, key)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _publish(
-        self, model_dir: Path, tmp: Path, fields: dict[str, Any], explicit: str | None
+        self,
+        model_dir: Path,
+        tmp: Path,
+        fields: dict[str, Any],
+        explicit: str | None,
+        key: bytes | None = None,
     ) -> ModelVersion:
         """Rename the finished folder into place; on a clash take the next major version."""
         for _ in range(1000):
             version = explicit or V.next_major(self._versions(model_dir))
             manifest = Manifest(version=version, **fields)
-            _write_atomic(tmp / MANIFEST_FILE, manifest.to_json().encode())
+            data = manifest.to_json().encode()
+            _write_atomic(tmp / MANIFEST_FILE, data)
+            if key is not None:
+                _write_atomic(tmp / SIGNATURE_FILE, signature_document(data, key))
             final = model_dir / version
             try:
                 os.rename(tmp, final)
@@ -359,7 +409,12 @@ class ModelStore:
     def _lock(self, name: str) -> Iterator[None]:
         model_dir = self._model_dir(name)
         model_dir.mkdir(parents=True, exist_ok=True)
-        with open(model_dir / ".lock", "a+") as f:
+        # O_NOFOLLOW: a planted ".lock" symlink must not make us create files elsewhere
+        try:
+            fd = os.open(model_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open the lock file in {model_dir}: {exc}") from exc
+        with open(fd, "a+") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -531,6 +586,21 @@ class ModelStore:
             os.rename(target.path, trash)
             shutil.rmtree(trash, ignore_errors=True)
 
+    def sign(self, name: str, version: str | int, *, signing_key: str | bytes | None = None) -> Path:
+        """Sign (or re-sign) an existing version's manifest; returns the ``manifest.sig`` path.
+
+        Use it to sign versions saved before signing was turned on, after checking them
+        (for example with :meth:`verify`). Raises :class:`ConfigurationError` without a key.
+        """
+        key = resolve_key(signing_key)
+        if key is None:
+            raise ConfigurationError(f"sign() needs a key: pass signing_key= or set ${KEY_ENV}")
+        mv = self.resolve(name, V.canonical_version(version))
+        data = (mv.path / MANIFEST_FILE).read_bytes()
+        Manifest.from_json(data, where=str(mv.path / MANIFEST_FILE))
+        _write_atomic(mv.path / SIGNATURE_FILE, signature_document(data, key))
+        return mv.path / SIGNATURE_FILE
+
     # -- reading artifacts
     def read_artifact(self, mv: ModelVersion) -> bytes:
         """The artifact's bytes, after checking size and SHA-256 against the manifest.
@@ -583,21 +653,35 @@ class ModelStore:
             )
         return data
 
-    def verify(self, name: str | None = None) -> dict[str, str | None]:
+    def verify(
+        self,
+        name: str | None = None,
+        *,
+        signing_key: str | bytes | None = None,
+        require_signature: bool = False,
+    ) -> dict[str, str | None]:
         """Re-hash every artifact and extra file (of ``name``, or of all models):
-        ``{"name@version": error or None}``."""
+        ``{"name@version": error or None}``.
+
+        With a key (argument or ``$EMBEDML_SIGNING_KEY``) signatures are checked too, and
+        with ``require_signature=True`` an unsigned version is reported.
+        """
+        key = resolve_key(signing_key)
         report: dict[str, str | None] = {}
         for model in [name] if name else self.models():
             for version in self.versions(model):
-                key = f"{model}@{version}"
+                label = f"{model}@{version}"
                 try:
                     mv = self.resolve(model, version)
+                    if key is not None or require_signature:
+                        data = (mv.path / MANIFEST_FILE).read_bytes()
+                        verify_signature(mv.path, data, key, required=require_signature, label=label)
                     self.read_artifact(mv)
                     for extra in mv.manifest.extra_files:
                         self.read_extra_file(mv, extra)
-                    report[key] = None
+                    report[label] = None
                 except IntegrityError as exc:
-                    report[key] = str(exc)
+                    report[label] = str(exc)
         return report
 
     # -- loading (delegated: the store itself never loads a model)
@@ -618,6 +702,14 @@ class ModelStore:
         follow: bool = False,
         poll_s: float = 1.0,
         cache: ModelCache | bool = False,
+        allow_nan: bool = False,
+        max_batch_rows: int | None = None,
+        max_string_length: int | None = None,
+        require_signature: bool = False,
+        signing_key: str | bytes | None = None,
+        restricted: bool = False,
+        trusted_types: list[Any] | tuple[Any, ...] = (),
+        strict_versions: bool = False,
     ) -> ModelHandle:
         """Resolve ``version`` and open a :class:`~embedml.ModelHandle` on it.
 
@@ -638,13 +730,24 @@ class ModelStore:
         ``docs/observability.md``). An unknown option is a ``TypeError``. Raises the errors of
         :meth:`resolve` and :meth:`read_artifact`, :class:`UnsupportedFormatError`, and
         :class:`ConfigurationError` for a bad option.
+        Hardening (``docs/security.md``): ``allow_nan`` (default ``False``: NaN/inf in
+        numeric inputs is a :class:`SchemaError`), ``max_batch_rows``, ``max_string_length``;
+        ``require_signature`` with ``signing_key`` (or ``$EMBEDML_SIGNING_KEY``) refuses
+        unsigned or wrongly signed versions (:class:`SignatureError`) before the artifact is
+        read; ``restricted=True`` unpickles pickle/joblib with an allow-list plus
+        ``trusted_types`` (:class:`UntrustedArtifactError` names a refused type);
+        ``strict_versions=True`` turns a framework version skew warning into
+        :class:`FrameworkVersionError`.
         """
         from .handle import LoadOptions, ModelHandle
 
         options = LoadOptions(
             method=method, session_options=session_options, outputs=outputs, preprocess=preprocess,
             postprocess=postprocess, strict=strict, allow_extra=allow_extra, batching=batching,
-            hooks=tuple(hooks),
+            hooks=tuple(hooks), allow_nan=allow_nan,
+            max_batch_rows=max_batch_rows, max_string_length=max_string_length,
+            require_signature=require_signature, signing_key=signing_key, restricted=restricted,
+            trusted_types=trusted_types, strict_versions=strict_versions,
         )  # fmt: skip
         if cache is True:
             from .cache import default_cache

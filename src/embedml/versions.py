@@ -37,14 +37,15 @@ __all__ = [
     "select",
 ]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$")
+# fullmatch, not match + "$": "$" also matches before a trailing newline ("m\n").
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")
 _RESERVED_ALIASES = frozenset({"latest"})
 
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise :class:`InvalidNameError`."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise InvalidNameError(
             f"invalid model name {name!r}: use letters, digits, '-', '_' and '.', "
             "starting with a letter or digit (no path separators, no '..')"
@@ -56,7 +57,7 @@ def check_alias(alias: str) -> str:
     """Return ``alias`` (without a leading ``@``) if valid, else raise :class:`InvalidNameError`."""
     if isinstance(alias, str) and alias.startswith("@"):
         alias = alias[1:]
-    if not isinstance(alias, str) or not _ALIAS.match(alias) or ".." in alias:
+    if not isinstance(alias, str) or not _ALIAS.fullmatch(alias) or ".." in alias:
         raise InvalidNameError(
             f"invalid alias {alias!r}: an alias starts with a letter and has letters, "
             "digits, '-', '_' and '.'"

@@ -1,7 +1,9 @@
 """``pickle`` and ``joblib`` formats: any Python object with ``predict`` (sklearn-style).
 
 Loading a pickle runs code. The store verifies the artifact's SHA-256 before these loaders
-ever see the bytes; see ``docs/security.md``.
+ever see the bytes; ``load(..., restricted=True)`` (format option ``extra["restricted"]``)
+unpickles with an allow-list of types instead (:mod:`embedml.formats.restricted`); see
+``docs/security.md``.
 """
 
 from __future__ import annotations
@@ -90,7 +92,13 @@ class JoblibFormat(ModelFormat):
         import joblib
 
         reject_options(self.name, options, "method")
-        return ObjectRuntime(joblib.load(io.BytesIO(data)), options.method)
+        if options.extra.get("restricted"):
+            from .restricted import restricted_joblib_loads
+
+            obj = restricted_joblib_loads(data, options.extra.get("trusted_types"))
+        else:
+            obj = joblib.load(io.BytesIO(data))
+        return ObjectRuntime(obj, options.method)
 
     def frameworks(self, obj: Any | None = None) -> list[str]:
         return sorted({"joblib", *_object_frameworks(obj)})
@@ -109,7 +117,13 @@ class PickleFormat(ModelFormat):
 
     def load(self, data: bytes, options: FormatOptions) -> Runtime:
         reject_options(self.name, options, "method")
-        return ObjectRuntime(pickle.loads(data), options.method)  # noqa: S301 - hash verified first
+        if options.extra.get("restricted"):
+            from .restricted import restricted_pickle_loads
+
+            obj = restricted_pickle_loads(data, options.extra.get("trusted_types"))
+        else:
+            obj = pickle.loads(data)  # noqa: S301 - hash verified first
+        return ObjectRuntime(obj, options.method)
 
     def frameworks(self, obj: Any | None = None) -> list[str]:
         return _object_frameworks(obj)

@@ -1,0 +1,155 @@
+"""Restricted unpickling: load pickle and joblib artifacts with an allow-list of types.
+
+A plain unpickler imports and calls whatever the stream names, so a pickle can run any
+code. The restricted loaders here resolve a global only when it is
+
+* a **class** defined in ``sklearn``, ``numpy`` or ``scipy`` (functions of those packages
+  are refused: several of them read or write files, or evaluate strings), and the
+  ``__pyx_unpickle_*`` state restorers Cython generates for those classes,
+* one of a short list of reconstruction helpers pickles of numpy arrays and scikit-learn
+  models need (``numpy...._reconstruct``, ``copyreg._reconstructor``, ...),
+* a builtin value type (``dict``, ``list``, ``set``, ``slice``, ``complex`` ...), or
+* named by the caller in ``trusted_types`` (``"package.module.Name"`` or the object).
+
+Anything else raises :class:`~embedml.UntrustedArtifactError` naming the type, before it
+is imported. This narrows what a hostile pickle can do; it is not a sandbox: an allowed
+class can still be built with hostile state. See ``docs/security.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import pickle
+from collections.abc import Iterable
+from typing import Any
+
+from ..errors import UntrustedArtifactError
+
+__all__ = ["allowed_global", "restricted_joblib_loads", "restricted_pickle_loads", "type_name"]
+
+_TRUSTED_PACKAGES = ("sklearn", "numpy", "scipy")
+
+# Functions (not classes) that standard pickles of numpy arrays, numpy random states and
+# scikit-learn models call while rebuilding; each only builds a value from its arguments.
+_HELPERS = frozenset(
+    {
+        "copyreg._reconstructor",
+        "copyreg.__newobj__",
+        "_codecs.encode",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+        "numpy.core.numeric._frombuffer",
+        "numpy._core.numeric._frombuffer",
+        "numpy.random._pickle.__randomstate_ctor",
+        "numpy.random._pickle.__generator_ctor",
+        "numpy.random._pickle.__bit_generator_ctor",
+        "joblib.numpy_pickle.NumpyArrayWrapper",
+    }
+)
+
+_BUILTINS = frozenset(
+    {
+        "builtins.dict", "builtins.list", "builtins.tuple", "builtins.set",
+        "builtins.frozenset", "builtins.bytearray", "builtins.bytes", "builtins.str",
+        "builtins.int", "builtins.float", "builtins.complex", "builtins.bool",
+        "builtins.slice", "builtins.range",
+        "collections.OrderedDict", "collections.defaultdict",
+    }
+)  # fmt: skip
+
+# Classes inside the trusted packages whose constructor touches the file system.
+_DENIED = frozenset({"numpy.memmap", "numpy.lib.npyio.NpzFile", "numpy.lib._npyio_impl.NpzFile"})
+
+
+def type_name(obj: Any) -> str:
+    """``module.qualname`` of a class or function (how ``trusted_types`` entries are matched)."""
+    if isinstance(obj, str):
+        return obj
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _lookup(module: str, name: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def allowed_global(module: str, name: str, trusted: frozenset[str]) -> Any:
+    """Resolve ``module.name`` if the allow-list permits it, else raise
+    :class:`UntrustedArtifactError` naming it. Modules outside the list are never imported."""
+    full = f"{module}.{name}"
+    root = module.split(".")[0]
+    refuse = UntrustedArtifactError(
+        f"restricted loading refused type {full!r}: it is not on the allow-list "
+        "(classes of scikit-learn, numpy and scipy). If you trust it, pass "
+        f"trusted_types=[{full!r}] to load()",
+        type_name=full,
+    )
+    if full in _DENIED:
+        raise refuse
+    if full in trusted or full in _HELPERS or full in _BUILTINS:
+        try:
+            return _lookup(module, name)
+        except (ImportError, AttributeError) as exc:
+            raise UntrustedArtifactError(
+                f"cannot resolve {full!r}: {exc}", type_name=full
+            ) from None
+    if root not in _TRUSTED_PACKAGES:
+        raise refuse
+    try:
+        obj = _lookup(module, name)
+    except (ImportError, AttributeError) as exc:
+        raise UntrustedArtifactError(f"cannot resolve {full!r}: {exc}", type_name=full) from None
+    # Cython's generated ``__pyx_unpickle_<Class>`` only restores the state of its own class.
+    cython_restore = name.startswith("__pyx_unpickle_") and callable(obj)
+    if not (isinstance(obj, type) or cython_restore) or type_name(obj) in _DENIED:
+        raise refuse
+    return obj
+
+
+def _trusted(trusted_types: Iterable[Any] | None) -> frozenset[str]:
+    return frozenset(type_name(t) for t in trusted_types or ())
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, trusted: frozenset[str]) -> None:
+        super().__init__(file)
+        self._trusted = trusted
+
+    def find_class(self, module: str, name: str) -> Any:
+        return allowed_global(module, name, self._trusted)
+
+
+def restricted_pickle_loads(data: bytes, trusted_types: Iterable[Any] | None = None) -> Any:
+    """Unpickle ``data`` allowing only the allow-list plus ``trusted_types``.
+
+    Raises :class:`UntrustedArtifactError` naming the first refused type.
+    """
+    return _RestrictedUnpickler(io.BytesIO(data), _trusted(trusted_types)).load()
+
+
+def restricted_joblib_loads(data: bytes, trusted_types: Iterable[Any] | None = None) -> Any:
+    """Load a ``joblib.dump`` file's bytes (compressed or not) with the same allow-list.
+
+    joblib writes arrays as a ``NumpyArrayWrapper`` followed by raw bytes; the wrapper is
+    allowed, and arrays of Python objects inside it go through the same check.
+    """
+    from joblib.numpy_pickle import NumpyUnpickler
+    from joblib.numpy_pickle_utils import _validate_fileobject_and_memmap
+
+    trusted = _trusted(trusted_types)
+
+    class _Restricted(NumpyUnpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return allowed_global(module, name, trusted)
+
+    with _validate_fileobject_and_memmap(io.BytesIO(data), "", None) as (fobj, _):
+        if isinstance(fobj, str):  # pre-0.10 joblib layout: companion files on disk
+            raise UntrustedArtifactError(
+                "restricted loading does not support joblib files older than joblib 0.10"
+            )
+        return _Restricted("", fobj, ensure_native_byte_order=True).load()

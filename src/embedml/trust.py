@@ -1,0 +1,92 @@
+"""What is checked about a version before its artifact is opened.
+
+:func:`check_before_load` runs first in :meth:`ModelHandle.open`: the manifest signature
+(see :mod:`embedml.signing`) and the framework versions recorded in the manifest against
+the installed ones. The artifact's hash is checked afterwards, by
+:meth:`ModelStore.read_artifact`, on the very bytes that get deserialised.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+from .errors import FrameworkVersionError, FrameworkVersionWarning, SignatureError
+from .manifest import MANIFEST_FILE, Manifest
+from .signing import resolve_key, verify_signature
+
+if TYPE_CHECKING:
+    from .handle import LoadOptions
+    from .store import ModelVersion
+
+__all__ = ["WATCHED_FRAMEWORKS", "check_before_load", "framework_skew"]
+
+#: Distributions whose version must match the manifest's for a model to behave the same.
+WATCHED_FRAMEWORKS = ("scikit-learn", "torch", "onnxruntime")
+
+
+def _same_release(saved: str, installed: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:  # "2.13.0+cpu" and "2.13.0" are the same release
+        return Version(saved).release == Version(installed).release and (
+            Version(saved).pre == Version(installed).pre
+        )
+    except InvalidVersion:
+        return saved == installed
+
+
+def framework_skew(manifest: Manifest) -> dict[str, tuple[str, str | None]]:
+    """``{dist: (saved, installed or None)}`` for watched frameworks whose version differs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    skew: dict[str, tuple[str, str | None]] = {}
+    for dist, saved in manifest.frameworks.items():
+        if dist not in WATCHED_FRAMEWORKS:
+            continue
+        try:
+            installed: str | None = version(dist)
+        except PackageNotFoundError:
+            installed = None
+        if installed is None or not _same_release(saved, installed):
+            skew[dist] = (saved, installed)
+    return skew
+
+
+def check_before_load(mv: ModelVersion, options: LoadOptions) -> None:
+    """Verify the manifest signature and framework versions of ``mv`` per ``options``.
+
+    Raises :class:`SignatureError` (unsigned with ``require_signature=True``, or a signature
+    that does not match), :class:`FrameworkVersionError` (skew with ``strict_versions=True``);
+    otherwise skew is a :class:`FrameworkVersionWarning`.
+    """
+    key = resolve_key(options.signing_key)
+    if key is not None or options.require_signature:
+        path = mv.path / MANIFEST_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise SignatureError(f"{mv}: {path} disappeared before loading") from None
+        signed = verify_signature(
+            mv.path, data, key, required=options.require_signature, label=str(mv)
+        )
+        # the manifest resolve() parsed must be the one that was signed
+        if signed and Manifest.from_json(data, where=str(path)) != mv.manifest:
+            raise SignatureError(f"{mv}: the manifest changed while loading; refusing it")
+    skew = framework_skew(mv.manifest)
+    if not skew:
+        return
+    text = "; ".join(
+        f"{dist} {saved} when saved, {installed or 'not installed'} now"
+        for dist, (saved, installed) in sorted(skew.items())
+    )
+    if options.strict_versions:
+        raise FrameworkVersionError(
+            f"{mv} was saved with other framework versions: {text} (strict_versions=True)"
+        )
+    warnings.warn(
+        f"{mv} was saved with other framework versions: {text}; results may differ "
+        "(load with strict_versions=True to refuse)",
+        FrameworkVersionWarning,
+        stacklevel=4,
+    )
