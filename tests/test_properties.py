@@ -5,6 +5,8 @@ correctly afterwards."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -24,7 +26,7 @@ from helpers_models import (
 )
 
 SETTINGS = settings(
-    max_examples=150,
+    max_examples=int(os.environ.get("EMBEDML_PROPERTY_EXAMPLES", "150")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -175,6 +177,7 @@ two_inputs = st.dictionaries(
 
 @SETTINGS
 @given(value=two_inputs | json_like)
+@example(value={"a": None, "b": [None, []]})
 def test_multi_input_tensor_handle(handles, value):
     h = handles["two"]
     for one in (True, False):

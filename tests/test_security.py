@@ -230,6 +230,43 @@ def test_restricted_refuses_code_and_names_the_type(store, tmp_path, fmt):
         store.load("np", restricted=True)
 
 
+class OpensAFile:
+    """Unpickling this calls a class constructor that creates a file (a write primitive)."""
+
+    def __init__(self, ctor, path):
+        self.ctor, self.path = ctor, path
+
+    def __reduce__(self):
+        return (self.ctor, (str(self.path), "w+") if self.ctor is np.memmap else (str(self.path), "w"))
+
+
+def test_restricted_refuses_classes_that_open_files(tmp_path):
+    from scipy.io import FortranFile
+
+    from embedml.formats.restricted import restricted_pickle_loads
+
+    for ctor in (FortranFile, np.memmap):
+        target = tmp_path / f"created-by-{ctor.__name__}"
+        data = pickle.dumps(OpensAFile(ctor, target))
+        with pytest.raises(embedml.UntrustedArtifactError, match=ctor.__name__):
+            restricted_pickle_loads(data)
+        assert not target.exists()
+
+
+def test_restricted_allows_sparse_matrices_and_text_models(store):
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from embedml.formats.restricted import restricted_pickle_loads
+
+    m = sp.csr_matrix(np.eye(3))
+    assert (restricted_pickle_loads(pickle.dumps(m)) != m).nnz == 0
+    docs = ["alpha beta gamma", "beta gamma delta"]
+    tfidf = TfidfVectorizer().fit(docs)
+    back = restricted_pickle_loads(pickle.dumps(tfidf))
+    assert (back.transform(docs) != tfidf.transform(docs)).nnz == 0
+
+
 def test_trusted_types_admit_the_users_classes(store):
     X, _ = dataset()
     store.save("c", CountingModel("restricted", sk_logreg()))

@@ -453,6 +453,8 @@ class RecordSchema:
     def _check_limits(self, m: np.ndarray, opts: SchemaOptions) -> None:
         if opts.allow_nan and opts.max_string_length is None:
             return
+        if m.dtype.kind == "f" and np.isfinite(m).all():
+            return  # the common case in one vectorised pass; per-field checks find culprits
         for j, f in enumerate(self.fields):
             if f.kind == "string" and opts.max_string_length is not None:
                 check_array(m[:, j], f.name, opts)
@@ -809,7 +811,7 @@ class TensorSchema:
                     f"expected a dict of input tensors {[s.name for s in self.specs]}",
                     field=spec.name,
                 )
-            batch[spec.name] = np.asarray(record[spec.name])[None]
+            batch[spec.name] = _asarray(record[spec.name], spec)[None]
         return self._check_many(batch, record, opts)
 
     def _many(self, records: Any, opts: SchemaOptions) -> Any:
@@ -821,7 +823,7 @@ class TensorSchema:
                 f"expected a dict of input tensors {[s.name for s in self.specs]}, got {_describe(records)}"
             )
         return self._check_many(
-            {k: np.asarray(v) for k, v in records.items() if k in {s.name for s in self.specs}},
+            {s.name: _asarray(records[s.name], s) for s in self.specs if s.name in records},
             records,
             opts,
         )
@@ -889,7 +891,7 @@ class TensorSchema:
 def _asarray(value: Any, spec: TensorSpec) -> np.ndarray:
     try:
         return np.asarray(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise SchemaError(f"cannot be read as an array: {exc}", field=spec.name) from None
 
 

@@ -3,8 +3,9 @@
 A plain unpickler imports and calls whatever the stream names, so a pickle can run any
 code. The restricted loaders here resolve a global only when it is
 
-* a **class** defined in ``sklearn``, ``numpy`` or ``scipy`` (functions of those packages
-  are refused: several of them read or write files, or evaluate strings), and the
+* a **class** defined in ``sklearn``, numpy's core, dtype, random and masked-array modules,
+  or ``scipy.sparse`` (functions are refused: several read or write files or evaluate
+  strings; so are ``numpy.lib`` and ``scipy.io``, whose classes open files), and the
   ``__pyx_unpickle_*`` state restorers Cython generates for those classes,
 * one of a short list of reconstruction helpers pickles of numpy arrays and scikit-learn
   models need (``numpy...._reconstruct``, ``copyreg._reconstructor``, ...),
@@ -28,7 +29,15 @@ from ..errors import UntrustedArtifactError
 
 __all__ = ["allowed_global", "restricted_joblib_loads", "restricted_pickle_loads", "type_name"]
 
-_TRUSTED_PACKAGES = ("sklearn", "numpy", "scipy")
+# Where allowed classes may come from: the class must be defined in, and be asked for from,
+# one of these modules or their submodules. Not all of numpy or scipy: ``numpy.lib`` holds
+# DataSource / NpzFile and ``scipy.io`` holds FortranFile / netcdf_file, classes whose
+# constructor opens (and can create or truncate) a file.
+_TRUSTED_EXACT = frozenset({"numpy"})
+_TRUSTED_PREFIXES = (
+    "sklearn", "numpy.dtypes", "numpy._core", "numpy.core", "numpy.random", "numpy.ma",
+    "scipy.sparse",
+)  # fmt: skip
 
 # Functions (not classes) that standard pickles of numpy arrays, numpy random states and
 # scikit-learn models call while rebuilding; each only builds a value from its arguments.
@@ -64,6 +73,12 @@ _BUILTINS = frozenset(
 _DENIED = frozenset({"numpy.memmap", "numpy.lib.npyio.NpzFile", "numpy.lib._npyio_impl.NpzFile"})
 
 
+def _trusted_module(module: str) -> bool:
+    return module in _TRUSTED_EXACT or any(
+        module == p or module.startswith(p + ".") for p in _TRUSTED_PREFIXES
+    )
+
+
 def type_name(obj: Any) -> str:
     """``module.qualname`` of a class or function (how ``trusted_types`` entries are matched)."""
     if isinstance(obj, str):
@@ -82,10 +97,9 @@ def allowed_global(module: str, name: str, trusted: frozenset[str]) -> Any:
     """Resolve ``module.name`` if the allow-list permits it, else raise
     :class:`UntrustedArtifactError` naming it. Modules outside the list are never imported."""
     full = f"{module}.{name}"
-    root = module.split(".")[0]
     refuse = UntrustedArtifactError(
         f"restricted loading refused type {full!r}: it is not on the allow-list "
-        "(classes of scikit-learn, numpy and scipy). If you trust it, pass "
+        "(classes of scikit-learn, numpy and scipy.sparse). If you trust it, pass "
         f"trusted_types=[{full!r}] to load()",
         type_name=full,
     )
@@ -98,7 +112,7 @@ def allowed_global(module: str, name: str, trusted: frozenset[str]) -> Any:
             raise UntrustedArtifactError(
                 f"cannot resolve {full!r}: {exc}", type_name=full
             ) from None
-    if root not in _TRUSTED_PACKAGES:
+    if not _trusted_module(module):
         raise refuse
     try:
         obj = _lookup(module, name)
@@ -107,6 +121,8 @@ def allowed_global(module: str, name: str, trusted: frozenset[str]) -> Any:
     # Cython's generated ``__pyx_unpickle_<Class>`` only restores the state of its own class.
     cython_restore = name.startswith("__pyx_unpickle_") and callable(obj)
     if not (isinstance(obj, type) or cython_restore) or type_name(obj) in _DENIED:
+        raise refuse
+    if not _trusted_module(getattr(obj, "__module__", "") or ""):  # re-exported from elsewhere
         raise refuse
     return obj
 
