@@ -29,6 +29,7 @@ from bisect import bisect_left
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -214,6 +215,10 @@ class Batcher:
         self._room: list[threading.Lock] = []  # latches of calls waiting for queue room
         self._pool: ThreadPoolExecutor | None = None
         self._own: _Request | None = None  # the current leader's own request
+        # The last caller that ran alone, and when it finished: a different thread coming
+        # soon after shows contention (see submit).
+        self._solo_thread = 0
+        self._solo_end = -math.inf
         self._chain = False  # callers of the last batch are still being woken in turn
         self._leader_wait: threading.Lock | None = None  # a leader waiting for that chain
         # counters (updated under _mutex, or by the single leader)
@@ -284,12 +289,18 @@ class Batcher:
         with self._mutex:
             # The common cases in one critical section; a closed or full queue goes slow.
             idle = not self._running and not self._closed
-            if idle:  # nobody else is calling: run at once, join nobody
+            if idle and (
+                self._max_wait == 0
+                or get_ident() == self._solo_thread
+                or time.monotonic() - self._solo_end > self._max_wait
+            ):  # nobody else is calling: run at once, join nobody
                 self._running = True
                 self._requests += 1
                 self._rows_in += n
                 self._wait_buckets[0] += 1
             elif not self._closed and self._queued + (n if self._rows else 1) <= self._max_queue:
+                # (idle here means: another thread ran alone a moment ago, so callers are
+                # contending; this one leads, but first lets the others join, see _lead)
                 req = _Request(batch, n, deadline)
                 req.latch = threading.Lock()
                 req.latch.acquire()
@@ -301,8 +312,13 @@ class Batcher:
                 if self._leader_wait is not None and self._queued >= self._max:
                     self._leader_wait.release()
                     self._leader_wait = None
+                if idle:
+                    self._running = True
         if idle:
-            return self._run_alone(batch, n)
+            if req is not None:
+                self._lead(req, fresh=True)
+            else:
+                return self._run_alone(batch, n)
         if req is None:  # closed, or the queue is full
             req = _Request(batch, n, deadline)
             req.latch = threading.Lock()
@@ -372,7 +388,7 @@ class Batcher:
         self._count_batch(n)
         with self._mutex:
             if not self._queue:
-                self._step_down()
+                self._step_down(get_ident())
                 return out, 0
         self._lead(None)
         return out, 0
@@ -435,8 +451,11 @@ class Batcher:
                 return
         self._pool_lead()
 
-    def _step_down(self) -> None:
-        # under _mutex, with an empty queue
+    def _step_down(self, solo: int = 0) -> None:
+        # Under _mutex, with an empty queue. ``solo``: the thread that ran alone, if one did
+        # (a later call from another thread soon after shows contention, see submit).
+        self._solo_thread = solo
+        self._solo_end = time.monotonic()
         self._running = False
         if self._drained is not None:
             self._drained.release()
@@ -454,7 +473,7 @@ class Batcher:
         try:
             while True:
                 with self._mutex:
-                    if fresh and self._max_wait > 0 and len(self._queue) > 1:
+                    if fresh and self._max_wait > 0 and (len(self._queue) > 1 or own is not None):
                         self._gather()
                     elif self._chain and self._queued < self._max and self._max_wait > 0:
                         self._await_chain()
