@@ -4,19 +4,25 @@ A handle loaded with ``batching=Batching(...)`` gets a :class:`Batcher` on its p
 Each call validates its own input on its own thread, then joins a queue. There is no
 background thread for thread callers: the caller that finds no batch running becomes the
 *leader* ("group commit"): it takes what is queued, runs the model on the joined batch and
-releases every other caller (a *follower*) with its own one-shot latch. Followers block on
-that latch; each one cuts its rows out of the batch's outputs on its own thread.
+hands every other caller (a *follower*) its result through the caller's own one-shot latch
+(a ``threading.Lock``). Followers are woken one after another (a wake chain), not all at
+once; each one cuts its rows out of the batch's outputs on its own thread.
 
-Waiting policy (why a lone caller pays nothing): a leader never waits for a batch to fill
-when it is alone in the queue; it runs at once. Under load, requests pile up while the model
-runs, so the next batch is whatever arrived meanwhile (up to ``max_batch_size``): the model
-run itself is the wait. Only a leader that starts fresh and already sees other callers
-queued waits, up to ``max_wait_ms``, and only while the queue keeps growing.
+Waiting policy (why a lone caller pays nothing):
+
+* an idle batcher runs a call at once when the same thread ran the last solo call, or when
+  nothing ran in the last ``max_wait_ms``: a lone caller, however fast it calls, never waits;
+* a call from *another* thread within ``max_wait_ms`` of the last solo run shows contention:
+  it leads, but first naps (0.2 ms at a time, up to ``max_wait_ms``) while the queue grows;
+* under load the model run itself is the wait: what queued during a run is the next batch,
+  and a leader waits (up to ``max_wait_ms``) for the callers of its last batch, who are still
+  being woken and most of whom call again at once, so batches stay large.
 
 A leader keeps leading while requests are queued, for a few batches after its own result is
 ready, then hands the lead to the oldest queued thread caller (its latch says "lead"), so no
 caller serves others for long. Asyncio callers have no thread to lend: when one of them finds
-no batch running, a single worker thread (created on first use, joined by ``close``) leads.
+no batch running, a single worker thread (created on first use, joined by ``close``) leads,
+and results reach each event loop with one ``call_soon_threadsafe`` per batch.
 """
 
 from __future__ import annotations
@@ -244,14 +250,7 @@ class Batcher:
                 if self._closed:
                     raise HandleClosedError(f"the handle for {self.pipeline.label} is closed")
                 if self._queued + size <= self._max_queue or not self._queue:
-                    req.enqueued = time.monotonic()
-                    self._queue.append(req)
-                    self._queued += size
-                    if self._leader_wait is not None and self._queued >= self._max:
-                        self._leader_wait.release()
-                        self._leader_wait = None
-                    self._requests += 1
-                    self._rows_in += req.n
+                    self._append(req, size)
                     if self._running:
                         return False
                     self._running = True
@@ -276,6 +275,24 @@ class Batcher:
                     f"no room in the batching queue of {self.pipeline.label} before the deadline"
                 )
 
+    def _append(self, req: _Request, size: int) -> None:
+        """Under _mutex: put ``req`` in the queue (``size`` in the unit of ``count``)."""
+        req.enqueued = time.monotonic()
+        self._queue.append(req)
+        self._queued += size
+        self._requests += 1
+        self._rows_in += req.n
+        if self._leader_wait is not None and self._queued >= self._max:
+            self._leader_wait.release()  # a full batch is waiting: no need to wait on
+            self._leader_wait = None
+
+    @staticmethod
+    def _new_request(batch: Any, n: int, deadline: float | None) -> _Request:
+        req = _Request(batch, n, deadline)
+        req.latch = threading.Lock()
+        req.latch.acquire()
+        return req
+
     def submit(self, batch: Any, n: int, timeout_ms: float | None = None) -> tuple[Any, int]:
         """Run a validated batch of ``n`` rows with others; returns ``(outputs, offset)``: the
         joined batch's raw outputs and where this call's rows start. Raises
@@ -286,6 +303,7 @@ class Batcher:
             else self._deadline(timeout_ms)
         )  # fmt: skip
         req = None
+        size = n if self._rows else 1
         with self._mutex:
             # The common cases in one critical section; a closed or full queue goes slow.
             idle = not self._running and not self._closed
@@ -293,36 +311,24 @@ class Batcher:
                 self._max_wait == 0
                 or get_ident() == self._solo_thread
                 or time.monotonic() - self._solo_end > self._max_wait
+                or size > self._max_queue
             ):  # nobody else is calling: run at once, join nobody
                 self._running = True
                 self._requests += 1
                 self._rows_in += n
                 self._wait_buckets[0] += 1
-            elif not self._closed and self._queued + (n if self._rows else 1) <= self._max_queue:
+            elif idle or (not self._closed and self._queued + size <= self._max_queue):
                 # (idle here means: another thread ran alone a moment ago, so callers are
                 # contending; this one leads, but first lets the others join, see _lead)
-                req = _Request(batch, n, deadline)
-                req.latch = threading.Lock()
-                req.latch.acquire()
-                req.enqueued = time.monotonic()
-                self._queue.append(req)
-                self._queued += n if self._rows else 1
-                self._requests += 1
-                self._rows_in += n
-                if self._leader_wait is not None and self._queued >= self._max:
-                    self._leader_wait.release()
-                    self._leader_wait = None
-                if idle:
-                    self._running = True
+                req = self._new_request(batch, n, deadline)
+                self._append(req, size)
+                self._running = True
         if idle:
-            if req is not None:
-                self._lead(req, fresh=True)
-            else:
+            if req is None:
                 return self._run_alone(batch, n)
-        if req is None:  # closed, or the queue is full
-            req = _Request(batch, n, deadline)
-            req.latch = threading.Lock()
-            req.latch.acquire()
+            self._lead(req, fresh=True)
+        elif req is None:  # closed, or the queue is full
+            req = self._new_request(batch, n, deadline)
             if self._enqueue(req):
                 self._lead(req)
         latch = req.latch
@@ -356,7 +362,7 @@ class Batcher:
         """:meth:`submit` for asyncio tasks: waits on a future, never blocks the loop."""
         import asyncio
 
-        req = _Request(batch, n, self._deadline(timeout_ms))
+        req = _Request(batch, n, self._deadline(timeout_ms))  # no latch: a future instead
         req.loop = asyncio.get_running_loop()
         req.future = req.loop.create_future()
         if self._enqueue(req):
@@ -667,9 +673,10 @@ class Batcher:
                         last.next = r
                         last = r
                 off += r.n
+            if last is not None:
+                last.next = _TAIL
+                self._chain = True
         if first is not None:
-            last.next = _TAIL  # type: ignore[union-attr]
-            self._chain = True
             first.latch.release()
         if loops:
             for loop, group in loops.items():
