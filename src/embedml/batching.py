@@ -58,6 +58,10 @@ __all__ = ["Batcher", "Batching", "BatchingStats"]
 # keeps the model busy (a hand-off wakes a thread, which must then win the GIL), fewer bounds
 # how long one caller serves others (at most this many batch runs).
 _EXTRA_BATCHES = 4
+# Below this cost of a solo model call, contention does not make callers wait for each other:
+# handing a request from thread to thread costs about as much (a context switch and a GIL
+# hand-off, ~10-20 us here), so gathering would only slow such a model down.
+_WORTH_GATHERING = 50e-6
 # How long a fresh leader naps between looks at a growing queue.
 _NAP_SECONDS = 0.0002
 # Upper bounds of the queue-wait histogram, in seconds (the last bucket is +inf).
@@ -225,6 +229,7 @@ class Batcher:
         # soon after shows contention (see submit).
         self._solo_thread = 0
         self._solo_end = -math.inf
+        self._solo_cost = -1.0  # seconds a solo model call takes (see _run_alone), -1: unknown
         self._chain = False  # callers of the last batch are still being woken in turn
         self._leader_wait: threading.Lock | None = None  # a leader waiting for that chain
         # counters (updated under _mutex, or by the single leader)
@@ -311,8 +316,9 @@ class Batcher:
                 self._max_wait == 0
                 or get_ident() == self._solo_thread
                 or time.monotonic() - self._solo_end > self._max_wait
+                or self._solo_cost < _WORTH_GATHERING
                 or size > self._max_queue
-            ):  # nobody else is calling: run at once, join nobody
+            ):  # nobody else is calling (or waiting for them would not pay): run at once
                 self._running = True
                 self._requests += 1
                 self._rows_in += n
@@ -383,6 +389,7 @@ class Batcher:
     def _run_alone(self, batch: Any, n: int) -> tuple[Any, int]:
         """The fast path of an idle batcher: the caller's own batch runs at once; whoever
         queued meanwhile is served next by this caller (for a few batches at most)."""
+        start = time.perf_counter()
         try:
             out = self.pipeline.run(batch, n)
         except BaseException as exc:
@@ -391,6 +398,13 @@ class Batcher:
                 self._failed += 1
             self._lead(None)
             raise
+        cost = time.perf_counter() - start
+        # Follow the cheap end of solo run times: a run that waited for the GIL is slow for
+        # reasons that are not the model's, so slower runs move the estimate only a little.
+        if cost < self._solo_cost or self._solo_cost < 0:
+            self._solo_cost = cost
+        else:
+            self._solo_cost += (cost - self._solo_cost) * 0.01
         self._count_batch(n)
         with self._mutex:
             if not self._queue:
