@@ -13,7 +13,9 @@ Waiting policy (why a lone caller pays nothing):
 * an idle batcher runs a call at once when the same thread ran the last solo call, or when
   nothing ran in the last ``max_wait_ms``: a lone caller, however fast it calls, never waits;
 * a call from *another* thread within ``max_wait_ms`` of the last solo run shows contention:
-  it leads, but first naps (0.2 ms at a time, up to ``max_wait_ms``) while the queue grows;
+  it leads, but first naps (0.2 ms at a time, up to ``max_wait_ms``) while the queue grows,
+  unless a solo model call is cheaper than handing requests between threads (50 us): such a
+  model is fastest called by each thread in turn;
 * under load the model run itself is the wait: what queued during a run is the next batch,
   and a leader waits (up to ``max_wait_ms``) for the callers of its last batch, who are still
   being woken and most of whom call again at once, so batches stay large.
@@ -132,8 +134,9 @@ class BatchingStats:
     """Counters of one handle's batcher since it was loaded (see ``handle.batching_stats()``).
 
     ``requests`` calls and ``rows`` rows entered the queue; ``batches`` model calls ran them.
-    ``batch_sizes`` maps an upper bound (powers of two, then ``math.inf``) to the number of
-    batches with at most that many rows (not cumulative). ``queue_wait_*`` measure the time
+    ``batch_sizes`` is a histogram of rows per batch: a batch of ``n`` rows counts under the
+    smallest power of two >= ``n`` (not cumulative); ``math.inf`` holds batches larger than
+    ``max_batch_size`` (a big ``predict_batch`` that ran alone). ``queue_wait_*`` measure the time
     from joining the queue to being taken into a batch; ``queue_wait_buckets`` maps upper
     bounds in seconds (see ``WAIT_BUCKETS``) to counts. ``rejected`` calls got
     ``OverloadedError``, ``timed_out`` a ``PredictionTimeoutError``, ``failed`` a
@@ -320,9 +323,6 @@ class Batcher:
                 or size > self._max_queue
             ):  # nobody else is calling (or waiting for them would not pay): run at once
                 self._running = True
-                self._requests += 1
-                self._rows_in += n
-                self._wait_buckets[0] += 1
             elif idle or (not self._closed and self._queued + size <= self._max_queue):
                 # (idle here means: another thread ran alone a moment ago, so callers are
                 # contending; this one leads, but first lets the others join, see _lead)
@@ -393,9 +393,10 @@ class Batcher:
         try:
             out = self.pipeline.run(batch, n)
         except BaseException as exc:
-            self._count_batch(n)
-            if isinstance(exc, PredictionError):
-                self._failed += 1
+            with self._mutex:
+                self._solo_counts(n)
+                if isinstance(exc, PredictionError):
+                    self._failed += 1
             self._lead(None)
             raise
         cost = time.perf_counter() - start
@@ -405,13 +406,20 @@ class Batcher:
             self._solo_cost = cost
         else:
             self._solo_cost += (cost - self._solo_cost) * 0.01
-        self._count_batch(n)
         with self._mutex:
+            self._solo_counts(n)
             if not self._queue:
                 self._step_down(get_ident())
                 return out, 0
         self._lead(None)
         return out, 0
+
+    def _solo_counts(self, n: int) -> None:
+        # under _mutex: a call that ran alone is one request and one batch, without waiting
+        self._requests += 1
+        self._rows_in += n
+        self._wait_buckets[0] += 1
+        self._count_batch(n)
 
     def _result(self, req: _Request) -> tuple[Any, int]:
         if req.state == _DONE:
@@ -701,10 +709,8 @@ class Batcher:
     def _count_batch(self, n: int) -> None:
         self._batches += 1
         bound: float = 1
-        while bound < n:
-            bound *= 2
-        if bound > self._max:
-            bound = math.inf
+        if n > 1:
+            bound = 2 ** (n - 1).bit_length() if n <= self._max else math.inf
         self._sizes[bound] = self._sizes.get(bound, 0) + 1
 
     @staticmethod
