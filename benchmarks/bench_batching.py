@@ -283,10 +283,12 @@ def main() -> None:
 
     # asyncio
     batched2 = store.load("mlp", **opts, batching=settings)
-    serve_model = ray_serve_call(sess)
     aruns: dict[str, list[dict]] = {"emb": [], "ray": []}
     for _ in range(repeat):
         aruns["emb"].append(run_tasks("embedml apredict, batching, 64 tasks", batched2.apredict, X))
+        # A @serve.batch queue is bound to the event loop of its first call: a fresh class
+        # (so a fresh queue) for each asyncio.run.
+        serve_model = ray_serve_call(sess)
         if serve_model is not None:
             aruns["ray"].append(
                 run_tasks("Ray Serve @serve.batch(64, 2 ms), 64 tasks", serve_model, X)

@@ -4,19 +4,27 @@ A handle loaded with ``batching=Batching(...)`` gets a :class:`Batcher` on its p
 Each call validates its own input on its own thread, then joins a queue. There is no
 background thread for thread callers: the caller that finds no batch running becomes the
 *leader* ("group commit"): it takes what is queued, runs the model on the joined batch and
-releases every other caller (a *follower*) with its own one-shot latch. Followers block on
-that latch; each one cuts its rows out of the batch's outputs on its own thread.
+hands every other caller (a *follower*) its result through the caller's own one-shot latch
+(a ``threading.Lock``). Followers are woken one after another (a wake chain), not all at
+once; each one cuts its rows out of the batch's outputs on its own thread.
 
-Waiting policy (why a lone caller pays nothing): a leader never waits for a batch to fill
-when it is alone in the queue; it runs at once. Under load, requests pile up while the model
-runs, so the next batch is whatever arrived meanwhile (up to ``max_batch_size``): the model
-run itself is the wait. Only a leader that starts fresh and already sees other callers
-queued waits, up to ``max_wait_ms``, and only while the queue keeps growing.
+Waiting policy (why a lone caller pays nothing):
+
+* an idle batcher runs a call at once when the same thread ran the last solo call, or when
+  nothing ran in the last ``max_wait_ms``: a lone caller, however fast it calls, never waits;
+* a call from *another* thread within ``max_wait_ms`` of the last solo run shows contention:
+  it leads, but first naps (0.2 ms at a time, up to ``max_wait_ms``) while the queue grows,
+  unless a solo model call is cheaper than handing requests between threads (50 us): such a
+  model is fastest called by each thread in turn;
+* under load the model run itself is the wait: what queued during a run is the next batch,
+  and a leader waits (up to ``max_wait_ms``) for the callers of its last batch, who are still
+  being woken and most of whom call again at once, so batches stay large.
 
 A leader keeps leading while requests are queued, for a few batches after its own result is
 ready, then hands the lead to the oldest queued thread caller (its latch says "lead"), so no
 caller serves others for long. Asyncio callers have no thread to lend: when one of them finds
-no batch running, a single worker thread (created on first use, joined by ``close``) leads.
+no batch running, a single worker thread (created on first use, joined by ``close``) leads,
+and results reach each event loop with one ``call_soon_threadsafe`` per batch.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from bisect import bisect_left
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -51,6 +60,10 @@ __all__ = ["Batcher", "Batching", "BatchingStats"]
 # keeps the model busy (a hand-off wakes a thread, which must then win the GIL), fewer bounds
 # how long one caller serves others (at most this many batch runs).
 _EXTRA_BATCHES = 4
+# Below this cost of a solo model call, contention does not make callers wait for each other:
+# handing a request from thread to thread costs about as much (a context switch and a GIL
+# hand-off, ~10-20 us here), so gathering would only slow such a model down.
+_WORTH_GATHERING = 50e-6
 # How long a fresh leader naps between looks at a growing queue.
 _NAP_SECONDS = 0.0002
 # Upper bounds of the queue-wait histogram, in seconds (the last bucket is +inf).
@@ -121,8 +134,9 @@ class BatchingStats:
     """Counters of one handle's batcher since it was loaded (see ``handle.batching_stats()``).
 
     ``requests`` calls and ``rows`` rows entered the queue; ``batches`` model calls ran them.
-    ``batch_sizes`` maps an upper bound (powers of two, then ``math.inf``) to the number of
-    batches with at most that many rows (not cumulative). ``queue_wait_*`` measure the time
+    ``batch_sizes`` is a histogram of rows per batch: a batch of ``n`` rows counts under the
+    smallest power of two >= ``n`` (not cumulative); ``math.inf`` holds batches larger than
+    ``max_batch_size`` (a big ``predict_batch`` that ran alone). ``queue_wait_*`` measure the time
     from joining the queue to being taken into a batch; ``queue_wait_buckets`` maps upper
     bounds in seconds (see ``WAIT_BUCKETS``) to counts. ``rejected`` calls got
     ``OverloadedError``, ``timed_out`` a ``PredictionTimeoutError``, ``failed`` a
@@ -214,6 +228,11 @@ class Batcher:
         self._room: list[threading.Lock] = []  # latches of calls waiting for queue room
         self._pool: ThreadPoolExecutor | None = None
         self._own: _Request | None = None  # the current leader's own request
+        # The last caller that ran alone, and when it finished: a different thread coming
+        # soon after shows contention (see submit).
+        self._solo_thread = 0
+        self._solo_end = -math.inf
+        self._solo_cost = -1.0  # seconds a solo model call takes (see _run_alone), -1: unknown
         self._chain = False  # callers of the last batch are still being woken in turn
         self._leader_wait: threading.Lock | None = None  # a leader waiting for that chain
         # counters (updated under _mutex, or by the single leader)
@@ -239,14 +258,7 @@ class Batcher:
                 if self._closed:
                     raise HandleClosedError(f"the handle for {self.pipeline.label} is closed")
                 if self._queued + size <= self._max_queue or not self._queue:
-                    req.enqueued = time.monotonic()
-                    self._queue.append(req)
-                    self._queued += size
-                    if self._leader_wait is not None and self._queued >= self._max:
-                        self._leader_wait.release()
-                        self._leader_wait = None
-                    self._requests += 1
-                    self._rows_in += req.n
+                    self._append(req, size)
                     if self._running:
                         return False
                     self._running = True
@@ -271,6 +283,24 @@ class Batcher:
                     f"no room in the batching queue of {self.pipeline.label} before the deadline"
                 )
 
+    def _append(self, req: _Request, size: int) -> None:
+        """Under _mutex: put ``req`` in the queue (``size`` in the unit of ``count``)."""
+        req.enqueued = time.monotonic()
+        self._queue.append(req)
+        self._queued += size
+        self._requests += 1
+        self._rows_in += req.n
+        if self._leader_wait is not None and self._queued >= self._max:
+            self._leader_wait.release()  # a full batch is waiting: no need to wait on
+            self._leader_wait = None
+
+    @staticmethod
+    def _new_request(batch: Any, n: int, deadline: float | None) -> _Request:
+        req = _Request(batch, n, deadline)
+        req.latch = threading.Lock()
+        req.latch.acquire()
+        return req
+
     def submit(self, batch: Any, n: int, timeout_ms: float | None = None) -> tuple[Any, int]:
         """Run a validated batch of ``n`` rows with others; returns ``(outputs, offset)``: the
         joined batch's raw outputs and where this call's rows start. Raises
@@ -281,32 +311,30 @@ class Batcher:
             else self._deadline(timeout_ms)
         )  # fmt: skip
         req = None
+        size = n if self._rows else 1
         with self._mutex:
             # The common cases in one critical section; a closed or full queue goes slow.
             idle = not self._running and not self._closed
-            if idle:  # nobody else is calling: run at once, join nobody
+            if idle and (
+                self._max_wait == 0
+                or get_ident() == self._solo_thread
+                or time.monotonic() - self._solo_end > self._max_wait
+                or self._solo_cost < _WORTH_GATHERING
+                or size > self._max_queue
+            ):  # nobody else is calling (or waiting for them would not pay): run at once
                 self._running = True
-                self._requests += 1
-                self._rows_in += n
-                self._wait_buckets[0] += 1
-            elif not self._closed and self._queued + (n if self._rows else 1) <= self._max_queue:
-                req = _Request(batch, n, deadline)
-                req.latch = threading.Lock()
-                req.latch.acquire()
-                req.enqueued = time.monotonic()
-                self._queue.append(req)
-                self._queued += n if self._rows else 1
-                self._requests += 1
-                self._rows_in += n
-                if self._leader_wait is not None and self._queued >= self._max:
-                    self._leader_wait.release()
-                    self._leader_wait = None
+            elif idle or (not self._closed and self._queued + size <= self._max_queue):
+                # (idle here means: another thread ran alone a moment ago, so callers are
+                # contending; this one leads, but first lets the others join, see _lead)
+                req = self._new_request(batch, n, deadline)
+                self._append(req, size)
+                self._running = True
         if idle:
-            return self._run_alone(batch, n)
-        if req is None:  # closed, or the queue is full
-            req = _Request(batch, n, deadline)
-            req.latch = threading.Lock()
-            req.latch.acquire()
+            if req is None:
+                return self._run_alone(batch, n)
+            self._lead(req, fresh=True)
+        elif req is None:  # closed, or the queue is full
+            req = self._new_request(batch, n, deadline)
             if self._enqueue(req):
                 self._lead(req)
         latch = req.latch
@@ -340,7 +368,7 @@ class Batcher:
         """:meth:`submit` for asyncio tasks: waits on a future, never blocks the loop."""
         import asyncio
 
-        req = _Request(batch, n, self._deadline(timeout_ms))
+        req = _Request(batch, n, self._deadline(timeout_ms))  # no latch: a future instead
         req.loop = asyncio.get_running_loop()
         req.future = req.loop.create_future()
         if self._enqueue(req):
@@ -361,21 +389,37 @@ class Batcher:
     def _run_alone(self, batch: Any, n: int) -> tuple[Any, int]:
         """The fast path of an idle batcher: the caller's own batch runs at once; whoever
         queued meanwhile is served next by this caller (for a few batches at most)."""
+        start = time.perf_counter()
         try:
             out = self.pipeline.run(batch, n)
         except BaseException as exc:
-            self._count_batch(n)
-            if isinstance(exc, PredictionError):
-                self._failed += 1
+            with self._mutex:
+                self._solo_counts(n)
+                if isinstance(exc, PredictionError):
+                    self._failed += 1
             self._lead(None)
             raise
-        self._count_batch(n)
+        cost = time.perf_counter() - start
+        # Follow the cheap end of solo run times: a run that waited for the GIL is slow for
+        # reasons that are not the model's, so slower runs move the estimate only a little.
+        if cost < self._solo_cost or self._solo_cost < 0:
+            self._solo_cost = cost
+        else:
+            self._solo_cost += (cost - self._solo_cost) * 0.01
         with self._mutex:
+            self._solo_counts(n)
             if not self._queue:
-                self._step_down()
+                self._step_down(get_ident())
                 return out, 0
         self._lead(None)
         return out, 0
+
+    def _solo_counts(self, n: int) -> None:
+        # under _mutex: a call that ran alone is one request and one batch, without waiting
+        self._requests += 1
+        self._rows_in += n
+        self._wait_buckets[0] += 1
+        self._count_batch(n)
 
     def _result(self, req: _Request) -> tuple[Any, int]:
         if req.state == _DONE:
@@ -435,8 +479,11 @@ class Batcher:
                 return
         self._pool_lead()
 
-    def _step_down(self) -> None:
-        # under _mutex, with an empty queue
+    def _step_down(self, solo: int = 0) -> None:
+        # Under _mutex, with an empty queue. ``solo``: the thread that ran alone, if one did
+        # (a later call from another thread soon after shows contention, see submit).
+        self._solo_thread = solo
+        self._solo_end = time.monotonic()
         self._running = False
         if self._drained is not None:
             self._drained.release()
@@ -454,7 +501,7 @@ class Batcher:
         try:
             while True:
                 with self._mutex:
-                    if fresh and self._max_wait > 0 and len(self._queue) > 1:
+                    if fresh and self._max_wait > 0 and (len(self._queue) > 1 or own is not None):
                         self._gather()
                     elif self._chain and self._queued < self._max and self._max_wait > 0:
                         self._await_chain()
@@ -648,9 +695,10 @@ class Batcher:
                         last.next = r
                         last = r
                 off += r.n
+            if last is not None:
+                last.next = _TAIL
+                self._chain = True
         if first is not None:
-            last.next = _TAIL  # type: ignore[union-attr]
-            self._chain = True
             first.latch.release()
         if loops:
             for loop, group in loops.items():
@@ -661,10 +709,8 @@ class Batcher:
     def _count_batch(self, n: int) -> None:
         self._batches += 1
         bound: float = 1
-        while bound < n:
-            bound *= 2
-        if bound > self._max:
-            bound = math.inf
+        if n > 1:
+            bound = 2 ** (n - 1).bit_length() if n <= self._max else math.inf
         self._sizes[bound] = self._sizes.get(bound, 0) + 1
 
     @staticmethod
