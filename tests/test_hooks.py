@@ -297,3 +297,24 @@ for i in range(500):
 """
     subprocess.run([sys.executable, "-c", code], env=subprocess_env, check=True, timeout=60)
     assert len(path.read_text().splitlines()) == 500
+
+
+def test_jsonl_base64_arrays_round_trip(store, tmp_path):
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(50, 3)).astype(np.float32)
+    model = LinearRegression().fit(X, X.sum(axis=1))
+    store.save("f32", model, input_schema=embedml.TensorSpec("x", "float32", (-1, 3)))
+    path = tmp_path / "b64.jsonl"
+    with store.load("f32", hooks=[JsonlSink(path, arrays="base64")]) as h:
+        outs = [h.predict_batch(X[i : i + 5]) for i in range(0, 50, 5)]
+    rows = read_jsonl(path)
+    assert len(rows) == 10
+    for i, row in enumerate(rows):
+        assert row["inputs"].dtype == np.float32
+        np.testing.assert_array_equal(row["inputs"], X[i * 5 : i * 5 + 5])
+        np.testing.assert_array_equal(row["outputs"], outs[i])
+    assert '"base64":' in path.read_text().splitlines()[0]
+    with pytest.raises(embedml.ConfigurationError, match="arrays"):
+        JsonlSink(path, arrays="hex")
