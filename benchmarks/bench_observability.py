@@ -95,6 +95,17 @@ def run(call, threads: int, seconds: float, rows: np.ndarray) -> dict[str, float
     }
 
 
+def cpu_per_call(call, hooks, rows: np.ndarray, n: int) -> float:
+    """CPU microseconds per call on one thread, including the sinks' writer threads
+    (process CPU time, measured after the sinks have written everything)."""
+    t = time.process_time()
+    for i in range(n):
+        call(rows[i % len(rows)])
+    for sink in hooks:
+        sink.flush(120)
+    return (time.process_time() - t) / n * 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="short runs (1 s per scenario)")
@@ -127,26 +138,53 @@ def main() -> None:
     def raw(row):
         return sess.run(None, {"x": row[None]})[0][0]
 
-    def scenario(name):
+    def scenario(name, max_queue=10_000):
         hooks = []
+        log = tmp / f"log-{time.monotonic_ns()}.jsonl"
+        q = {"max_queue": max_queue}
         if name == "JsonlSink 100%":
-            hooks = [embedml.JsonlSink(tmp / f"log-{time.monotonic_ns()}.jsonl")]
+            hooks = [embedml.JsonlSink(log, **q)]
         elif name == "JsonlSink 100% base64":
-            hooks = [embedml.JsonlSink(tmp / f"b-{time.monotonic_ns()}.jsonl", arrays="base64")]
+            hooks = [embedml.JsonlSink(log, arrays="base64", **q)]
+        elif name == "JsonlSink 100% block":
+            hooks = [embedml.JsonlSink(log, policy="block", **q)]
+        elif name == "JsonlSink 100% base64 block":
+            hooks = [embedml.JsonlSink(log, arrays="base64", policy="block", **q)]
+        elif name == "DriftMonitor block":
+            hooks = [embedml.DriftMonitor(window=10_000, policy="block", **q)]
         elif name == "JsonlSink 10%":
-            hooks = [embedml.JsonlSink(tmp / f"s-{time.monotonic_ns()}.jsonl", sample=0.1)]
+            hooks = [embedml.JsonlSink(log, sample=0.1, **q)]
         elif name == "DriftMonitor":
-            hooks = [embedml.DriftMonitor(window=10_000)]
+            hooks = [embedml.DriftMonitor(window=10_000, **q)]
         elif name == "JsonlSink + DriftMonitor":
-            hooks = [
-                embedml.JsonlSink(tmp / f"log-{time.monotonic_ns()}.jsonl"),
-                embedml.DriftMonitor(window=10_000),
-            ]
+            hooks = [embedml.JsonlSink(log, **q), embedml.DriftMonitor(window=10_000, **q)]
         return store.load("mlp", session_options=so, hooks=hooks, **batching)
 
+    # -- 1. CPU cost per call, one caller thread (no contention: the cleanest overhead figure)
+    n_cpu = 5_000 if args.quick else 30_000
+    cpu: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        cpu.setdefault("raw onnxruntime", []).append(cpu_per_call(raw, [], rows, n_cpu))
+        for name in ("no hooks", "JsonlSink 100%", "JsonlSink 100% base64", "JsonlSink 10%",
+                     "DriftMonitor"):  # fmt: skip
+            h = scenario(name, max_queue=10**7)
+            h.warmup(10)
+            cpu.setdefault(name, []).append(cpu_per_call(h.predict, h.hooks, rows, n_cpu))
+            h.close()
+    base_cpu = float(np.median(cpu["no hooks"]))
+    print(f"# CPU per call, 1 thread, {n_cpu} calls x {repeats} rounds (median)")
+    print("| scenario | CPU µs/call | vs no hooks | throughput vs no hooks |")
+    print("|---|---:|---:|---:|")
+    for name, vals in cpu.items():
+        us = float(np.median(vals))
+        print(f"| {name} | {us:.1f} | {us / base_cpu:.3f} | {base_cpu / us:.3f} |")
+    print()
+
+    # -- 2. throughput under many threads
     names = [
-        "raw onnxruntime", "no hooks", "JsonlSink 100%", "JsonlSink 100% base64",
-        "JsonlSink 10%", "DriftMonitor", "JsonlSink + DriftMonitor",
+        "raw onnxruntime", "no hooks", "JsonlSink 100%", "JsonlSink 100% block",
+        "JsonlSink 100% base64", "JsonlSink 100% base64 block", "JsonlSink 10%",
+        "DriftMonitor", "DriftMonitor block", "JsonlSink + DriftMonitor",
     ]  # fmt: skip
     results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     extra: dict[str, dict] = {}
@@ -168,11 +206,14 @@ def main() -> None:
     raw_tp = med("raw onnxruntime", "calls_per_s")
     print(f"# {args.threads} threads, {seconds:g} s x {repeats} rounds per scenario, "
           f"batching={'yes' if batching else 'no'}, cpus={os.cpu_count()}")  # fmt: skip
-    print("| scenario | calls/s | vs no hooks | vs raw ORT | p50 ms | p99 ms | dropped |")
+    print("| scenario | calls/s | vs no hooks | vs raw ORT | p50 ms | p99 ms | records dropped |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in names:
         tp = med(name, "calls_per_s")
-        dropped = sum(s["dropped"] for s in extra.get(name, {}).values())
+        stats = list(extra.get(name, {}).values())
+        dropped = sum(s["dropped"] for s in stats)
+        offered = sum(s["dropped"] + s["accepted"] for s in stats)
+        dropped = f"{dropped / offered:.0%}" if offered else "-"
         print(
             f"| {name} | {tp:,.0f} | {tp / base:.3f} | {tp / raw_tp:.3f} | "
             f"{med(name, 'p50_ms'):.3f} | {med(name, 'p99_ms'):.3f} | {dropped} |"

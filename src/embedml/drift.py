@@ -73,8 +73,10 @@ def ks_2samp(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     The statistic is exact (ties handled as scipy does); the p-value is the Kolmogorov
     limit ``kstwobign.sf(sqrt(n*m/(n+m)) * D)``.
     """
-    a = np.sort(np.asarray(a, dtype=np.float64))
-    b = np.sort(np.asarray(b, dtype=np.float64))
+    return _ks_sorted(np.sort(np.asarray(a, dtype=np.float64)), np.sort(np.asarray(b, dtype=np.float64)))
+
+
+def _ks_sorted(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     n, m = len(a), len(b)
     if n == 0 or m == 0:
         return float("nan"), float("nan")
@@ -277,6 +279,7 @@ class DriftMonitor(Sink):
         self._last: dict[str, float] = {}
         self.rows_seen = 0
         self._window_lock = threading.Lock()
+        self._sorted: dict[str, np.ndarray] = {}
         if reference is not None:
             self._set_reference(reference, None)
 
@@ -380,8 +383,11 @@ class DriftMonitor(Sink):
             return row
         row["psi"] = psi(profile.counts, counts)
         if profile.kind == "numeric":
+            ref = self._sorted.get(profile.name)
+            if ref is None:  # the reference sample, sorted once
+                ref = self._sorted[profile.name] = np.sort(np.asarray(profile.sample, np.float64))
             values = live.astype(np.float64)
-            row["ks"], row["ks_p"] = ks_2samp(np.asarray(profile.sample), values[~np.isnan(values)])
+            row["ks"], row["ks_p"] = _ks_sorted(ref, np.sort(values[~np.isnan(values)]))
             p = row["ks_p"]
         else:
             row["chi2"], row["chi2_p"] = chi2_test(profile.counts, counts)

@@ -4,8 +4,8 @@ A handle builds one :class:`PredictionRecord` per call (``predict``, ``predict_b
 ``apredict``) and offers it to each attached :class:`Sink`. A sink accepts it into a
 bounded queue in O(1) and a background thread (one per sink) writes it; the caller never
 waits for I/O and never sees a sink's exception. When the queue is full the record is
-dropped and counted (``policy="drop"``, the default) or the caller waits for room
-(``policy="block"``). Turning arrays into JSON-ready values happens on the writer thread,
+dropped and counted (``policy="drop"``, the default) or the caller writes a batch
+itself or waits for room (``policy="block"``: nothing is lost, callers pay for it). Turning arrays into JSON-ready values happens on the writer thread,
 the first time a sink reads ``record.inputs`` / ``record.outputs``.
 """
 
@@ -244,7 +244,8 @@ class Sink:
     records, oldest first). Options: ``sample`` (fraction of calls kept, 0..1),
     ``redact`` (``{"field": "drop"|"hash"}`` or a list of fields to drop, applied by
     :meth:`redact` on input/output dicts), ``max_queue`` (records waiting at most) and
-    ``policy`` (``"drop"``: count and drop when full; ``"block"``: the caller waits).
+    ``policy`` (``"drop"``: count and drop when full; ``"block"``: the caller writes a
+    batch itself, or waits while another thread does).
     An exception in :meth:`write` is logged once and counted in :meth:`stats`.
     Raises :class:`ConfigurationError` for invalid options.
     """
@@ -282,6 +283,7 @@ class Sink:
         self._busy = 0  # records taken off the queue, not yet written
         self._counts = collections.Counter[str]()  # writer-side counts, under _lock
         self._accepted = itertools.count()
+        self._write_lock = threading.Lock()  # one write() at a time (thread or caller)
         self._dropped = itertools.count()
         self._logged_error = False
 
@@ -306,6 +308,14 @@ class Sink:
             if self.policy == "drop":
                 next(self._dropped)
                 return False
+            # With many busy caller threads the writer thread gets only its fair share of
+            # the GIL, so a caller that finds the queue full writes a batch itself rather
+            # than wait for it (one writer at a time; the others wait for room).
+            if self._write_lock.acquire(blocking=False):
+                try:
+                    self._deliver(self._take())
+                finally:
+                    self._write_lock.release()
             with self._room:
                 while len(queue) + self._busy >= self.max_queue:
                     if self._closed:
@@ -332,17 +342,18 @@ class Sink:
 
     # -- writer side
     def _take(self) -> list[PredictionRecord]:
-        batch: list[PredictionRecord] = []
+        # Only this thread pops, so the first len() records are there to take; callers
+        # appending meanwhile wait for the next round.
         pop = self._queue.popleft
-        try:
-            while True:
-                batch.append(pop())
-        except IndexError:
-            pass
+        self._busy = -1  # taking: flush() must not see an empty queue and nothing in hand
+        batch = [pop() for _ in range(len(self._queue))]
         self._busy = len(batch)
         return batch
 
     def _deliver(self, batch: list[PredictionRecord]) -> None:
+        if not batch:
+            self._busy = 0
+            return
         try:
             self.write(batch)
             self._count("written", len(batch))
@@ -359,10 +370,10 @@ class Sink:
             self._wake.wait(self.interval)
             self._wake.clear()
             closing = self._closed
-            batch = self._take()
-            if batch:
+            with self._write_lock:
+                batch = self._take()
                 self._deliver(batch)
-            elif closing:
+            if closing and not batch:
                 return
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -431,9 +442,8 @@ class Sink:
             thread.join(timeout)
             if not thread.is_alive():
                 # a caller may have appended just after the writer's last look
-                batch = self._take()
-                if batch:
-                    self._deliver(batch)
+                with self._write_lock:
+                    self._deliver(self._take())
         _LIVE.discard(self)
         self._release()
 
@@ -455,7 +465,7 @@ class Sink:
                 "written": c["written"],
                 "dropped": _value(self._dropped),
                 "errors": c["errors"],
-                "queued": len(self._queue) + self._busy,
+                "queued": len(self._queue) + max(self._busy, 0),
             }
 
     def __repr__(self) -> str:

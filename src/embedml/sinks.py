@@ -62,6 +62,7 @@ class JsonlSink(Sink):
         self.keep = int(keep)
         self.arrays = arrays
         self._file: Any = None
+        self._heads: dict[Any, str] = {}
 
     def write(self, records: list[PredictionRecord]) -> None:
         if self._file is None:
@@ -75,21 +76,28 @@ class JsonlSink(Sink):
     def _payload(self, record: PredictionRecord, which: str) -> str:
         raw = record.raw_inputs if which == "inputs" else record.raw_outputs
         if self.arrays == "base64" and not (which == "inputs" and self._redact is not None):
-            packed = _pack(raw)
+            packed = _pack_json(raw)
             if packed is not None:
-                return json.dumps(packed)
+                return packed
         value = record.inputs if which == "inputs" else record.outputs
         return json.dumps(self.redact(value), default=str)
 
     def _line(self, r: PredictionRecord) -> str:
         # The envelope is formatted directly: json.dumps of a whole dict costs more than
         # the record's other work. Only strings that may need escaping go through json.
+        source = r._source
+        head = self._heads.get(source)
+        if head is None:
+            head = self._heads[source] = (
+                f'"model":{json.dumps(source.model)},"version":{json.dumps(source.version)}'
+            )
+        t = r._timings
+        error = "null" if r._error is None else json.dumps(r.error)
         return (
-            f'{{"request_id":"{r.request_id}","model":{json.dumps(r.model)},'
-            f'"version":{json.dumps(r.version)},"timestamp":{r.timestamp!r},'
-            f'"batch_size":{r.batch_size},"latency_ms":{r.latency_ms:.4f},'
-            f'"validation_ms":{r.validation_ms:.4f},"queue_ms":{r.queue_ms:.4f},'
-            f'"model_ms":{r.model_ms:.4f},"error":{json.dumps(r.error)},'
+            f'{{"request_id":"{r.request_id}",{head},"timestamp":{r.timestamp!r},'
+            f'"batch_size":{r.batch_size},"latency_ms":{t[3] * 1e3:.4f},'
+            f'"validation_ms":{t[0] * 1e3:.4f},"queue_ms":{t[1] * 1e3:.4f},'
+            f'"model_ms":{t[2] * 1e3:.4f},"error":{error},'
             f'"inputs":{self._payload(r, "inputs")},"outputs":{self._payload(r, "outputs")}}}\n'
         )
 
@@ -119,17 +127,22 @@ class JsonlSink(Sink):
             self._file = None
 
 
-def _pack(value: Any) -> Any:
-    """Numeric arrays (or dicts of them) as base64 objects; ``None`` if not applicable."""
-    if hasattr(value, "dtype") and hasattr(value, "tobytes") and value.dtype.kind in "biuf":
-        return {
-            "dtype": value.dtype.str,
-            "shape": list(value.shape),
-            "base64": base64.b64encode(value.tobytes()).decode("ascii"),
-        }
+def _pack_json(value: Any) -> str | None:
+    """A numeric array (or a dict of them) as the JSON of ``{"dtype", "shape", "base64"}``
+    objects, formatted directly; ``None`` if not applicable."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and dtype.kind in "biuf" and hasattr(value, "tobytes"):
+        shape = ",".join(map(str, value.shape))
+        data = base64.b64encode(value.tobytes()).decode("ascii")
+        return f'{{"dtype":"{dtype.str}","shape":[{shape}],"base64":"{data}"}}'
     if isinstance(value, dict):
-        packed = {str(k): _pack(v) for k, v in value.items()}
-        return packed if all(v is not None for v in packed.values()) else None
+        parts = []
+        for k, v in value.items():
+            packed = _pack_json(v)
+            if packed is None:
+                return None
+            parts.append(f"{json.dumps(str(k))}:{packed}")
+        return "{" + ",".join(parts) + "}"
     return None
 
 
