@@ -15,7 +15,15 @@ from pydantic import BaseModel
 
 import embedml
 from helpers_batching import POISON, SEEN, Probe, RowSum, expected
-from helpers_models import LINEAR_B, LINEAR_W, child_env, onnx_linear, sk_logreg
+from helpers_models import (
+    LINEAR_B,
+    LINEAR_W,
+    child_env,
+    onnx_linear,
+    sk_logreg,
+    torch_reference,
+    torch_scripted,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -209,6 +217,35 @@ def test_predict_batch_counts_rows(probe_store):
     # 20-row call is the one batch above max_batch_size
     assert {size for size, count in stats.batch_sizes.items() if count} <= {4, 8, float("inf")}
     assert stats.batch_sizes[float("inf")] == 1
+
+
+def test_torchscript_model_threads(store):
+    pytest.importorskip("torch")
+    store.save("net", torch_scripted(), input_schema=embedml.TensorSchema(
+        [embedml.TensorSpec("x", "float32", (-1, 4))]
+    ))  # fmt: skip
+    X = rows(16 * 10, seed=14).astype(np.float32)
+    want = torch_reference(X)
+    with store.load("net", batching=embedml.Batching(max_batch_size=16)) as h:
+        got = run_threads(h.predict, [(x,) for x in X])
+    assert all(g.shape == (2,) for g in got)
+    assert np.allclose(np.stack(got), want, atol=1e-6)
+
+
+@pytest.mark.parametrize(("count", "cap"), [("rows", 8), ("calls", 2)])
+def test_batch_size_unit(probe_store, count, cap):
+    probe_store.save_probe(delay=0.01)
+    X = rows(12 * 5, seed=15)
+    settings = embedml.Batching(max_batch_size=cap, max_queue=64, count=count)
+    with probe_store.load("probe", batching=settings) as h:
+        got = run_threads(lambda i: h.predict_batch(X[5 * i : 5 * i + 5]), [(i,) for i in range(12)])
+        stats = h.batching_stats()
+    assert all(np.allclose(g, expected(X[5 * i : 5 * i + 5])) for i, g in enumerate(got))
+    if count == "rows":  # two 5-row calls never fit in 8 rows: every call is its own batch
+        assert stats.batches == stats.requests == 12
+    else:  # at most 2 calls (10 rows) per batch
+        assert stats.batches >= 6
+        assert set(stats.batch_sizes) <= {8, 16}
 
 
 def test_invalid_input_fails_alone_before_batching(store):
