@@ -410,6 +410,30 @@ def test_apredict_deadline(probe_store):
         assert h.batching_stats().timed_out == 1
 
 
+def test_cancelled_apredict_is_dropped_from_the_queue(probe_store):
+    probe_store.save_probe(delay=0.3)
+    X = rows(3, seed=16)
+    with probe_store.load("probe", batching=embedml.Batching(max_wait_ms=0)) as h:
+        SEEN.clear()
+
+        async def go():
+            slow = asyncio.ensure_future(h.apredict(X[0]))
+            while X[0, 0] not in SEEN:  # the first call is in the model
+                await asyncio.sleep(0.002)
+            doomed = asyncio.ensure_future(h.apredict(X[1]))
+            while h.batching_stats().queued == 0:
+                await asyncio.sleep(0.002)
+            doomed.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+            return await slow, await h.apredict(X[2])
+
+        first, third = asyncio.run(go())
+        stats = h.batching_stats()
+    assert np.isclose(first, expected(X[0])[0]) and np.isclose(third, expected(X[2])[0])
+    assert X[1, 0] not in SEEN and stats.queued == 0
+
+
 # ---------------------------------------------------------------- lifecycle
 
 
