@@ -15,7 +15,15 @@ from pydantic import BaseModel
 
 import embedml
 from helpers_batching import POISON, SEEN, Probe, RowSum, expected
-from helpers_models import LINEAR_B, LINEAR_W, child_env, onnx_linear, sk_logreg
+from helpers_models import (
+    LINEAR_B,
+    LINEAR_W,
+    child_env,
+    onnx_linear,
+    sk_logreg,
+    torch_reference,
+    torch_scripted,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -211,6 +219,35 @@ def test_predict_batch_counts_rows(probe_store):
     assert stats.batch_sizes[float("inf")] == 1
 
 
+def test_torchscript_model_threads(store):
+    pytest.importorskip("torch")
+    store.save("net", torch_scripted(), input_schema=embedml.TensorSchema(
+        [embedml.TensorSpec("x", "float32", (-1, 4))]
+    ))  # fmt: skip
+    X = rows(16 * 10, seed=14).astype(np.float32)
+    want = torch_reference(X)
+    with store.load("net", batching=embedml.Batching(max_batch_size=16)) as h:
+        got = run_threads(h.predict, [(x,) for x in X])
+    assert all(g.shape == (2,) for g in got)
+    assert np.allclose(np.stack(got), want, atol=1e-6)
+
+
+@pytest.mark.parametrize(("count", "cap"), [("rows", 8), ("calls", 2)])
+def test_batch_size_unit(probe_store, count, cap):
+    probe_store.save_probe(delay=0.01)
+    X = rows(12 * 5, seed=15)
+    settings = embedml.Batching(max_batch_size=cap, max_queue=64, count=count)
+    with probe_store.load("probe", batching=settings) as h:
+        got = run_threads(lambda i: h.predict_batch(X[5 * i : 5 * i + 5]), [(i,) for i in range(12)])
+        stats = h.batching_stats()
+    assert all(np.allclose(g, expected(X[5 * i : 5 * i + 5])) for i, g in enumerate(got))
+    if count == "rows":  # two 5-row calls never fit in 8 rows: every call is its own batch
+        assert stats.batches == stats.requests == 12
+    else:  # at most 2 calls (10 rows) per batch
+        assert stats.batches >= 6
+        assert set(stats.batch_sizes) <= {8, 16}
+
+
 def test_invalid_input_fails_alone_before_batching(store):
     store.save("lin", onnx_linear())
     with store.load("lin", batching=True) as h:
@@ -371,6 +408,30 @@ def test_apredict_deadline(probe_store):
 
         assert np.isclose(asyncio.run(go()), expected(X[0])[0])
         assert h.batching_stats().timed_out == 1
+
+
+def test_cancelled_apredict_is_dropped_from_the_queue(probe_store):
+    probe_store.save_probe(delay=0.3)
+    X = rows(3, seed=16)
+    with probe_store.load("probe", batching=embedml.Batching(max_wait_ms=0)) as h:
+        SEEN.clear()
+
+        async def go():
+            slow = asyncio.ensure_future(h.apredict(X[0]))
+            while X[0, 0] not in SEEN:  # the first call is in the model
+                await asyncio.sleep(0.002)
+            doomed = asyncio.ensure_future(h.apredict(X[1]))
+            while h.batching_stats().queued == 0:
+                await asyncio.sleep(0.002)
+            doomed.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+            return await slow, await h.apredict(X[2])
+
+        first, third = asyncio.run(go())
+        stats = h.batching_stats()
+    assert np.isclose(first, expected(X[0])[0]) and np.isclose(third, expected(X[2])[0])
+    assert X[1, 0] not in SEEN and stats.queued == 0
 
 
 # ---------------------------------------------------------------- lifecycle

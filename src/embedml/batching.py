@@ -135,8 +135,8 @@ class BatchingStats:
 
     ``requests`` calls and ``rows`` rows entered the queue; ``batches`` model calls ran them.
     ``batch_sizes`` is a histogram of rows per batch: a batch of ``n`` rows counts under the
-    smallest power of two >= ``n`` (not cumulative); ``math.inf`` holds batches larger than
-    ``max_batch_size`` (a big ``predict_batch`` that ran alone). ``queue_wait_*`` measure the time
+    smallest power of two >= ``n`` (not cumulative); with ``count="rows"``, ``math.inf``
+    holds batches larger than ``max_batch_size`` (a big ``predict_batch`` that ran alone). ``queue_wait_*`` measure the time
     from joining the queue to being taken into a batch; ``queue_wait_buckets`` maps upper
     bounds in seconds (see ``WAIT_BUCKETS``) to counts. ``rejected`` calls got
     ``OverloadedError``, ``timed_out`` a ``PredictionTimeoutError``, ``failed`` a
@@ -216,6 +216,7 @@ class Batcher:
         self.settings = settings
         self._rows = settings.count == "rows"
         self._max = settings.max_batch_size
+        self._size_cap = self._max if self._rows else math.inf  # rows; see BatchingStats
         self._max_queue = settings.max_queue
         self._max_wait = settings.max_wait_ms / 1000.0
         self._default_timeout = settings.timeout_ms
@@ -710,7 +711,7 @@ class Batcher:
         self._batches += 1
         bound: float = 1
         if n > 1:
-            bound = 2 ** (n - 1).bit_length() if n <= self._max else math.inf
+            bound = 2 ** (n - 1).bit_length() if n <= self._size_cap else math.inf
         self._sizes[bound] = self._sizes.get(bound, 0) + 1
 
     @staticmethod
