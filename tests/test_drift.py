@@ -240,3 +240,22 @@ def test_explicit_reference_array(store, logreg, iris_like):
         rep = monitor.report()
     assert [r["feature"] for r in rep.rows] == ["x[0]", "x[3]"]
     assert rep.drifted == ["x[0]"]
+
+
+def test_psi_exported_to_prometheus(lin):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from embedml.metrics import prometheus
+
+    monitor = embedml.DriftMonitor(window=500)
+    registry = CollectorRegistry()
+    with lin.load("lin", hooks=[monitor]) as h:
+        prometheus.register(h, registry=registry)
+        live = np.random.default_rng(3).normal(size=(500, 3))
+        live[:, 2] -= 2.0
+        h.predict_batch(live)
+        rows = {r["feature"]: r for r in monitor.report().rows}
+        text = generate_latest(registry).decode()
+    line = next(x for x in text.splitlines() if x.startswith('embedml_drift_psi{feature="x[2]"'))
+    assert float(line.split()[-1]) == pytest.approx(rows["x[2]"]["psi"])
+    assert rows["x[2]"]["status"] == "drift"
