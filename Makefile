@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .site
+	$(VENV)/bin/mkdocs build --strict --site-dir .site
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
