@@ -41,6 +41,22 @@ def _split_rows(out: Any, n: int) -> list[Any]:
     return [take(out, i) for i in range(n)]
 
 
+def _as_batch(handle: ModelHandle, records: Sequence[Any]) -> Any:
+    """Records -> what ``predict_batch`` takes: multi-input tensor models want one dict of
+    stacked arrays, not a list of dicts; everything else takes the list as it is."""
+    from .schema import TensorSchema
+
+    schema = handle.input_schema
+    if isinstance(schema, TensorSchema) and not schema.single:
+        import numpy as np
+
+        try:
+            return {s.name: np.stack([np.asarray(r[s.name]) for r in records]) for s in schema.specs}
+        except (KeyError, TypeError, ValueError, IndexError):
+            pass  # the schema check below names what is wrong
+    return list(records)
+
+
 def predict_rows(handle: ModelHandle, records: Sequence[Any]) -> list[Any]:
     """Predict ``records`` and return one entry per record: its result, or the
     :class:`SchemaError` / :class:`PredictionError` that record alone raises.
@@ -54,7 +70,7 @@ def predict_rows(handle: ModelHandle, records: Sequence[Any]) -> list[Any]:
 
     def solve(lo: int, hi: int) -> None:
         try:
-            out = handle.predict_batch(list(records[lo:hi]))
+            out = handle.predict_batch(_as_batch(handle, records[lo:hi]))
         except (SchemaError, PredictionError) as exc:
             if hi - lo == 1:
                 exc.index = lo
