@@ -252,3 +252,13 @@ def test_parquet_into_a_tensor_model(store, tmp_path):
     out = pd.read_parquet(dst)
     assert summary.scored == 64 and out["k"].tolist() == list(range(64))
     np.testing.assert_allclose(out[["prediction_0", "prediction_1"]].to_numpy(), expected, rtol=1e-6)
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(handle, tmp_path, capsys):
+    src = tmp_path / "in.csv"
+    _frame(300).to_csv(src, index=False)
+    embedml.score(handle, src, tmp_path / "a.csv", batch_size=100)  # stderr is not a TTY here
+    assert capsys.readouterr().err == ""
+    embedml.score(handle, src, tmp_path / "b.csv", batch_size=100, progress=True)
+    err = capsys.readouterr().err
+    assert "lr@1" in err and "300" in err and "rows" in err
