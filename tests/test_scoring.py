@@ -221,3 +221,44 @@ def test_peak_memory_does_not_grow_with_the_file(handle, tmp_path):
     assert peak_large < large.stat().st_size / 2
     assert peak_large < 2 * peak_small
     assert len(pd.read_csv(tmp_path / "l.csv")) == 32_000
+
+
+def test_parquet_nulls_and_bad_values_are_rejected(handle, tmp_path):
+    df = _frame(300)
+    df.loc[17, "c"] = None  # a null, not a number: must not reach the model as NaN
+    df.loc[250, "a"] = -11.0
+    src, dst = tmp_path / "in.parquet", tmp_path / "out.csv"
+    df.to_parquet(src)
+    summary = embedml.score(handle, src, dst, batch_size=100)
+    assert (summary.scored, summary.rejected) == (298, 2)
+    bad = _read_jsonl(summary.rejects)
+    assert [b["row"] for b in bad] == [18, 251]
+    assert "field 'c'" in bad[0]["error"] and "None" in bad[0]["error"]
+    assert "field 'a'" in bad[1]["error"]
+    good = df.drop(index=[17, 250])
+    out = pd.read_csv(dst)
+    assert out["row"].tolist() == [i + 1 for i in good.index]
+    np.testing.assert_array_equal(out["prediction"].to_numpy(), _expected(good))
+
+
+def test_parquet_into_a_tensor_model(store, tmp_path):
+    store.save("lin", onnx_linear())
+    X = np.random.default_rng(4).normal(size=(64, 3)).astype(np.float32)
+    src, dst = tmp_path / "x.parquet", tmp_path / "y.parquet"
+    pd.DataFrame(X, columns=["x0", "x1", "x2"]).assign(k=np.arange(64)).to_parquet(src)
+    with store.load("lin") as h:
+        summary = embedml.score(h, src, dst, id_column="k", batch_size=10)
+        expected = h.predict_batch(X)
+    out = pd.read_parquet(dst)
+    assert summary.scored == 64 and out["k"].tolist() == list(range(64))
+    np.testing.assert_allclose(out[["prediction_0", "prediction_1"]].to_numpy(), expected, rtol=1e-6)
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(handle, tmp_path, capsys):
+    src = tmp_path / "in.csv"
+    _frame(300).to_csv(src, index=False)
+    embedml.score(handle, src, tmp_path / "a.csv", batch_size=100)  # stderr is not a TTY here
+    assert capsys.readouterr().err == ""
+    embedml.score(handle, src, tmp_path / "b.csv", batch_size=100, progress=True)
+    err = capsys.readouterr().err
+    assert "lr@1" in err and "300" in err and "rows" in err

@@ -204,3 +204,19 @@ def test_apredict_stream_flushes_after_max_wait_and_closes_early(handle):
     assert np.array_equal(np.array(first), handle.predict_batch(records))
     time.sleep(0.1)
     assert set(threading.enumerate()) == before  # asyncio.run shut its worker threads down
+
+
+def test_stream_into_a_two_input_model(store):
+    from helpers_models import onnx_two_inputs
+
+    store.save("two", onnx_two_inputs())
+    rng = np.random.default_rng(2)
+    records = [{"a": rng.normal(size=2).astype(np.float32), "b": rng.normal(size=2).astype(np.float32)} for _ in range(25)]
+    records[6] = {"a": records[6]["a"]}  # b missing
+    with store.load("two") as h:
+        got = list(h.predict_stream(records, batch_size=10, on_error="yield"))
+    assert isinstance(got[6], embedml.SchemaError) and got[6].index == 6
+    for i, r in enumerate(got):
+        if i != 6:
+            np.testing.assert_allclose(r["sum"], records[i]["a"] + records[i]["b"], rtol=1e-6)
+            np.testing.assert_allclose(r["prod"], records[i]["a"] * records[i]["b"], rtol=1e-6)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError, EmbedMLError, SchemaError
+from .errors import ConfigurationError, EmbedMLError, PredictionError, SchemaError
 from .streaming import predict_rows
 
 if TYPE_CHECKING:
@@ -66,6 +66,10 @@ class _Chunk:
     ids: list[Any] = field(default_factory=list)
     records: list[Any] = field(default_factory=list)
     bad: list[tuple[int, Any, EmbedMLError]] = field(default_factory=list)  # unreadable rows
+    # A vectorised form of ``records`` (a DataFrame or matrix) tried first when present;
+    # ``records`` is then only built, by ``slow``, if that batch fails.
+    batch: Any = None
+    slow: Callable[[], list[Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.bad)
@@ -129,11 +133,23 @@ def _record_builder(
     if isinstance(schema, RecordSchema):
         kinds = {f.name: f.kind for f in schema.fields}
         parsers = [(columns[j], j, _cell_parser(kinds.get(columns[j], "string"))) for j in feature_at]
+        # The common case (every cell a well-formed number) costs one builtin call per cell;
+        # empty or odd cells raise ValueError and take the per-cell path.
+        fast_conv = {"number": float, "integer": int}
+        fast = [(n, j, fast_conv.get(kinds.get(n, ""))) for n, j, _ in parsers]
+        fast_ok = all(conv is not None for _, _, conv in fast)
 
         def build(cells: list[str]) -> tuple[Any, Any]:
             if len(cells) != len(columns):
                 raise SchemaError(f"the row has {len(cells)} cells, the header {len(columns)}")
-            record = {name: (parse(cells[j]) if cells[j] != "" else None) for name, j, parse in parsers}
+            record = None
+            if fast_ok:
+                try:
+                    record = {name: conv(cells[j]) for name, j, conv in fast}  # type: ignore[misc]
+                except ValueError:
+                    record = None
+            if record is None:
+                record = {name: (parse(cells[j]) if cells[j] != "" else None) for name, j, parse in parsers}
             return (cells[id_at] if id_at >= 0 else None), record
 
         return build
@@ -229,18 +245,26 @@ def _chunks_parquet(handle: ModelHandle, path: Path, size: int, id_column: str |
     features = [c for c in columns if c != id_column]
     row_no = 0
     for batch in pf.iter_batches(batch_size=size):
-        chunk = _Chunk()
-        ids = batch.column(id_column).to_pylist() if id_column is not None else None
-        if as_records:
-            records: list[Any] = batch.select(features).to_pylist()
-        else:
-            cols = [batch.column(c).to_pylist() for c in features]
-            records = [list(r) for r in zip(*cols)]
-        for k, record in enumerate(records):
-            row_no += 1
-            chunk.rows.append(row_no)
-            chunk.ids.append(ids[k] if ids is not None else None)
-            chunk.records.append(record)
+        n = batch.num_rows
+        table = batch.select(features)
+        ids = batch.column(id_column).to_pylist() if id_column is not None else [None] * n
+
+        def slow(table: Any = table) -> list[Any]:
+            if as_records:
+                return table.to_pylist()
+            return [list(r) for r in zip(*(c.to_pylist() for c in table.columns))]
+
+        chunk = _Chunk(rows=list(range(row_no + 1, row_no + n + 1)), ids=ids, slow=slow)
+        row_no += n
+        # Nulls would become NaN in a DataFrame and slip past the schema: such chunks take
+        # the record path, where a null is a missing value.
+        if not any(c.null_count for c in table.columns):
+            if as_records:
+                chunk.batch = table.to_pandas()
+            else:
+                import numpy as np
+
+                chunk.batch = np.column_stack([c.to_numpy() for c in table.columns]) if n else None
         yield chunk
 
 
@@ -350,6 +374,41 @@ def _progress(enabled: bool | None, desc: str) -> Any:
 # ---------------------------------------------------------------- scoring
 
 
+def _batch_rows(out: Any, keys: list[Any], id_name: str) -> list[dict[str, Any]]:
+    """Output rows of one successful ``predict_batch`` (vectorised for plain arrays)."""
+    import numpy as np
+
+    from .streaming import _split_rows
+
+    if isinstance(out, np.ndarray) and out.dtype != object and out.ndim in (1, 2):
+        if out.ndim == 1 or out.shape[1] == 1:
+            return [{id_name: k, "prediction": v} for k, v in zip(keys, out.reshape(len(out)).tolist())]
+        names = [f"prediction_{j}" for j in range(out.shape[1])]
+        return [{id_name: k, **dict(zip(names, row))} for k, row in zip(keys, out.tolist())]
+    return [{id_name: k, **flatten_output(r)} for k, r in zip(keys, _split_rows(out, len(keys)))]
+
+
+def _score_chunk(
+    handle: ModelHandle, chunk: _Chunk, keys: list[Any], id_name: str, bad: list[Any]
+) -> list[dict[str, Any]]:
+    if not chunk.rows:
+        return []
+    first = chunk.batch if chunk.batch is not None else chunk.records if chunk.slow is None else None
+    if first is not None:
+        try:
+            return _batch_rows(handle.predict_batch(first), keys, id_name)
+        except (SchemaError, PredictionError):
+            pass  # find the bad rows below; the good ones are still scored
+    records = chunk.slow() if chunk.slow is not None else chunk.records
+    out_rows = []
+    for row_no, key, result in zip(chunk.rows, keys, predict_rows(handle, records)):
+        if isinstance(result, EmbedMLError):
+            bad.append((row_no, key, result))
+        else:
+            out_rows.append({id_name: key, **flatten_output(result)})
+    return out_rows
+
+
 def score(
     handle: ModelHandle,
     source: str | os.PathLike[str],
@@ -401,15 +460,9 @@ def score(
         with open(tmp_rej, "w", encoding="utf-8") as rej_file:
             try:
                 for chunk in chunks:
-                    out_rows: list[dict[str, Any]] = []
                     bad = list(chunk.bad)
-                    results = predict_rows(handle, chunk.records)
-                    for row_no, ident, result in zip(chunk.rows, chunk.ids, results):
-                        key = _plain(ident) if id_column is not None else row_no
-                        if isinstance(result, EmbedMLError):
-                            bad.append((row_no, key, result))
-                        else:
-                            out_rows.append({id_name: key, **flatten_output(result)})
+                    keys = [_plain(i) for i in chunk.ids] if id_column is not None else chunk.rows
+                    out_rows = _score_chunk(handle, chunk, keys, id_name, bad)
                     writer.write(out_rows)
                     for row_no, key, exc in sorted(bad, key=lambda b: b[0]):
                         # the row number says where; the batch index of the error would not

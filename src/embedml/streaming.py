@@ -14,8 +14,8 @@ so good records are scored with few extra calls.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import queue
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
@@ -30,6 +30,7 @@ __all__ = ["apredict_stream", "predict_rows", "predict_stream"]
 
 OnError = Literal["raise", "yield"]
 _END = object()
+_EMPTY = object()
 
 
 def _split_rows(out: Any, n: int) -> list[Any]:
@@ -39,6 +40,22 @@ def _split_rows(out: Any, n: int) -> list[Any]:
     if isinstance(out, list):
         return out
     return [take(out, i) for i in range(n)]
+
+
+def _as_batch(handle: ModelHandle, records: Sequence[Any]) -> Any:
+    """Records -> what ``predict_batch`` takes: multi-input tensor models want one dict of
+    stacked arrays, not a list of dicts; everything else takes the list as it is."""
+    from .schema import TensorSchema
+
+    schema = handle.input_schema
+    if isinstance(schema, TensorSchema) and not schema.single:
+        import numpy as np
+
+        try:
+            return {s.name: np.stack([np.asarray(r[s.name]) for r in records]) for s in schema.specs}
+        except (KeyError, TypeError, ValueError, IndexError):
+            pass  # the schema check below names what is wrong
+    return list(records)
 
 
 def predict_rows(handle: ModelHandle, records: Sequence[Any]) -> list[Any]:
@@ -54,7 +71,7 @@ def predict_rows(handle: ModelHandle, records: Sequence[Any]) -> list[Any]:
 
     def solve(lo: int, hi: int) -> None:
         try:
-            out = handle.predict_batch(list(records[lo:hi]))
+            out = handle.predict_batch(_as_batch(handle, records[lo:hi]))
         except (SchemaError, PredictionError) as exc:
             if hi - lo == 1:
                 exc.index = lo
@@ -113,29 +130,71 @@ def predict_stream(
     return _stream(handle, records, batch_size, max_wait_ms / 1000.0, on_error)
 
 
+class _Handoff:
+    """A bounded one-producer / one-consumer buffer between the reader thread and the stream.
+
+    ``deque.append`` / ``popleft`` are atomic in CPython, so the common path takes no lock
+    (a ``queue.Queue`` costs two lock round-trips per record, which dominated small models);
+    the events are touched only when one side has to wait.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.items: collections.deque[Any] = collections.deque()
+        self.capacity = capacity
+        self.ready = threading.Event()  # set when an item may be waiting
+        self.space = threading.Event()  # set when there may be room
+        self.stop = threading.Event()
+
+    def put(self, item: Any) -> bool:
+        items = self.items
+        while len(items) >= self.capacity:
+            if self.stop.is_set():
+                return False
+            self.space.clear()
+            if len(items) < self.capacity:  # the consumer took some after our check
+                break
+            self.space.wait(0.05)
+        if self.stop.is_set():
+            return False
+        items.append(item)
+        if not self.ready.is_set():
+            self.ready.set()
+        return True
+
+    def get(self, deadline: float | None) -> Any:
+        """The next item, or ``_EMPTY`` once ``deadline`` (monotonic) has passed."""
+        items = self.items
+        while True:
+            try:
+                item = items.popleft()
+            except IndexError:
+                pass
+            else:
+                if not self.space.is_set():
+                    self.space.set()
+                return item
+            self.ready.clear()
+            if items:  # appended between the pop and the clear
+                continue
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                return _EMPTY
+            self.ready.wait(timeout)
+
+
 def _stream(
     handle: ModelHandle, records: Iterable[Any], size: int, wait: float, on_error: str
 ) -> Iterator[Any]:
-    q: queue.Queue[Any] = queue.Queue(maxsize=2 * size)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
+    buf = _Handoff(2 * size)
 
     def read() -> None:
         try:
             for record in records:
-                if not put((record,)):
+                if not buf.put((record,)):
                     return
-            put(_END)
+            buf.put(_END)
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            put(exc)
+            buf.put(exc)
 
     reader = threading.Thread(target=read, name="embedml-stream-reader", daemon=True)
     reader.start()
@@ -143,7 +202,7 @@ def _stream(
     try:
         done = False
         while not done:
-            item = q.get()
+            item = buf.get(None)
             batch: list[Any] = []
             failure: BaseException | None = None
             deadline = time.monotonic() + wait
@@ -157,9 +216,8 @@ def _stream(
                 batch.append(item[0])
                 if len(batch) >= size:
                     break
-                try:
-                    item = q.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
+                item = buf.get(deadline)
+                if item is _EMPTY:
                     break
             if batch:
                 yield from _emit(predict_rows(handle, batch), offset, on_error)
@@ -167,7 +225,8 @@ def _stream(
             if failure is not None:
                 raise failure
     finally:
-        stop.set()
+        buf.stop.set()
+        buf.space.set()
         reader.join(timeout=1.0)
 
 
