@@ -35,10 +35,14 @@ _EMPTY = object()
 
 def _split_rows(out: Any, n: int) -> list[Any]:
     """One result per row of a ``predict_batch`` result (list, array, dict or tuple)."""
+    import numpy as np
+
     from .tensors import take
 
     if isinstance(out, list):
         return out
+    if isinstance(out, np.ndarray):
+        return list(out)  # the same rows as take(), several times faster
     return [take(out, i) for i in range(n)]
 
 
