@@ -201,3 +201,16 @@ def test_python_m_embedml_in_a_child_process(models, tmp_path, subprocess_env):
     r = child("show", "ghost", env=env)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("embedml: error: no model 'ghost'")
+
+
+def test_bench_inputs_respect_tight_bounds(tmp_path, capsys):
+    class Tight(BaseModel):
+        a: float = Field(gt=0, lt=0.001)
+        b: float = Field(ge=5, le=5)
+        c: int = Field(gt=2, lt=4)  # only 3
+        d: bool
+
+    store = embedml.ModelStore(tmp_path / "m")
+    store.save("tight", sk_logreg(), input_schema=Tight)
+    assert run(store, "bench", "tight", "--seconds", "0.02", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["single"]["calls"] >= 5

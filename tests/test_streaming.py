@@ -151,6 +151,13 @@ def test_argument_errors(handle):
     for kwargs in ({"batch_size": 0}, {"max_wait_ms": -1}, {"on_error": "ignore"}):
         with pytest.raises(embedml.ConfigurationError):
             handle.predict_stream([], **kwargs)
+        with pytest.raises(embedml.ConfigurationError):
+            handle.apredict_stream(_never(), **kwargs)
+
+
+async def _never():
+    await asyncio.sleep(3600)
+    yield None
 
 
 def test_apredict_stream_async_source(handle):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -230,11 +231,14 @@ def _synthetic(handle: Any, n: int, seed: int = 0) -> list[Any]:
                 b = (a + 2.0) if hi is None else float(hi)
                 if lo is None and hi is not None:
                     a = b - 2.0
-                mid, half = (a + b) / 2, (b - a) / 2
-                x = mid + half * rng.uniform(-0.9, 0.9, n)
-                values = [int(round(v)) for v in x] if f.kind == "integer" else [float(v) for v in x]
                 if f.kind == "integer":
-                    values = [min(max(v, int(np.ceil(a + 1e-9))), int(np.floor(b - 1e-9))) if hi is not None and lo is not None else v for v in values]
+                    low = math.ceil(a) if f.exclusive_minimum is None else math.floor(a) + 1
+                    high = math.floor(b) if f.exclusive_maximum is None else math.ceil(b) - 1
+                    if low > high:
+                        raise EmbedMLError(f"no integer satisfies the bounds of field {f.name!r}")
+                    values = rng.integers(low, high + 1, n).tolist()
+                else:  # strictly inside the bounds, so exclusive ones hold too
+                    values = (a + (b - a) * rng.uniform(0.05, 0.95, n)).tolist()
             cols[f.name] = values
         return [dict(zip(cols, row)) for row in zip(*cols.values())]
     if isinstance(schema, TensorSchema):

@@ -35,10 +35,14 @@ _EMPTY = object()
 
 def _split_rows(out: Any, n: int) -> list[Any]:
     """One result per row of a ``predict_batch`` result (list, array, dict or tuple)."""
+    import numpy as np
+
     from .tensors import take
 
     if isinstance(out, list):
         return out
+    if isinstance(out, np.ndarray):
+        return list(out)  # the same rows as take(), several times faster
     return [take(out, i) for i in range(n)]
 
 
@@ -230,7 +234,7 @@ def _stream(
         reader.join(timeout=1.0)
 
 
-async def apredict_stream(
+def apredict_stream(
     handle: ModelHandle,
     records: AsyncIterable[Any],
     *,
@@ -244,8 +248,13 @@ async def apredict_stream(
     worker thread, so the event loop is never blocked by the model. ``on_error`` and the
     errors are as in :func:`predict_stream`. Closing the generator cancels the reader task.
     """
-    _check(batch_size, max_wait_ms, on_error)
-    wait = max_wait_ms / 1000.0
+    _check(batch_size, max_wait_ms, on_error)  # at the call, not at the first iteration
+    return _astream(handle, records, batch_size, max_wait_ms / 1000.0, on_error)
+
+
+async def _astream(
+    handle: ModelHandle, records: AsyncIterable[Any], batch_size: int, wait: float, on_error: str
+) -> AsyncIterator[Any]:
     q: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * batch_size)
 
     async def read() -> None:
