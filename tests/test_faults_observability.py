@@ -296,7 +296,7 @@ def test_drift_monitor_errors_are_counted_not_raised(store, caplog, threads_chec
         monitor.flush()
         wrong.flush()
         assert monitor.stats()["errors"] >= 1  # on_drift raised for each drifting feature
-        assert set(monitor.report().drifted) == {"x0", "x1", "x2", "x3"} or monitor.report().drifted
+        assert len(monitor.report().drifted) == 4  # every feature was shifted
         assert wrong.stats()["errors"] == 10 and wrong.stats()["written"] == 0
     assert len(_errors_logged(caplog, "sink drift")) == 2  # once per monitor
 
