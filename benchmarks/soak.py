@@ -244,6 +244,7 @@ def main() -> None:
     gc.collect()
     rss_warm = rss_kib()
     samples = [rss_warm]
+    timeline = [(time.monotonic() - start, rss_warm)]  # RSS every ~30 s, to see a trend
     threads_max = fds_max = 0
     moves = swaps = saves = 0
     next_move = time.monotonic() + 2.0
@@ -268,6 +269,8 @@ def main() -> None:
             next_move = time.monotonic() + 2.0
         if len(samples) < 1000 and int(time.monotonic() - start) % 10 == 0:
             samples.append(rss_kib())
+        if time.monotonic() - start - timeline[-1][0] >= 30:
+            timeline.append((time.monotonic() - start, rss_kib()))
     stop.set()
     for t in workers:
         t.join(30)
@@ -307,6 +310,7 @@ def main() -> None:
     )
     print(f"RSS after warm-up ({warmup:.0f} s) {rss_warm / 1024:.1f} MiB, end {rss_end / 1024:.1f} MiB, growth {growth:+.2f}% (target < 5%)")
     print(f"RSS min/max during run {min(samples) / 1024:.1f}/{max(samples) / 1024:.1f} MiB")
+    print("RSS over time: " + ", ".join(f"{t:.0f} s {r / 1024:.1f} MiB" for t, r in timeline))
     print(
         f"threads before {threads_before}, most during run {threads_max} (besides the workers), "
         f"after {threads_after} (workers still alive: {alive or 'none'})"

@@ -574,7 +574,7 @@ class ModelHandle:
         (requests and rows per second over the last minute), ``batch_size`` (calls per
         power-of-two size range), ``quality`` (see :meth:`log_outcome`; ``None`` before
         the first outcome) and ``hooks`` (per-sink ``accepted`` / ``written`` /
-        ``dropped`` / ``errors`` / ``queued``).
+        ``dropped`` / ``errors`` / ``abandoned`` / ``queued``).
         """
         pipe = self._pipe
         snap = self._obs.metrics.snapshot()
