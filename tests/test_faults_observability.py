@@ -329,3 +329,27 @@ def test_shadow_errors_are_counted_and_a_hung_shadow_does_not_hang_close(store, 
         assert not hung._thread.is_alive()
     warned = [r for r in caplog.records if "shadow" in r.getMessage() and "broken" in r.getMessage()]
     assert len(warned) == 1
+
+
+def test_close_does_not_wait_forever_for_a_follower_stuck_in_a_swap(store, caplog, threads_checked):
+    """The alias moves to a version whose warm-up call never returns: the handle keeps
+    serving the old version, and ``close(timeout)`` gives up on the follower and logs it."""
+    store.save("f", linreg())
+    store.save("f", Gated())
+    store.set_alias("f", "prod", "1")
+    caplog.set_level(logging.WARNING, logger="embedml")
+    GATE.clear()
+    ENTERED.clear()
+    h = store.load("f", "@prod", follow=True, poll_s=0.02)
+    assert h.predict(X[0]) == pytest.approx(expected(X[:1])[0])  # also the warm-up sample
+    store.set_alias("f", "prod", "2")
+    assert ENTERED.wait(10)  # the follower is warming version 2 up, and hangs there
+    assert h.version == "1" and h.predict(X[1]) == pytest.approx(expected(X[1:2])[0])
+    closer = threading.Thread(target=h.close, kwargs={"timeout": 0.3})
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive(), "handle.close() hung on a stuck follower"
+    assert any("abandoning" in r.getMessage() and "follower" in r.getMessage() for r in caplog.records)
+    GATE.set()  # the warm-up returns; the swap finds the handle closed and gives up
+    h.follower._thread.join(30)
+    assert not h.follower.alive and h.follower.swaps == 0
