@@ -222,3 +222,27 @@ def test_score_over_a_batched_handle_shared_with_other_callers(store, versions, 
     assert np.allclose([got[i + 1] for i in keep], versions["2"].predict(X[keep]))
     rejected = [int(line.split('"row": ')[1].split(",")[0]) for line in summary.rejects.read_text().splitlines()]
     assert sorted(rejected) == [i + 1 for i in sorted(bad)]
+
+
+def test_short_lived_handles_called_from_a_long_lived_thread_leave_nothing_behind(store, versions, tmp_path):
+    """Metrics keep one shard per calling thread, retired when the thread ends; a thread
+    that outlives many handles (a server's worker pool reloading models) must not keep
+    every closed handle's shards, nor a shared sink every version's header."""
+    import gc
+
+    from embedml.metrics import _Shard
+
+    sink = embedml.JsonlSink(tmp_path / "p.jsonl")
+    keep = store.load("m", "1", hooks=[sink])  # keeps the sink open across the reloads
+    gc.collect()
+    before = sum(isinstance(o, _Shard) for o in gc.get_objects())
+    for i in range(30):
+        with store.load("m", str(1 + i % 3), batching=BATCHING, hooks=[sink]) as h:
+            h.predict(_record([1.0, 2.0, 3.0, 4.0]))
+            h.predict_batch(np.ones((3, 4)))
+    gc.collect()
+    after = sum(isinstance(o, _Shard) for o in gc.get_objects())
+    assert after - before <= 1, (before, after)
+    assert len(sink._heads) <= len(versions)
+    keep.close()
+    assert sink.closed and sink.stats()["written"] == 60

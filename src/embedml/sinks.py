@@ -65,7 +65,8 @@ class JsonlSink(Sink):
         self.keep = int(keep)
         self.arrays = arrays
         self._file: Any = None
-        self._heads: dict[Any, str] = {}
+        self._heads: dict[tuple[str, str], str] = {}  # by (model, version), not Source:
+        # every swap or load makes a new Source, and this dict would keep them all
 
     def write(self, records: list[PredictionRecord]) -> None:
         if self._file is None:
@@ -99,9 +100,10 @@ class JsonlSink(Sink):
         # The envelope is formatted directly: json.dumps of a whole dict costs more than
         # the record's other work. Only strings that may need escaping go through json.
         source = r._source
-        head = self._heads.get(source)
+        key = (source.model, source.version)
+        head = self._heads.get(key)
         if head is None:
-            head = self._heads[source] = (
+            head = self._heads[key] = (
                 f'"model":{json.dumps(source.model)},"version":{json.dumps(source.version)}'
             )
         t = r._timings
