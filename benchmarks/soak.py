@@ -276,13 +276,15 @@ def main() -> None:
         t.join(30)
     alive = [t.name for t in workers if t.is_alive()]
     elapsed = time.monotonic() - start
+    gc.collect()
+    rss_end = rss_kib()  # still serving state, before closing and reading the logs back
     follows = handles.follow.follower.swaps
     follow_errors = handles.follow.follower.errors
     handles.close()
     sink_stats = sink.stats()
-    logs = check_logs(sink)
     gc.collect()
-    rss_end = rss_kib()
+    rss_closed = rss_kib()
+    logs = check_logs(sink)
     c = stats["counts"]
     lost = c["sent"] - c["answered"]
     wrong = c["WRONG"] + sum(v for k, v in c.items() if k.startswith("UNEXPECTED"))
@@ -309,8 +311,12 @@ def main() -> None:
         f"wrong {logs['records WRONG']}, unreadable lines {logs['bad lines']}"
     )
     print(f"RSS after warm-up ({warmup:.0f} s) {rss_warm / 1024:.1f} MiB, end {rss_end / 1024:.1f} MiB, growth {growth:+.2f}% (target < 5%)")
+    print(f"RSS after closing the handles {rss_closed / 1024:.1f} MiB")
     print(f"RSS min/max during run {min(samples) / 1024:.1f}/{max(samples) / 1024:.1f} MiB")
     print("RSS over time: " + ", ".join(f"{t:.0f} s {r / 1024:.1f} MiB" for t, r in timeline))
+    half = [r for t, r in timeline if t >= elapsed / 2]
+    if len(half) >= 2:
+        print(f"RSS growth over the second half of the run: {(half[-1] - half[0]) / half[0] * 100:+.2f}%")
     print(
         f"threads before {threads_before}, most during run {threads_max} (besides the workers), "
         f"after {threads_after} (workers still alive: {alive or 'none'})"
