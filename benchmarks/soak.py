@@ -1,11 +1,16 @@
 """Soak test (not a unit test): many threads, mixed good / bad / poison inputs, version swaps
 and alias moves, for a bounded time. Every response is checked against the expected output.
 
-    .venv/bin/python benchmarks/soak.py --minutes 4 --threads 8
+    .venv/bin/python benchmarks/soak.py --minutes 3 --threads 8
     .venv/bin/python benchmarks/soak.py --quick          # 20 seconds
 
-Reports calls by outcome, wrong and lost responses (target 0), RSS after warm-up and at the
-end (target: growth under 5%), thread and file-descriptor counts before and after.
+The calls go through three kinds of handle, all with dynamic batching and one shared
+rotating ``JsonlSink``: one loaded with ``follow=True`` on ``@prod`` (the alias moves
+under it), one moved with ``handle.swap(version)``, and one an application reloads and
+retires itself. Reports calls by outcome, wrong and lost responses (target 0), RSS after
+warm-up and at the end (target: growth under 5%), thread and file-descriptor counts
+before, during and after, and checks the log files: every record accepted by the sink
+written, every line on disk valid JSON whose outputs match the version that made them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
+import json
 import os
 import random
 import sys
@@ -72,6 +78,10 @@ class Router:
         self._retired: list[tuple[float, embedml.ModelHandle]] = []
         self.lock = threading.Lock()
 
+    def get(self) -> embedml.ModelHandle:
+        with self.lock:
+            return self.handle
+
     def swap(self) -> None:
         new = self.store.load("soak", "@prod", **self.options)
         with self.lock:
@@ -86,6 +96,29 @@ class Router:
         self.handle.close()
         for _, h in self._retired:
             h.close()
+
+
+class Handles:
+    """The three ways the soak reaches a model; a worker picks one per call."""
+
+    def __init__(self, store: embedml.ModelStore, sink: embedml.JsonlSink, **options) -> None:
+        options = dict(options, batching=embedml.Batching(max_batch_size=32, max_wait_ms=1.0))
+        self.follow = store.load("soak", "@prod", follow=True, poll_s=0.2, hooks=[sink], **options)
+        self.swapped = store.load("soak", "@prod", hooks=[sink], **options)
+        self.router = Router(store, hooks=[sink], **options)
+
+    def pick(self, rng: random.Random) -> tuple[str, embedml.ModelHandle]:
+        roll = rng.random()
+        if roll < 0.4:
+            return "follow", self.follow
+        if roll < 0.8:
+            return "swap", self.swapped
+        return "reload", self.router.get()
+
+    def close(self) -> None:
+        self.follow.close()
+        self.swapped.close()
+        self.router.close()
 
 
 def make_input(rng: random.Random):
@@ -122,15 +155,14 @@ def expected(value, batch: bool, version: str):
     return out if batch else out[0]
 
 
-def worker(router: Router, seed: int, stop: threading.Event, stats: dict) -> None:
+def worker(handles: Handles, seed: int, stop: threading.Event, stats: dict) -> None:
     rng = random.Random(seed)
     counts = collections.Counter()
     while not stop.is_set():
         kind, value, batch = make_input(rng)
         counts["sent"] += 1
         for _attempt in range(3):
-            with router.lock:
-                h = router.handle
+            path, h = handles.pick(rng)
             try:
                 if batch:
                     p = h.predict_batch(value, details=True)
@@ -139,6 +171,7 @@ def worker(router: Router, seed: int, stop: threading.Event, stats: dict) -> Non
                     p = h.predict(value, details=True)
                     ok = np.isclose(p.output, expected(value, False, p.version))
                 counts["ok" if ok and kind == "good" else "WRONG"] += 1
+                counts[f"served by {path} handle"] += 1
             except embedml.HandleClosedError:
                 counts["retried (handle retired)"] += 1
                 continue
@@ -154,9 +187,33 @@ def worker(router: Router, seed: int, stop: threading.Event, stats: dict) -> Non
         stats["counts"].update(counts)
 
 
+def check_logs(sink: embedml.JsonlSink) -> dict[str, int]:
+    """Every line of every file left is JSON (a torn last line is counted, not fatal) and
+    each logged success matches the version that made it."""
+    out = collections.Counter()
+    files = sink.files()
+    out["files"] = len(files)
+    out["files beyond keep"] = len(files) - (sink.keep + 1)
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError:
+                    out["bad lines"] += 1
+                    continue
+                out["records on disk"] += 1
+                if d["error"] is not None:
+                    continue
+                rows = np.asarray([[r["a"], r["b"], r["c"]] for r in d["inputs"]])
+                good = np.allclose(d["outputs"], int(d["version"]) * rows.sum(axis=1))
+                out["records checked" if good else "records WRONG"] += 1
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--minutes", type=float, default=4.0)
+    ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="20 seconds")
     args = ap.parse_args()
@@ -169,14 +226,15 @@ def main() -> None:
     for k in (1, 2):
         store.save("soak", Affine(k), input_schema=Rec, signing_key=key)
     store.set_alias("soak", "prod", "1")
-    options = dict(require_signature=True, signing_key=key, max_batch_rows=64, max_string_length=16)
-    router = Router(store, **options)
-
     threads_before, fds_before = threading.active_count(), fd_count()
+    sink = embedml.JsonlSink(Path(tmp.name) / "logs" / "soak.jsonl", rotate_bytes=2 << 20, keep=3)
+    options = dict(require_signature=True, signing_key=key, max_batch_rows=64, max_string_length=16)
+    handles = Handles(store, sink, **options)
+
     stats = {"lock": threading.Lock(), "counts": collections.Counter()}
     stop = threading.Event()
     workers = [
-        threading.Thread(target=worker, args=(router, i, stop, stats), name=f"soak-{i}")
+        threading.Thread(target=worker, args=(handles, i, stop, stats), name=f"soak-{i}")
         for i in range(args.threads)
     ]
     start = time.monotonic()
@@ -186,49 +244,93 @@ def main() -> None:
     gc.collect()
     rss_warm = rss_kib()
     samples = [rss_warm]
-    swaps = saves = 0
-    next_swap = time.monotonic() + 2.0
+    timeline = [(time.monotonic() - start, rss_warm)]  # RSS every ~30 s, to see a trend
+    threads_max = fds_max = 0
+    moves = swaps = saves = 0
+    next_move = time.monotonic() + 2.0
     while time.monotonic() - start < seconds:
         time.sleep(0.5)
-        if time.monotonic() >= next_swap:
-            # alternate between moving the alias between the two versions and saving a new one
+        threads_max = max(threads_max, threading.active_count() - len(workers))
+        fds_max = max(fds_max, fd_count())
+        if time.monotonic() >= next_move:
+            # move the alias (the follow handle and the reloading router pick it up), and
+            # swap the other handle to a random other version; now and then save a new one
             versions = store.versions("soak")
-            if swaps % 5 == 4 and len(versions) < 12:
+            if moves % 5 == 4 and len(versions) < 12:
                 store.save("soak", Affine(len(versions) + 1), input_schema=Rec, signing_key=key)
                 saves += 1
                 versions = store.versions("soak")
             target = random.choice([v for v in versions if v != store.aliases("soak")["prod"]])
             store.set_alias("soak", "prod", target)
-            router.swap()
+            handles.router.swap()
+            moves += 1
+            handles.swapped.swap(random.choice([v for v in versions if v != handles.swapped.version]))
             swaps += 1
-            next_swap = time.monotonic() + 2.0
+            next_move = time.monotonic() + 2.0
         if len(samples) < 1000 and int(time.monotonic() - start) % 10 == 0:
             samples.append(rss_kib())
+        if time.monotonic() - start - timeline[-1][0] >= 30:
+            timeline.append((time.monotonic() - start, rss_kib()))
     stop.set()
     for t in workers:
         t.join(30)
     alive = [t.name for t in workers if t.is_alive()]
     elapsed = time.monotonic() - start
-    router.close()
     gc.collect()
-    rss_end = rss_kib()
+    rss_end = rss_kib()  # still serving state, before closing and reading the logs back
+    follows = handles.follow.follower.swaps
+    follow_errors = handles.follow.follower.errors
+    handles.close()
+    sink_stats = sink.stats()
+    gc.collect()
+    rss_closed = rss_kib()
+    logs = check_logs(sink)
     c = stats["counts"]
     lost = c["sent"] - c["answered"]
     wrong = c["WRONG"] + sum(v for k, v in c.items() if k.startswith("UNEXPECTED"))
     growth = (rss_end - rss_warm) / rss_warm * 100
+    threads_after, fds_after = threading.active_count(), fd_count()
 
-    print(f"soak: {elapsed:.0f} s, {args.threads} threads, {swaps} alias moves + swaps, {saves} new versions saved")
+    print(
+        f"soak: {elapsed:.0f} s, {args.threads} threads, {moves} alias moves, {swaps} handle.swap, "
+        f"{follows} follow swaps ({follow_errors} follower errors), {saves} new versions saved"
+    )
     print(f"calls sent {c['sent']}, answered {c['answered']}, lost {lost}, wrong {wrong}")
     print("| outcome | count |\n|---|---|")
     for k, v in sorted(c.items()):
         if k not in ("sent", "answered"):
             print(f"| {k} | {v} |")
+    print(
+        f"sink: accepted {sink_stats['accepted']}, written {sink_stats['written']}, "
+        f"dropped (queue full) {sink_stats['dropped']}, errors {sink_stats['errors']}, "
+        f"queued at close {sink_stats['queued']}"
+    )
+    print(
+        f"log files left {logs['files']} (keep={sink.keep} + current), records on disk "
+        f"{logs['records on disk']}, outputs checked {logs['records checked']}, "
+        f"wrong {logs['records WRONG']}, unreadable lines {logs['bad lines']}"
+    )
     print(f"RSS after warm-up ({warmup:.0f} s) {rss_warm / 1024:.1f} MiB, end {rss_end / 1024:.1f} MiB, growth {growth:+.2f}% (target < 5%)")
+    print(f"RSS after closing the handles {rss_closed / 1024:.1f} MiB")
     print(f"RSS min/max during run {min(samples) / 1024:.1f}/{max(samples) / 1024:.1f} MiB")
-    print(f"threads before {threads_before}, after {threading.active_count()} (workers still alive: {alive or 'none'})")
-    print(f"fds before {fds_before}, after {fd_count()}")
+    print("RSS over time: " + ", ".join(f"{t:.0f} s {r / 1024:.1f} MiB" for t, r in timeline))
+    half = [r for t, r in timeline if t >= elapsed / 2]
+    if len(half) >= 2:
+        print(f"RSS growth over the second half of the run: {(half[-1] - half[0]) / half[0] * 100:+.2f}%")
+    print(
+        f"threads before {threads_before}, most during run {threads_max} (besides the workers), "
+        f"after {threads_after} (workers still alive: {alive or 'none'})"
+    )
+    print(f"fds before {fds_before}, most during run {fds_max}, after {fds_after}")
     tmp.cleanup()
-    ok = lost == 0 and wrong == 0 and not alive and growth < 5.0
+    sink_ok = (
+        sink_stats["written"] == sink_stats["accepted"] and sink_stats["errors"] == 0
+        and logs["records WRONG"] == 0 and logs["bad lines"] == 0 and logs["files beyond keep"] <= 0
+    )  # fmt: skip
+    ok = (
+        lost == 0 and wrong == 0 and not alive and growth < 5.0 and sink_ok
+        and threads_after == threads_before and fds_after == fds_before
+    )  # fmt: skip
     print("RESULT:", "PASS" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 

@@ -306,9 +306,11 @@ class DriftMonitor(Sink):
             )
 
     def attach(self, handle: Any) -> None:
-        """Take the version's saved profile when no reference was given."""
-        if self._reference is None:
-            names = getattr(handle.input_schema, "names", None)
+        """Take the version's saved profile when no reference was given; a bare 2-D array
+        given as reference gets its column names from the first handle's input schema."""
+        names = getattr(handle.input_schema, "names", None)
+        unnamed = isinstance(self._given, np.ndarray) and self._given.ndim == 2
+        if self._reference is None or (unnamed and names and self._handle is None):
             reference = self._given if self._given is not None else handle.reference_profile()
             if reference is None:
                 raise ConfigurationError(

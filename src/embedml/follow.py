@@ -91,11 +91,21 @@ class Follower:
         self.last_error = message
         log.warning("follower %s%s: %s", self._name, self.spec, message)
 
-    def stop(self) -> None:
-        """Stop polling and wait for the thread (and a swap it is doing) to end."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop polling and wait for the thread (and a swap it is doing) to end, at most
+        ``timeout`` seconds (``None``: as long as it takes). Returns whether it ended; a
+        swap stuck in loading or warming up a version is abandoned (logged) on timeout."""
         self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+        if self._thread is threading.current_thread():
+            return True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error(
+                "follower %s%s: a swap did not finish within %s s; abandoning its thread",
+                self._name, self.spec, timeout,
+            )  # fmt: skip
+            return False
+        return True
 
     @property
     def alive(self) -> bool:

@@ -574,7 +574,7 @@ class ModelHandle:
         (requests and rows per second over the last minute), ``batch_size`` (calls per
         power-of-two size range), ``quality`` (see :meth:`log_outcome`; ``None`` before
         the first outcome) and ``hooks`` (per-sink ``accepted`` / ``written`` /
-        ``dropped`` / ``errors`` / ``queued``).
+        ``dropped`` / ``errors`` / ``abandoned`` / ``queued``).
         """
         pipe = self._pipe
         snap = self._obs.metrics.snapshot()
@@ -702,19 +702,21 @@ class ModelHandle:
         queued for a batch finish (waiting up to ``timeout`` seconds), every record accepted
         by the hooks is written out (sinks no other handle uses are closed), the alias
         follower of a ``follow=True`` handle stops, and the runtime is released once no call
-        uses it. Idempotent."""
+        uses it. Idempotent. Never waits much longer than ``timeout`` in all: a sink or a
+        follower's swap that does not finish by then is abandoned (logged; the sink counts
+        the records it discarded)."""
         with self._lock:
             if self._state is HandleState.CLOSED:
                 return
             self._state = HandleState.CLOSED
             follower = self._follower
-        if follower is not None:
-            follower.stop()
-        self._pipe.release()
         deadline = time.monotonic() + timeout
+        if follower is not None:
+            follower.stop(timeout)
+        self._pipe.release()
         while self._obs.metrics.snapshot()["in_flight"] and time.monotonic() < deadline:
             time.sleep(0.002)
-        self._obs.close(self)
+        self._obs.close(self, deadline)
 
     def __enter__(self) -> ModelHandle:
         return self

@@ -5,8 +5,11 @@ A handle builds one :class:`PredictionRecord` per call (``predict``, ``predict_b
 bounded queue in O(1) and a background thread (one per sink) writes it; the caller never
 waits for I/O and never sees a sink's exception. When the queue is full the record is
 dropped and counted (``policy="drop"``, the default) or the caller writes a batch
-itself or waits for room (``policy="block"``: nothing is lost, callers pay for it). Turning arrays into JSON-ready values happens on the writer thread,
-the first time a sink reads ``record.inputs`` / ``record.outputs``.
+itself or waits for room (``policy="block"``: nothing is lost while the sink keeps up,
+callers pay for it; a caller waits at most ``Sink.block_timeout`` seconds, then its
+record is dropped and counted, so a stuck sink cannot hang the host). Turning arrays into
+JSON-ready values happens on the writer thread, the first time a sink reads
+``record.inputs`` / ``record.outputs``.
 """
 
 from __future__ import annotations
@@ -245,8 +248,13 @@ class Sink:
     ``redact`` (``{"field": "drop"|"hash"}`` or a list of fields to drop, applied by
     :meth:`redact` on input/output dicts), ``max_queue`` (records waiting at most) and
     ``policy`` (``"drop"``: count and drop when full; ``"block"``: the caller writes a
-    batch itself, or waits while another thread does).
-    An exception in :meth:`write` is logged once and counted in :meth:`stats`.
+    batch itself, or waits while another thread does, for at most :attr:`block_timeout`
+    seconds before its record is dropped and counted).
+    An exception in :meth:`write` is logged once and counted in :meth:`stats`. A
+    :meth:`write` that never returns holds only the sink's thread (and, under
+    ``policy="block"``, a caller that happened to be writing a batch itself); :meth:`close`
+    gives up on it after its ``timeout``, logs it and counts the records still queued as
+    ``abandoned``.
     Raises :class:`ConfigurationError` for invalid options.
     """
 
@@ -271,6 +279,9 @@ class Sink:
         self.name = name or type(self).__name__
         #: Seconds between writes when few records arrive (the longest a record waits).
         self.interval = 0.05
+        #: Longest a caller waits for room under ``policy="block"`` before its record is
+        #: dropped (counted in ``dropped``, logged once): a stuck sink must not hang callers.
+        self.block_timeout = 5.0
         self._wake_at = max(1, self.max_queue // 4)
         self._redact = _redactor(redact)
         self._lock = threading.Lock()
@@ -286,6 +297,10 @@ class Sink:
         self._write_lock = threading.Lock()  # one write() at a time (thread or caller)
         self._dropped = itertools.count()
         self._logged_error = False
+        self._logged_block = False
+        self._skipped = 0  # records of the current write() that failed on their own
+        self._finished = False  # the writer thread has left its loop
+        self._gave_up = False  # a close() stopped waiting for a stuck writer thread
 
     # -- caller side
     def wants(self) -> bool:
@@ -316,10 +331,15 @@ class Sink:
                     self._deliver(self._take())
                 finally:
                     self._write_lock.release()
+            give_up = time.monotonic() + self.block_timeout
             with self._room:
                 while len(queue) + self._busy >= self.max_queue:
                     if self._closed:
                         next(self._dropped)
+                        return False
+                    if time.monotonic() >= give_up:
+                        next(self._dropped)
+                        self._blocked_too_long()
                         return False
                     self._wake.set()
                     self._room.wait(0.1)
@@ -354,9 +374,10 @@ class Sink:
         if not batch:
             self._busy = 0
             return
+        self._skipped = 0
         try:
             self.write(batch)
-            self._count("written", len(batch))
+            self._count("written", len(batch) - self._skipped)
         except Exception as exc:
             self._failed(exc, len(batch))
         finally:
@@ -374,7 +395,21 @@ class Sink:
                 batch = self._take()
                 self._deliver(batch)
             if closing and not batch:
-                return
+                break
+        with self._lock:
+            self._finished = True
+            gave_up = self._gave_up
+        if gave_up:  # close() gave up waiting for this thread: release resources here
+            self._release()
+
+    def _blocked_too_long(self) -> None:
+        # Called with self._lock held (inside self._room).
+        if not self._logged_block:
+            self._logged_block = True
+            log.warning(
+                "sink %s: a caller waited %.1f s for room (policy='block'); dropping its "
+                "record (logged once; further drops are only counted)", self.name, self.block_timeout,
+            )  # fmt: skip
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -411,13 +446,14 @@ class Sink:
         with self._lock:
             self._users += 1
 
-    def detach(self, handle: Any) -> None:
-        """Called by ``handle.close()``: the last handle to detach closes the sink."""
+    def detach(self, handle: Any, timeout: float | None = 10.0) -> None:
+        """Called by ``handle.close()``: the last handle to detach closes the sink
+        (waiting at most ``timeout`` seconds, see :meth:`close`)."""
         with self._lock:
             self._users -= 1
             last = self._users <= 0
         if last:
-            self.close()
+            self.close(timeout)
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until every accepted record is written; returns ``False`` on timeout."""
@@ -432,7 +468,12 @@ class Sink:
         return True
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Write everything accepted, stop the writer thread and release resources. Idempotent."""
+        """Write everything accepted, stop the writer thread and release resources. Idempotent.
+
+        Waits at most ``timeout`` seconds for the writer thread; if it is stuck in a
+        :meth:`write` that does not return, the records still queued are discarded
+        (counted as ``abandoned`` in :meth:`stats`, logged) and the thread is left to
+        release the sink's resources if it ever finishes."""
         with self._room:
             self._closed = True
             self._room.notify_all()
@@ -440,10 +481,28 @@ class Sink:
         self._wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-            if not thread.is_alive():
-                # a caller may have appended just after the writer's last look
-                with self._write_lock:
-                    self._deliver(self._take())
+            first = False
+            with self._lock:
+                stuck = thread.is_alive() and not self._finished
+                if stuck and not self._gave_up:
+                    # Give up on a write that does not return: what is still queued is
+                    # discarded (counted); the thread releases resources if it ever ends.
+                    first = self._gave_up = True
+                    abandoned = len(self._queue)
+                    self._queue.clear()
+                    self._counts["abandoned"] += abandoned
+            if first:
+                log.error(
+                    "sink %s: its writer thread did not finish within %s s (a write() that "
+                    "hangs?); abandoning it with %d queued record(s) discarded",
+                    self.name, timeout, abandoned,
+                )  # fmt: skip
+            if stuck:
+                _LIVE.discard(self)
+                return
+            # a caller may have appended just after the writer's last look
+            with self._write_lock:
+                self._deliver(self._take())
         _LIVE.discard(self)
         self._release()
 
@@ -455,8 +514,10 @@ class Sink:
         return self._closed
 
     def stats(self) -> dict[str, Any]:
-        """Counts: ``accepted``, ``written``, ``dropped`` (queue full or closed), ``errors``
-        (records a write failed on), and ``queued`` (waiting now)."""
+        """Counts: ``accepted``, ``written``, ``dropped`` (queue full, closed, or waited
+        longer than ``block_timeout``), ``errors`` (records a write failed on),
+        ``abandoned`` (discarded by a :meth:`close` that gave up on a stuck writer) and
+        ``queued`` (waiting now)."""
         with self._lock:
             c = self._counts
             return {
@@ -465,6 +526,7 @@ class Sink:
                 "written": c["written"],
                 "dropped": _value(self._dropped),
                 "errors": c["errors"],
+                "abandoned": c["abandoned"],
                 "queued": len(self._queue) + max(self._busy, 0),
             }
 
@@ -542,11 +604,14 @@ class Observer:
                 for sink in takers:
                     sink.submit(record)
 
-    def close(self, handle: Any) -> None:
+    def close(self, handle: Any, deadline: float | None = None) -> None:
+        """Detach every sink; each gets until ``deadline`` (``time.monotonic()``), at least
+        one second, to write what it accepted."""
         with self._lock:
             sinks, self.sinks = self.sinks, ()
         for sink in sinks:
+            left = 10.0 if deadline is None else max(deadline - time.monotonic(), 1.0)
             try:
-                sink.detach(handle)
+                sink.detach(handle, left)
             except Exception:  # pragma: no cover - closing must go on
                 log.exception("closing sink %r failed", sink)

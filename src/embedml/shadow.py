@@ -144,20 +144,34 @@ class Shadow:
         """The primary's model name."""
         return self.primary.name
 
-    def close(self) -> None:
-        """Stop the shadow thread (discarding what is still queued) and wait for it. Idempotent."""
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Stop the shadow thread (discarding what is still queued) and wait for it, at most
+        ``timeout`` seconds. Returns whether it stopped: a shadow model call that does not
+        return is abandoned (logged; the thread ends if the call ever does). Idempotent."""
         with self._lock:
             if self._closed:
-                return
+                return not self._thread.is_alive()
             self._closed = True
+        while True:
+            self._discard_queued()
+            try:  # a caller that passed the closed check just before may refill the queue
+                self._queue.put_nowait(_STOP)
+                break
+            except queue.Full:
+                continue
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("shadow %r did not stop within %s s (a call that hangs?); abandoning its thread", self.shadow, timeout)
+            return False
+        return True
+
+    def _discard_queued(self) -> None:
         while True:
             try:
                 self._queue.get_nowait()
             except queue.Empty:
-                break
+                return
             self._queue.task_done()
-        self._queue.put(_STOP)
-        self._thread.join()
 
     def __enter__(self) -> Shadow:
         return self

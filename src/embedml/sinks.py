@@ -9,6 +9,7 @@ or ``handle.add_hook(...)``; a plain callable given there is wrapped in a
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ from .errors import ConfigurationError
 from .hooks import PredictionRecord, Sink
 
 __all__ = ["CallableSink", "JsonlSink", "LoggingSink", "as_sink", "read_jsonl"]
+
+log = logging.getLogger("embedml.sinks")
 
 
 class JsonlSink(Sink):
@@ -62,14 +65,25 @@ class JsonlSink(Sink):
         self.keep = int(keep)
         self.arrays = arrays
         self._file: Any = None
-        self._heads: dict[Any, str] = {}
+        self._heads: dict[tuple[str, str], str] = {}  # by (model, version), not Source:
+        # every swap or load makes a new Source, and this dict would keep them all
 
     def write(self, records: list[PredictionRecord]) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open
-        self._file.write("".join([self._line(r) for r in records]))
-        self._file.flush()
+            if not _ends_with_newline(self.path):
+                # A process killed mid-write left a torn last line: end it, or the first
+                # record appended now would be glued to it and lost with it.
+                self._file.write("\n")
+        try:
+            self._file.write("".join([self._line(r) for r in records]))
+            self._file.flush()
+        except OSError:
+            # Disk full, file gone...: drop the file object and what its buffer holds
+            # (these records are counted as errors), and reopen on the next write.
+            self._discard_file()
+            raise
         if self.rotate_bytes is not None and self._file.tell() >= self.rotate_bytes:
             self._rotate()
 
@@ -86,9 +100,10 @@ class JsonlSink(Sink):
         # The envelope is formatted directly: json.dumps of a whole dict costs more than
         # the record's other work. Only strings that may need escaping go through json.
         source = r._source
-        head = self._heads.get(source)
+        key = (source.model, source.version)
+        head = self._heads.get(key)
         if head is None:
-            head = self._heads[source] = (
+            head = self._heads[key] = (
                 f'"model":{json.dumps(source.model)},"version":{json.dumps(source.version)}'
             )
         t = r._timings
@@ -121,10 +136,24 @@ class JsonlSink(Sink):
         rotated = [self.path.with_name(f"{self.path.name}.{i}") for i in range(self.keep, 0, -1)]
         return [p for p in [*rotated, self.path] if p.exists()]
 
+    def _discard_file(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            # the buffer may not flush (disk full): those records were counted as errors
+            with contextlib.suppress(OSError):
+                file.close()
+
     def _release(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._discard_file()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    """Whether a regular, non-empty file's last byte is a newline (``True`` otherwise)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return True
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _pack_json(value: Any) -> str | None:
@@ -161,7 +190,8 @@ def read_jsonl(path: str | os.PathLike[str], *, rotated: bool = True) -> list[di
     """Read prediction records written by :class:`JsonlSink` (oldest first).
 
     With ``rotated=True`` the rotated files ``path.N`` ... ``path.1`` are read before
-    ``path``. A truncated last line (a crash mid-write) is skipped. Arrays written with
+    ``path``. A truncated line (a crash mid-write) is skipped with a warning on the
+    ``embedml.sinks`` logger naming the file and line. Arrays written with
     ``arrays="base64"`` come back as numpy arrays.
     """
     return list(iter_jsonl(path, rotated=rotated))
@@ -181,11 +211,12 @@ def iter_jsonl(path: str | os.PathLike[str], *, rotated: bool = True) -> Iterato
     if path.exists():
         files.append(path)
     for p in files:
-        with open(p, encoding="utf-8") as f:
-            for line in f:
+        with open(p, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
                 try:
                     d = json.loads(line)
                 except json.JSONDecodeError:
+                    log.warning("%s line %d is not a complete JSON record (torn by a crash?); skipped", p, number)
                     continue
                 for key in ("inputs", "outputs"):
                     if isinstance(d.get(key), dict):
@@ -252,6 +283,7 @@ class CallableSink(Sink):
             try:
                 self.fn(r)
             except Exception as exc:
+                self._skipped += 1  # counted as an error, not as written
                 self._failed(exc, 1)
 
 

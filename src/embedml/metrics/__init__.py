@@ -98,6 +98,11 @@ def _retire(ref: weakref.ref[Metrics], shard: _Shard) -> None:
         metrics._retire(shard)
 
 
+def _detach_all(finalizers: list[weakref.finalize]) -> None:
+    for fin in finalizers:
+        fin.detach()
+
+
 def _size_bucket(n: int) -> str:
     if n <= 1:
         return "1"
@@ -130,6 +135,11 @@ class Metrics:
         self._local = threading.local()
         self._shards: list[_Shard] = []
         self._retired: _Shard | None = None
+        # Per-thread finalizers hold their shard until the thread ends; a long-lived thread
+        # calling many short-lived handles would keep every handle's shards alive, so they
+        # are detached when these metrics go away.
+        self._finalizers: list[weakref.finalize] = []
+        weakref.finalize(self, _detach_all, self._finalizers)
         self.started = time.time()
         self.last_error: dict[str, Any] | None = None
 
@@ -142,7 +152,12 @@ class Metrics:
                 self._shards.append(shard)
             # fold a finished thread's shard into the retired one, so that servers
             # starting a thread per request do not grow the shard list forever
-            weakref.finalize(threading.current_thread(), _retire, weakref.ref(self), shard)
+            fin = weakref.finalize(threading.current_thread(), _retire, weakref.ref(self), shard)
+            with self._lock:
+                fins = self._finalizers
+                if len(fins) >= 64:  # drop those of finished threads (in place: see above)
+                    fins[:] = [f for f in fins if f.alive]
+                fins.append(fin)
             return shard
 
     def _retire(self, shard: _Shard) -> None:

@@ -13,7 +13,7 @@ Metrics (labels ``model``, ``version`` on all of them):
 * ``embedml_batch_size`` histogram (buckets 1, 3, 7, 15, ...)
 * ``embedml_in_flight``, ``embedml_ready``, ``embedml_model_load_seconds`` gauges
 * ``embedml_quality{metric}`` gauge (accuracy / error_rate or mae / rmse, after outcomes)
-* ``embedml_hook_records_total{sink,outcome}`` (accepted, written, dropped, errors)
+* ``embedml_hook_records_total{sink,outcome}`` (accepted, written, dropped, errors, abandoned)
 * ``embedml_drift_psi{feature}`` gauge, for each attached :class:`~embedml.DriftMonitor`
 """
 
@@ -148,7 +148,7 @@ def _add_handle(fam: dict[str, Any], handle: Any) -> None:
         if value is not None:
             fam["quality"].add_metric([*lab, metric], value)
     for stats in snap["hooks"]:
-        for outcome in ("accepted", "written", "dropped", "errors"):
+        for outcome in ("accepted", "written", "dropped", "errors", "abandoned"):
             fam["hooks"].add_metric([*lab, stats["name"], outcome], stats[outcome])
     for sink in handle.hooks:
         psi = getattr(sink, "last_psi", None)
