@@ -95,7 +95,7 @@ class JsonlSink(Sink):
         error = "null" if r._error is None else json.dumps(r.error)
         return (
             f'{{"request_id":"{r.request_id}",{head},"timestamp":{r.timestamp!r},'
-            f'"batch_size":{r.batch_size},"latency_ms":{t[3] * 1e3:.4f},'
+            f'"rows":{r.rows},"batch_size":{r.batch_size},"latency_ms":{t[3] * 1e3:.4f},'
             f'"validation_ms":{t[0] * 1e3:.4f},"queue_ms":{t[1] * 1e3:.4f},'
             f'"model_ms":{t[2] * 1e3:.4f},"error":{error},'
             f'"inputs":{self._payload(r, "inputs")},"outputs":{self._payload(r, "outputs")}}}\n'
