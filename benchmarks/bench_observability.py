@@ -188,6 +188,7 @@ def main() -> None:
     ]  # fmt: skip
     results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     extra: dict[str, dict] = {}
+    batch: dict[str, list[tuple[float, float]]] = {}
     for _ in range(repeats):
         for name in names:  # interleaved rounds, so drift in machine load hits all alike
             if name == "raw onnxruntime":
@@ -196,7 +197,11 @@ def main() -> None:
             h = scenario(name)
             h.warmup(10)
             results[name].append(run(h.predict, args.threads, seconds, rows))
-            extra[name] = {s["name"]: s for s in h.metrics()["hooks"]}
+            m = h.metrics()
+            extra[name] = {s["name"]: s for s in m["hooks"]}
+            # rows per model call and queue wait, as the handle's own metrics report them
+            calls = sum(m["batch_size"].values())
+            batch.setdefault(name, []).append((m["rows"] / max(calls, 1), m["latency_ms"]["queue"]["p50"]))
             h.close()
 
     def med(name, key):
@@ -206,17 +211,24 @@ def main() -> None:
     raw_tp = med("raw onnxruntime", "calls_per_s")
     print(f"# {args.threads} threads, {seconds:g} s x {repeats} rounds per scenario, "
           f"batching={'yes' if batching else 'no'}, cpus={os.cpu_count()}")  # fmt: skip
-    print("| scenario | calls/s | vs no hooks | vs raw ORT | p50 ms | p99 ms | records dropped |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| scenario | calls/s | vs no hooks | vs raw ORT | p50 ms | p99 ms | records dropped "
+        "| rows per model call | queue wait p50 ms |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in names:
         tp = med(name, "calls_per_s")
         stats = list(extra.get(name, {}).values())
         dropped = sum(s["dropped"] for s in stats)
         offered = sum(s["dropped"] + s["accepted"] for s in stats)
         dropped = f"{dropped / offered:.0%}" if offered else "-"
+        sizes = batch.get(name)
+        joined = "-" if not sizes else f"{np.median([b for b, _ in sizes]):.1f}"
+        waits = [q for _, q in sizes or () if q is not None]
+        queue = "-" if not waits else f"{np.median(waits):.3f}"
         print(
             f"| {name} | {tp:,.0f} | {tp / base:.3f} | {tp / raw_tp:.3f} | "
-            f"{med(name, 'p50_ms'):.3f} | {med(name, 'p99_ms'):.3f} | {dropped} |"
+            f"{med(name, 'p50_ms'):.3f} | {med(name, 'p99_ms'):.3f} | {dropped} | {joined} | {queue} |"
         )
 
 

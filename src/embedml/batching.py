@@ -167,7 +167,7 @@ class _Request:
 
     __slots__ = (
         "batch", "n", "key", "deadline", "latch", "future", "loop", "state", "lead",
-        "out", "off", "error", "enqueued", "next",
+        "out", "off", "size", "wait", "error", "enqueued", "next",
     )  # fmt: skip
 
     def __init__(self, batch: Any, n: int, deadline: float | None) -> None:
@@ -182,6 +182,8 @@ class _Request:
         self.lead = False
         self.out: Any = None
         self.off = 0
+        self.size = n  # rows of the model call that served it (set by _finish)
+        self.wait = 0.0  # seconds from joining the queue to being taken into a batch
         self.error: BaseException | None = None
         self.enqueued = 0.0
         self.next: _Request | None = None  # the caller to wake after this one (wake chain)
@@ -302,9 +304,12 @@ class Batcher:
         req.latch.acquire()
         return req
 
-    def submit(self, batch: Any, n: int, timeout_ms: float | None = None) -> tuple[Any, int]:
-        """Run a validated batch of ``n`` rows with others; returns ``(outputs, offset)``: the
-        joined batch's raw outputs and where this call's rows start. Raises
+    def submit(
+        self, batch: Any, n: int, timeout_ms: float | None = None
+    ) -> tuple[Any, int, int, float]:
+        """Run a validated batch of ``n`` rows with others; returns ``(outputs, offset, size,
+        wait)``: the joined batch's raw outputs, where this call's rows start, the rows of that
+        model call and the seconds this call waited in the queue (0 when it ran at once). Raises
         :class:`PredictionError`, :class:`OverloadedError`, :class:`PredictionTimeoutError`,
         :class:`HandleClosedError`."""
         deadline = (
@@ -362,10 +367,12 @@ class Batcher:
             else:
                 nxt.latch.release()
         if req.state == _DONE:
-            return req.out, req.off
+            return req.out, req.off, req.size, req.wait
         return self._result(req)
 
-    async def asubmit(self, batch: Any, n: int, timeout_ms: float | None = None) -> tuple[Any, int]:
+    async def asubmit(
+        self, batch: Any, n: int, timeout_ms: float | None = None
+    ) -> tuple[Any, int, int, float]:
         """:meth:`submit` for asyncio tasks: waits on a future, never blocks the loop."""
         import asyncio
 
@@ -387,7 +394,7 @@ class Batcher:
             raise
         return self._result(req)
 
-    def _run_alone(self, batch: Any, n: int) -> tuple[Any, int]:
+    def _run_alone(self, batch: Any, n: int) -> tuple[Any, int, int, float]:
         """The fast path of an idle batcher: the caller's own batch runs at once; whoever
         queued meanwhile is served next by this caller (for a few batches at most)."""
         start = time.perf_counter()
@@ -411,9 +418,9 @@ class Batcher:
             self._solo_counts(n)
             if not self._queue:
                 self._step_down(get_ident())
-                return out, 0
+                return out, 0, n, 0.0
         self._lead(None)
-        return out, 0
+        return out, 0, n, 0.0
 
     def _solo_counts(self, n: int) -> None:
         # under _mutex: a call that ran alone is one request and one batch, without waiting
@@ -422,9 +429,9 @@ class Batcher:
         self._wait_buckets[0] += 1
         self._count_batch(n)
 
-    def _result(self, req: _Request) -> tuple[Any, int]:
+    def _result(self, req: _Request) -> tuple[Any, int, int, float]:
         if req.state == _DONE:
-            return req.out, req.off
+            return req.out, req.off, req.size, req.wait
         if req.state == _FAILED:
             raise req.error  # type: ignore[misc]
         raise PredictionTimeoutError(
@@ -589,7 +596,7 @@ class Batcher:
             req.state = _RUNNING
             taken.append(req)
             size += step
-            wait = now - req.enqueued
+            wait = req.wait = now - req.enqueued
             self._wait_sum += wait
             if wait > self._wait_max:
                 self._wait_max = wait
@@ -636,7 +643,7 @@ class Batcher:
                 raise
             return
         self._count_batch(n)
-        self._finish(reqs, out, None)
+        self._finish(reqs, out, None, n)
 
     def _failed_batch(self, reqs: list[_Request], exc: PredictionError) -> None:
         self._count_batch(sum(r.n for r in reqs))
@@ -661,8 +668,11 @@ class Batcher:
     def _fail(self, reqs: list[_Request], exc: BaseException) -> None:
         self._finish(reqs, None, exc)
 
-    def _finish(self, reqs: list[_Request], out: Any, error: BaseException | None) -> None:
-        """Hand each request its result (or ``error``) and wake its caller.
+    def _finish(
+        self, reqs: list[_Request], out: Any, error: BaseException | None, rows: int = 0
+    ) -> None:
+        """Hand each request its result (or ``error``) and wake its caller; ``rows``: the rows
+        of the model call that produced ``out``.
 
         Thread callers are woken one after another (a wake chain: each caller wakes the next
         as it picks up its result), not all at once: a herd of threads woken together only
@@ -679,6 +689,7 @@ class Batcher:
                     if error is None:
                         r.out = out
                         r.off = off
+                        r.size = rows
                         r.state = _DONE
                     else:
                         r.error = error

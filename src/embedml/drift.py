@@ -354,7 +354,7 @@ class DriftMonitor(Sink):
                 block = np.concatenate(blocks)
             with self._window_lock:
                 window.push(block)
-        n = sum(r.batch_size for r in ok)
+        n = sum(r.rows for r in ok)
         self.rows_seen += n
         self._since_check += n
         if self._since_check >= self.check_every:

@@ -463,7 +463,8 @@ class ModelHandle:
         self._obs.metrics.begin()
         t0 = t1 = t2 = time.perf_counter()
         batch = raw = None
-        n = 0
+        n = size = off = 0
+        queue = 0.0
         try:
             batch = pipe.prepare_one(records) if one else pipe.prepare_many(records)
             n = 1 if one else n_rows(batch)
@@ -471,7 +472,7 @@ class ModelHandle:
             if pipe.batcher is None:
                 raw = pipe.run(batch, n)
             else:
-                joined, off = pipe.batcher.submit(batch, n, timeout_ms)
+                joined, off, size, queue = pipe.batcher.submit(batch, n, timeout_ms)
                 raw = take(joined, slice(off, off + n))
             t2 = time.perf_counter()
             out = pipe.row(raw, 0) if one else pipe.rows(raw, n)
@@ -482,7 +483,7 @@ class ModelHandle:
             pipe.release()
         if one:
             self._sample = records  # only records that worked: a bad one must not break swap
-        rid = self._observe(pipe, batch, raw, n, t0, t1, t2)
+        rid = self._observe(pipe, batch, raw, n, t0, t1, t2, None, queue, size, off == 0)
         return Prediction(out, rid, pipe.mv.name, pipe.mv.version) if details else out
 
     async def apredict(
@@ -505,7 +506,7 @@ class ModelHandle:
         try:
             batch = pipe.prepare_one(record)
             t1 = time.perf_counter()
-            joined, off = await pipe.batcher.asubmit(batch, 1, timeout_ms)
+            joined, off, size, queue = await pipe.batcher.asubmit(batch, 1, timeout_ms)
             raw = take(joined, slice(off, off + 1))
             t2 = time.perf_counter()
             out = pipe.row(raw, 0)
@@ -515,7 +516,7 @@ class ModelHandle:
         finally:
             pipe.release()
         self._sample = record
-        rid = self._observe(pipe, batch, raw, 1, t0, t1, t2)
+        rid = self._observe(pipe, batch, raw, 1, t0, t1, t2, None, queue, size, off == 0)
         return Prediction(out, rid, pipe.mv.name, pipe.mv.version) if details else out
 
     def batching_stats(self) -> BatchingStats | None:
@@ -528,13 +529,16 @@ class ModelHandle:
     def _observe(
         self, pipe: Pipeline, batch: Any, raw: Any, n: int,
         t0: float, t1: float, t2: float, error: BaseException | None = None, queue: float = 0.0,
+        size: int = 0, first: bool = True,
     ) -> str:  # fmt: skip
         """Report one finished call to metrics, the outcome join and the hooks; returns its
-        request id. Never raises."""
+        request id. ``queue``: seconds waited in the batching queue; ``size``: rows of the
+        model call that served it (0: ``n``); ``first``: its rows came first in that call
+        (see :meth:`Observer.end`). Never raises."""
         rid = new_request_id()
         try:
             stamps = (t0, t1, t2, time.perf_counter())
-            self._obs.end(pipe.source, rid, batch, raw, n, stamps, error, queue)
+            self._obs.end(pipe.source, rid, batch, raw, n, stamps, error, queue, size, first)
         except Exception:  # pragma: no cover - observability must not break a prediction
             _log.exception("recording prediction %s failed", rid)
         return rid
@@ -571,8 +575,9 @@ class ModelHandle:
         ``requests`` (calls), ``rows``, ``errors``, ``errors_by_type``, ``in_flight``,
         ``last_error``, ``latency_ms`` (per stage ``validation`` / ``queue`` / ``model`` /
         ``total``: ``count``, ``mean``, ``p50``, ``p90``, ``p99``), ``throughput``
-        (requests and rows per second over the last minute), ``batch_size`` (calls per
-        power-of-two size range), ``quality`` (see :meth:`log_outcome`; ``None`` before
+        (requests and rows per second over the last minute), ``batch_size`` (model calls
+        per power-of-two range of rows: with batching, each joined batch counts once, by the
+        rows of all the calls it served; without, each call counts by its own rows), ``quality`` (see :meth:`log_outcome`; ``None`` before
         the first outcome) and ``hooks`` (per-sink ``accepted`` / ``written`` /
         ``dropped`` / ``errors`` / ``abandoned`` / ``queued``).
         """

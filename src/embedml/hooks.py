@@ -72,15 +72,18 @@ class PredictionRecord:
 
     Attributes: ``request_id`` (the id ``predict(..., details=True)`` returns, the key of
     ``log_outcome``), ``model``, ``version``, ``timestamp`` (Unix seconds at the start of
-    the call), ``batch_size`` (rows), ``latency_ms`` (whole call), ``validation_ms``,
-    ``queue_ms`` (time waiting for a batch; 0 without batching), ``model_ms``
-    (preprocess + model + postprocess), ``error`` (``"TypeName: message"`` or ``None``) and
-    ``error_type``. ``inputs`` (after validation; a list of ``{field: value}`` rows for
+    the call), ``rows`` (the call's own rows), ``batch_size`` (rows of the model call that
+    served it: with batching, the joined batch, else ``rows``), ``latency_ms`` (whole call),
+    ``validation_ms``, ``queue_ms`` (time waiting in the batching queue until taken into a
+    batch; 0 without batching or when the call ran at once), ``model_ms`` (the rest of the
+    wait for the result: preprocess + model + postprocess), ``error`` (``"TypeName:
+    message"`` or ``None``) and ``error_type``. A call that failed reports its own rows as
+    ``batch_size`` and no queue wait. ``inputs`` (after validation; a list of ``{field: value}`` rows for
     record schemas) and ``outputs`` are JSON-ready values built on first access.
     """
 
     __slots__ = (
-        "request_id", "_source", "timestamp", "batch_size", "_timings", "_error",
+        "request_id", "_source", "timestamp", "batch_size", "rows", "_timings", "_error",
         "_raw_inputs", "_raw_outputs", "_inputs", "_outputs",
     )  # fmt: skip
 
@@ -94,11 +97,13 @@ class PredictionRecord:
         raw_inputs: Any,
         raw_outputs: Any,
         error: BaseException | None = None,
+        rows: int | None = None,
     ) -> None:
         self.request_id = request_id
         self._source = source
         self.timestamp = timestamp
         self.batch_size = batch_size
+        self.rows = batch_size if rows is None else rows
         self._timings = timings  # seconds; the *_ms properties convert when read
         self._error = error
         self._raw_inputs = raw_inputs
@@ -179,6 +184,7 @@ class PredictionRecord:
             "model": self.model,
             "version": self.version,
             "timestamp": self.timestamp,
+            "rows": self.rows,
             "batch_size": self.batch_size,
             "latency_ms": round(self.latency_ms, 4),
             "validation_ms": round(self.validation_ms, 4),
@@ -191,7 +197,7 @@ class PredictionRecord:
 
     def __repr__(self) -> str:
         status = self.error or "ok"
-        return f"<PredictionRecord {self.request_id} {self.model}@{self.version} n={self.batch_size} {status}>"
+        return f"<PredictionRecord {self.request_id} {self.model}@{self.version} n={self.rows}/{self.batch_size} {status}>"
 
 
 _UNSET: Any = object()
@@ -585,12 +591,19 @@ class Observer:
         stamps: tuple[float, float, float, float],
         error: BaseException | None = None,
         queue: float = 0.0,
+        size: int = 0,
+        first: bool = True,
     ) -> None:
-        """Record one finished call. ``stamps``: perf_counter at start, after validation,
-        after the model (including any queue wait ``queue``), and at the end."""
+        """Record one finished call of ``n`` rows. ``stamps``: perf_counter at start, after
+        validation, after the model (including any queue wait ``queue``), and at the end.
+        ``size``: rows of the model call that served it (0: ``n``, no batching); ``first``:
+        its rows came first in that model call, so this call counts the model call in the
+        batch-size distribution (each joined batch is counted once)."""
         t0, t1, t2, t3 = stamps
         timings = (t1 - t0, queue, max(t2 - t1 - queue, 0.0), t3 - t0)
-        self.metrics.end(n, timings, error)
+        if not size:
+            size = n
+        self.metrics.end(n, timings, error, size if first else 0)
         if error is None:
             self.quality.remember(request_id, outputs)
         sinks = self.sinks
@@ -598,8 +611,8 @@ class Observer:
             takers = [s for s in sinks if s.wants()]
             if takers:
                 record = PredictionRecord(
-                    request_id, source, time.time() - timings[3], n, timings,
-                    _snapshot_inputs(batch), outputs, error,
+                    request_id, source, time.time() - timings[3], size if error is None else n,
+                    timings, _snapshot_inputs(batch), outputs, error, n,
                 )  # fmt: skip
                 for sink in takers:
                     sink.submit(record)

@@ -190,9 +190,15 @@ class Metrics:
         self._shard().begun += 1
 
     def end(
-        self, n: int, timings: tuple[float, float, float, float], error: BaseException | None
+        self,
+        n: int,
+        timings: tuple[float, float, float, float],
+        error: BaseException | None,
+        size: int | None = None,
     ) -> None:
-        """Record one finished call: ``n`` rows, stage timings in seconds, its error if any."""
+        """Record one finished call: ``n`` rows, stage timings in seconds, its error if any.
+        ``size``: rows of a model call to count in the batch-size distribution (``None``:
+        ``n``; ``0``: none, another call of the same joined batch counts it)."""
         sh = self._shard()
         now = time.time()
         sec = int(now)
@@ -212,7 +218,10 @@ class Metrics:
             return
         sh.rows += n
         sh.rows_at[slot] += n
-        sh.batch_sizes["1" if n == 1 else _size_bucket(n)] += 1
+        if size is None:
+            size = n
+        if size:
+            sh.batch_sizes["1" if size == 1 else _size_bucket(size)] += 1
         hv.add(v)
         hq.counts[bucket(q) if q else 0] += 1
         hq.total += q

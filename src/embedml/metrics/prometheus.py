@@ -10,7 +10,8 @@ Metrics (labels ``model``, ``version`` on all of them):
 * ``embedml_requests_total``, ``embedml_rows_total``, ``embedml_errors_total{type}``
 * ``embedml_request_duration_seconds{stage}`` histogram, stages ``validation``, ``queue``,
   ``model``, ``total``; buckets are powers of two from 7.6 µs to 16 s
-* ``embedml_batch_size`` histogram (buckets 1, 3, 7, 15, ...)
+* ``embedml_batch_size`` histogram of rows per model call (buckets 1, 3, 7, 15, ...; with
+  batching each joined batch counts once)
 * ``embedml_in_flight``, ``embedml_ready``, ``embedml_model_load_seconds`` gauges
 * ``embedml_quality{metric}`` gauge (accuracy / error_rate or mae / rmse, after outcomes)
 * ``embedml_hook_records_total{sink,outcome}`` (accepted, written, dropped, errors, abandoned)
@@ -86,7 +87,7 @@ class EmbedMLCollector:
                 labels=[*_LABELS, "stage"],
             ),
             "batch": HistogramMetricFamily(
-                "embedml_batch_size", "Rows per call.", labels=_LABELS
+                "embedml_batch_size", "Rows per model call.", labels=_LABELS
             ),
             "in_flight": GaugeMetricFamily(
                 "embedml_in_flight", "Calls running now.", labels=_LABELS
