@@ -49,8 +49,8 @@ class ExportReport:
 
     * ``kind``: ``"to_onnx"`` or ``"quantize"``.
     * ``source``: the model class (``"sklearn.Pipeline"``) or ``"name@version"``.
-    * ``size_before``: bytes of the reference: the pickled sklearn model, or the source
-      version's artifact. ``size_after``: bytes of the new ONNX artifact.
+    * ``size_before``: bytes of the reference: the pickled sklearn model (0 if it cannot be
+      pickled), or the source version's artifact. ``size_after``: bytes of the new ONNX artifact.
     * ``rows``: rows of the sample compared. ``outputs``: the ONNX outputs compared, in
       order (for a classifier ``label`` then ``probabilities``).
     * ``agreement``: fraction of rows with the same prediction. When the model has a
@@ -235,8 +235,10 @@ def to_onnx(
 
     Raises :class:`UnsupportedFormatError` when skl2onnx is missing (``embedml[sklearn]``)
     or cannot convert the model (the message names its class), :class:`ConfigurationError`
-    for an unfitted model, an empty sample or a bad ``tolerance``, :class:`SchemaError` when
-    the sample does not match ``input_schema``, and the errors of :meth:`ModelStore.save`.
+    for an unfitted model, an empty or non-numeric sample or a bad ``tolerance``,
+    :class:`SchemaError` when the sample does not match ``input_schema``,
+    :class:`PredictionError` when the sklearn model raises on the sample, and the errors of
+    :meth:`ModelStore.save`.
     """
     import numpy as np
 
@@ -272,22 +274,28 @@ def to_onnx(
         ) from exc
     data = proto.SerializeToString()
 
-    from .formats import FormatOptions, get_format
-    from .schema import TensorSchema, schema_to_dict
+    from .schema import schema_to_dict
 
-    in_schema = schema_to_dict(input_schema)
-    if in_schema is None:
-        specs = get_format("onnx").load(data, FormatOptions()).input_specs
-        in_schema = TensorSchema(specs).to_dict() if specs else None
-    pipe = _candidate(name, data, {"input_schema": in_schema}, "(exported)")
+    # Without a declared schema the pipeline takes the graph's input spec, which is saved.
+    pipe = _candidate(name, data, {"input_schema": schema_to_dict(input_schema)}, "(exported)")
+    in_schema = pipe.input_schema.to_dict()
     try:
         outs = _run(pipe, sample, n)
     finally:
         pipe.close()
-    refs = _sklearn_reference(sklearn_model, sample)
+    try:
+        refs = _sklearn_reference(sklearn_model, sample)
+    except Exception as exc:
+        raise PredictionError(
+            f"{cls} raised on the sample: {type(exc).__name__}: {exc}", stage="model"
+        ) from exc
     names, agreement, max_diff = _compare(refs, outs, n, tolerance, f"{name} exported from {cls}")
+    try:
+        size_before = len(pickle.dumps(sklearn_model, protocol=5))
+    except Exception:  # e.g. a lambda inside a FunctionTransformer: no pickled size to compare
+        size_before = 0
     report = ExportReport(
-        kind="to_onnx", source=cls, size_before=len(pickle.dumps(sklearn_model, protocol=5)),
+        kind="to_onnx", source=cls, size_before=size_before,
         size_after=len(data), rows=n, outputs=names, agreement=agreement,
         max_abs_diff=max_diff, tolerance=float(tolerance),
     )  # fmt: skip
