@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import make_classification
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neural_network import MLPClassifier
@@ -96,6 +96,22 @@ def test_to_onnx_regressor_and_record_schema(store, data):
     assert report.max_abs_diff == pytest.approx(float(np.abs(many.ravel() - expected).max()), abs=1e-6)
     close = np.isclose(many.ravel(), expected, rtol=report.tolerance, atol=report.tolerance)
     assert report.agreement == pytest.approx(float(close.mean()))
+
+
+def test_to_onnx_takes_a_dataframe_sample(store, data):
+    pd = pytest.importorskip("pandas")
+    Xtr, _, Xte, _ = data
+    cols = [f"f{i}" for i in range(4)]
+    train, held_out = pd.DataFrame(Xtr[:, :4], columns=cols), pd.DataFrame(Xte[:, :4], columns=cols)
+    model = RandomForestRegressor(n_estimators=10, max_depth=5, random_state=0)
+    model.fit(train, Xtr[:, 4])
+    report = ExportReport.of(to_onnx(store, "rf", model, held_out))
+    with embedml.load("rf", store=store, cache=False) as handle:
+        got = handle.predict_batch(held_out).ravel()
+    expected = model.predict(held_out)
+    close = np.isclose(got, expected, rtol=report.tolerance, atol=report.tolerance)
+    assert report.agreement == pytest.approx(float(close.mean()))
+    assert report.max_abs_diff == pytest.approx(float(np.abs(got - expected).max()), abs=1e-6)
 
 
 def test_quantize_shrinks_an_mlp_and_stays_close(store, data, mlp):
