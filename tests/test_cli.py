@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pandas as pd
@@ -129,9 +130,24 @@ def test_bench(models, capsys, ref):
     assert run(models, "bench", ref, "--seconds", "0.05", "--batch-size", "8", "--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert data["batch"]["batch_size"] == 8
-    for mode in ("single", "batch"):
+    for mode in ("single", "batch", "dynamic"):
         assert data[mode]["calls"] >= 5
         assert data[mode]["p99_ms"] >= data[mode]["median_ms"] > 0
+    dynamic = data["dynamic"]
+    assert dynamic["threads"] == 8 and dynamic["max_batch_size"] == 8
+    assert dynamic["calls"] >= 5 * 8  # every thread made its calls
+    assert 1 <= dynamic["mean_batch_size"] <= 8
+
+
+def test_bench_prints_the_dynamic_batching_case(models, capsys):
+    before = set(threading.enumerate())
+    assert run(models, "bench", "lin", "--seconds", "0.05", "--threads", "3") == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith("dynamic (3 threads)"))
+    calls, median, p99, rows_per_s = row.split()[3:]
+    assert int(calls) >= 15 and float(p99) >= float(median) > 0 and float(rows_per_s) > 0
+    assert any(line.startswith("dynamic batching: ") and "mean batch" in line for line in lines)
+    assert set(threading.enumerate()) <= before  # the bench threads and the batcher are gone
 
 
 def test_bench_needs_a_schema(models, capsys):
@@ -214,3 +230,32 @@ def test_bench_inputs_respect_tight_bounds(tmp_path, capsys):
     store.save("tight", sk_logreg(), input_schema=Tight)
     assert run(store, "bench", "tight", "--seconds", "0.02", "--json") == 0
     assert json.loads(capsys.readouterr().out)["single"]["calls"] >= 5
+
+
+def test_quantize_command(models, tmp_path, capsys):
+    assert run(models, "quantize", "lin", "--rows", "16") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "lin@2: int8 quantisation of lin@1"
+    q = models.resolve("lin", "2")
+    report = q.manifest.metadata["export"]
+    assert out[1].startswith(f"size:       {report['size_before']} -> {q.manifest.size} bytes")
+    assert "of 16 rows (synthetic inputs from the schema)" in out[2]
+    assert q.manifest.metadata["quantized_from"] == "lin@1"
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).normal(size=(10, 3)).astype(np.float32))
+    args = ("quantize", "lin@1", "--sample", str(tmp_path / "x.npy"), "--new-version", "1.1", "--json")
+    assert run(models, *args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["version"] == "lin@1.1" and data["rows"] == 10 and data["source"] == "lin@1"
+    assert 0 <= data["agreement"] <= 1 and data["max_abs_diff"] >= 0
+
+
+def test_quantize_command_errors(models, tmp_path, capsys):
+    assert run(models, "quantize", "lr@production") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("embedml: error: quantize works on ONNX versions; lr@1 is 'joblib'")
+    assert err.count("\n") == 1
+    (tmp_path / "x.txt").write_text("1,2,3\n")
+    assert run(models, "quantize", "lin", "--sample", str(tmp_path / "x.txt")) == 1
+    assert "expected a .npy or .jsonl file" in capsys.readouterr().err
+    assert models.versions("lin") == ["1"]

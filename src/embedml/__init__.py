@@ -144,6 +144,7 @@ __all__ = [
     "available_formats",
     "default_cache",
     "default_store",
+    "export",
     "load",
     "read_jsonl",
     "register_format",
@@ -151,7 +152,13 @@ __all__ = [
 ]
 
 
+# Public submodules, imported on first attribute access (``embedml.export.to_onnx``).
+_SUBMODULES = ("export",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'embedml' has no attribute {name!r}")

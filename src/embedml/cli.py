@@ -8,6 +8,7 @@
     embedml verify [NAME]
     embedml alias NAME ALIAS VERSION
     embedml bench NAME[@SPEC]
+    embedml quantize NAME[@SPEC] [--sample FILE] [--new-version V]
 
 The store is ``--store DIR``, else ``$EMBEDML_STORE``, else ``./models``. ``NAME@SPEC``
 takes a version (``fraud@1.2``), a specifier (``'fraud@>=1,<2'``) or an alias
@@ -22,12 +23,13 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import EmbedMLError, InvalidNameError, StoreError
+from .errors import ConfigurationError, EmbedMLError, InvalidNameError, StoreError
 
 if TYPE_CHECKING:
     from .store import ModelStore
@@ -297,23 +299,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             handle.predict_batch(batch)
             blat.append(time.perf_counter() - t)
         one, many = np.array(lat) * 1e3, np.array(blat) * 1e3
-        result = {
-            "model": f"{handle.name}@{handle.version}",
-            "format": handle.format,
-            "single": {
-                "calls": len(one),
-                "median_ms": float(np.median(one)),
-                "p99_ms": float(np.percentile(one, 99)),
-                "rows_per_s": float(len(one) / (one.sum() / 1e3)),
-            },
-            "batch": {
-                "batch_size": args.batch_size,
-                "calls": len(many),
-                "median_ms": float(np.median(many)),
-                "p99_ms": float(np.percentile(many, 99)),
-                "rows_per_s": float(args.batch_size * len(many) / (many.sum() / 1e3)),
-            },
-        }
+    dynamic = _bench_dynamic(store, name, spec, records, args)
+    result = {
+        "model": f"{handle.name}@{handle.version}",
+        "format": handle.format,
+        "single": {
+            "calls": len(one),
+            "median_ms": float(np.median(one)),
+            "p99_ms": float(np.percentile(one, 99)),
+            "rows_per_s": float(len(one) / (one.sum() / 1e3)),
+        },
+        "batch": {
+            "batch_size": args.batch_size,
+            "calls": len(many),
+            "median_ms": float(np.median(many)),
+            "p99_ms": float(np.percentile(many, 99)),
+            "rows_per_s": float(args.batch_size * len(many) / (many.sum() / 1e3)),
+        },
+        "dynamic": dynamic,
+    }
     if args.json:
         _out(json.dumps(result, indent=2))
         return 0
@@ -323,7 +327,117 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     _out(f"{'predict (1 row)':<22} {s['calls']:>7} {s['median_ms']:>10.3f} {s['p99_ms']:>9.3f} {s['rows_per_s']:>11.0f}")
     label = f"predict_batch ({args.batch_size})"
     _out(f"{label:<22} {b['calls']:>7} {b['median_ms']:>10.3f} {b['p99_ms']:>9.3f} {b['rows_per_s']:>11.0f}")
+    d = result["dynamic"]
+    label = f"dynamic ({d['threads']} threads)"
+    _out(f"{label:<22} {d['calls']:>7} {d['median_ms']:>10.3f} {d['p99_ms']:>9.3f} {d['rows_per_s']:>11.0f}")
     _out(f"batching speed-up: {b['rows_per_s'] / s['rows_per_s']:.1f}x rows/s")
+    _out(
+        f"dynamic batching: {d['rows_per_s'] / s['rows_per_s']:.1f}x rows/s of one-row predict, "
+        f"mean batch {d['mean_batch_size']:.1f} rows"
+    )
+    return 0
+
+
+def _bench_dynamic(
+    store: ModelStore, name: str, spec: str, records: list[Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """One-row ``predict`` from ``--threads`` threads at once on a handle loaded with
+    dynamic batching (``embedml.Batching``), which joins concurrent calls into batches."""
+    import numpy as np
+
+    from .batching import Batching
+
+    batching = Batching(max_batch_size=args.batch_size, max_queue=max(1024, args.batch_size))
+    lats: list[list[float]] = [[] for _ in range(args.threads)]
+    errors: list[BaseException] = []
+    with store.load(name, spec, batching=batching) as handle:
+        handle.predict(records[0])  # warm-up
+        start = threading.Barrier(args.threads + 1)
+        deadline = 0.0
+
+        def worker(k: int) -> None:
+            out = lats[k]
+            try:
+                start.wait()
+                i = k
+                while time.perf_counter() < deadline or len(out) < 5:
+                    t = time.perf_counter()
+                    handle.predict(records[i % len(records)])
+                    out.append(time.perf_counter() - t)
+                    i += args.threads
+            except BaseException as exc:  # reported once below, in the main thread
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=worker, args=(k,), name=f"embedml-bench-{k}")
+            for k in range(args.threads)
+        ]
+        for t in threads:
+            t.start()
+        began = time.perf_counter()
+        deadline = began + args.seconds
+        start.wait()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - began
+        stats = handle.batching_stats()
+    if errors:
+        raise errors[0]
+    all_ms = np.concatenate([np.array(x) for x in lats]) * 1e3
+    return {
+        "threads": args.threads,
+        "max_batch_size": args.batch_size,
+        "calls": int(all_ms.size),
+        "median_ms": float(np.median(all_ms)),
+        "p99_ms": float(np.percentile(all_ms, 99)),
+        "rows_per_s": float(all_ms.size / wall),
+        "mean_batch_size": float(stats.mean_batch_size) if stats is not None else 1.0,
+    }
+
+
+def _read_sample(path: Path) -> Any:
+    """A sample batch from ``.npy`` (a 2-D array) or ``.jsonl`` (one record or row per line)."""
+    import numpy as np
+
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise ConfigurationError(f"--sample {path}: not a plain .npy array: {exc}") from None
+    if path.suffix == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError as exc:
+                        raise ConfigurationError(f"--sample {path}:{lineno}: not valid JSON: {exc}") from None
+        return np.asarray(rows) if rows and not isinstance(rows[0], dict) else rows
+    raise ConfigurationError(f"--sample {path}: expected a .npy or .jsonl file")
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .export import ExportReport, quantize
+
+    store = _open_store(args)
+    name, spec = parse_ref(args.ref)
+    if args.sample is not None:
+        sample = _read_sample(Path(args.sample))
+        where = str(args.sample)
+    else:
+        with store.load(name, spec) as handle:
+            sample = _stack(handle, _synthetic(handle, args.rows))
+        where = "synthetic inputs from the schema"
+    mv = quantize(store, name, spec, sample, new_version=args.new_version)
+    report = ExportReport.of(mv)
+    if args.json:
+        _out(json.dumps({"version": str(mv), **report.to_dict()}, indent=2))
+        return 0
+    diff = "n/a" if report.max_abs_diff is None else f"{report.max_abs_diff:.3g}"
+    _out(f"{mv}: int8 quantisation of {report.source}")
+    _out(f"size:       {report.size_before} -> {report.size_after} bytes ({report.size_ratio:.2f}x)")
+    _out(f"agreement:  {report.agreement:.2%} of {report.rows} rows ({where}); max abs diff {diff}")
     return 0
 
 
@@ -415,13 +529,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         parents=[common],
-        help="latency and throughput on synthetic inputs, one row vs batches",
+        help="latency and throughput on synthetic inputs: one row, batches, dynamic batching",
     )
     p.add_argument("ref", metavar="NAME[@SPEC]")
     p.add_argument("--seconds", type=_positive_float, default=1.0, metavar="S", help="time per mode (default 1)")
     p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="batch size (default 64)")
+    p.add_argument(
+        "--threads", type=_positive_int, default=8, metavar="N",
+        help="threads calling predict at once in the dynamic batching run (default 8)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "quantize",
+        parents=[common],
+        help="save an int8 (dynamically quantised) copy of an ONNX version as a new version",
+        description="Quantise the weights of an ONNX version to int8 with ONNX Runtime and save "
+        "the result as a new version; print sizes and how well its predictions agree with the "
+        "source on a sample (a file, or synthetic inputs made from the input schema).",
+    )
+    p.add_argument("ref", metavar="NAME[@SPEC]")
+    p.add_argument("--sample", metavar="FILE", help="inputs to compare on: .npy (2-D array) or .jsonl")
+    p.add_argument("--rows", type=_positive_int, default=256, metavar="N", help="synthetic rows without --sample (default 256)")
+    p.add_argument("--new-version", metavar="V", help="version to save as (default: next major)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_quantize)
     return parser
 
 
