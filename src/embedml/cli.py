@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -429,7 +430,15 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         with store.load(name, spec) as handle:
             sample = _stack(handle, _synthetic(handle, args.rows))
         where = "synthetic inputs from the schema"
-    mv = quantize(store, name, spec, sample, new_version=args.new_version)
+    # ONNX Runtime logs advice ("consider pre-processing") on the root logger; the command
+    # owns the process, so keep its stderr for errors.
+    quiet = logging.Filter("embedml")  # passes only records of embedml's own loggers
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        mv = quantize(store, name, spec, sample, new_version=args.new_version)
+    finally:
+        root.removeFilter(quiet)
     report = ExportReport.of(mv)
     if args.json:
         _out(json.dumps({"version": str(mv), **report.to_dict()}, indent=2))
