@@ -82,22 +82,20 @@ class JsonlSink(Sink):
                 # A process killed mid-write left a torn last line: end it, or the first
                 # record appended now would be glued to it and lost with it.
                 self._file.write("\n")
-        try:
-            self._file.write("".join([self._line(r) for r in records]))
-            self._file.flush()
-        except OSError:
-            # Disk full, file gone...: drop the file object and what its buffer holds
-            # (these records are counted as errors), and reopen on the next write.
-            self._discard_file()
-            raise
         if self.arrays == "list" and self._redact is None:
             ins = _json_arrays([r._raw_inputs for r in records], records)
             outs = _json_arrays([r._raw_outputs for r in records])
             lines = [self._line(r, i, o) for r, i, o in zip(records, ins, outs)]
         else:
             lines = [self._line(r) for r in records]
-        self._file.write("".join(lines))
-        self._file.flush()
+        try:
+            self._file.write("".join(lines))
+            self._file.flush()
+        except OSError:
+            # Disk full, file gone...: drop the file object and what its buffer holds
+            # (these records are counted as errors), and reopen on the next write.
+            self._discard_file()
+            raise
         if self.rotate_bytes is not None and self._file.tell() >= self.rotate_bytes:
             self._rotate()
 
