@@ -23,6 +23,10 @@ from .hooks import PredictionRecord, Sink
 
 __all__ = ["CallableSink", "JsonlSink", "LoggingSink", "as_sink", "read_jsonl"]
 
+# Built once: ``json.dumps(value, default=str)`` builds a new encoder on every call, which
+# costs as much as encoding a short list.
+_encode = json.JSONEncoder(default=str).encode
+
 
 class JsonlSink(Sink):
     """Append one JSON object per prediction to ``path`` (JSON Lines).
@@ -71,19 +75,16 @@ class JsonlSink(Sink):
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open
-        self._file.write(self._text(records))
+        if self.arrays == "list" and self._redact is None:
+            ins = _json_arrays([r._raw_inputs for r in records], records)
+            outs = _json_arrays([r._raw_outputs for r in records])
+            lines = [self._line(r, i, o) for r, i, o in zip(records, ins, outs)]
+        else:
+            lines = [self._line(r) for r in records]
+        self._file.write("".join(lines))
         self._file.flush()
         if self.rotate_bytes is not None and self._file.tell() >= self.rotate_bytes:
             self._rotate()
-
-    def _text(self, records: list[PredictionRecord]) -> str:
-        """The JSON lines of ``records``; without redaction, the JSON-text arrays of the
-        whole batch are encoded at once (see :func:`_json_arrays`)."""
-        if self.arrays != "list" or self._redact is not None:
-            return "".join([self._line(r) for r in records])
-        ins = _json_arrays([r._raw_inputs for r in records], records)
-        outs = _json_arrays([r._raw_outputs for r in records])
-        return "".join([self._line(r, i, o) for r, i, o in zip(records, ins, outs)])
 
     def _payload(self, record: PredictionRecord, which: str) -> str:
         raw = record.raw_inputs if which == "inputs" else record.raw_outputs
@@ -138,11 +139,6 @@ class JsonlSink(Sink):
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-# Built once: ``json.dumps(value, default=str)`` builds a new encoder on every call, which
-# costs as much as encoding a short list.
-_encode = json.JSONEncoder(default=str).encode
 
 
 def _json_arrays(
