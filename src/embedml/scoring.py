@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,23 +181,30 @@ def _chunks_csv(handle: ModelHandle, path: Path, size: int, id_column: str | Non
             return
         _check_id_column(header, id_column, path)
         build = _record_builder(handle, header, id_column)
-        chunk = _Chunk()
-        for row_no, cells in enumerate(reader, start=1):
-            if not cells:  # a blank line is not a row
-                continue
-            try:
-                ident, record = build(cells)
-            except SchemaError as exc:
-                chunk.bad.append((row_no, None, exc))
-            else:
-                chunk.rows.append(row_no)
-                chunk.ids.append(ident)
-                chunk.records.append(record)
-            if len(chunk) >= size:
-                yield chunk
-                chunk = _Chunk()
-        if len(chunk):
+        rows = ((n, cells) for n, cells in enumerate(reader, start=1) if cells)  # skip blank lines
+        yield from _chunked(rows, lambda _n, cells: build(cells), size)
+
+
+def _chunked(
+    rows: Iterable[tuple[int, Any]], parse: Callable[[int, Any], tuple[Any, Any]], size: int
+) -> Iterator[_Chunk]:
+    """Parse numbered raw rows into chunks of ``size``; a row ``parse`` rejects with a
+    :class:`SchemaError` goes to the chunk's bad rows instead of stopping the job."""
+    chunk = _Chunk()
+    for row_no, raw in rows:
+        try:
+            ident, record = parse(row_no, raw)
+        except SchemaError as exc:
+            chunk.bad.append((row_no, None, exc))
+        else:
+            chunk.rows.append(row_no)
+            chunk.ids.append(ident)
+            chunk.records.append(record)
+        if len(chunk) >= size:
             yield chunk
+            chunk = _Chunk()
+    if len(chunk):
+        yield chunk
 
 
 def _split_id(record: Any, id_column: str | None) -> tuple[Any, Any]:
@@ -210,28 +217,16 @@ def _split_id(record: Any, id_column: str | None) -> tuple[Any, Any]:
 
 
 def _chunks_jsonl(handle: ModelHandle, path: Path, size: int, id_column: str | None) -> Iterator[_Chunk]:
+    def parse(row_no: int, line: str) -> tuple[Any, Any]:
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(f"line {row_no} is not valid JSON: {exc.msg}") from None
+        return _split_id(value, id_column)
+
     with open(path, encoding="utf-8") as f:
-        chunk = _Chunk()
-        for row_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise SchemaError(f"line {row_no} is not valid JSON: {exc.msg}") from None
-                ident, record = _split_id(value, id_column)
-            except SchemaError as exc:
-                chunk.bad.append((row_no, None, exc))
-            else:
-                chunk.rows.append(row_no)
-                chunk.ids.append(ident)
-                chunk.records.append(record)
-            if len(chunk) >= size:
-                yield chunk
-                chunk = _Chunk()
-        if len(chunk):
-            yield chunk
+        rows = ((n, line) for n, line in enumerate(f, start=1) if line.strip())
+        yield from _chunked(rows, parse, size)
 
 
 def _chunks_parquet(handle: ModelHandle, path: Path, size: int, id_column: str | None) -> Iterator[_Chunk]:

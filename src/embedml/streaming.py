@@ -134,6 +134,29 @@ def predict_stream(
     return _stream(handle, records, batch_size, max_wait_ms / 1000.0, on_error)
 
 
+class _Gather:
+    """One micro-batch being gathered from the reader's queue (shared by both streams)."""
+
+    __slots__ = ("batch", "done", "failure", "size")
+
+    def __init__(self, size: int) -> None:
+        self.batch: list[Any] = []
+        self.failure: BaseException | None = None
+        self.done = False
+        self.size = size
+
+    def take(self, item: Any) -> bool:
+        """Add one queue item; ``True`` when the batch is complete (end, failure or full)."""
+        if item is _END:
+            self.done = True
+            return True
+        if isinstance(item, BaseException):
+            self.failure = item
+            return True
+        self.batch.append(item[0])
+        return len(self.batch) >= self.size
+
+
 class _Handoff:
     """A bounded one-producer / one-consumer buffer between the reader thread and the stream.
 
@@ -204,30 +227,20 @@ def _stream(
     reader.start()
     offset = 0
     try:
-        done = False
-        while not done:
-            item = buf.get(None)
-            batch: list[Any] = []
-            failure: BaseException | None = None
+        gather = _Gather(size)
+        while not gather.done:
+            gather = _Gather(size)
             deadline = time.monotonic() + wait
-            while True:
-                if item is _END:
-                    done = True
-                    break
-                if isinstance(item, BaseException):
-                    failure = item
-                    break
-                batch.append(item[0])
-                if len(batch) >= size:
-                    break
+            item = buf.get(None)
+            while not gather.take(item):
                 item = buf.get(deadline)
                 if item is _EMPTY:
                     break
-            if batch:
-                yield from _emit(predict_rows(handle, batch), offset, on_error)
-                offset += len(batch)
-            if failure is not None:
-                raise failure
+            if gather.batch:
+                yield from _emit(predict_rows(handle, gather.batch), offset, on_error)
+                offset += len(gather.batch)
+            if gather.failure is not None:
+                raise gather.failure
     finally:
         buf.stop.set()
         buf.space.set()
@@ -271,34 +284,24 @@ async def _astream(
     reader = asyncio.ensure_future(read())
     offset = 0
     try:
-        done = False
-        while not done:
-            item = await q.get()
-            batch: list[Any] = []
-            failure: BaseException | None = None
+        gather = _Gather(batch_size)
+        while not gather.done:
+            gather = _Gather(batch_size)
             deadline = loop.time() + wait
-            while True:
-                if item is _END:
-                    done = True
-                    break
-                if isinstance(item, BaseException):
-                    failure = item
-                    break
-                batch.append(item[0])
-                if len(batch) >= batch_size:
-                    break
+            item = await q.get()
+            while not gather.take(item):
                 try:
                     # cancelling a Queue.get is safe (unlike cancelling the source's __anext__)
                     item = await asyncio.wait_for(q.get(), max(0.0, deadline - loop.time()))
                 except asyncio.TimeoutError:
                     break
-            if batch:
-                results = await asyncio.to_thread(predict_rows, handle, batch)
+            if gather.batch:
+                results = await asyncio.to_thread(predict_rows, handle, gather.batch)
                 for result in _emit(results, offset, on_error):
                     yield result
-                offset += len(batch)
-            if failure is not None:
-                raise failure
+                offset += len(gather.batch)
+            if gather.failure is not None:
+                raise gather.failure
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
