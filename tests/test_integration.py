@@ -235,13 +235,13 @@ def test_short_lived_handles_called_from_a_long_lived_thread_leave_nothing_behin
     sink = embedml.JsonlSink(tmp_path / "p.jsonl")
     keep = store.load("m", "1", hooks=[sink])  # keeps the sink open across the reloads
     gc.collect()
-    before = sum(isinstance(o, _Shard) for o in gc.get_objects())
+    before = sum(type(o) is _Shard for o in gc.get_objects())
     for i in range(30):
         with store.load("m", str(1 + i % 3), batching=BATCHING, hooks=[sink]) as h:
             h.predict(_record([1.0, 2.0, 3.0, 4.0]))
             h.predict_batch(np.ones((3, 4)))
     gc.collect()
-    after = sum(isinstance(o, _Shard) for o in gc.get_objects())
+    after = sum(type(o) is _Shard for o in gc.get_objects())
     assert after - before <= 1, (before, after)
     assert len(sink._heads) <= len(versions)
     keep.close()
