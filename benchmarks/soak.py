@@ -216,9 +216,13 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="20 seconds")
+    ap.add_argument(
+        "--warmup", type=float, default=None, metavar="S",
+        help="seconds before the reference RSS is taken (default: 10%% of the run, at least 5)",
+    )  # fmt: skip
     args = ap.parse_args()
     seconds = 20.0 if args.quick else args.minutes * 60
-    warmup = max(5.0, seconds * 0.1)
+    warmup = args.warmup if args.warmup is not None else max(5.0, seconds * 0.1)
 
     tmp = tempfile.TemporaryDirectory()
     store = embedml.ModelStore(Path(tmp.name) / "store")
