@@ -1,15 +1,21 @@
-"""End-to-end demo: train, save two versions, alias, load, predict, and see a clear error.
+"""End-to-end demo: train, save two versions, alias, load, predict, and see a clear error;
+then serve it: batching, a prediction log, metrics, hot swaps, and a scored file.
 
 Run with ``make demo`` (or ``python examples/quickstart.py [STORE_DIR]``). It trains a small
 scikit-learn model, saves it as version 1 (joblib) and version 2 (ONNX via skl2onnx), points the
 alias ``production`` at version 2, loads by alias and by specifier, predicts single records and
-batches, and shows the typed error a bad record gets.
+batches, and shows the typed error a bad record gets. Part two loads the production version
+with dynamic batching and a JSON Lines prediction log, calls it from 8 threads, prints the
+metrics, hot-swaps to a retrained version 3 and back while serving, and scores a CSV file with a bad row.
+More: ``examples/monitoring.py`` (drift), ``examples/rollout.py`` (gates, canary, rollback).
 """
 
 from __future__ import annotations
 
+import csv
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -80,7 +86,73 @@ def main(root: Path) -> None:
         good = [r for i, r in enumerate(records) if i != 1]
         print(f"the other records still score: {prod.predict_batch(good).tolist()}")
 
+    serve(store, root, X, model)
     print(f"done in {time.perf_counter() - started:.1f} s")
+
+
+def serve(store: embedml.ModelStore, root: Path, X: np.ndarray, model: object) -> None:
+    """Part two: what a service does with the production version."""
+    names = list(Flower.model_fields)
+    records = [dict(zip(names, map(float, row))) for row in X]
+    # Version 3: a retrained candidate (weaker regularisation), also ONNX.
+    y = model.predict(X)
+    candidate = make_pipeline(StandardScaler(), LogisticRegression(C=0.05)).fit(X, y)
+    store.save("iris", to_onnx(candidate), input_schema=Flower)
+    expected = {"2": model.predict(X).tolist(), "3": candidate.predict(X).tolist()}
+    log = root.parent / "predictions.jsonl"
+    handle = store.load(
+        "iris", "@production", outputs="label",
+        batching=embedml.Batching(max_batch_size=32, max_wait_ms=2.0),
+        hooks=[embedml.JsonlSink(log)],
+    )  # fmt: skip
+    wrong: list[int] = []
+    versions_seen: list[str] = []
+
+    stop = threading.Event()
+
+    def client(offset: int) -> None:
+        i = offset
+        while not stop.is_set():
+            time.sleep(0.001)  # a request arrives
+            i = (i + 8) % len(records)
+            p = handle.predict(records[i], details=True)
+            versions_seen.append(p.version)
+            if int(p.output) != expected[p.version][i]:
+                wrong.append(i)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    # Hot swaps while the threads are calling: no call is lost or mixed up.
+    for target in ("3", "@production", None):
+        mark = len(versions_seen)
+        while len(versions_seen) < mark + 100:
+            time.sleep(0.001)
+        if target is None:
+            stop.set()
+        else:
+            handle.swap(target)
+    for t in threads:
+        t.join()
+    m = handle.metrics()
+    print(f"8 threads, {m['requests']} calls served by versions {sorted(set(versions_seen))}, "
+          f"{len(wrong)} wrong; p50 {m['latency_ms']['total']['p50']:.2f} ms, "
+          f"rows per model call {dict(m['batch_size'])}")  # fmt: skip
+
+    source, sink = root.parent / "flowers.csv", root.parent / "scored.csv"
+    with open(source, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", *names])
+        for i, row in enumerate(X[:20]):
+            cells = row.tolist()
+            if i == 7:
+                cells[1] = "oops"  # a bad cell: this row is rejected, the others are scored
+            w.writerow([f"f{i}", *cells])
+    summary = embedml.score(handle, source, sink, id_column="id")
+    print(f"scored {source.name}: {summary.scored} rows scored, {summary.rejected} rejected "
+          f"(see {summary.rejects.name})")  # fmt: skip
+    handle.close()  # writes out the prediction log
+    print(f"prediction log: {len(log.read_text().splitlines())} records in {log.name}")
 
 
 if __name__ == "__main__":
