@@ -238,3 +238,17 @@ def test_prometheus_text_output(lr, logreg, iris_like):
     other.close()
     h.close()
     assert "embedml_requests_total{" not in generate_latest(registry).decode()
+
+
+def test_outcome_memory_keeps_exactly_the_last_10000_calls(lr, iris_like):
+    X, y = iris_like
+    with lr.load("lr") as h:
+        ids = [h.predict_batch(X[:1], details=True).request_id for _ in range(10_050)]
+        memory = h._obs.quality
+        assert len(memory._outputs) == memory.pending == 10_000  # bounded, never more
+        for rid in ids[:50]:  # the 50 oldest are forgotten
+            with pytest.raises(embedml.RequestNotFoundError, match="older than the last 10000"):
+                h.log_outcome(rid, y[:1])
+        h.log_outcome(ids[50], y[:1])  # the oldest remembered one still joins
+        h.log_outcome(ids[-1], y[:1])
+        assert len(memory._outputs) == 9_998

@@ -10,7 +10,7 @@ sums are updated in O(1) per row.
 from __future__ import annotations
 
 import collections
-import contextlib
+import itertools
 import math
 import threading
 from typing import Any
@@ -46,7 +46,11 @@ class QualityTracker:
         self.window = int(window)
         self.pending = int(pending)
         self._lock = threading.Lock()
-        self._outputs: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._outputs: dict[str, Any] = {}
+        # A ring of the last ``pending`` ids: writing a slot forgets the id written there
+        # ``pending`` calls earlier (O(1), no lock: item assignments are atomic under the GIL).
+        self._ring: list[str | None] = [None] * self.pending
+        self._next = itertools.count()
         self._task: str | None = None
         self._scores: collections.deque[float] = collections.deque()
         self._sum = 0.0
@@ -58,11 +62,12 @@ class QualityTracker:
         """Keep the outputs of one call for a later :meth:`join` (O(1))."""
         if self.pending == 0:
             return
-        # OrderedDict operations are atomic under the GIL; no lock on the hot path
+        i = next(self._next) % self.pending
+        old = self._ring[i]
+        self._ring[i] = request_id
         self._outputs[request_id] = outputs
-        if len(self._outputs) > self.pending:
-            with contextlib.suppress(KeyError):  # emptied by a concurrent join
-                self._outputs.popitem(last=False)
+        if old is not None:
+            self._outputs.pop(old, None)  # None: already joined
 
     def join(self, request_id: str, y_true: Any, where: str) -> dict[str, Any]:
         """Score the prediction of ``request_id`` against ``y_true``; returns the per-call result.

@@ -18,6 +18,7 @@ Batches are checked column by column with numpy, not one pydantic object per row
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +89,12 @@ def check_array(
     ``nullable`` lets NaN (a null) through but still refuses infinities.
     """
     bad: Any = None
+    if a.dtype.kind == "f" and not opts.allow_nan and a.flags.c_contiguous:
+        flat = a.reshape(-1)
+        # The common all-finite case in one BLAS pass; a NaN, an inf, or a square that
+        # overflows makes the sum of squares non-finite and falls through to the exact check.
+        if math.isfinite(flat.dot(flat)):
+            return
     if a.dtype.kind in "fc" and not opts.allow_nan:
         finite = np.isfinite(a)
         bad = ~finite if not nullable else ~(finite | np.isnan(a))
