@@ -77,6 +77,9 @@ def check_rows(n: int, opts: SchemaOptions) -> None:
         )
 
 
+_sum = np.add.reduce
+
+
 def _bad_number(v: Any) -> bool:
     return isinstance(v, float | np.floating) and not np.isfinite(v)
 
@@ -90,10 +93,10 @@ def check_array(
     """
     bad: Any = None
     if a.dtype.kind == "f" and not opts.allow_nan and a.flags.c_contiguous:
-        flat = a.reshape(-1)
-        # The common all-finite case in one BLAS pass; a NaN, an inf, or a square that
-        # overflows makes the sum of squares non-finite and falls through to the exact check.
-        if math.isfinite(flat.dot(flat)):
+        # The common all-finite case in one reduction; a NaN, an inf, or a sum that
+        # overflows makes it non-finite and falls through to the exact check. (Not a BLAS
+        # dot: that releases the GIL, and getting it back costs a thread switch under load.)
+        if math.isfinite(_sum(a.reshape(-1))):
             return
     if a.dtype.kind in "fc" and not opts.allow_nan:
         finite = np.isfinite(a)
