@@ -92,12 +92,11 @@ def check_array(
     ``nullable`` lets NaN (a null) through but still refuses infinities.
     """
     bad: Any = None
-    if a.dtype.kind == "f" and not opts.allow_nan and a.flags.c_contiguous:
-        # The common all-finite case in one reduction; a NaN, an inf, or a sum that
-        # overflows makes it non-finite and falls through to the exact check. (Not a BLAS
-        # dot: that releases the GIL, and getting it back costs a thread switch under load.)
-        if math.isfinite(_sum(a.reshape(-1))):
-            return
+    # The common all-finite case in one reduction; a NaN, an inf, or a sum that overflows
+    # makes it non-finite and falls through to the exact check. (Not a BLAS dot: that
+    # releases the GIL, and getting it back costs a thread switch under load.)
+    if a.dtype.kind == "f" and not opts.allow_nan and math.isfinite(_sum(a, axis=None)):
+        return
     if a.dtype.kind in "fc" and not opts.allow_nan:
         finite = np.isfinite(a)
         bad = ~finite if not nullable else ~(finite | np.isnan(a))
