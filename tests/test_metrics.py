@@ -240,15 +240,24 @@ def test_prometheus_text_output(lr, logreg, iris_like):
     assert "embedml_requests_total{" not in generate_latest(registry).decode()
 
 
-def test_outcome_memory_keeps_exactly_the_last_10000_calls(lr, iris_like):
+def test_outcome_memory_is_bounded_by_rows_not_calls(lr, iris_like):
     X, y = iris_like
     with lr.load("lr") as h:
-        ids = [h.predict_batch(X[:1], details=True).request_id for _ in range(10_050)]
         memory = h._obs.quality
+        ids = [h.predict_batch(X[:1], details=True).request_id for _ in range(10_050)]
         assert len(memory._outputs) == memory.pending == 10_000  # bounded, never more
         for rid in ids[:50]:  # the 50 oldest are forgotten
-            with pytest.raises(embedml.RequestNotFoundError, match="older than the last 10000"):
+            with pytest.raises(embedml.RequestNotFoundError, match="last 10000 rows"):
                 h.log_outcome(rid, y[:1])
         h.log_outcome(ids[50], y[:1])  # the oldest remembered one still joins
-        h.log_outcome(ids[-1], y[:1])
-        assert len(memory._outputs) == 9_998
+        # 100-row batches: 100 of them fill the memory, whatever came before
+        big = [h.predict_batch(X[:100], details=True).request_id for _ in range(120)]
+        assert len(memory._outputs) == 100 and memory._rows <= memory.pending
+        h.log_outcome(big[-100], y[:100])
+        with pytest.raises(embedml.RequestNotFoundError):
+            h.log_outcome(big[0], y[:100])
+        huge = np.resize(X, (10_001, X.shape[1]))  # more rows than the memory: not kept
+        rid = h.predict_batch(huge, details=True).request_id
+        with pytest.raises(embedml.RequestNotFoundError):
+            h.log_outcome(rid, np.zeros(10_001))
+        h.log_outcome(big[-1], y[:100])  # and it did not push out what was there

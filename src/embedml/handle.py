@@ -638,7 +638,8 @@ class ModelHandle:
         :class:`~embedml.PredictionRecord`); ``y_true`` is the true value (one per row for
         ``predict_batch``). The result feeds a sliding window of accuracy (classifiers) or
         MAE / RMSE (regressors), shown in ``metrics()["quality"]``. The handle remembers
-        the last 10,000 calls. Raises :class:`RequestNotFoundError` for an unknown,
+        the outputs of its last 10,000 predicted rows (a call of more rows is not
+        remembered). Raises :class:`RequestNotFoundError` for an unknown,
         forgotten or already joined id, :class:`SchemaError` when ``y_true`` has the wrong
         number of values.
         """

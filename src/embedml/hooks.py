@@ -605,7 +605,7 @@ class Observer:
             size = n
         self.metrics.end(n, timings, error, size if first else 0)
         if error is None:
-            self.quality.remember(request_id, outputs)
+            self.quality.remember(request_id, outputs, n)
         sinks = self.sinks
         if sinks:
             takers = [s for s in sinks if s.wants()]

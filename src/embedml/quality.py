@@ -1,7 +1,8 @@
 """Live model quality from late ground truth: ``handle.log_outcome(request_id, y_true)``.
 
-The handle remembers the outputs of its most recent calls (``pending`` of them, oldest
-forgotten first). When the truth for a request arrives it is joined with the prediction
+The handle remembers the outputs of its most recent calls, up to ``pending`` rows in all
+(oldest forgotten first; a single call of more rows is not remembered), so that memory
+stays bounded whatever the batch sizes. When the truth for a request arrives it is joined with the prediction
 and each row goes into a sliding window: accuracy (and error rate) when the predictions
 are class labels or class probabilities, MAE and RMSE when they are numbers. The window
 sums are updated in O(1) per row.
@@ -10,7 +11,6 @@ sums are updated in O(1) per row.
 from __future__ import annotations
 
 import collections
-import itertools
 import math
 import threading
 from typing import Any
@@ -47,10 +47,10 @@ class QualityTracker:
         self.pending = int(pending)
         self._lock = threading.Lock()
         self._outputs: dict[str, Any] = {}
-        # A ring of the last ``pending`` ids: writing a slot forgets the id written there
-        # ``pending`` calls earlier (O(1), no lock: item assignments are atomic under the GIL).
-        self._ring: list[str | None] = [None] * self.pending
-        self._next = itertools.count()
+        # Remembered ids, oldest first, with their rows: bounded by rows, not calls, so a
+        # stream of large batches cannot pin gigabytes of outputs.
+        self._order: collections.deque[tuple[str, int]] = collections.deque()
+        self._rows = 0
         self._task: str | None = None
         self._scores: collections.deque[float] = collections.deque()
         self._sum = 0.0
@@ -58,16 +58,18 @@ class QualityTracker:
         self.outcomes = 0
         self.unknown = 0
 
-    def remember(self, request_id: str, outputs: Any) -> None:
-        """Keep the outputs of one call for a later :meth:`join` (O(1))."""
-        if self.pending == 0:
+    def remember(self, request_id: str, outputs: Any, rows: int = 1) -> None:
+        """Keep the outputs of one call of ``rows`` rows for a later :meth:`join`."""
+        if rows > self.pending:
             return
-        i = next(self._next) % self.pending
-        old = self._ring[i]
-        self._ring[i] = request_id
-        self._outputs[request_id] = outputs
-        if old is not None:
-            self._outputs.pop(old, None)  # None: already joined
+        with self._lock:
+            self._outputs[request_id] = outputs
+            self._order.append((request_id, rows))
+            self._rows += rows
+            while self._rows > self.pending:
+                old, n = self._order.popleft()
+                self._rows -= n
+                self._outputs.pop(old, None)  # None: already joined
 
     def join(self, request_id: str, y_true: Any, where: str) -> dict[str, Any]:
         """Score the prediction of ``request_id`` against ``y_true``; returns the per-call result.
@@ -82,7 +84,7 @@ class QualityTracker:
         if outputs is None:
             raise RequestNotFoundError(
                 f"{where}: no prediction with request id {request_id!r} is remembered "
-                f"(unknown, already joined, or older than the last {self.pending} calls)"
+                f"(unknown, already joined, or not among the last {self.pending} rows predicted)"
             )
         pred = _predicted(outputs)
         truth = np.asarray(y_true)
