@@ -261,3 +261,20 @@ def test_outcome_memory_is_bounded_by_rows_not_calls(lr, iris_like):
         with pytest.raises(embedml.RequestNotFoundError):
             h.log_outcome(rid, np.zeros(10_001))
         h.log_outcome(big[-1], y[:100])  # and it did not push out what was there
+
+
+def test_outputs_are_remembered_only_when_the_request_id_can_be_known(lr, iris_like):
+    X, y = iris_like
+    with lr.load("lr") as h:
+        memory = h._obs.quality
+        h.predict(X[0])
+        h.predict_batch(X[:10])
+        assert memory._outputs == {}  # nobody can join an outcome to these: nothing kept
+        p = h.predict(X[0], details=True)
+        assert list(memory._outputs) == [p.request_id]
+        records = []
+        h.add_hook(records.append)
+        h.predict(X[1])  # a hook sees the id: kept
+        assert len(memory._outputs) == 2
+        h.close()
+        h.log_outcome(records[0].request_id, y[1])

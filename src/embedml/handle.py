@@ -483,7 +483,7 @@ class ModelHandle:
             pipe.release()
         if one:
             self._sample = records  # only records that worked: a bad one must not break swap
-        rid = self._observe(pipe, batch, raw, n, t0, t1, t2, None, queue, size, off == 0)
+        rid = self._observe(pipe, batch, raw, n, t0, t1, t2, None, queue, size, off == 0, details)
         return Prediction(out, rid, pipe.mv.name, pipe.mv.version) if details else out
 
     async def apredict(
@@ -516,7 +516,7 @@ class ModelHandle:
         finally:
             pipe.release()
         self._sample = record
-        rid = self._observe(pipe, batch, raw, 1, t0, t1, t2, None, queue, size, off == 0)
+        rid = self._observe(pipe, batch, raw, 1, t0, t1, t2, None, queue, size, off == 0, details)
         return Prediction(out, rid, pipe.mv.name, pipe.mv.version) if details else out
 
     def batching_stats(self) -> BatchingStats | None:
@@ -529,16 +529,17 @@ class ModelHandle:
     def _observe(
         self, pipe: Pipeline, batch: Any, raw: Any, n: int,
         t0: float, t1: float, t2: float, error: BaseException | None = None, queue: float = 0.0,
-        size: int = 0, first: bool = True,
+        size: int = 0, first: bool = True, remember: bool = False,
     ) -> str:  # fmt: skip
         """Report one finished call to metrics, the outcome join and the hooks; returns its
         request id. ``queue``: seconds waited in the batching queue; ``size``: rows of the
         model call that served it (0: ``n``); ``first``: its rows came first in that call
-        (see :meth:`Observer.end`). Never raises."""
+        (see :meth:`Observer.end`); ``remember``: the caller sees the request id
+        (``details=True``), so keep the outputs for :meth:`log_outcome`. Never raises."""
         rid = new_request_id()
         try:
             stamps = (t0, t1, t2, time.perf_counter())
-            self._obs.end(pipe.source, rid, batch, raw, n, stamps, error, queue, size, first)
+            self._obs.end(pipe.source, rid, batch, raw, n, stamps, error, queue, size, first, remember)
         except Exception:  # pragma: no cover - observability must not break a prediction
             _log.exception("recording prediction %s failed", rid)
         return rid

@@ -593,20 +593,23 @@ class Observer:
         queue: float = 0.0,
         size: int = 0,
         first: bool = True,
+        remember: bool = True,
     ) -> None:
         """Record one finished call of ``n`` rows. ``stamps``: perf_counter at start, after
         validation, after the model (including any queue wait ``queue``), and at the end.
         ``size``: rows of the model call that served it (0: ``n``, no batching); ``first``:
         its rows came first in that model call, so this call counts the model call in the
-        batch-size distribution (each joined batch is counted once)."""
+        batch-size distribution (each joined batch is counted once). ``remember``: the
+        caller saw the request id; outputs are also kept whenever a sink sees the record
+        (its id is there), and otherwise not, since nobody could join an outcome to them."""
         t0, t1, t2, t3 = stamps
         timings = (t1 - t0, queue, max(t2 - t1 - queue, 0.0), t3 - t0)
         if not size:
             size = n
         self.metrics.end(n, timings, error, size if first else 0)
-        if error is None:
-            self.quality.remember(request_id, outputs, n)
         sinks = self.sinks
+        if error is None and (remember or sinks):
+            self.quality.remember(request_id, outputs, n)
         if sinks:
             takers = [s for s in sinks if s.wants()]
             if takers:

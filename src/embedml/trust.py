@@ -8,6 +8,7 @@ the installed ones. The artifact's hash is checked afterwards, by
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import TYPE_CHECKING
 
@@ -36,18 +37,24 @@ def _same_release(saved: str, installed: str) -> bool:
         return saved == installed
 
 
-def framework_skew(manifest: Manifest) -> dict[str, tuple[str, str | None]]:
-    """``{dist: (saved, installed or None)}`` for watched frameworks whose version differs."""
+@functools.cache
+def _installed(dist: str) -> str | None:
+    """Installed version of ``dist`` (looked up once per process: it scans every path entry)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def framework_skew(manifest: Manifest) -> dict[str, tuple[str, str | None]]:
+    """``{dist: (saved, installed or None)}`` for watched frameworks whose version differs."""
     skew: dict[str, tuple[str, str | None]] = {}
     for dist, saved in manifest.frameworks.items():
         if dist not in WATCHED_FRAMEWORKS:
             continue
-        try:
-            installed: str | None = version(dist)
-        except PackageNotFoundError:
-            installed = None
+        installed = _installed(dist)
         if installed is None or not _same_release(saved, installed):
             skew[dist] = (saved, installed)
     return skew
