@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +46,13 @@ def subprocess_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture
+def threads_checked():
+    """Fails the test if it leaves a thread behind (after giving each up to 10 s to end)."""
+    before = set(threading.enumerate())
+    yield
+    for t in set(threading.enumerate()) - before:
+        t.join(10)
+    assert set(threading.enumerate()) - before == set()

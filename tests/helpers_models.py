@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 TESTS = str(Path(__file__).resolve().parent)
 
@@ -219,3 +220,14 @@ def torch_reference(X: np.ndarray) -> np.ndarray:
 
     with torch.inference_mode():
         return torch_net()(torch.from_numpy(np.asarray(X, dtype=np.float32))).numpy()
+
+
+#: A 4-field record schema (scoring and Ray tests), one bounded field.
+NAMES = ["a", "b", "c", "d"]
+
+
+class Features(BaseModel):
+    a: float = Field(ge=-10, le=10)
+    b: float
+    c: float
+    d: float

@@ -75,15 +75,6 @@ def _errors_logged(caplog, name: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.levelno >= logging.ERROR and name in r.getMessage()]
 
 
-@pytest.fixture
-def threads_checked():
-    before = set(threading.enumerate())
-    yield
-    for t in set(threading.enumerate()) - before:
-        t.join(10)
-    assert set(threading.enumerate()) - before == set()
-
-
 @pytest.mark.parametrize("batching", [None, embedml.Batching(max_batch_size=8)])
 def test_raising_hooks_are_counted_logged_once_and_never_raised(store, caplog, threads_checked, batching):
     store.save("m", linreg())

@@ -44,15 +44,6 @@ def versions(store):
     return models
 
 
-@pytest.fixture
-def threads_checked():
-    before = set(threading.enumerate())
-    yield
-    for t in set(threading.enumerate()) - before:
-        t.join(10)
-    assert set(threading.enumerate()) - before == set()
-
-
 def _record(row) -> dict[str, float]:
     return dict(zip(NAMES, map(float, row)))
 

@@ -7,21 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 import embedml
 from conftest import SRC
 from embedml.integrations.ray import EmbedMLPredictor, predict
-from helpers_models import onnx_linear, sk_logreg
-
-NAMES = ["a", "b", "c", "d"]
-
-
-class Features(BaseModel):
-    a: float = Field(ge=-10, le=10)
-    b: float
-    c: float
-    d: float
+from helpers_models import NAMES, Features, onnx_linear, sk_logreg
 
 
 class Label(BaseModel):
