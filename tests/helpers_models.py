@@ -231,3 +231,16 @@ class Features(BaseModel):
     b: float
     c: float
     d: float
+
+
+def run_python_json(code: str, *args: str, env: dict[str, str]) -> Any:
+    """Run ``python -c code args...`` in a fresh process; return the JSON it prints."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=100
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)

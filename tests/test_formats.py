@@ -4,8 +4,6 @@ registry; lazy imports of onnxruntime and torch."""
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from helpers_models import (
     dataset,
     onnx_linear,
     onnx_two_inputs,
+    run_python_json,
     sk_logreg,
     skl2onnx_logreg,
     torch_exported,
@@ -379,21 +378,12 @@ print(json.dumps(seen))
 
 @pytest.mark.timeout(120)
 def test_onnxruntime_and_torch_are_imported_on_first_use(tmp_path, subprocess_env):
-    import json
 
     import torch
 
     (tmp_path / "m.onnx").write_bytes(onnx_linear().SerializeToString())
     torch.jit.save(torch_scripted(), str(tmp_path / "m.pt"))
-    out = subprocess.run(
-        [sys.executable, "-c", _LAZY, str(tmp_path / "m.onnx"), str(tmp_path / "m.pt")],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout)
+    seen = run_python_json(_LAZY, str(tmp_path / "m.onnx"), str(tmp_path / "m.pt"), env=subprocess_env)
     assert seen["import"] == []
     assert seen["store"] == []
     assert seen["pickle"] == []

@@ -5,15 +5,13 @@ schema needs it."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import FrozenInstanceError
 
 import pytest
 
 import embedml
 from embedml.manifest import MANIFEST_FILE, Manifest
-from helpers_models import skl2onnx_logreg
+from helpers_models import run_python_json, skl2onnx_logreg
 
 REQUIRED = {
     "name": "fraud",
@@ -126,15 +124,7 @@ def test_fresh_process_imports_pydantic_only_for_output_instances(store, subproc
     store.save("record", onx, input_schema=Features)
     store.set_alias("record", "production", "1")
     store.save("outputs", onx, output_schema=Label, metadata={"k": [1, 2]})
-    out = subprocess.run(
-        [sys.executable, "-c", _FRESH, str(store.root)],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout)
+    seen = run_python_json(_FRESH, str(store.root), env=subprocess_env)
     assert seen["tensor schema"] == []
     assert seen["record schema"] == []  # records are checked by embedml, not by pydantic
     assert seen["output type"] == "Label"
