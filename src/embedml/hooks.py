@@ -603,10 +603,11 @@ class Observer:
         caller saw the request id; outputs are also kept whenever a sink sees the record
         (its id is there), and otherwise not, since nobody could join an outcome to them."""
         t0, t1, t2, t3 = stamps
-        timings = (t1 - t0, queue, max(t2 - t1 - queue, 0.0), t3 - t0)
+        model = t2 - t1 - queue
+        timings = (t1 - t0, queue, model if model > 0.0 else 0.0, t3 - t0)
         if not size:
             size = n
-        self.metrics.end(n, timings, error, size if first else 0)
+        self.metrics.end(n, timings, error, size if first else 0, t3)
         sinks = self.sinks
         if error is None and (remember or sinks):
             self.quality.remember(request_id, outputs, n)
