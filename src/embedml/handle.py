@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import enum
 import importlib
-import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +34,7 @@ from .errors import (
     SchemaError,
 )
 from .formats import FormatOptions, Runtime, get_format
-from .hooks import Observer, Sink, Source
+from .hooks import Observer, Sink, Source, new_request_id
 from .manifest import Manifest
 from .schema import NoSchema, RecordSchema, SchemaOptions, TensorSchema, schema_from_dict
 from .tensors import n_rows, take
@@ -51,13 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["HandleState", "LoadOptions", "ModelHandle", "Pipeline", "Prediction", "new_request_id"]
 
 _log = logging.getLogger("embedml.handle")
-_ID_PREFIX = os.urandom(4).hex()
-_ID_COUNTER = itertools.count(1)
-
-
-def new_request_id() -> str:
-    """A process-unique request id (cheap: a random per-process prefix and a counter)."""
-    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
 
 
 @dataclass(frozen=True)
@@ -498,7 +489,8 @@ class ModelHandle:
             pipe.release()
         if one:
             self._sample = records  # only records that worked: a bad one must not break swap
-        rid = f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"  # new_request_id(), inlined
+        # the request id is made by obs.end only when someone can see it (details or a sink)
+        rid = new_request_id() if details else None
         try:
             stamps = (t0, t1, t2, clock())
             obs.end(pipe.source, rid, batch, raw, n, stamps, None, queue, size, off == 0, details)
