@@ -80,6 +80,7 @@ def check_rows(n: int, opts: SchemaOptions) -> None:
 _sum = np.add.reduce
 _max = np.maximum.reduce
 _min = np.minimum.reduce
+_abs = np.abs
 
 
 def _all_finite(a: np.ndarray) -> bool:
@@ -193,6 +194,17 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
+_FLOAT_MAX: dict[np.dtype, float] = {}
+
+
+def _float_max(dtype: np.dtype) -> float:
+    try:
+        return _FLOAT_MAX[dtype]
+    except KeyError:
+        limit = _FLOAT_MAX[dtype] = float(np.finfo(dtype).max)
+        return limit
+
+
 def cast_array(a: np.ndarray, dtype: np.dtype, *, name: str, strict: bool = True) -> np.ndarray:
     """Cast ``a`` to ``dtype`` if no value changes, else raise :class:`SchemaError`."""
     if a.dtype == dtype:
@@ -206,6 +218,11 @@ def cast_array(a: np.ndarray, dtype: np.dtype, *, name: str, strict: bool = True
         if src in "iu" or (src == "f" and dtype.itemsize >= a.dtype.itemsize):
             return a.astype(dtype)
         if src == "f":
+            # the common case, all finite and in range, in one reduction: the max is NaN if
+            # any value is (the comparison fails: the exact check below)
+            limit = _float_max(dtype)
+            if a.size and _max(_abs(a), axis=None) <= limit:
+                return a.astype(dtype)
             finite = a[np.isfinite(a)]
             if finite.size == 0 or np.abs(finite).max() <= np.finfo(dtype).max:
                 return a.astype(dtype)
@@ -473,7 +490,7 @@ class RecordSchema:
     def _check_limits(self, m: np.ndarray, opts: SchemaOptions) -> None:
         if opts.allow_nan and opts.max_string_length is None:
             return
-        if m.dtype.kind == "f" and np.isfinite(m).all():
+        if m.dtype.kind == "f" and _all_finite(m):
             return  # the common case in one vectorised pass; per-field checks find culprits
         for j, f in enumerate(self.fields):
             if f.kind == "string" and opts.max_string_length is not None:
@@ -825,8 +842,8 @@ class TensorSchema:
             a = record if isinstance(record, np.ndarray) else _asarray(record, self._spec)
             if a.ndim == self._row_ndim:
                 a = a[None]
-                if a.shape[1:] == self._tail and a.dtype == self._dtypes[0]:
-                    return a
+                if a.shape[1:] == self._tail:
+                    return self._cast(a, opts)
             elif not (a.ndim == len(self._spec.shape) and a.shape[0] == 1):
                 raise SchemaError(
                     f"expected one example of shape {self._spec.shape[1:]}, got shape {a.shape}",
@@ -848,8 +865,8 @@ class TensorSchema:
     def _many(self, records: Any, opts: SchemaOptions) -> Any:
         if self.single:
             a = records if isinstance(records, np.ndarray) else _asarray(records, self._spec)
-            if a.shape[1:] == self._tail and a.dtype == self._dtypes[0] and a.ndim:
-                return a
+            if a.shape[1:] == self._tail and a.ndim:
+                return self._cast(a, opts)
             return self._check(a, self._spec, self._dtypes[0], opts)
         if not isinstance(records, Mapping):
             raise SchemaError(
@@ -860,6 +877,13 @@ class TensorSchema:
             records,
             opts,
         )
+
+    def _cast(self, a: np.ndarray, opts: SchemaOptions) -> np.ndarray:
+        """The single input's dtype, once its shape is known to match (see ``_tail``)."""
+        dtype = self._dtypes[0]
+        if a.dtype == dtype:
+            return a
+        return cast_array(a, dtype, name=self._spec.name, strict=opts.strict)
 
     def _check_many(
         self, batch: dict[str, np.ndarray], given: Mapping[str, Any], opts: SchemaOptions
