@@ -88,8 +88,12 @@ def _all_finite(a: np.ndarray) -> bool:
     that overflows; callers then run the exact check)."""
     # One reduction in the common case; a NaN or an inf makes it non-finite. On large
     # float32 arrays max and min (SIMD, NaN-propagating) beat numpy's pairwise float32 sum.
+    # On a few values (one row) a Python sum of the values as floats beats a ufunc call.
     # (Not a BLAS dot: that releases the GIL, and getting it back costs a thread switch.)
-    if a.size >= 8192 and a.dtype.itemsize == 4:
+    size = a.size
+    if size <= 32:
+        return math.isfinite(sum(a.ravel().tolist()))
+    if size >= 8192 and a.dtype.itemsize == 4:
         return math.isfinite(_max(a, axis=None)) and math.isfinite(_min(a, axis=None))
     return math.isfinite(_sum(a, axis=None))
 
