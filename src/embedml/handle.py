@@ -481,7 +481,10 @@ class ModelHandle:
                 joined, off, size, queue = pipe.batcher.submit(batch, n, timeout_ms)
                 raw = take(joined, slice(off, off + n))
             t2 = clock()
-            out = pipe.row(raw, 0) if one else pipe.rows(raw, n)
+            if pipe.output_schema is None:  # Pipeline.row / rows without a schema, inlined
+                out = take(raw, 0) if one else raw
+            else:
+                out = pipe.row(raw, 0) if one else pipe.rows(raw, n)
         except Exception as exc:
             self._observe(pipe, batch, raw, n, t0, t1, t2, exc)
             raise

@@ -41,12 +41,16 @@ def bucket(seconds: float, _edges: list[float] = _EDGES, _find: Any = bisect.bis
 class Histogram:
     """Counts of values (seconds) in log-spaced buckets; not thread-safe on its own."""
 
-    __slots__ = ("counts", "total", "n")
+    __slots__ = ("counts", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * (_N + 1)
         self.total = 0.0
-        self.n = 0
+
+    @property
+    def n(self) -> int:
+        """Number of values (counted from the buckets: one update less per value)."""
+        return sum(self.counts)
 
     @staticmethod
     def upper(i: int) -> float:
@@ -56,13 +60,13 @@ class Histogram:
     def add(self, seconds: float) -> None:
         self.counts[_bisect(_EDGES, seconds)] += 1
         self.total += seconds
-        self.n += 1
 
     def quantile(self, q: float) -> float | None:
         """Approximate ``q``-quantile in seconds (geometric interpolation in its bucket)."""
-        if self.n == 0:
+        n = self.n
+        if n == 0:
             return None
-        rank = q * self.n
+        rank = q * n
         seen = 0
         for i, c in enumerate(self.counts):
             if c and seen + c >= rank:
@@ -123,7 +127,9 @@ class _Shard:
 
     def __init__(self) -> None:
         self.hists = tuple(Histogram() for _ in STAGES)
-        self.batch_sizes: Counter[str] = Counter()
+        # model calls by the bit length of their rows (see _SIZE_LABELS): a list, not a
+        # Counter of labels, so that a call adds one to a slot
+        self.sizes = [0] * 65
         self.begun = self.requests = self.rows = self.errors = 0
         self.errors_by_type: Counter[str] = Counter()
         self.sec = [0] * _WINDOW
@@ -181,12 +187,11 @@ class Metrics:
                 self._shards.append(into)
             for key in ("begun", "requests", "rows", "errors"):
                 setattr(into, key, getattr(into, key) + getattr(shard, key))
-            into.batch_sizes.update(shard.batch_sizes)
+            into.sizes = [a + b for a, b in zip(into.sizes, shard.sizes)]
             into.errors_by_type.update(shard.errors_by_type)
             for h, mine in zip(into.hists, shard.hists):
                 h.counts = [a + b for a, b in zip(h.counts, mine.counts)]
                 h.total += mine.total
-                h.n += mine.n
             for i in range(_WINDOW):
                 if shard.sec[i] == into.sec[i]:
                     into.req[i] += shard.req[i]
@@ -240,22 +245,19 @@ class Metrics:
         if size is None:
             size = n
         if size:
-            sizes = sh.batch_sizes
-            label = _SIZE_LABELS[size.bit_length() - 1]
-            sizes[label] = sizes.get(label, 0) + 1
+            sh.sizes[size.bit_length()] += 1
         edges, find = _EDGES, _bisect
         hv.counts[find(edges, v)] += 1
         hv.total += v
-        hv.n += 1
-        hq.counts[find(edges, q) if q else 0] += 1
-        hq.total += q
-        hq.n += 1
+        if q:
+            hq.counts[find(edges, q)] += 1
+            hq.total += q
+        else:  # no batching queue: the first bucket, nothing to add to the sum
+            hq.counts[0] += 1
         hm.counts[find(edges, m)] += 1
         hm.total += m
-        hm.n += 1
         ht.counts[find(edges, t)] += 1
         ht.total += t
-        ht.n += 1
 
     def _merged(self) -> dict[str, Any]:
         with self._lock:
@@ -269,12 +271,13 @@ class Metrics:
         for sh in shards:
             for key in ("begun", "requests", "rows", "errors"):
                 out[key] += getattr(sh, key)
-            sizes.update(sh.batch_sizes)
+            for k, c in enumerate(sh.sizes):
+                if c:
+                    sizes[_SIZE_LABELS[k - 1 if k else 0]] += c
             kinds.update(sh.errors_by_type)
             for h, mine in zip(hists, sh.hists):
                 h.counts = [a + b for a, b in zip(h.counts, mine.counts)]
                 h.total += mine.total
-                h.n += mine.n
             for i in range(_WINDOW):
                 if now - sh.sec[i] < _WINDOW:
                     recent_req += sh.req[i]
