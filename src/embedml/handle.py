@@ -444,7 +444,9 @@ class ModelHandle:
         ``timeout_ms``, default ``Batching.timeout_ms``); without batching the call runs at
         once and ``timeout_ms`` is not checked.
         """
-        pipe = self._pipeline()
+        pipe = self._pipe  # _pipeline()'s common case, without its frame
+        if self._state is not HandleState.OPEN or not pipe.acquire():
+            pipe = self._pipeline()
         return self._call(pipe, record, True, timeout_ms, details)
 
     def predict_batch(
@@ -456,7 +458,9 @@ class ModelHandle:
         id for the whole batch). A bad record raises :class:`SchemaError` with its index.
         With batching the rows join other calls' (``timeout_ms`` as in :meth:`predict`).
         """
-        pipe = self._pipeline()
+        pipe = self._pipe  # _pipeline()'s common case, without its frame
+        if self._state is not HandleState.OPEN or not pipe.acquire():
+            pipe = self._pipeline()
         return self._call(pipe, records, False, timeout_ms, details)
 
     def _call(
