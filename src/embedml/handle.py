@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import enum
 import importlib
-import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +34,7 @@ from .errors import (
     SchemaError,
 )
 from .formats import FormatOptions, Runtime, get_format
-from .hooks import Observer, Sink, Source
+from .hooks import Observer, Sink, Source, new_request_id
 from .manifest import Manifest
 from .schema import NoSchema, RecordSchema, SchemaOptions, TensorSchema, schema_from_dict
 from .tensors import n_rows, take
@@ -51,13 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["HandleState", "LoadOptions", "ModelHandle", "Pipeline", "Prediction", "new_request_id"]
 
 _log = logging.getLogger("embedml.handle")
-_ID_PREFIX = os.urandom(4).hex()
-_ID_COUNTER = itertools.count(1)
-
-
-def new_request_id() -> str:
-    """A process-unique request id (cheap: a random per-process prefix and a counter)."""
-    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
 
 
 @dataclass(frozen=True)
@@ -210,20 +201,30 @@ class Pipeline:
         self._uses = 1
         self._uses_lock = threading.Lock()
 
+    # acquire/release run on every call: the lock's methods are called directly (half the
+    # cost of ``with``), with try/finally so that it is released whatever happens.
     def acquire(self) -> bool:
         """Take one use; ``False`` if the pipeline has already been released for good."""
-        with self._uses_lock:
-            if self._uses <= 0:
+        lock = self._uses_lock
+        lock.acquire()
+        try:
+            uses = self._uses
+            if uses <= 0:
                 return False
-            self._uses += 1
+            self._uses = uses + 1
             return True
+        finally:
+            lock.release()
 
     def release(self) -> None:
         """Give back one use; the last one closes the pipeline (after its calls finished)."""
-        with self._uses_lock:
-            self._uses -= 1
-            last = self._uses == 0
-        if last:
+        lock = self._uses_lock
+        lock.acquire()
+        try:
+            uses = self._uses = self._uses - 1
+        finally:
+            lock.release()
+        if uses == 0:
             self.close()
 
     def _context(self, exc: SchemaError) -> SchemaError:
@@ -291,6 +292,8 @@ class Pipeline:
 
     def row(self, out: Any, i: int = 0) -> Any:
         """Row ``i`` of raw batch outputs, as the caller's result for one record."""
+        if self.output_schema is None:
+            return take(out, i)
         if isinstance(self.output_schema, RecordSchema):
             return self.rows(take(out, slice(i, i + 1)), 1)[0]
         if self.output_schema is not None:
@@ -441,7 +444,9 @@ class ModelHandle:
         ``timeout_ms``, default ``Batching.timeout_ms``); without batching the call runs at
         once and ``timeout_ms`` is not checked.
         """
-        pipe = self._pipeline()
+        pipe = self._pipe  # _pipeline()'s common case, without its frame
+        if self._state is not HandleState.OPEN or not pipe.acquire():
+            pipe = self._pipeline()
         return self._call(pipe, record, True, timeout_ms, details)
 
     def predict_batch(
@@ -453,29 +458,37 @@ class ModelHandle:
         id for the whole batch). A bad record raises :class:`SchemaError` with its index.
         With batching the rows join other calls' (``timeout_ms`` as in :meth:`predict`).
         """
-        pipe = self._pipeline()
+        pipe = self._pipe  # _pipeline()'s common case, without its frame
+        if self._state is not HandleState.OPEN or not pipe.acquire():
+            pipe = self._pipeline()
         return self._call(pipe, records, False, timeout_ms, details)
 
     def _call(
         self, pipe: Pipeline, records: Any, one: bool, timeout_ms: float | None, details: bool
     ) -> Any:
         """validate -> (batcher or model) -> shape, timed per stage and observed."""
-        self._obs.metrics.begin()
-        t0 = t1 = t2 = time.perf_counter()
+        # The per-call path of every prediction: kept flat (few calls, no helper frames).
+        obs = self._obs
+        obs.metrics.begin()
+        clock = time.perf_counter
+        t0 = t1 = t2 = clock()
         batch = raw = None
         n = size = off = 0
         queue = 0.0
         try:
             batch = pipe.prepare_one(records) if one else pipe.prepare_many(records)
             n = 1 if one else n_rows(batch)
-            t1 = time.perf_counter()
+            t1 = clock()
             if pipe.batcher is None:
                 raw = pipe.run(batch, n)
             else:
                 joined, off, size, queue = pipe.batcher.submit(batch, n, timeout_ms)
                 raw = take(joined, slice(off, off + n))
-            t2 = time.perf_counter()
-            out = pipe.row(raw, 0) if one else pipe.rows(raw, n)
+            t2 = clock()
+            if pipe.output_schema is None:  # Pipeline.row / rows without a schema, inlined
+                out = take(raw, 0) if one else raw
+            else:
+                out = pipe.row(raw, 0) if one else pipe.rows(raw, n)
         except Exception as exc:
             self._observe(pipe, batch, raw, n, t0, t1, t2, exc)
             raise
@@ -483,7 +496,13 @@ class ModelHandle:
             pipe.release()
         if one:
             self._sample = records  # only records that worked: a bad one must not break swap
-        rid = self._observe(pipe, batch, raw, n, t0, t1, t2, None, queue, size, off == 0, details)
+        # the request id is made by obs.end only when someone can see it (details or a sink)
+        rid = new_request_id() if details else None
+        try:
+            stamps = (t0, t1, t2, clock())
+            obs.end(pipe.source, rid, batch, raw, n, stamps, None, queue, size, off == 0, details)
+        except Exception:  # pragma: no cover - observability must not break a prediction
+            _log.exception("recording prediction %s failed", rid)
         return Prediction(out, rid, pipe.mv.name, pipe.mv.version) if details else out
 
     async def apredict(

@@ -19,6 +19,7 @@ import collections
 import hashlib
 import itertools
 import logging
+import os
 import random
 import threading
 import time
@@ -33,6 +34,13 @@ from .errors import ConfigurationError
 __all__ = ["PredictionRecord", "Sink", "jsonable"]
 
 log = logging.getLogger("embedml.hooks")
+_ID_PREFIX = os.urandom(4).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A process-unique request id (cheap: a random per-process prefix and a counter)."""
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
 
 
 def jsonable(value: Any) -> Any:
@@ -584,7 +592,7 @@ class Observer:
     def end(
         self,
         source: Source,
-        request_id: str,
+        request_id: str | None,
         batch: Any,
         outputs: Any,
         n: int,
@@ -594,20 +602,25 @@ class Observer:
         size: int = 0,
         first: bool = True,
         remember: bool = True,
-    ) -> None:
-        """Record one finished call of ``n`` rows. ``stamps``: perf_counter at start, after
+    ) -> str | None:
+        """Record one finished call of ``n`` rows; returns its request id. ``stamps``: perf_counter at start, after
         validation, after the model (including any queue wait ``queue``), and at the end.
         ``size``: rows of the model call that served it (0: ``n``, no batching); ``first``:
         its rows came first in that model call, so this call counts the model call in the
         batch-size distribution (each joined batch is counted once). ``remember``: the
         caller saw the request id; outputs are also kept whenever a sink sees the record
-        (its id is there), and otherwise not, since nobody could join an outcome to them."""
+        (its id is there), and otherwise not, since nobody could join an outcome to them.
+        ``request_id=None``: make one only if someone can see it (``remember`` or a sink),
+        else return ``None`` (most calls: the id would be thrown away)."""
         t0, t1, t2, t3 = stamps
-        timings = (t1 - t0, queue, max(t2 - t1 - queue, 0.0), t3 - t0)
+        model = t2 - t1 - queue
+        timings = (t1 - t0, queue, model if model > 0.0 else 0.0, t3 - t0)
         if not size:
             size = n
-        self.metrics.end(n, timings, error, size if first else 0)
+        self.metrics.end(n, timings, error, size if first else 0, t3)
         sinks = self.sinks
+        if request_id is None and (remember or sinks):
+            request_id = f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"  # new_request_id(), inlined
         if error is None and (remember or sinks):
             self.quality.remember(request_id, outputs, n)
         if sinks:
@@ -619,6 +632,7 @@ class Observer:
                 )  # fmt: skip
                 for sink in takers:
                     sink.submit(record)
+        return request_id
 
     def close(self, handle: Any, deadline: float | None = None) -> None:
         """Detach every sink; each gets until ``deadline`` (``time.monotonic()``), at least

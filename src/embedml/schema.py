@@ -78,6 +78,24 @@ def check_rows(n: int, opts: SchemaOptions) -> None:
 
 
 _sum = np.add.reduce
+_max = np.maximum.reduce
+_min = np.minimum.reduce
+_abs = np.abs
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """True when a float array holds no NaN nor infinity (False may be a false alarm: a sum
+    that overflows; callers then run the exact check)."""
+    # One reduction in the common case; a NaN or an inf makes it non-finite. On large
+    # float32 arrays max and min (SIMD, NaN-propagating) beat numpy's pairwise float32 sum.
+    # On a few values (one row) a Python sum of the values as floats beats a ufunc call.
+    # (Not a BLAS dot: that releases the GIL, and getting it back costs a thread switch.)
+    size = a.size
+    if size <= 32:
+        return math.isfinite(sum(a.ravel().tolist()))
+    if size >= 8192 and a.dtype.itemsize == 4:
+        return math.isfinite(_max(a, axis=None)) and math.isfinite(_min(a, axis=None))
+    return math.isfinite(_sum(a, axis=None))
 
 
 def _bad_number(v: Any) -> bool:
@@ -92,10 +110,8 @@ def check_array(
     ``nullable`` lets NaN (a null) through but still refuses infinities.
     """
     bad: Any = None
-    # The common all-finite case in one reduction; a NaN, an inf, or a sum that overflows
-    # makes it non-finite and falls through to the exact check. (Not a BLAS dot: that
-    # releases the GIL, and getting it back costs a thread switch under load.)
-    if a.dtype.kind == "f" and not opts.allow_nan and math.isfinite(_sum(a, axis=None)):
+    # the common all-finite case first; anything else falls through to the exact check
+    if a.dtype.kind == "f" and not opts.allow_nan and _all_finite(a):
         return
     if a.dtype.kind in "fc" and not opts.allow_nan:
         finite = np.isfinite(a)
@@ -182,6 +198,17 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
+_FLOAT_MAX: dict[np.dtype, float] = {}
+
+
+def _float_max(dtype: np.dtype) -> float:
+    try:
+        return _FLOAT_MAX[dtype]
+    except KeyError:
+        limit = _FLOAT_MAX[dtype] = float(np.finfo(dtype).max)
+        return limit
+
+
 def cast_array(a: np.ndarray, dtype: np.dtype, *, name: str, strict: bool = True) -> np.ndarray:
     """Cast ``a`` to ``dtype`` if no value changes, else raise :class:`SchemaError`."""
     if a.dtype == dtype:
@@ -195,6 +222,11 @@ def cast_array(a: np.ndarray, dtype: np.dtype, *, name: str, strict: bool = True
         if src in "iu" or (src == "f" and dtype.itemsize >= a.dtype.itemsize):
             return a.astype(dtype)
         if src == "f":
+            # the common case, all finite and in range, in one reduction: the max is NaN if
+            # any value is (the comparison fails: the exact check below)
+            limit = _float_max(dtype)
+            if a.size and _max(_abs(a), axis=None) <= limit:
+                return a.astype(dtype)
             finite = a[np.isfinite(a)]
             if finite.size == 0 or np.abs(finite).max() <= np.finfo(dtype).max:
                 return a.astype(dtype)
@@ -462,7 +494,7 @@ class RecordSchema:
     def _check_limits(self, m: np.ndarray, opts: SchemaOptions) -> None:
         if opts.allow_nan and opts.max_string_length is None:
             return
-        if m.dtype.kind == "f" and np.isfinite(m).all():
+        if m.dtype.kind == "f" and _all_finite(m):
             return  # the common case in one vectorised pass; per-field checks find culprits
         for j, f in enumerate(self.fields):
             if f.kind == "string" and opts.max_string_length is not None:
@@ -765,6 +797,11 @@ class TensorSchema:
         self.single = len(self.specs) == 1
         self._spec = self.specs[0]
         self._dtypes = tuple(s.np_dtype for s in self.specs)
+        # the per-call fast path of a single input: a static row shape and dtype that match
+        # need no per-axis check (anything else takes the full check and its error messages)
+        tail = self._spec.shape[1:]
+        self._tail = None if -1 in tail else tail
+        self._row_ndim = len(self._spec.shape) - 1
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "tensors", "tensors": [s.to_dict() for s in self.specs]}
@@ -779,18 +816,26 @@ class TensorSchema:
     def one(self, record: Any, opts: SchemaOptions) -> Any:
         """Validate one example (without the batch dimension) into a batch of one."""
         batch = self._one(record, opts)
+        if type(batch) is np.ndarray and batch.dtype.kind == "f" and batch.size <= 32:
+            # one row of a few floats, the most common call: _needs_limits inlined
+            if opts.allow_nan or math.isfinite(sum(batch.ravel().tolist())):
+                return batch
+        elif not _needs_limits(batch, opts):
+            return batch
         self._check_limits(batch, opts, single=True)
         return batch
 
     def many(self, records: Any, opts: SchemaOptions) -> Any:
         """Validate a batch (one array, or a dict name -> array for multi-input models)."""
         batch = self._many(records, opts)
+        if opts.max_batch_rows is None and not _needs_limits(batch, opts):
+            return batch
         self._check_limits(batch, opts, single=False)
         return batch
 
     def _check_limits(self, batch: Any, opts: SchemaOptions, *, single: bool) -> None:
-        arrays = batch if isinstance(batch, dict) else {self._spec.name: batch}
-        for name, a in arrays.items():
+        arrays = batch.items() if isinstance(batch, dict) else ((self._spec.name, batch),)
+        for name, a in arrays:
             if not single:
                 check_rows(len(a), opts)
             try:
@@ -803,8 +848,10 @@ class TensorSchema:
     def _one(self, record: Any, opts: SchemaOptions) -> Any:
         if self.single:
             a = record if isinstance(record, np.ndarray) else _asarray(record, self._spec)
-            if a.ndim == len(self._spec.shape) - 1:
+            if a.ndim == self._row_ndim:
                 a = a[None]
+                if a.shape[1:] == self._tail:
+                    return self._cast(a, opts)
             elif not (a.ndim == len(self._spec.shape) and a.shape[0] == 1):
                 raise SchemaError(
                     f"expected one example of shape {self._spec.shape[1:]}, got shape {a.shape}",
@@ -826,6 +873,8 @@ class TensorSchema:
     def _many(self, records: Any, opts: SchemaOptions) -> Any:
         if self.single:
             a = records if isinstance(records, np.ndarray) else _asarray(records, self._spec)
+            if a.shape[1:] == self._tail and a.ndim:
+                return self._cast(a, opts)
             return self._check(a, self._spec, self._dtypes[0], opts)
         if not isinstance(records, Mapping):
             raise SchemaError(
@@ -836,6 +885,13 @@ class TensorSchema:
             records,
             opts,
         )
+
+    def _cast(self, a: np.ndarray, opts: SchemaOptions) -> np.ndarray:
+        """The single input's dtype, once its shape is known to match (see ``_tail``)."""
+        dtype = self._dtypes[0]
+        if a.dtype == dtype:
+            return a
+        return cast_array(a, dtype, name=self._spec.name, strict=opts.strict)
 
     def _check_many(
         self, batch: dict[str, np.ndarray], given: Mapping[str, Any], opts: SchemaOptions
@@ -895,6 +951,17 @@ class TensorSchema:
                     f"output {exc.message}", field=spec.name, expected=exc.expected, got=exc.got
                 ) from None
         return out
+
+
+def _needs_limits(batch: Any, opts: SchemaOptions) -> bool:
+    """False when one checked array passes every limit but ``max_batch_rows`` (the
+    per-call fast path: a float array with no NaN/inf, or NaN allowed; ints; bools)."""
+    if type(batch) is not np.ndarray:
+        return True
+    kind = batch.dtype.kind
+    if kind == "f":
+        return not opts.allow_nan and not _all_finite(batch)
+    return kind not in "iub"
 
 
 def _asarray(value: Any, spec: TensorSpec) -> np.ndarray:

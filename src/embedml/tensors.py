@@ -16,7 +16,12 @@ __all__ = ["concat", "n_rows", "split", "take"]
 
 def n_rows(batch: Any) -> int:
     """Number of rows in a batch (``-1`` when it has no length)."""
-    if isinstance(batch, Mapping):
+    cls = type(batch)
+    if cls is dict:  # the common cases first, before the ABC checks
+        batch = next(iter(batch.values()), ())
+    elif cls is np.ndarray:
+        pass
+    elif isinstance(batch, Mapping):
         batch = next(iter(batch.values()), ())
     elif isinstance(batch, tuple):
         batch = batch[0] if batch else ()
@@ -28,6 +33,11 @@ def n_rows(batch: Any) -> int:
 
 def take(batch: Any, i: int) -> Any:
     """Row ``i`` of a batch, in the batch's structure."""
+    cls = type(batch)
+    if cls is np.ndarray or cls is list:  # the common cases, before the ABC checks
+        return batch[i]
+    if cls is dict:
+        return {k: v[i] for k, v in batch.items()}
     if isinstance(batch, np.ndarray | list):
         return batch[i]
     if isinstance(batch, Mapping):

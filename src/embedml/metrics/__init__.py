@@ -8,6 +8,7 @@ exports the same numbers to Prometheus.
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -26,23 +27,30 @@ _N = _PER_OCTAVE * 29 + 1  # the last regular bucket ends at 2**9 s; one overflo
 _WINDOW = 60  # seconds of history for the recent throughput
 
 
-def bucket(seconds: float, _log2: Any = math.log2, _ceil: Any = math.ceil) -> int:
-    """Index of the histogram bucket holding ``seconds``."""
-    if seconds <= 9.5367431640625e-07:  # 2**-20: the first bucket
-        return 0
-    i = _ceil((_log2(seconds) - _MIN_EXP) * _PER_OCTAVE)
-    return _N if i > _N else i
+#: Upper edges (seconds) of the regular buckets: bucket ``i`` holds ``(EDGES[i-1], EDGES[i]]``.
+_EDGES = [2.0 ** (_MIN_EXP + i / _PER_OCTAVE) for i in range(_N)]
+_bisect = bisect.bisect_left
+
+
+def bucket(seconds: float, _edges: list[float] = _EDGES, _find: Any = bisect.bisect_left) -> int:
+    """Index of the histogram bucket holding ``seconds`` (``_N``: above the last edge)."""
+    # a binary search over the edges in C: cheaper than log2 + ceil, and exact at the edges
+    return _find(_edges, seconds)  # type: ignore[no-any-return]
 
 
 class Histogram:
     """Counts of values (seconds) in log-spaced buckets; not thread-safe on its own."""
 
-    __slots__ = ("counts", "total", "n")
+    __slots__ = ("counts", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * (_N + 1)
         self.total = 0.0
-        self.n = 0
+
+    @property
+    def n(self) -> int:
+        """Number of values (counted from the buckets: one update less per value)."""
+        return sum(self.counts)
 
     @staticmethod
     def upper(i: int) -> float:
@@ -50,15 +58,15 @@ class Histogram:
         return math.inf if i >= _N else 2.0 ** (_MIN_EXP + i / _PER_OCTAVE)
 
     def add(self, seconds: float) -> None:
-        self.counts[bucket(seconds)] += 1
+        self.counts[_bisect(_EDGES, seconds)] += 1
         self.total += seconds
-        self.n += 1
 
     def quantile(self, q: float) -> float | None:
         """Approximate ``q``-quantile in seconds (geometric interpolation in its bucket)."""
-        if self.n == 0:
+        n = self.n
+        if n == 0:
             return None
-        rank = q * self.n
+        rank = q * n
         seen = 0
         for i, c in enumerate(self.counts):
             if c and seen + c >= rank:
@@ -110,12 +118,18 @@ def _size_bucket(n: int) -> str:
     return f"{lo}-{2 * lo - 1}"
 
 
+# batch-size labels by bit length, so that a call does not format a string
+_SIZE_LABELS = tuple(_size_bucket(1 << k) for k in range(64))
+
+
 class _Shard:
     """The counters of one thread: only that thread writes them, so no lock is needed."""
 
     def __init__(self) -> None:
         self.hists = tuple(Histogram() for _ in STAGES)
-        self.batch_sizes: Counter[str] = Counter()
+        # model calls by the bit length of their rows (see _SIZE_LABELS): a list, not a
+        # Counter of labels, so that a call adds one to a slot
+        self.sizes = [0] * 65
         self.begun = self.requests = self.rows = self.errors = 0
         self.errors_by_type: Counter[str] = Counter()
         self.sec = [0] * _WINDOW
@@ -141,6 +155,8 @@ class Metrics:
         self._finalizers: list[weakref.finalize] = []
         weakref.finalize(self, _detach_all, self._finalizers)
         self.started = time.time()
+        # wall clock = perf_counter + offset: a call's end stamp gives its second for free
+        self._wall = self.started - time.perf_counter()
         self.last_error: dict[str, Any] | None = None
 
     def _shard(self) -> _Shard:
@@ -171,12 +187,11 @@ class Metrics:
                 self._shards.append(into)
             for key in ("begun", "requests", "rows", "errors"):
                 setattr(into, key, getattr(into, key) + getattr(shard, key))
-            into.batch_sizes.update(shard.batch_sizes)
+            into.sizes = [a + b for a, b in zip(into.sizes, shard.sizes)]
             into.errors_by_type.update(shard.errors_by_type)
             for h, mine in zip(into.hists, shard.hists):
                 h.counts = [a + b for a, b in zip(h.counts, mine.counts)]
                 h.total += mine.total
-                h.n += mine.n
             for i in range(_WINDOW):
                 if shard.sec[i] == into.sec[i]:
                     into.req[i] += shard.req[i]
@@ -187,7 +202,10 @@ class Metrics:
 
     def begin(self) -> None:
         """A call started (for the in-flight count)."""
-        self._shard().begun += 1
+        try:
+            self._local.shard.begun += 1
+        except AttributeError:
+            self._shard().begun += 1
 
     def end(
         self,
@@ -195,12 +213,18 @@ class Metrics:
         timings: tuple[float, float, float, float],
         error: BaseException | None,
         size: int | None = None,
+        at: float | None = None,
     ) -> None:
         """Record one finished call: ``n`` rows, stage timings in seconds, its error if any.
         ``size``: rows of a model call to count in the batch-size distribution (``None``:
-        ``n``; ``0``: none, another call of the same joined batch counts it)."""
-        sh = self._shard()
-        now = time.time()
+        ``n``; ``0``: none, another call of the same joined batch counts it). ``at``: the
+        ``time.perf_counter()`` at the call's end, if the caller has it (saves a clock read)."""
+        # Called on every prediction: histogram updates are inlined (no Histogram.add call).
+        try:
+            sh = self._local.shard
+        except AttributeError:
+            sh = self._shard()
+        now = (time.perf_counter() if at is None else at) + self._wall
         sec = int(now)
         slot = sec % _WINDOW
         sh.requests += 1
@@ -213,7 +237,7 @@ class Metrics:
             sh.errors += 1
             name = type(error).__name__
             sh.errors_by_type[name] += 1
-            self.last_error = {"type": name, "message": str(error), "time": now}
+            self.last_error = {"type": name, "message": str(error), "time": time.time()}
             ht.add(t)
             return
         sh.rows += n
@@ -221,13 +245,19 @@ class Metrics:
         if size is None:
             size = n
         if size:
-            sh.batch_sizes["1" if size == 1 else _size_bucket(size)] += 1
-        hv.add(v)
-        hq.counts[bucket(q) if q else 0] += 1
-        hq.total += q
-        hq.n += 1
-        hm.add(m)
-        ht.add(t)
+            sh.sizes[size.bit_length()] += 1
+        edges, find = _EDGES, _bisect
+        hv.counts[find(edges, v)] += 1
+        hv.total += v
+        if q:
+            hq.counts[find(edges, q)] += 1
+            hq.total += q
+        else:  # no batching queue: the first bucket, nothing to add to the sum
+            hq.counts[0] += 1
+        hm.counts[find(edges, m)] += 1
+        hm.total += m
+        ht.counts[find(edges, t)] += 1
+        ht.total += t
 
     def _merged(self) -> dict[str, Any]:
         with self._lock:
@@ -241,12 +271,13 @@ class Metrics:
         for sh in shards:
             for key in ("begun", "requests", "rows", "errors"):
                 out[key] += getattr(sh, key)
-            sizes.update(sh.batch_sizes)
+            for k, c in enumerate(sh.sizes):
+                if c:
+                    sizes[_SIZE_LABELS[k - 1 if k else 0]] += c
             kinds.update(sh.errors_by_type)
             for h, mine in zip(hists, sh.hists):
                 h.counts = [a + b for a, b in zip(h.counts, mine.counts)]
                 h.total += mine.total
-                h.n += mine.n
             for i in range(_WINDOW):
                 if now - sh.sec[i] < _WINDOW:
                     recent_req += sh.req[i]
