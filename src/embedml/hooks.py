@@ -603,8 +603,10 @@ class Observer:
         first: bool = True,
         remember: bool = True,
     ) -> str | None:
-        """Record one finished call of ``n`` rows; returns its request id. ``stamps``: perf_counter at start, after
-        validation, after the model (including any queue wait ``queue``), and at the end.
+        """Record one finished call of ``n`` rows; returns its request id.
+
+        ``stamps``: perf_counter at start, after validation, after the model (including any
+        queue wait ``queue``), and at the end.
         ``size``: rows of the model call that served it (0: ``n``, no batching); ``first``:
         its rows came first in that model call, so this call counts the model call in the
         batch-size distribution (each joined batch is counted once). ``remember``: the
