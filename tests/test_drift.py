@@ -56,6 +56,16 @@ def test_ks_matches_scipy(seed):
     assert abs(p - ref.pvalue) < 0.03  # scipy refines the limit with a finite-n correction
 
 
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [([1.0], [1.0, 2.0]), ([3.0, 3.0, 3.0], [3.0]), ([-np.inf, 0.0, 5.0], [0.0, 0.0, np.inf]),
+     ([2.0, 1.0, 1.0, 4.0], [4.0, 4.0, 1.0])],
+)  # fmt: skip
+def test_ks_statistic_with_ties_and_tiny_samples_matches_scipy(a, b):
+    d, _ = ks_2samp(np.array(a), np.array(b))
+    assert d == pytest.approx(st.ks_2samp(a, b).statistic, abs=1e-12)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_chi2_matches_scipy(seed):
     rng = np.random.default_rng(seed)
@@ -259,3 +269,18 @@ def test_psi_exported_to_prometheus(lin):
     line = next(x for x in text.splitlines() if x.startswith('embedml_drift_psi{feature="x[2]"'))
     assert float(line.split()[-1]) == pytest.approx(rows["x[2]"]["psi"])
     assert rows["x[2]"]["status"] == "drift"
+
+
+def test_a_monitor_alone_keeps_no_outputs_for_outcomes(lin, reference):
+    # nobody can read request ids from a monitor, so remembering outputs would only cost
+    monitor = embedml.DriftMonitor(window=100)
+    with lin.load("lin", hooks=[monitor]) as h:
+        for row in reference[:50]:
+            h.predict(row)
+        assert monitor.flush()
+        assert monitor.rows_seen == 50
+        assert h._obs.quality._rows == 0
+        # a caller that asks for the id still gets its outcome joined
+        rid = h.predict(reference[:1], details=True).request_id
+        h.log_outcome(rid, h.predict(reference[:1]))
+        assert h.metrics()["quality"]["outcomes"] == 1

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from sklearn.dummy import DummyRegressor
 
 import embedml
-from embedml.sinks import _json_arrays
+from embedml.sinks import _encode, _json_arrays
 from helpers_models import onnx_linear, onnx_two_inputs, sk_logreg
 
 
@@ -63,7 +63,7 @@ def test_batch_encoding_writes_the_same_text_as_one_record_at_a_time(store, tmp_
         assert d["rows"] == r.rows and d["error"] == r.error
 
 
-def test_json_arrays_matches_json_dumps_and_leaves_other_values_alone():
+def test_json_arrays_matches_encoding_each_array_and_leaves_other_values_alone():
     rng = np.random.default_rng(1)
     values = [
         rng.normal(size=(1, 3)),
@@ -79,5 +79,17 @@ def test_json_arrays_matches_json_dumps_and_leaves_other_values_alone():
     ]
     got = _json_arrays(values)
     for v, text in zip(values[:6], got[:6]):
-        assert text == json.dumps(v.tolist())
+        assert text == _encode(v.tolist())
+        # the same numbers as the json module writes (compared as text: NaN != NaN)
+        assert json.dumps(json.loads(text)) == json.dumps(v.tolist())
     assert got[6:] == [None] * 4
+
+
+def test_encode_falls_back_to_json_for_values_pydantic_core_cannot_write():
+    class Odd:
+        def __str__(self) -> str:
+            return "odd"
+
+    value = {"a": [1.5, float("nan"), 2**70], "b": Odd()}
+    assert json.loads(_encode(value), parse_constant=str) == {"a": [1.5, "NaN", 2**70], "b": "odd"}
+    assert _encode([0.1, 1e-300, -float("inf")]) == "[0.1,1e-300,-Infinity]"

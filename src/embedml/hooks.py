@@ -20,7 +20,7 @@ import hashlib
 import itertools
 import logging
 import os
-import random
+from random import random as _random
 import threading
 import time
 import weakref
@@ -272,6 +272,11 @@ class Sink:
     Raises :class:`ConfigurationError` for invalid options.
     """
 
+    #: Whether the records' request ids reach someone who may call ``log_outcome`` with
+    #: them (a log does); when no sink taking a call shows ids and the caller did not ask
+    #: for it, the handle does not remember that call's outputs.
+    shows_ids = True
+
     def __init__(
         self,
         *,
@@ -319,7 +324,7 @@ class Sink:
     # -- caller side
     def wants(self) -> bool:
         """Whether to build a record for this call at all (the sampling draw)."""
-        return self.sample >= 1.0 or random.random() < self.sample
+        return self.sample >= 1.0 or _random() < self.sample
 
     def submit(self, record: PredictionRecord) -> bool:
         """Offer one record (O(1)); returns whether it was accepted. Never raises.
@@ -549,10 +554,7 @@ class Sink:
 
 
 def _snapshot_inputs(batch: Any) -> Any:
-    # The validated batch may be the caller's own array; copy it (cheap next to the JSON
-    # work it saves) so a caller reusing its buffer cannot change what gets logged.
-    if type(batch) is np.ndarray:
-        return batch.copy()
+    # see Observer.end: arrays in a dict of inputs are copied for the same reason
     if isinstance(batch, dict):
         return {k: v.copy() if hasattr(v, "copy") else v for k, v in batch.items()}
     return batch
@@ -610,10 +612,11 @@ class Observer:
         ``size``: rows of the model call that served it (0: ``n``, no batching); ``first``:
         its rows came first in that model call, so this call counts the model call in the
         batch-size distribution (each joined batch is counted once). ``remember``: the
-        caller saw the request id; outputs are also kept whenever a sink sees the record
-        (its id is there), and otherwise not, since nobody could join an outcome to them.
-        ``request_id=None``: make one only if someone can see it (``remember`` or a sink),
-        else return ``None`` (most calls: the id would be thrown away)."""
+        caller saw the request id; outputs are also kept whenever a sink that shows ids
+        (:attr:`Sink.shows_ids`) takes the record, and otherwise not, since nobody could
+        join an outcome to them. ``request_id=None``: make one only if someone can see it
+        (``remember`` or a sink that takes the record), else return ``None`` (most calls:
+        the id would be thrown away)."""
         t0, t1, t2, t3 = stamps
         model = t2 - t1 - queue
         timings = (t1 - t0, queue, model if model > 0.0 else 0.0, t3 - t0)
@@ -621,19 +624,37 @@ class Observer:
             size = n
         self.metrics.end(n, timings, error, size if first else 0, t3)
         sinks = self.sinks
-        if request_id is None and (remember or sinks):
-            request_id = f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"  # new_request_id(), inlined
-        if error is None and (remember or sinks):
-            self.quality.remember(request_id, outputs, n)
         if sinks:
-            takers = [s for s in sinks if s.wants()]
-            if takers:
-                record = PredictionRecord(
-                    request_id, source, time.time() - timings[3], size if error is None else n,
-                    timings, _snapshot_inputs(batch), outputs, error, n,
-                )  # fmt: skip
-                for sink in takers:
-                    sink.submit(record)
+            # the sampling draw of Sink.wants, inlined: this runs on every call
+            takers = [s for s in sinks if s.sample >= 1.0 or _random() < s.sample]
+            if takers and not remember:
+                # Remember outputs only when someone can see the id: the caller, or a
+                # sink that shows ids (a log does, a drift monitor does not).
+                for s in takers:
+                    if s.shows_ids:
+                        remember = True
+                        break
+        else:
+            takers = None
+        if not (takers or remember):
+            return request_id
+        if request_id is None:
+            request_id = f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"  # new_request_id(), inlined
+        if error is None and remember:
+            self.quality.remember(request_id, outputs, n)
+        if takers:
+            if type(batch) is np.ndarray:
+                # The validated batch may be the caller's own array: copy it, so a caller
+                # reusing its buffer cannot change what gets logged.
+                batch = batch.copy()
+            elif batch is not None:
+                batch = _snapshot_inputs(batch)
+            record = PredictionRecord(
+                request_id, source, time.time() - timings[3], size if error is None else n,
+                timings, batch, outputs, error, n,
+            )  # fmt: skip
+            for sink in takers:
+                sink.submit(record)
         return request_id
 
     def close(self, handle: Any, deadline: float | None = None) -> None:
