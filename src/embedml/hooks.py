@@ -20,11 +20,11 @@ import hashlib
 import itertools
 import logging
 import os
-from random import random as _random
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from random import random as _random
 from typing import Any
 
 import numpy as np
