@@ -284,3 +284,28 @@ def test_a_monitor_alone_keeps_no_outputs_for_outcomes(lin, reference):
         rid = h.predict(reference[:1], details=True).request_id
         h.log_outcome(rid, h.predict(reference[:1]))
         assert h.metrics()["quality"]["outcomes"] == 1
+
+
+@pytest.mark.parametrize("case", ["continuous", "ties", "tiny", "nan"])
+def test_vectorised_check_equals_the_per_feature_statistics(case):
+    # the monitor's check computes all numeric features at once; the report must not change
+    rng = np.random.default_rng(3)
+    ref, live = rng.normal(size=(5000, 5)), rng.normal(size=(800, 5)) + np.linspace(0, 0.4, 5)
+    if case == "ties":
+        ref, live = np.round(ref), np.round(live)
+    elif case == "tiny":
+        live = live[:3]
+    elif case == "nan":
+        live[::7, 2] = np.nan
+    monitor = embedml.DriftMonitor(ref, window=len(live))
+    window, _, profiles = monitor._windows["x"]
+    window.push(live)
+    rows = monitor._compute().rows
+    assert (monitor._numeric_rows(profiles, window.values()) is None) == (case == "nan")
+    for j, (row, profile) in enumerate(zip(rows, profiles)):
+        expected = monitor._row(profile, window.values()[:, j])
+        assert row.keys() == expected.keys()
+        for key, value in expected.items():
+            assert row[key] == (pytest.approx(value, rel=1e-12, abs=1e-15) if isinstance(value, float) else value)
+        column = live[:, j][~np.isnan(live[:, j])]
+        assert row["ks"] == pytest.approx(st.ks_2samp(profile.sample, column).statistic, abs=1e-12)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigurationError
-from .hooks import PredictionRecord, Sink
+from .hooks import Sink
 from .profile import FeatureProfile, ReferenceProfile, feature_matrix
 from .tensors import concat
 
@@ -95,6 +95,25 @@ def _ks_sorted(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     k_b = np.flatnonzero(ends) + 1 - k_a
     d = float(np.max(np.abs(k_a / n - k_b / m)))
     return d, _kolmogorov_sf(math.sqrt(n * m / (n + m)) * d)
+
+
+def _ks_columns(ref: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """KS statistics of each row pair of ``ref`` (k x n) and ``live`` (k x m), both sorted
+    along axis 1 and free of NaN: :func:`_ks_sorted` for all features in a few numpy calls
+    (each call on a thread hands the GIL back and forth; a call per feature multiplies it)."""
+    n, m = ref.shape[1], live.shape[1]
+    both = np.concatenate([ref, live], axis=1)
+    order = np.argsort(both, axis=1, kind="stable")
+    from_a = np.cumsum(order < n, axis=1)
+    merged = np.take_along_axis(both, order, axis=1)
+    ends = np.ones(both.shape, dtype=bool)
+    np.not_equal(merged[:, 1:], merged[:, :-1], out=ends[:, :-1])
+    # |from_a / n - from_b / m| * n * m, in integers: from_b = position - from_a
+    gap = from_a * (n + m)
+    gap -= np.arange(1, n + m + 1) * n
+    np.abs(gap, out=gap)
+    gap[~ends] = 0
+    return gap.max(axis=1) / (n * m)  # type: ignore[no-any-return]
 
 
 def _gammaincc(a: float, x: float) -> float:
@@ -251,6 +270,7 @@ class DriftMonitor(Sink):
     """
 
     shows_ids = False  # nobody reads request ids from a monitor: no outputs kept for them
+    wants_records = False  # only rows: write() gets (input_names, inputs, outputs, rows)
 
     def __init__(
         self,
@@ -291,7 +311,7 @@ class DriftMonitor(Sink):
         self._last: dict[str, float] = {}
         self.rows_seen = 0
         self._window_lock = threading.Lock()
-        self._sorted: dict[str, np.ndarray] = {}
+        self._sorted: dict[Any, np.ndarray] = {}  # reference samples, sorted once
         if reference is not None:
             self._set_reference(reference, None)
 
@@ -306,6 +326,7 @@ class DriftMonitor(Sink):
                 f"features {unknown} are not in the reference profile; it has {list(reference.features)}"
             )
         self._reference = reference
+        self._sorted.clear()
         groups = {"x": [reference.features[f] for f in watched]}
         if reference.outputs:
             groups["output"] = list(reference.outputs.values())
@@ -353,20 +374,20 @@ class DriftMonitor(Sink):
             cols = self._columns[key] = [index[w] for w in wanted]
         return m[:, cols]
 
-    def write(self, records: list[PredictionRecord]) -> None:
-        ok = [r for r in records if r.error is None]
-        if not ok or self._reference is None:
+    def write(self, records: list[Any]) -> None:
+        """Push the rows of successful calls into the windows (``records``: the
+        ``(input_names, inputs, outputs, rows)`` tuples of :attr:`Sink.wants_records`)."""
+        if not records or self._reference is None:
             return
         for group, (window, _, _) in self._windows.items():
-            attr = "raw_inputs" if group == "x" else "raw_outputs"
+            k = 1 if group == "x" else 2
             try:  # one vectorised pass over the whole write batch when the arrays allow it
-                block = self._block(group, concat([getattr(r, attr) for r in ok]), ok[0].input_names)
+                block = self._block(group, concat([r[k] for r in records]), records[0][0])
             except (ValueError, TypeError):
-                blocks = [self._block(group, getattr(r, attr), r.input_names) for r in ok]
-                block = np.concatenate(blocks)
+                block = np.concatenate([self._block(group, r[k], r[0]) for r in records])
             with self._window_lock:
                 window.push(block)
-        n = sum(r.rows for r in ok)
+        n = sum(r[3] for r in records)
         self.rows_seen += n
         self._since_check += n
         if self._since_check >= self.check_every:
@@ -407,13 +428,47 @@ class DriftMonitor(Sink):
             row["chi2"], row["chi2_p"] = chi2_test(profile.counts, counts)
             row["js"] = jensen_shannon(np.asarray(profile.counts) + 0.0, counts + 0.0)
             p = row["chi2_p"]
-        if row["psi"] >= self.psi_drift:
-            row["status"] = "drift"
-        elif row["psi"] >= self.psi_warn or p < self.p_value:
-            row["status"] = "warn"
-        else:
-            row["status"] = "ok"
+        row["status"] = self._status_of(row["psi"], p)
         return row
+
+    def _status_of(self, psi_value: float, p: float) -> str:
+        if psi_value >= self.psi_drift:
+            return "drift"
+        if psi_value >= self.psi_warn or p < self.p_value:
+            return "warn"
+        return "ok"
+
+    def _numeric_rows(self, profiles: list[FeatureProfile], values: np.ndarray) -> list[dict[str, Any]] | None:
+        """Rows of a window of numeric features without NaN, in a few vectorised numpy
+        calls (``None`` when the window or the reference samples do not allow it)."""
+        ref = self._sorted.get(("__all__", tuple(p.name for p in profiles)))
+        if ref is None:
+            samples = [p.sample for p in profiles]
+            if len({len(x) for x in samples}) != 1 or not samples[0]:
+                return None
+            ref = np.sort(np.asarray(samples, dtype=np.float64), axis=1)
+            self._sorted[("__all__", tuple(p.name for p in profiles))] = ref
+        live = np.sort(np.ascontiguousarray(values.T, dtype=np.float64), axis=1)
+        if np.isnan(live[:, -1]).any():  # NaN sorts last
+            return None
+        d = _ks_columns(ref, live)
+        n, m = ref.shape[1], live.shape[1]
+        scale = math.sqrt(n * m / (n + m))
+        rows = []
+        for j, profile in enumerate(profiles):
+            # counts per bin (edges[i-1] < v <= edges[i]) from the sorted column
+            upto = np.searchsorted(live[j], np.asarray(profile.edges), side="right")
+            counts = np.diff(upto, prepend=0, append=m)
+            row: dict[str, Any] = dict.fromkeys(DriftReport.COLUMNS)
+            ks = float(d[j])
+            p = _kolmogorov_sf(scale * ks)
+            row.update(
+                feature=profile.name, kind="numeric", n=m, psi=psi(profile.counts, counts),
+                ks=ks, ks_p=p,
+            )  # fmt: skip
+            row["status"] = self._status_of(row["psi"], p)
+            rows.append(row)
+        return rows
 
     def _compute(self) -> DriftReport:
         rows = []
@@ -421,7 +476,10 @@ class DriftMonitor(Sink):
         for window, _, profiles in self._windows.values():
             values = window.values()
             filled = max(filled, window.filled)
-            rows += [self._row(p, values[:, j]) for j, p in enumerate(profiles)]
+            fast = None
+            if values.dtype == np.float64 and len(values) and all(p.kind == "numeric" for p in profiles):
+                fast = self._numeric_rows(profiles, values)
+            rows += fast if fast is not None else [self._row(p, values[:, j]) for j, p in enumerate(profiles)]
         self._last = {r["feature"]: r["psi"] for r in rows if r["psi"] is not None}
         quality = self._handle._obs.quality.snapshot() if self._handle is not None else None
         return DriftReport(rows, filled, quality)

@@ -276,6 +276,11 @@ class Sink:
     #: them (a log does); when no sink taking a call shows ids and the caller did not ask
     #: for it, the handle does not remember that call's outputs.
     shows_ids = True
+    #: ``False`` for sinks that only look at the rows of successful calls (like
+    #: :class:`~embedml.DriftMonitor`): the handle builds no record for them and
+    #: :meth:`write` receives ``(input_names, inputs, outputs, rows)`` tuples instead of
+    #: records, which costs callers a fraction of a record.
+    wants_records = True
 
     def __init__(
         self,
@@ -554,7 +559,10 @@ class Sink:
 
 
 def _snapshot_inputs(batch: Any) -> Any:
-    # see Observer.end: arrays in a dict of inputs are copied for the same reason
+    # The validated batch may be the caller's own array: copy it, so a caller reusing its
+    # buffer cannot change what gets logged.
+    if type(batch) is np.ndarray:
+        return batch.copy()
     if isinstance(batch, dict):
         return {k: v.copy() if hasattr(v, "copy") else v for k, v in batch.items()}
     return batch
@@ -574,20 +582,28 @@ class Observer:
         self.metrics = Metrics()
         self.quality = QualityTracker()
         self.sinks: tuple[Sink, ...] = ()
+        # the same sinks split by what they take (see Sink.wants_records)
+        self._record_sinks: tuple[Sink, ...] = ()
+        self._row_sinks: tuple[Sink, ...] = ()
         self._lock = threading.Lock()
+
+    def _set(self, sinks: tuple[Sink, ...]) -> None:
+        self._record_sinks = tuple(s for s in sinks if s.wants_records)
+        self._row_sinks = tuple(s for s in sinks if not s.wants_records)
+        self.sinks = sinks
 
     def add(self, sink: Sink, handle: Any) -> None:
         with self._lock:
             if sink in self.sinks:
                 return
             sink.attach(handle)
-            self.sinks = (*self.sinks, sink)
+            self._set((*self.sinks, sink))
 
     def remove(self, sink: Sink, handle: Any) -> bool:
         with self._lock:
             if sink not in self.sinks:
                 return False
-            self.sinks = tuple(s for s in self.sinks if s is not sink)
+            self._set(tuple(s for s in self.sinks if s is not sink))
         sink.detach(handle)
         return True
 
@@ -623,7 +639,14 @@ class Observer:
         if not size:
             size = n
         self.metrics.end(n, timings, error, size if first else 0, t3)
-        sinks = self.sinks
+        if self._row_sinks and error is None:
+            entry = None
+            for s in self._row_sinks:
+                if s.sample >= 1.0 or _random() < s.sample:
+                    if entry is None:
+                        entry = (source.input_names, _snapshot_inputs(batch), outputs, n)
+                    s.submit(entry)
+        sinks = self._record_sinks
         if sinks:
             # the sampling draw of Sink.wants, inlined: this runs on every call
             takers = [s for s in sinks if s.sample >= 1.0 or _random() < s.sample]
@@ -643,15 +666,9 @@ class Observer:
         if error is None and remember:
             self.quality.remember(request_id, outputs, n)
         if takers:
-            if type(batch) is np.ndarray:
-                # The validated batch may be the caller's own array: copy it, so a caller
-                # reusing its buffer cannot change what gets logged.
-                batch = batch.copy()
-            elif batch is not None:
-                batch = _snapshot_inputs(batch)
             record = PredictionRecord(
                 request_id, source, time.time() - timings[3], size if error is None else n,
-                timings, batch, outputs, error, n,
+                timings, _snapshot_inputs(batch), outputs, error, n,
             )  # fmt: skip
             for sink in takers:
                 sink.submit(record)
