@@ -376,14 +376,27 @@ class Batcher:
         """:meth:`submit` for asyncio tasks: waits on a future, never blocks the loop."""
         import asyncio
 
-        req = _Request(batch, n, self._deadline(timeout_ms))  # no latch: a future instead
-        req.loop = asyncio.get_running_loop()
-        req.future = req.loop.create_future()
-        if self._enqueue(req):
+        deadline = (
+            None if timeout_ms is None and self._default_timeout is None
+            else self._deadline(timeout_ms)
+        )  # fmt: skip
+        req = _Request(batch, n, deadline)  # no latch: a future instead
+        loop = req.loop = asyncio.get_running_loop()
+        future = req.future = loop.create_future()
+        size = n if self._rows else 1
+        lead = None
+        with self._mutex:  # the common case of _enqueue (open, room in the queue) inlined
+            if not self._closed and self._queued + size <= self._max_queue:
+                self._append(req, size)
+                lead = not self._running
+                self._running = True
+        if lead is None:
+            lead = self._enqueue(req)
+        if lead:
             self._pool_lead(True)
         try:
-            if req.deadline is None:
-                await req.future
+            if deadline is None:
+                await future
             else:
                 left = max(0.0, req.deadline - time.monotonic())
                 await asyncio.wait_for(asyncio.shield(req.future), left)

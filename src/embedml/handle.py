@@ -513,29 +513,37 @@ class ModelHandle:
         With batching the record is validated on the loop, then waits (without a thread of
         its own) for a batch run by a worker thread; ``timeout_ms`` as in :meth:`predict`.
         """
-        import asyncio
-
         pipe = self._pipeline()
         if pipe.batcher is None:
+            import asyncio
+
             pipe.release()
             return await asyncio.to_thread(self.predict, record, details=details)
-        self._obs.metrics.begin()
-        t0 = t1 = t2 = time.perf_counter()
+        # the same flat path as _call (see there), awaiting the batcher
+        obs = self._obs
+        obs.metrics.begin()
+        clock = time.perf_counter
+        t0 = t1 = t2 = clock()
         batch = raw = None
         try:
             batch = pipe.prepare_one(record)
-            t1 = time.perf_counter()
+            t1 = clock()
             joined, off, size, queue = await pipe.batcher.asubmit(batch, 1, timeout_ms)
             raw = take(joined, slice(off, off + 1))
-            t2 = time.perf_counter()
-            out = pipe.row(raw, 0)
+            t2 = clock()
+            out = take(raw, 0) if pipe.output_schema is None else pipe.row(raw, 0)
         except Exception as exc:
             self._observe(pipe, batch, raw, 1, t0, t1, t2, exc)
             raise
         finally:
             pipe.release()
         self._sample = record
-        rid = self._observe(pipe, batch, raw, 1, t0, t1, t2, None, queue, size, off == 0, details)
+        rid = new_request_id() if details else None
+        try:
+            stamps = (t0, t1, t2, clock())
+            rid = obs.end(pipe.source, rid, batch, raw, 1, stamps, None, queue, size, off == 0, details)
+        except Exception:  # pragma: no cover - observability must not break a prediction
+            _log.exception("recording prediction %s failed", rid)
         return Prediction(out, rid, pipe.mv.name, pipe.mv.version) if details else out
 
     def batching_stats(self) -> BatchingStats | None:
