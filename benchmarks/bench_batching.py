@@ -161,6 +161,92 @@ def run_tasks(name: str, call, X: np.ndarray, tasks: int = THREADS) -> dict:
     return summary(name, per * tasks, seconds, lats)
 
 
+def wake_ceiling(rows: int, threads: int = THREADS) -> dict:
+    """(d) The most single-row results per second that ``threads`` blocked caller threads
+    can receive in this CPython, whatever the batcher: a token handed along a chain of
+    threads (each wakes the next, as a batcher must wake every caller), with no work at all.
+    """
+    locks = [threading.Lock() for _ in range(threads)]
+    for lock in locks:
+        lock.acquire()
+    left = [rows]
+    done = threading.Event()
+
+    def work(i: int) -> None:
+        me, nxt = locks[i], locks[(i + 1) % threads]
+        while True:
+            me.acquire()
+            if done.is_set():
+                nxt.release()
+                return
+            left[0] -= 1
+            if left[0] <= 0:
+                done.set()
+            nxt.release()
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    start = time.perf_counter()
+    locks[0].release()
+    done.wait()
+    seconds = time.perf_counter() - start
+    for t in ts:
+        t.join()
+    return {"name": "(d) ceiling: thread wake-ups alone, 64 threads, no model", "rows_s": rows / seconds}
+
+
+def async_ceiling(rows: int, tasks: int = THREADS) -> dict:
+    """The most results per second ``tasks`` asyncio tasks can receive from a worker thread
+    that completes their futures in batches of 64: no validation, no model."""
+    import collections
+
+    per = rows // tasks
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        queue: collections.deque = collections.deque()
+        lock, wake = threading.Lock(), threading.Event()
+        stop = False
+
+        def finish(futures: list) -> None:
+            for f in futures:
+                f.set_result(None)
+
+        def worker() -> None:
+            while not stop:
+                wake.wait(0.01)
+                wake.clear()
+                with lock:
+                    batch = [queue.popleft() for _ in range(min(BATCH, len(queue)))]
+                if batch:
+                    loop.call_soon_threadsafe(finish, batch)
+                    if queue:
+                        wake.set()
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+
+        async def task() -> None:
+            for _ in range(per):
+                f = loop.create_future()
+                with lock:
+                    queue.append(f)
+                wake.set()
+                await f
+
+        start = time.perf_counter()
+        await asyncio.gather(*(task() for _ in range(tasks)))
+        seconds = time.perf_counter() - start
+        stop = True
+        wake.set()
+        thread.join()
+        return seconds
+
+    name = "ceiling: future round trips alone, 64 tasks, no model"
+    return {"name": name, "rows_s": per * tasks / asyncio.run(main())}
+
+
 def ray_serve_call(sess):
     """An async callable batching through Ray Serve's ``@serve.batch``, or ``None``."""
     try:
@@ -215,8 +301,9 @@ def table(rows: list[dict], base: dict, extra: str = "") -> str:
     out = [f"| case | rows/s | p50 ms | p99 ms | x {base['name'].split(' ')[0]} |{extra}"]
     out.append("|---|---:|---:|---:|---:|" + ("---:|" if extra else ""))
     for r in rows:
+        lat = f"{r['p50_ms']:.3f} | {r['p99_ms']:.2f}" if "p50_ms" in r else "- | -"
         out.append(
-            f"| {r['name']} | {r['rows_s']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.2f} "
+            f"| {r['name']} | {r['rows_s']:,.0f} | {lat} "
             f"| {r['rows_s'] / base['rows_s']:.2f} |" + (f" {r.get('extra', '')} |" if extra else "")
         )
     return "\n".join(out)
@@ -259,7 +346,7 @@ def main() -> None:
     )
     run_threads("warm-up", raw_call, X[: THREADS * 8])
     run_threads("warm-up", batched.predict, X[: THREADS * 8])
-    runs: dict[str, list[dict]] = {"raw": [], "emb": [], "plain": [], "off": []}
+    runs: dict[str, list[dict]] = {"raw": [], "emb": [], "plain": [], "off": [], "wake": []}
     before = batched.batching_stats()
     for _ in range(repeat):  # interleaved, so that load from elsewhere hits every case
         runs["raw"].append(run_threads("(a) raw session.run, 64 threads", raw_call, X))
@@ -270,21 +357,26 @@ def main() -> None:
             run_threads("(b') embedml predict, no batching, 64 threads", plain.predict, X)
         )
         runs["off"].append(run_offline(sess, X))
+        runs["wake"].append(wake_ceiling(len(X)))
     after = batched.batching_stats()
-    raw, emb, plain_r, off = (median_run(runs[k]) for k in ("raw", "emb", "plain", "off"))
+    raw, emb, plain_r, off, wake = (
+        median_run(runs[k]) for k in ("raw", "emb", "plain", "off", "wake")
+    )
     mean_batch = (after.rows - before.rows) / max(1, after.batches - before.batches)
     print("\n## 64 threads, single rows\n")
-    print(table([raw, emb, plain_r, off], raw, " user us / sys us / ctx switches, per row |"))
+    print(table([raw, emb, plain_r, off, wake], raw, " user us / sys us / ctx switches, per row |"))
     print(
         f"\n(b)/(a) = {emb['rows_s'] / raw['rows_s']:.2f}x (target >= 4x); "
         f"(b)/(c) = {emb['rows_s'] / off['rows_s']:.2f} of the offline limit; "
-        f"mean batch {mean_batch:.1f} rows"
+        f"(b)/(d) = {emb['rows_s'] / wake['rows_s']:.2f} of the wake-up ceiling, which is "
+        f"{wake['rows_s'] / raw['rows_s']:.2f}x (a); mean batch {mean_batch:.1f} rows"
     )
 
     # asyncio
     batched2 = store.load("mlp", **opts, batching=settings)
-    aruns: dict[str, list[dict]] = {"emb": [], "ray": []}
+    aruns: dict[str, list[dict]] = {"emb": [], "ray": [], "ceil": []}
     for _ in range(repeat):
+        aruns["ceil"].append(async_ceiling(len(X)))
         aruns["emb"].append(run_tasks("embedml apredict, batching, 64 tasks", batched2.apredict, X))
         # A @serve.batch queue is bound to the event loop of its first call: a fresh class
         # (so a fresh queue) for each asyncio.run.
@@ -295,14 +387,16 @@ def main() -> None:
             )
     st2 = batched2.batching_stats()
     res = [median_run(aruns["emb"])] + ([median_run(aruns["ray"])] if aruns["ray"] else [])
+    ceil = median_run(aruns["ceil"])
     print("\n## 64 asyncio tasks, single rows\n")
     base = res[1] if len(res) > 1 else res[0]
-    print(table(res, base))
+    print(table([*res, ceil], base))
     if len(res) > 1:
         print(
             f"\nembedml / Ray Serve = {res[0]['rows_s'] / res[1]['rows_s']:.2f}x (target >= 2x), "
             f"p99 {res[0]['p99_ms']:.2f} vs {res[1]['p99_ms']:.2f} ms; "
-            f"embedml mean batch {st2.mean_batch_size:.1f}"
+            f"embedml mean batch {st2.mean_batch_size:.1f}; embedml = "
+            f"{res[0]['rows_s'] / ceil['rows_s']:.2f} of the round-trip ceiling"
         )
     else:
         print("\nray[serve] is not installed: no Ray Serve comparison")
