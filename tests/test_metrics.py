@@ -274,7 +274,8 @@ def test_outputs_are_remembered_only_when_the_request_id_can_be_known(lr, iris_l
         assert list(memory._outputs) == [p.request_id]
         records = []
         h.add_hook(records.append)
-        h.predict(X[1])  # a hook sees the id: kept
+        h.predict(X[1])  # a hook sees the id: kept, by the sink's thread before it writes
+        assert h.hooks[0].flush()
         assert len(memory._outputs) == 2
         h.close()
         h.log_outcome(records[0].request_id, y[1])

@@ -394,13 +394,13 @@ class Sink:
         self._busy = len(batch)
         return batch
 
-    def _deliver(self, batch: list[PredictionRecord]) -> None:
+    def _deliver(self, batch: list[Any]) -> None:
         if not batch:
             self._busy = 0
             return
         self._skipped = 0
         try:
-            self.write(batch)
+            self.write(_records(batch) if self.wants_records else batch)
             self._count("written", len(batch) - self._skipped)
         except Exception as exc:
             self._failed(exc, len(batch))
@@ -568,6 +568,23 @@ def _snapshot_inputs(batch: Any) -> Any:
     return batch
 
 
+def _records(entries: list[Any]) -> list[PredictionRecord]:
+    """The records of queued entries (see ``Observer.end``), built on the sink's thread;
+    outputs are remembered for ``log_outcome`` first, so an id read from a sink is known."""
+    records = []
+    for e in entries:
+        if type(e) is not tuple:  # a PredictionRecord given to submit() directly
+            records.append(e)
+            continue
+        rid = e[0]
+        if type(rid) is int:
+            rid = f"{_ID_PREFIX}-{rid:x}"
+        if e[9] is not None:
+            e[9].remember(rid, e[6], e[8])
+        records.append(PredictionRecord(rid, e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]))
+    return records
+
+
 class Observer:
     """A handle's observability state: metrics, remembered outputs for outcomes, sinks.
 
@@ -630,9 +647,10 @@ class Observer:
         batch-size distribution (each joined batch is counted once). ``remember``: the
         caller saw the request id; outputs are also kept whenever a sink that shows ids
         (:attr:`Sink.shows_ids`) takes the record, and otherwise not, since nobody could
-        join an outcome to them. ``request_id=None``: make one only if someone can see it
-        (``remember`` or a sink that takes the record), else return ``None`` (most calls:
-        the id would be thrown away)."""
+        join an outcome to them. ``request_id=None``: the caller does not see
+        the id; a sink that takes the record gets one made from a counter value on its own
+        thread (the first such sink that shows ids also remembers the outputs there, before
+        writing), and ``None`` is returned."""
         t0, t1, t2, t3 = stamps
         model = t2 - t1 - queue
         timings = (t1 - t0, queue, model if model > 0.0 else 0.0, t3 - t0)
@@ -647,31 +665,27 @@ class Observer:
                         entry = (source.input_names, _snapshot_inputs(batch), outputs, n)
                     s.submit(entry)
         sinks = self._record_sinks
-        if sinks:
-            # the sampling draw of Sink.wants, inlined: this runs on every call
-            takers = [s for s in sinks if s.sample >= 1.0 or _random() < s.sample]
-            if takers and not remember:
-                # Remember outputs only when someone can see the id: the caller, or a
-                # sink that shows ids (a log does, a drift monitor does not).
-                for s in takers:
-                    if s.shows_ids:
-                        remember = True
-                        break
-        else:
-            takers = None
-        if not (takers or remember):
-            return request_id
-        if request_id is None:
-            request_id = f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"  # new_request_id(), inlined
-        if error is None and remember:
-            self.quality.remember(request_id, outputs, n)
+        takers = [s for s in sinks if s.sample >= 1.0 or _random() < s.sample] if sinks else None
         if takers:
-            record = PredictionRecord(
-                request_id, source, time.time() - timings[3], size if error is None else n,
-                timings, _snapshot_inputs(batch), outputs, error, n,
+            # The caller hands over a plain tuple; the sink's thread turns it into a
+            # PredictionRecord (and formats an id made of a bare counter value): per call
+            # that is a fraction of building the record here, on the callers' GIL time.
+            rid: Any = request_id if request_id is not None else next(_ID_COUNTER)
+            entry = (
+                rid, source, time.time() - timings[3], size if error is None else n, timings,
+                _snapshot_inputs(batch), outputs, error, n, None,
             )  # fmt: skip
+            keep = error is None and not remember  # the first sink that shows ids remembers
             for sink in takers:
-                sink.submit(record)
+                if keep and sink.shows_ids:
+                    keep = False
+                    sink.submit((*entry[:9], self.quality))  # type: ignore[arg-type]
+                else:
+                    sink.submit(entry)  # type: ignore[arg-type]
+        if remember and error is None:
+            if request_id is None:
+                request_id = new_request_id()
+            self.quality.remember(request_id, outputs, n)
         return request_id
 
     def close(self, handle: Any, deadline: float | None = None) -> None:

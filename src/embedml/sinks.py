@@ -48,9 +48,10 @@ class JsonlSink(Sink):
     ``rotate_bytes``: when the file reaches this size it is renamed ``path.1`` (older ones
     shift to ``path.2`` ...) and a new file is started; ``keep`` rotated files are kept.
     The file is flushed after every write batch, on :meth:`close` and at interpreter exit.
-    ``arrays="list"`` writes inputs and outputs as JSON lists (readable, but formatting
-    floats as text costs about 0.4 µs per number; the arrays of a write batch are encoded
-    together, without redaction); ``arrays="base64"`` writes numeric arrays
+    ``arrays="list"`` writes inputs and outputs as compact JSON lists (readable; the arrays
+    of a write batch are encoded together, without redaction, by pydantic-core's encoder:
+    about 0.05 µs per number, a tenth of the ``json`` module's cost; float32 values are
+    written as the doubles they widen to); ``arrays="base64"`` writes numeric arrays
     as ``{"dtype", "shape", "base64"}`` objects (lossless and much cheaper; :func:`read_jsonl`
     turns them back into arrays). Other options are those of :class:`~embedml.hooks.Sink`. Raises
     :class:`ConfigurationError` for invalid options.
