@@ -115,6 +115,20 @@ def test_nothing_lost_on_clean_close_with_many_threads(lr, iris_like, tmp_path, 
         assert stats["dropped"] == 0 and sorted(logged) == sorted(ids)
 
 
+def test_close_drains_at_once_however_long_the_write_interval(lr, iris_like, tmp_path, caplog):
+    X, _ = iris_like
+    sink = JsonlSink(tmp_path / "slow.jsonl")
+    sink.interval = 3600.0  # the writer would otherwise sleep an hour between batches
+    h = lr.load("lr", hooks=[sink])
+    for row in X[:40]:
+        h.predict(row)
+    with caplog.at_level(logging.ERROR, logger="embedml.hooks"):
+        h.close()
+    assert not sink._thread.is_alive()
+    assert not caplog.records  # no "did not finish" on a healthy writer
+    assert sink.stats()["written"] == 40 == len(read_jsonl(tmp_path / "slow.jsonl"))
+
+
 def test_hook_exceptions_are_counted_and_logged_once(lr, iris_like, caplog):
     X, _ = iris_like
 

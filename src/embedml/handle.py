@@ -34,7 +34,7 @@ from .errors import (
     SchemaError,
 )
 from .formats import FormatOptions, Runtime, get_format
-from .hooks import Observer, Sink, Source, new_request_id
+from .hooks import Observer, Sink, new_request_id
 from .manifest import Manifest
 from .schema import NoSchema, RecordSchema, SchemaOptions, TensorSchema, schema_from_dict
 from .tensors import n_rows, take
@@ -188,7 +188,7 @@ class Pipeline:
         self.preprocess = _import_callable(pre, "preprocess") if isinstance(pre, str) else pre
         self.postprocess = _import_callable(post, "postprocess") if isinstance(post, str) else post
         names = self.input_schema.names if isinstance(self.input_schema, RecordSchema) else None
-        self.source = Source(mv.name, mv.version, names)
+        self.source = (mv.name, mv.version, names)  # a hooks.Source
         # Dynamic batching (embedml.batching): joins concurrent calls on this pipeline.
         self.batcher: Batcher | None = None
         if options.batching is not None:

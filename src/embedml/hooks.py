@@ -64,15 +64,14 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
-class Source:
-    """What every record of one loaded version shares (so records stay small)."""
+#: What every record of one loaded version shares: ``(model, version, input_names)``. A
+#: plain tuple of strings, so that the entries callers queue for sinks hold no object the
+#: garbage collector tracks (see ``Observer.end``).
+Source = tuple[str, str, "tuple[str, ...] | None"]
 
-    __slots__ = ("model", "version", "input_names")
-
-    def __init__(self, model: str, version: str, input_names: tuple[str, ...] | None) -> None:
-        self.model = model
-        self.version = version
-        self.input_names = input_names
+# Quality trackers by key: queued entries name theirs by an int, for the same reason.
+_TRACKERS: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+_TRACKER_KEYS = itertools.count(1)
 
 
 class PredictionRecord:
@@ -146,16 +145,16 @@ class PredictionRecord:
 
     @property
     def model(self) -> str:
-        return self._source.model
+        return self._source[0]
 
     @property
     def version(self) -> str:
-        return self._source.version
+        return self._source[1]
 
     @property
     def input_names(self) -> tuple[str, ...] | None:
         """Field names of the input rows (record schemas), else ``None``."""
-        return self._source.input_names
+        return self._source[2]
 
     @property
     def raw_inputs(self) -> Any:
@@ -171,7 +170,7 @@ class PredictionRecord:
     def inputs(self) -> Any:
         """The validated inputs as JSON-ready values (``None`` if validation failed)."""
         if self._inputs is _UNSET:
-            raw, names = self._raw_inputs, self._source.input_names
+            raw, names = self._raw_inputs, self._source[2]
             if names is not None and getattr(raw, "ndim", 0) == 2:
                 self._inputs = [dict(zip(names, row)) for row in raw.tolist()]
             else:
@@ -412,7 +411,8 @@ class Sink:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.interval)
+            if not self._closed:  # closing: drain at once, however long `interval` is
+                self._wake.wait(self.interval)
             self._wake.clear()
             closing = self._closed
             with self._write_lock:
@@ -579,9 +579,13 @@ def _records(entries: list[Any]) -> list[PredictionRecord]:
         rid = e[0]
         if type(rid) is int:
             rid = f"{_ID_PREFIX}-{rid:x}"
-        if e[9] is not None:
-            e[9].remember(rid, e[6], e[8])
-        records.append(PredictionRecord(rid, e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]))
+        if e[12]:
+            tracker = _TRACKERS.get(e[12])
+            if tracker is not None:
+                tracker.remember(rid, e[9], e[11])
+        records.append(
+            PredictionRecord(rid, e[1], e[2], e[3], e[4:8], e[8], e[9], e[10], e[11])
+        )
     return records
 
 
@@ -598,6 +602,8 @@ class Observer:
 
         self.metrics = Metrics()
         self.quality = QualityTracker()
+        self._tracker_key = next(_TRACKER_KEYS)
+        _TRACKERS[self._tracker_key] = self.quality
         self.sinks: tuple[Sink, ...] = ()
         # the same sinks split by what they take (see Sink.wants_records)
         self._record_sinks: tuple[Sink, ...] = ()
@@ -658,28 +664,32 @@ class Observer:
             size = n
         self.metrics.end(n, timings, error, size if first else 0, t3)
         if self._row_sinks and error is None:
-            entry = None
+            rows = None
             for s in self._row_sinks:
                 if s.sample >= 1.0 or _random() < s.sample:
-                    if entry is None:
-                        entry = (source.input_names, _snapshot_inputs(batch), outputs, n)
-                    s.submit(entry)
+                    if rows is None:
+                        rows = (source[2], _snapshot_inputs(batch), outputs, n)
+                    s.submit(rows)
         sinks = self._record_sinks
         takers = [s for s in sinks if s.sample >= 1.0 or _random() < s.sample] if sinks else None
         if takers:
             # The caller hands over a plain tuple; the sink's thread turns it into a
             # PredictionRecord (and formats an id made of a bare counter value): per call
             # that is a fraction of building the record here, on the callers' GIL time.
+            # Flat, and only of strings, numbers, arrays and a tuple of strings: the garbage
+            # collector stops tracking such a tuple at its first look, so entries waiting in
+            # a queue are not promoted and do not make full collections come sooner.
             rid: Any = request_id if request_id is not None else next(_ID_COUNTER)
+            v, q, m, t = timings
             entry = (
-                rid, source, time.time() - timings[3], size if error is None else n, timings,
-                _snapshot_inputs(batch), outputs, error, n, None,
+                rid, source, time.time() - t, size if error is None else n, v, q, m, t,
+                _snapshot_inputs(batch), outputs, error, n, 0,
             )  # fmt: skip
             keep = error is None and not remember  # the first sink that shows ids remembers
             for sink in takers:
                 if keep and sink.shows_ids:
                     keep = False
-                    sink.submit((*entry[:9], self.quality))  # type: ignore[arg-type]
+                    sink.submit((*entry[:12], self._tracker_key))  # type: ignore[arg-type]
                 else:
                     sink.submit(entry)  # type: ignore[arg-type]
         if remember and error is None:

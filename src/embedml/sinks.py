@@ -84,8 +84,7 @@ class JsonlSink(Sink):
         self.keep = int(keep)
         self.arrays = arrays
         self._file: Any = None
-        self._heads: dict[tuple[str, str], str] = {}  # by (model, version), not Source:
-        # every swap or load makes a new Source, and this dict would keep them all
+        self._heads: dict[Any, str] = {}  # by Source (model, version, input names)
 
     def write(self, records: list[PredictionRecord]) -> None:
         if self._file is None:
@@ -125,11 +124,10 @@ class JsonlSink(Sink):
         # The envelope is formatted directly: json.dumps of a whole dict costs more than
         # the record's other work. Only strings that may need escaping go through json.
         source = r._source
-        key = (source.model, source.version)
-        head = self._heads.get(key)
+        head = self._heads.get(source)
         if head is None:
-            head = self._heads[key] = (
-                f'"model":{json.dumps(source.model)},"version":{json.dumps(source.version)}'
+            head = self._heads[source] = (
+                f'"model":{json.dumps(source[0])},"version":{json.dumps(source[1])}'
             )
         t = r._timings
         error = "null" if r._error is None else json.dumps(r.error)
@@ -197,7 +195,7 @@ def _json_arrays(
     for i, v in enumerate(values):
         if (
             type(v) is np.ndarray and 1 <= v.ndim <= 2 and v.dtype.kind in "iuf"
-            and (records is None or records[i]._source.input_names is None)
+            and (records is None or records[i]._source[2] is None)
         ):  # fmt: skip
             groups.setdefault((v.shape[1:], v.dtype), []).append(i)
     for (trailing, _), idx in groups.items():
