@@ -157,8 +157,13 @@ def run_tasks(name: str, call, X: np.ndarray, tasks: int = THREADS) -> dict:
         await asyncio.gather(*(work(t) for t in range(tasks)))
         return time.perf_counter() - start
 
+    loop_cpu, all_cpu = time.thread_time(), time.process_time()
     seconds = asyncio.run(main())
-    return summary(name, per * tasks, seconds, lats)
+    loop_cpu, all_cpu = time.thread_time() - loop_cpu, time.process_time() - all_cpu
+    res = summary(name, per * tasks, seconds, lats)
+    rows = per * tasks
+    res["extra"] = f"{loop_cpu / rows * 1e6:.1f} / {(all_cpu - loop_cpu) / rows * 1e6:.1f}"
+    return res
 
 
 def wake_ceiling(rows: int, threads: int = THREADS) -> dict:
@@ -390,7 +395,7 @@ def main() -> None:
     ceil = median_run(aruns["ceil"])
     print("\n## 64 asyncio tasks, single rows\n")
     base = res[1] if len(res) > 1 else res[0]
-    print(table([*res, ceil], base))
+    print(table([*res, ceil], base, " CPU µs per row: loop thread / other threads |"))
     if len(res) > 1:
         print(
             f"\nembedml / Ray Serve = {res[0]['rows_s'] / res[1]['rows_s']:.2f}x (target >= 2x), "
