@@ -428,9 +428,20 @@ class Batcher:
         else:
             self._solo_cost += (cost - self._solo_cost) * 0.01
         with self._mutex:
-            self._solo_counts(n)
+            # _solo_counts and _step_down inlined: this is every lone caller's path
+            self._requests += 1
+            self._rows_in += n
+            self._wait_buckets[0] += 1
+            self._batches += 1
+            bound: float = 1 if n == 1 else self._bound(n)
+            self._sizes[bound] = self._sizes.get(bound, 0) + 1
             if not self._queue:
-                self._step_down(get_ident())
+                self._solo_thread = get_ident()
+                self._solo_end = time.monotonic()
+                self._running = False
+                if self._drained is not None:
+                    self._drained.release()
+                    self._drained = None
                 return out, 0, n, 0.0
         self._lead(None)
         return out, 0, n, 0.0
@@ -733,10 +744,12 @@ class Batcher:
 
     def _count_batch(self, n: int) -> None:
         self._batches += 1
-        bound: float = 1
-        if n > 1:
-            bound = 2 ** (n - 1).bit_length() if n <= self._size_cap else math.inf
+        bound: float = 1 if n == 1 else self._bound(n)
         self._sizes[bound] = self._sizes.get(bound, 0) + 1
+
+    def _bound(self, n: int) -> float:
+        """The batch-size histogram bucket of ``n`` > 1 rows (see BatchingStats)."""
+        return 2 ** (n - 1).bit_length() if n <= self._size_cap else math.inf
 
     @staticmethod
     def _wake(reqs: list[_Request]) -> None:

@@ -483,7 +483,8 @@ class ModelHandle:
                 raw = pipe.run(batch, n)
             else:
                 joined, off, size, queue = pipe.batcher.submit(batch, n, timeout_ms)
-                raw = take(joined, slice(off, off + n))
+                # a call that ran alone gets its own outputs: no slice to cut
+                raw = joined if size == n else take(joined, slice(off, off + n))
             t2 = clock()
             if pipe.output_schema is None:  # Pipeline.row / rows without a schema, inlined
                 out = take(raw, 0) if one else raw
