@@ -418,6 +418,11 @@ class Sink:
             with self._write_lock:
                 batch = self._take()
                 self._deliver(batch)
+                if not batch:
+                    try:
+                        self._idle()
+                    except Exception as exc:
+                        self._failed(exc, 0)
             if closing and not batch:
                 break
         with self._lock:
@@ -451,6 +456,10 @@ class Sink:
     def write(self, records: list[PredictionRecord]) -> None:
         """Handle a list of records on the writer thread. Subclasses override this."""
         raise NotImplementedError
+
+    def _idle(self) -> None:
+        """Called on the writer thread when it woke (every :attr:`interval` at least) and
+        found nothing to write; subclasses may do deferred work here."""
 
     def redact(self, value: Any) -> Any:
         """Apply this sink's redaction rules to a JSON-ready input/output value."""
