@@ -186,12 +186,54 @@ def test_asyncio_tasks_see_their_joined_batches(store):
 
 def test_drift_monitor_counts_rows_not_batch_rows(store):
     calls = Calls()
-    monitor = embedml.DriftMonitor(rows(500, seed=9), window=500)
+    monitor = embedml.DriftMonitor(rows(500, seed=9), window=10_000)
     handle = load(store, batching=embedml.Batching(), calls=calls, hooks=[monitor])
     _, n_rows = hammer(handle)
     handle.close()
     assert max(calls.sizes) > 1
     assert monitor.rows_seen == n_rows
+    # one offer per model call (the batch's rows at once), not one per call
+    assert monitor.stats()["accepted"] == len(calls.sizes) < n_rows
+    sent = np.concatenate([rows(CALLS + 3, seed=t) for t in range(THREADS)])
+    window = monitor._windows["x"][0].values()
+    np.testing.assert_array_equal(np.sort(window, axis=0), np.sort(sent, axis=0))
+
+
+def test_handles_sharing_a_batched_pipeline_offer_each_row_once(store):
+    # Handles loaded with equal options from one ModelCache share a pipeline and its
+    # batcher, so one model call can join calls of both: each handle offers its own calls'
+    # rows to its row sinks, here the same monitor, which must see every row exactly once.
+    cache = embedml.ModelCache(max_models=2)
+    store.save("probe", Probe(delay=0.003))
+    monitor = embedml.DriftMonitor(rows(500, seed=9), window=10_000)
+    batching = embedml.Batching()
+    first = store.load("probe", batching=batching, cache=cache, hooks=[monitor])
+    second = store.load("probe", batching=batching, cache=cache, hooks=[monitor])
+    assert first._pipe is second._pipe and first._obs is not second._obs
+    X1, X2 = rows(240, seed=1), rows(240, seed=2)
+
+    def work(handle, X):
+        for x in X:
+            assert np.isclose(handle.predict(x), expected(x[None])[0])
+
+    threads = [
+        threading.Thread(target=work, args=(h, X[k::4]))
+        for h, X in ((first, X1), (second, X2)) for k in range(4)
+    ]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert monitor.flush()
+    window = monitor._windows["x"][0].values()
+    sent = np.concatenate([X1, X2])
+    assert monitor.rows_seen == len(sent)
+    np.testing.assert_array_equal(np.sort(window, axis=0), np.sort(sent, axis=0))
+    stats = first.batching_stats()
+    first.close()
+    second.close()
+    cache.clear()
+    assert stats.rows > stats.batches  # calls were joined
 
 
 def test_prometheus_batch_size_counts_model_calls(store):

@@ -49,7 +49,7 @@ from .errors import (
     PredictionError,
     PredictionTimeoutError,
 )
-from .tensors import concat
+from .tensors import concat, take
 
 if TYPE_CHECKING:
     from .handle import Pipeline
@@ -167,7 +167,7 @@ class _Request:
 
     __slots__ = (
         "batch", "n", "key", "deadline", "latch", "future", "loop", "state", "lead",
-        "out", "off", "size", "wait", "error", "enqueued", "next",
+        "out", "off", "size", "wait", "error", "enqueued", "next", "obs",
     )  # fmt: skip
 
     def __init__(self, batch: Any, n: int, deadline: float | None) -> None:
@@ -187,6 +187,7 @@ class _Request:
         self.error: BaseException | None = None
         self.enqueued = 0.0
         self.next: _Request | None = None  # the caller to wake after this one (wake chain)
+        self.obs: Any = None  # the caller's hooks.Observer: row sinks see its rows per batch
 
 
 def _signature(batch: Any) -> Any:
@@ -305,13 +306,14 @@ class Batcher:
         return req
 
     def submit(
-        self, batch: Any, n: int, timeout_ms: float | None = None
+        self, batch: Any, n: int, timeout_ms: float | None = None, obs: Any = None
     ) -> tuple[Any, int, int, float]:
         """Run a validated batch of ``n`` rows with others; returns ``(outputs, offset, size,
         wait)``: the joined batch's raw outputs, where this call's rows start, the rows of that
         model call and the seconds this call waited in the queue (0 when it ran at once). Raises
         :class:`PredictionError`, :class:`OverloadedError`, :class:`PredictionTimeoutError`,
-        :class:`HandleClosedError`."""
+        :class:`HandleClosedError`. ``obs``: the caller's ``hooks.Observer``, whose row
+        sinks (a ``DriftMonitor``) get the rows of each model call that serves the call."""
         deadline = (
             None if timeout_ms is None and self._default_timeout is None
             else self._deadline(timeout_ms)
@@ -333,14 +335,16 @@ class Batcher:
                 # (idle here means: another thread ran alone a moment ago, so callers are
                 # contending; this one leads, but first lets the others join, see _lead)
                 req = self._new_request(batch, n, deadline)
+                req.obs = obs
                 self._append(req, size)
                 self._running = True
         if idle:
             if req is None:
-                return self._run_alone(batch, n)
+                return self._run_alone(batch, n, obs)
             self._lead(req, fresh=True)
         elif req is None:  # closed, or the queue is full
             req = self._new_request(batch, n, deadline)
+            req.obs = obs
             if self._enqueue(req):
                 self._lead(req)
         latch = req.latch
@@ -371,7 +375,7 @@ class Batcher:
         return self._result(req)
 
     async def asubmit(
-        self, batch: Any, n: int, timeout_ms: float | None = None
+        self, batch: Any, n: int, timeout_ms: float | None = None, obs: Any = None
     ) -> tuple[Any, int, int, float]:
         """:meth:`submit` for asyncio tasks: waits on a future, never blocks the loop."""
         import asyncio
@@ -381,6 +385,7 @@ class Batcher:
             else self._deadline(timeout_ms)
         )  # fmt: skip
         req = _Request(batch, n, deadline)  # no latch: a future instead
+        req.obs = obs
         loop = req.loop = asyncio.get_running_loop()
         future = req.future = loop.create_future()
         size = n if self._rows else 1
@@ -407,12 +412,14 @@ class Batcher:
             raise
         return self._result(req)
 
-    def _run_alone(self, batch: Any, n: int) -> tuple[Any, int, int, float]:
+    def _run_alone(self, batch: Any, n: int, obs: Any = None) -> tuple[Any, int, int, float]:
         """The fast path of an idle batcher: the caller's own batch runs at once; whoever
         queued meanwhile is served next by this caller (for a few batches at most)."""
         start = time.perf_counter()
         try:
             out = self.pipeline.run(batch, n)
+            if obs is not None and obs.row_sinks:
+                obs.rows(self.pipeline.source, batch, out, n, copy=True)
         except BaseException as exc:
             with self._mutex:
                 self._solo_counts(n)
@@ -667,7 +674,26 @@ class Batcher:
                 raise
             return
         self._count_batch(n)
+        self._observe_rows(reqs, batch, out)
         self._finish(reqs, out, None, n)
+
+    def _observe_rows(self, reqs: list[_Request], batch: Any, out: Any) -> None:
+        """Hand the rows of a model call to the callers' row sinks: once per batch, not once
+        per call (the common case: every call comes from the same handle)."""
+        obs = reqs[0].obs
+        source = self.pipeline.source
+        if all(r.obs is obs for r in reqs):
+            if obs is not None and obs.row_sinks:
+                # a joined batch is the batcher's own array; a lone request's is the caller's
+                obs.rows(source, batch, out, sum(r.n for r in reqs), copy=len(reqs) == 1)
+            return
+        off = 0
+        for r in reqs:  # handles sharing one cached pipeline: each sees its own calls' rows
+            o = r.obs
+            if o is not None and o.row_sinks:
+                part = slice(off, off + r.n)
+                o.rows(source, take(batch, part), take(out, part), r.n, copy=True)
+            off += r.n
 
     def _failed_batch(self, reqs: list[_Request], exc: PredictionError) -> None:
         self._count_batch(sum(r.n for r in reqs))

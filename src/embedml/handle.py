@@ -482,7 +482,7 @@ class ModelHandle:
             if pipe.batcher is None:
                 raw = pipe.run(batch, n)
             else:
-                joined, off, size, queue = pipe.batcher.submit(batch, n, timeout_ms)
+                joined, off, size, queue = pipe.batcher.submit(batch, n, timeout_ms, obs)
                 # a call that ran alone gets its own outputs: no slice to cut
                 raw = joined if size == n else take(joined, slice(off, off + n))
             t2 = clock()
@@ -501,7 +501,10 @@ class ModelHandle:
         rid = new_request_id() if details else None
         try:
             stamps = (t0, t1, t2, clock())
-            obs.end(pipe.source, rid, batch, raw, n, stamps, None, queue, size, off == 0, details)
+            obs.end(
+                pipe.source, rid, batch, raw, n, stamps, None, queue, size, off == 0, details,
+                pipe.batcher is not None,
+            )  # fmt: skip
         except Exception:  # pragma: no cover - observability must not break a prediction
             _log.exception("recording prediction %s failed", rid)
         return Prediction(out, rid, pipe.mv.name, pipe.mv.version) if details else out
@@ -529,7 +532,7 @@ class ModelHandle:
         try:
             batch = pipe.prepare_one(record)
             t1 = clock()
-            joined, off, size, queue = await pipe.batcher.asubmit(batch, 1, timeout_ms)
+            joined, off, size, queue = await pipe.batcher.asubmit(batch, 1, timeout_ms, obs)
             raw = take(joined, slice(off, off + 1))
             t2 = clock()
             out = take(raw, 0) if pipe.output_schema is None else pipe.row(raw, 0)
@@ -542,7 +545,9 @@ class ModelHandle:
         rid = new_request_id() if details else None
         try:
             stamps = (t0, t1, t2, clock())
-            rid = obs.end(pipe.source, rid, batch, raw, 1, stamps, None, queue, size, off == 0, details)
+            rid = obs.end(
+                pipe.source, rid, batch, raw, 1, stamps, None, queue, size, off == 0, details, True
+            )
         except Exception:  # pragma: no cover - observability must not break a prediction
             _log.exception("recording prediction %s failed", rid)
         return Prediction(out, rid, pipe.mv.name, pipe.mv.version) if details else out

@@ -616,12 +616,12 @@ class Observer:
         self.sinks: tuple[Sink, ...] = ()
         # the same sinks split by what they take (see Sink.wants_records)
         self._record_sinks: tuple[Sink, ...] = ()
-        self._row_sinks: tuple[Sink, ...] = ()
+        self.row_sinks: tuple[Sink, ...] = ()
         self._lock = threading.Lock()
 
     def _set(self, sinks: tuple[Sink, ...]) -> None:
         self._record_sinks = tuple(s for s in sinks if s.wants_records)
-        self._row_sinks = tuple(s for s in sinks if not s.wants_records)
+        self.row_sinks = tuple(s for s in sinks if not s.wants_records)
         self.sinks = sinks
 
     def add(self, sink: Sink, handle: Any) -> None:
@@ -652,6 +652,7 @@ class Observer:
         size: int = 0,
         first: bool = True,
         remember: bool = True,
+        rows_seen: bool = False,
     ) -> str | None:
         """Record one finished call of ``n`` rows; returns its request id.
 
@@ -665,20 +666,16 @@ class Observer:
         join an outcome to them. ``request_id=None``: the caller does not see
         the id; a sink that takes the record gets one made from a counter value on its own
         thread (the first such sink that shows ids also remembers the outputs there, before
-        writing), and ``None`` is returned."""
+        writing), and ``None`` is returned. ``rows_seen``: a batcher already gave the
+        row sinks this call's rows (see :meth:`rows`)."""
         t0, t1, t2, t3 = stamps
         model = t2 - t1 - queue
         timings = (t1 - t0, queue, model if model > 0.0 else 0.0, t3 - t0)
         if not size:
             size = n
         self.metrics.end(n, timings, error, size if first else 0, t3)
-        if self._row_sinks and error is None:
-            rows = None
-            for s in self._row_sinks:
-                if s.sample >= 1.0 or _random() < s.sample:
-                    if rows is None:
-                        rows = (source[2], _snapshot_inputs(batch), outputs, n)
-                    s.submit(rows)
+        if self.row_sinks and error is None and not rows_seen:
+            self.rows(source, batch, outputs, n, copy=True)
         sinks = self._record_sinks
         takers = [s for s in sinks if s.sample >= 1.0 or _random() < s.sample] if sinks else None
         if takers:
@@ -706,6 +703,20 @@ class Observer:
                 request_id = new_request_id()
             self.quality.remember(request_id, outputs, n)
         return request_id
+
+    def rows(self, source: Source, batch: Any, outputs: Any, n: int, copy: bool) -> None:
+        """Offer the ``n`` rows of successful calls to the row sinks (``Sink.wants_records
+        = False``), each sampling per offer; ``copy``: the inputs may be a caller's array.
+        Never raises."""
+        try:
+            entry = None
+            for s in self.row_sinks:
+                if s.sample >= 1.0 or _random() < s.sample:
+                    if entry is None:
+                        entry = (source[2], _snapshot_inputs(batch) if copy else batch, outputs, n)
+                    s.submit(entry)
+        except Exception:  # pragma: no cover - observability must not break a prediction
+            log.exception("offering rows to the row sinks failed")
 
     def close(self, handle: Any, deadline: float | None = None) -> None:
         """Detach every sink; each gets until ``deadline`` (``time.monotonic()``), at least
