@@ -330,9 +330,10 @@ class Sink:
         """Whether to build a record for this call at all (the sampling draw)."""
         return self.sample >= 1.0 or _random() < self.sample
 
-    def submit(self, record: PredictionRecord) -> bool:
+    def submit(self, record: Any) -> bool:
         """Offer one record (O(1)); returns whether it was accepted. Never raises.
-        Sampling is decided before, by :meth:`wants`."""
+        Sampling is decided before, by :meth:`wants`. A :class:`PredictionRecord`, or what
+        a handle queues instead (see ``Observer.end`` and :attr:`wants_records`)."""
         # No lock on this path: deque.append and next(itertools.count) are atomic under
         # the GIL, and a lock here makes many caller threads convoy behind each other.
         # The size check can overshoot max_queue by at most the number of caller threads.
