@@ -678,7 +678,12 @@ class Observer:
         if self.row_sinks and error is None and not rows_seen:
             self.rows(source, batch, outputs, n, copy=True)
         sinks = self._record_sinks
-        takers = [s for s in sinks if s.sample >= 1.0 or _random() < s.sample] if sinks else None
+        if not sinks:
+            takers: Any = None
+        elif len(sinks) == 1:  # the common case, without building a list per call
+            takers = sinks if sinks[0].sample >= 1.0 or _random() < sinks[0].sample else None
+        else:
+            takers = [s for s in sinks if s.sample >= 1.0 or _random() < s.sample]
         if takers:
             # The caller hands over a plain tuple; the sink's thread turns it into a
             # PredictionRecord (and formats an id made of a bare counter value): per call
