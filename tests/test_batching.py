@@ -88,6 +88,8 @@ def probe_store(store):
         {"timeout_ms": -5},
         {"timeout_ms": float("inf")},
         {"count": "bytes"},
+        {"inline_ms": -1},
+        {"inline_ms": "0.5"},
     ],
 )
 def test_settings_are_validated_when_built(kw):
@@ -175,6 +177,107 @@ def test_asyncio_tasks_and_threads_mixed(probe_store):
     assert np.allclose(box["r"], want[:200])
     assert np.allclose(sync, want[200:])
     assert stats.requests == 300
+
+
+def _inline_run(h, X, tasks=64):
+    """64 tasks on one loop, each calling apredict on its share of X, in order."""
+
+    async def work(part):
+        return [float(await h.apredict(x)) for x in part]
+
+    async def main():
+        parts = await asyncio.gather(*(work(X[k::tasks]) for k in range(tasks)))
+        return parts
+
+    parts = asyncio.run(main())
+    got = np.empty(len(X))
+    for k, part in enumerate(parts):
+        got[k::tasks] = part
+    return got
+
+
+def test_cheap_model_batches_run_inline_on_the_loop(probe_store):
+    probe_store.save_probe()
+    X = rows(3200, seed=5)
+    with probe_store.load("probe", batching=embedml.Batching()) as h:
+        got = _inline_run(h, X)
+        stats = h.batching_stats()
+    np.testing.assert_allclose(got, expected(X))  # each task got its own rows' outputs
+    # after the first batches on the worker thread measured the model as cheap, batches
+    # ran on the loop itself, and large (the leader lets the ready tasks join first)
+    assert stats.inline_batches > stats.batches * 0.8
+    assert stats.rows / stats.batches > 16
+    assert stats.requests == len(X) and stats.failed == 0
+    assert h._pipe.batcher._on_loop is None
+
+
+def test_inline_ms_zero_and_slow_models_use_the_worker_thread(probe_store):
+    X = rows(640, seed=6)
+    probe_store.save_probe()
+    with probe_store.load("probe", batching=embedml.Batching(inline_ms=0)) as h:
+        np.testing.assert_allclose(_inline_run(h, X), expected(X))
+        assert h.batching_stats().inline_batches == 0
+    probe_store.save("slow", Probe(delay=0.002))  # 2 ms per model call > inline_ms=0.5
+    with probe_store.load("slow", batching=embedml.Batching()) as h:
+        np.testing.assert_allclose(_inline_run(h, X[:192]), expected(X[:192]))
+        assert h.batching_stats().inline_batches == 0
+
+
+def test_inline_batches_isolate_poison_and_mix_with_threads(probe_store):
+    probe_store.save_probe()
+    X = rows(1200, seed=7)
+    bad = set(range(5, 1200, 97))
+    for i in bad:
+        X[i, 0] = POISON
+    want = expected(np.where(X == POISON, 0.0, X))
+    with probe_store.load("probe", batching=embedml.Batching()) as h:
+        _inline_run(h, rows(640, seed=8))  # measure the model: inline from here on
+
+        async def one(i):
+            try:
+                return float(await h.apredict(X[i]))
+            except embedml.PredictionError:
+                return "poison"
+
+        async def tasks():
+            return await asyncio.gather(*(one(i) for i in range(800)))
+
+        box = {}
+        loop_thread = threading.Thread(target=lambda: box.update(r=asyncio.run(tasks())))
+        loop_thread.start()
+        sync = run_threads(lambda i: float(h.predict(X[i])) if i not in bad else None,
+                           [(i,) for i in range(800, 1200)])  # fmt: skip
+        loop_thread.join()
+        stats = h.batching_stats()
+    for i, r in enumerate(box["r"]):
+        assert r == "poison" if i in bad else r == pytest.approx(want[i])
+    for i, r in zip(range(800, 1200), sync):
+        assert r is None if i in bad else r == pytest.approx(want[i])
+    assert stats.inline_batches > 0 and stats.isolation_runs > 0
+
+
+def test_cancelled_inline_leader_hands_the_lead_on(probe_store):
+    probe_store.save_probe()
+    X = rows(640, seed=9)
+    with probe_store.load("probe", batching=embedml.Batching()) as h:
+        _inline_run(h, X)  # inline from here on
+        assert h.batching_stats().inline_batches > 0
+
+        async def main():
+            first = asyncio.ensure_future(h.apredict(X[0]))  # leads, then yields a turn
+            others = [asyncio.ensure_future(h.apredict(x)) for x in X[1:40]]
+            await asyncio.sleep(0)  # the leader is now in its one-turn wait
+            first.cancel()
+            outs = await asyncio.gather(*others)
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            return outs
+
+        outs = asyncio.run(asyncio.wait_for(main(), 20))
+        np.testing.assert_allclose(np.array(outs, dtype=float), expected(X[1:40]))
+        assert h.batching_stats().queued == 0
+        metrics = h.metrics()
+        assert metrics["in_flight"] == 0 and metrics["errors_by_type"] == {"CancelledError": 1}
 
 
 def test_apredict_details_and_record_schema(store):
@@ -432,6 +535,8 @@ def test_cancelled_apredict_is_dropped_from_the_queue(probe_store):
         stats = h.batching_stats()
     assert np.isclose(first, expected(X[0])[0]) and np.isclose(third, expected(X[2])[0])
     assert X[1, 0] not in SEEN and stats.queued == 0
+    # the cancelled call ended in the metrics too (else close() would wait for it)
+    assert h.metrics()["errors_by_type"] == {"CancelledError": 1}
 
 
 # ---------------------------------------------------------------- lifecycle

@@ -88,6 +88,10 @@ class Batching:
       ``timeout_ms=`` overrides it. Past it the call raises
       :class:`~embedml.PredictionTimeoutError` and its request never reaches the model.
     * ``count``: ``"rows"`` (a ``predict_batch`` of 10 rows counts 10) or ``"calls"``.
+    * ``inline_ms``: for asyncio callers, while the model's batch calls take at most this
+      long (measured), a batch runs on the event loop's own thread, in the task that leads
+      it, with no hand-off to the worker thread; slower models run on the worker thread, so
+      the loop is never blocked much longer than this. ``0``: always the worker thread.
     """
 
     max_batch_size: int = 64
@@ -95,6 +99,7 @@ class Batching:
     max_queue: int = 1024
     timeout_ms: float | None = None
     count: Literal["rows", "calls"] = "rows"
+    inline_ms: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_queue"):
@@ -113,6 +118,10 @@ class Batching:
                 f"Batching.max_wait_ms must be a number in [0, 60000], got {self.max_wait_ms!r}"
             )
         check_timeout(self.timeout_ms, "Batching.timeout_ms")
+        if not _is_number(self.inline_ms) or not 0 <= self.inline_ms <= 60_000:
+            raise ConfigurationError(
+                f"Batching.inline_ms must be a number in [0, 60000], got {self.inline_ms!r}"
+            )
         if self.count not in ("rows", "calls"):
             raise ConfigurationError(
                 f"Batching.count must be 'rows' or 'calls', got {self.count!r}"
@@ -140,7 +149,8 @@ class BatchingStats:
     from joining the queue to being taken into a batch; ``queue_wait_buckets`` maps upper
     bounds in seconds (see ``WAIT_BUCKETS``) to counts. ``rejected`` calls got
     ``OverloadedError``, ``timed_out`` a ``PredictionTimeoutError``, ``failed`` a
-    ``PredictionError``; ``isolation_runs`` counts re-runs made to isolate a failing record.
+    ``PredictionError``; ``isolation_runs`` counts re-runs made to isolate a failing record;
+    ``inline_batches`` counts model calls run on an event loop's thread (``inline_ms``).
     """
 
     requests: int
@@ -155,6 +165,7 @@ class BatchingStats:
     timed_out: int
     failed: int
     isolation_runs: int
+    inline_batches: int = 0
 
     @property
     def mean_batch_size(self) -> float:
@@ -237,11 +248,14 @@ class Batcher:
         self._solo_thread = 0
         self._solo_end = -math.inf
         self._solo_cost = -1.0  # seconds a solo model call takes (see _run_alone), -1: unknown
+        self._inline = settings.inline_ms / 1000.0
+        self._batch_cost = -1.0  # seconds a batched model call takes (see _run_group)
+        self._on_loop: Any = None  # the event loop whose thread runs a batch now (inline)
         self._chain = False  # callers of the last batch are still being woken in turn
         self._leader_wait: threading.Lock | None = None  # a leader waiting for that chain
         # counters (updated under _mutex, or by the single leader)
         self._requests = self._rows_in = self._batches = 0
-        self._rejected = self._timed_out = self._failed = self._isolation = 0
+        self._rejected = self._timed_out = self._failed = self._isolation = self._inline_runs = 0
         self._sizes: dict[float, int] = {}
         self._wait_sum = self._wait_max = 0.0
         self._wait_buckets = [0] * (len(WAIT_BUCKETS) + 1)
@@ -398,6 +412,8 @@ class Batcher:
         if lead is None:
             lead = self._enqueue(req)
         if lead:
+            if 0.0 <= self._batch_cost <= self._inline:
+                return await self._inline_lead(req, loop)
             self._pool_lead(True)
         try:
             if deadline is None:
@@ -410,6 +426,42 @@ class Batcher:
         except asyncio.CancelledError:
             self._leave(req, _ABANDONED)
             raise
+        return self._result(req)
+
+    async def _inline_lead(self, req: _Request, loop: Any) -> tuple[Any, int, int, float]:
+        """Lead from an asyncio task: let the tasks that are ready join (one turn of the
+        loop), then run the batch right here, on the loop's thread, and wake the others
+        directly; a cheap model is faster called here than handed to a thread and back
+        (each hand-off moves the GIL between threads, often between cores)."""
+        import asyncio
+
+        try:
+            await asyncio.sleep(0)
+        except BaseException:  # cancelled while gathering: leave, and never strand the lead
+            self._leave(req, _ABANDONED)
+            self._pass_lead()
+            raise
+        self._own = None
+        self._on_loop = loop
+        try:
+            for _ in range(1 + _EXTRA_BATCHES):
+                with self._mutex:
+                    reqs = self._take()
+                    if not reqs:
+                        break
+                self._run(reqs)
+                with self._mutex:  # more tasks of this loop queued (more than a batch)?
+                    head = self._queue[0] if self._queue else None
+                if head is None or head.loop is not loop:
+                    break
+        except BaseException:
+            self._on_loop = None
+            self._pass_lead()
+            raise
+        self._on_loop = None
+        self._pass_lead()  # anyone still queued (threads, other loops): hand on
+        if req.state <= _RUNNING:  # not in that batch (more rows than fit): wait for it
+            await req.future
         return self._result(req)
 
     def _run_alone(self, batch: Any, n: int, obs: Any = None) -> tuple[Any, int, int, float]:
@@ -659,6 +711,7 @@ class Batcher:
                 self._run_group([r])
             return
         pipe = self.pipeline
+        start = time.perf_counter()
         try:
             out = pipe.run(batch, n)
         except PredictionError as exc:
@@ -673,7 +726,15 @@ class Batcher:
             if not isinstance(exc, Exception):
                 raise
             return
+        cost = time.perf_counter() - start
+        # the cheap end of batch run times, as for solo calls (see _run_alone)
+        if cost < self._batch_cost or self._batch_cost < 0:
+            self._batch_cost = cost
+        else:
+            self._batch_cost += (cost - self._batch_cost) * 0.01
         self._count_batch(n)
+        if self._on_loop is not None:
+            self._inline_runs += 1
         self._observe_rows(reqs, batch, out)
         self._finish(reqs, out, None, n)
 
@@ -764,6 +825,9 @@ class Batcher:
             first.latch.release()
         if loops:
             for loop, group in loops.items():
+                if loop is self._on_loop:  # on that loop's own thread (an inline batch)
+                    _wake_futures(group)
+                    continue
                 # A closed loop raises RuntimeError: nobody waits there any more.
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_wake_futures, group)
@@ -805,6 +869,7 @@ class Batcher:
                 timed_out=self._timed_out,
                 failed=self._failed,
                 isolation_runs=self._isolation,
+                inline_batches=self._inline_runs,
             )
 
     def close(self, timeout: float | None = None) -> bool:

@@ -490,7 +490,7 @@ class ModelHandle:
                 out = take(raw, 0) if one else raw
             else:
                 out = pipe.row(raw, 0) if one else pipe.rows(raw, n)
-        except Exception as exc:
+        except BaseException as exc:  # interrupted calls too: each begin() needs its end
             self._observe(pipe, batch, raw, n, t0, t1, t2, exc)
             raise
         finally:
@@ -536,7 +536,7 @@ class ModelHandle:
             raw = take(joined, slice(off, off + 1))
             t2 = clock()
             out = take(raw, 0) if pipe.output_schema is None else pipe.row(raw, 0)
-        except Exception as exc:
+        except BaseException as exc:  # a cancelled task too: each begin() needs its end
             self._observe(pipe, batch, raw, 1, t0, t1, t2, exc)
             raise
         finally:
