@@ -23,8 +23,11 @@ Waiting policy (why a lone caller pays nothing):
 A leader keeps leading while requests are queued, for a few batches after its own result is
 ready, then hands the lead to the oldest queued thread caller (its latch says "lead"), so no
 caller serves others for long. Asyncio callers have no thread to lend: when one of them finds
-no batch running, a single worker thread (created on first use, joined by ``close``) leads,
-and results reach each event loop with one ``call_soon_threadsafe`` per batch.
+no batch running and the model is cheap (batches under ``inline_ms``), that task leads on
+its own event loop (one turn of the loop for the ready tasks to join, then the batch runs
+right there: no thread hand-off at all); otherwise a single worker thread (created on first
+use, joined by ``close``) leads, and results reach each event loop with one
+``call_soon_threadsafe`` per batch.
 """
 
 from __future__ import annotations
