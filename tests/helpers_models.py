@@ -244,3 +244,28 @@ def run_python_json(code: str, *args: str, env: dict[str, str]) -> Any:
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def exercised_pair(store, logreg, X, y, register):
+    """What the exporter tests read back: "lr" (already in ``store``, with one hook) and
+    "lr2" (the same model) loaded, 3 rows predicted by "lr2", both handed to ``register``
+    (the first twice: a no-op), then on "lr" 30 single calls with their outcomes, one batch
+    of 20 rows and one call that fails validation. Returns both handles."""
+    import pytest
+
+    import embedml
+
+    store.save("lr2", logreg, input_schema=embedml.TensorSpec("x", "float64", (-1, 4)))
+    handle = store.load("lr", hooks=[lambda r: None])
+    other = store.load("lr2")
+    other.predict_batch(X[:3])
+    for h in (handle, other, handle):
+        register(h)
+    for i in range(30):
+        p = handle.predict(X[i], details=True)
+        handle.log_outcome(p.request_id, y[i])
+    handle.predict_batch(X[:20])
+    with pytest.raises(embedml.SchemaError):
+        handle.predict(np.zeros(2))
+    assert handle.hooks[0].flush()
+    return handle, other

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 import embedml
 from embedml.metrics import Histogram
+from helpers_models import exercised_pair
 
 
 class House(BaseModel):
@@ -189,20 +190,7 @@ def test_prometheus_text_output(lr, logreg, iris_like):
 
     X, y = iris_like
     registry = CollectorRegistry()
-    h = lr.load("lr", hooks=[lambda r: None])
-    lr.save("lr2", logreg)
-    other = lr.load("lr2")
-    other.predict_batch(X[:3])
-    prometheus.register(h, registry=registry)
-    prometheus.register(other, registry=registry)
-    prometheus.register(h, registry=registry)  # no-op
-    for i in range(30):
-        p = h.predict(X[i], details=True)
-        h.log_outcome(p.request_id, y[i])
-    h.predict_batch(X[:20])
-    with pytest.raises(embedml.SchemaError):
-        h.predict(np.zeros(2))
-    h.hooks[0].flush()
+    h, other = exercised_pair(lr, logreg, X, y, lambda h: prometheus.register(h, registry=registry))
     text = generate_latest(registry).decode()
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     samples = {
@@ -231,7 +219,7 @@ def test_prometheus_text_output(lr, logreg, iris_like):
     assert val(
         "embedml_hook_records_total",
         ("outcome", "written"),
-        ("sink", "test_prometheus_text_output.<locals>.<lambda>"),
+        ("sink", h.hooks[0].name),
     ) == 32
     assert val("embedml_ready") == 1
     assert "embedml_batch_size_bucket" in text and "embedml_in_flight" in text

@@ -13,6 +13,7 @@ sdk = pytest.importorskip("opentelemetry.sdk.metrics")
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 
 from embedml.metrics import otel  # noqa: E402
+from helpers_models import exercised_pair  # noqa: E402
 
 
 @pytest.fixture
@@ -38,22 +39,8 @@ def collect(reader) -> dict[tuple[str, frozenset], float]:
 def test_handles_are_reported_with_their_model_and_version(meter, store, logreg, iris_like):
     meter, reader = meter
     X, y = iris_like
-    spec = embedml.TensorSpec("x", "float64", (-1, 4))
-    store.save("lr", logreg, input_schema=spec)
-    store.save("lr2", logreg, input_schema=spec)
-    h = store.load("lr", hooks=[lambda r: None])
-    other = store.load("lr2")
-    other.predict_batch(X[:3])
-    otel.register(h, meter=meter)
-    otel.register(other, meter=meter)
-    otel.register(h, meter=meter)  # no-op
-    for i in range(30):
-        p = h.predict(X[i], details=True)
-        h.log_outcome(p.request_id, y[i])
-    h.predict_batch(X[:20])
-    with pytest.raises(embedml.SchemaError):
-        h.predict(np.zeros(2))
-    assert h.hooks[0].flush()
+    store.save("lr", logreg, input_schema=embedml.TensorSpec("x", "float64", (-1, 4)))
+    h, other = exercised_pair(store, logreg, X, y, lambda h: otel.register(h, meter=meter))
     points = collect(reader)
     lab = {("model", "lr"), ("version", "1")}
 

@@ -16,7 +16,7 @@ import weakref
 from collections import Counter
 from typing import Any
 
-__all__ = ["STAGES", "Histogram", "Metrics"]
+__all__ = ["STAGES", "HandleSet", "Histogram", "Metrics"]
 
 #: Stages timed on every call, in order.
 STAGES = ("validation", "queue", "model", "total")
@@ -120,6 +120,34 @@ def _size_bucket(n: int) -> str:
 
 # batch-size labels by bit length, so that a call does not format a string
 _SIZE_LABELS = tuple(_size_bucket(1 << k) for k in range(64))
+
+
+class HandleSet:
+    """The handles an exporter reports on, held by weak reference (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._refs: list[weakref.ref[Any]] = []
+        self._lock = threading.Lock()
+
+    def add(self, handle: Any) -> None:
+        with self._lock:
+            if all(r() is not handle for r in self._refs):
+                self._refs.append(weakref.ref(handle))
+
+    def remove(self, handle: Any) -> bool:
+        """Forget ``handle`` (and any collected one); returns whether it was there."""
+        with self._lock:
+            before = len(self._refs)
+            self._refs = [r for r in self._refs if r() is not handle and r() is not None]
+            return len(self._refs) < before
+
+    def open(self) -> list[Any]:
+        """The handles still alive and open."""
+        from ..handle import HandleState
+
+        with self._lock:
+            live = [r() for r in self._refs]
+        return [h for h in live if h is not None and h.state is HandleState.OPEN]
 
 
 class _Shard:

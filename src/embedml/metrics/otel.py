@@ -28,6 +28,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from . import HandleSet
+
 __all__ = ["register", "unregister"]
 
 _lock = threading.Lock()
@@ -48,8 +50,7 @@ class _Bridge:
     """The instruments of one meter and the handles they report on."""
 
     def __init__(self, meter: Any) -> None:
-        self._handles: list[weakref.ref[Any]] = []
-        self._lock = threading.Lock()
+        self.handles = HandleSet()
         # one metrics() snapshot per handle and collection, not one per instrument
         self._snaps: dict[int, tuple[float, dict[str, Any]]] = {}
         counter, gauge = meter.create_observable_counter, meter.create_observable_gauge
@@ -66,26 +67,9 @@ class _Bridge:
         counter("embedml.hook.records", [self._cb(_hooks)], "{record}", "Records per sink and outcome.")
         gauge("embedml.drift.psi", [self._cb(_psi)], "1", "PSI of live inputs vs the reference.")
 
-    def add(self, handle: Any) -> None:
-        with self._lock:
-            if all(r() is not handle for r in self._handles):
-                self._handles.append(weakref.ref(handle))
-
-    def remove(self, handle: Any) -> bool:
-        with self._lock:
-            before = len(self._handles)
-            self._handles = [r for r in self._handles if r() is not handle and r() is not None]
-            return len(self._handles) < before
-
     def _live(self) -> Iterator[tuple[Any, dict[str, Any]]]:
-        from ..handle import HandleState
-
-        with self._lock:
-            handles = [r() for r in self._handles]
         now = time.monotonic()
-        for h in handles:
-            if h is None or h.state is not HandleState.OPEN:
-                continue
+        for h in self.handles.open():
             seen = self._snaps.get(id(h))
             if seen is None or now - seen[0] > 0.5:
                 seen = self._snaps[id(h)] = (now, h.metrics())
@@ -173,7 +157,7 @@ def register(handle: Any, meter: Any = None) -> Any:
         bridge = _bridges.get(meter)
         if bridge is None:
             bridge = _bridges[meter] = _Bridge(meter)
-    bridge.add(handle)
+    bridge.handles.add(handle)
     return meter
 
 
@@ -185,4 +169,4 @@ def unregister(handle: Any, meter: Any = None) -> bool:
         meter = _default_meter()
     with _lock:
         bridge = _bridges.get(meter)
-    return bridge is not None and bridge.remove(handle)
+    return bridge is not None and bridge.handles.remove(handle)

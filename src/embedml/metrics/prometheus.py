@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from . import STAGES, Histogram
+from . import STAGES, HandleSet, Histogram
 
 __all__ = ["BUCKETS", "EmbedMLCollector", "register", "unregister"]
 
@@ -42,26 +42,16 @@ class EmbedMLCollector:
     """A ``prometheus_client`` collector over any number of handles."""
 
     def __init__(self) -> None:
-        self._handles: list[weakref.ref[Any]] = []
-        self._lock = threading.Lock()
+        self._handles = HandleSet()
 
     def add(self, handle: Any) -> None:
-        with self._lock:
-            if all(r() is not handle for r in self._handles):
-                self._handles.append(weakref.ref(handle))
+        self._handles.add(handle)
 
     def remove(self, handle: Any) -> bool:
-        with self._lock:
-            before = len(self._handles)
-            self._handles = [r for r in self._handles if r() is not handle and r() is not None]
-            return len(self._handles) < before
+        return self._handles.remove(handle)
 
     def handles(self) -> list[Any]:
-        from ..handle import HandleState
-
-        with self._lock:
-            live = [r() for r in self._handles]
-        return [h for h in live if h is not None and h.state is HandleState.OPEN]
+        return self._handles.open()
 
     def describe(self) -> list[Any]:
         return []  # metrics come and go with handles: describe nothing, collect at scrape
