@@ -515,7 +515,9 @@ class ModelHandle:
         """``predict`` for asyncio code: the model runs in a worker thread, not on the loop.
 
         With batching the record is validated on the loop, then waits (without a thread of
-        its own) for a batch run by a worker thread; ``timeout_ms`` as in :meth:`predict`.
+        its own) for a batch, run by the batcher's worker thread or, for a model measured
+        to take under ``Batching.inline_ms`` per batch, on the loop itself by the task that
+        leads it; ``timeout_ms`` as in :meth:`predict`.
         """
         pipe = self._pipeline()
         if pipe.batcher is None:
