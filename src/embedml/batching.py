@@ -463,8 +463,12 @@ class Batcher:
             raise
         self._on_loop = None
         self._pass_lead()  # anyone still queued (threads, other loops): hand on
-        if req.state <= _RUNNING:  # not in that batch (more rows than fit): wait for it
-            await req.future
+        if req.state <= _RUNNING:  # not in those batches (cannot happen to a head): wait
+            try:
+                await req.future
+            except asyncio.CancelledError:
+                self._leave(req, _ABANDONED)
+                raise
         return self._result(req)
 
     def _run_alone(self, batch: Any, n: int, obs: Any = None) -> tuple[Any, int, int, float]:
