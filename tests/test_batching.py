@@ -179,11 +179,12 @@ def test_asyncio_tasks_and_threads_mixed(probe_store):
     assert stats.requests == 300
 
 
-def _inline_run(h, X, tasks=64):
+def _inline_run(h, X, tasks=64, apredict=None):
     """64 tasks on one loop, each calling apredict on its share of X, in order."""
+    call = apredict or (lambda x: h.apredict(x))
 
     async def work(part):
-        return [float(await h.apredict(x)) for x in part]
+        return [np.asarray(await call(x), dtype=float).sum() for x in part]
 
     async def main():
         parts = await asyncio.gather(*(work(X[k::tasks]) for k in range(tasks)))
@@ -278,6 +279,60 @@ def test_cancelled_inline_leader_hands_the_lead_on(probe_store):
         assert h.batching_stats().queued == 0
         metrics = h.metrics()
         assert metrics["in_flight"] == 0 and metrics["errors_by_type"] == {"CancelledError": 1}
+
+
+@pytest.mark.parametrize("inline_ms", [0.5, 0])
+def test_rows_checked_a_batch_at_once_still_fail_alone(store, inline_ms):
+    # apredict leaves a float row's NaN/inf check to its batch; a bad row must still fail
+    # alone, with the error validation gives, and every other call get its own output
+    store.save("lin", onnx_linear())
+    X = np.random.default_rng(3).normal(size=(640, 3)).astype(np.float32)
+    bad = set(range(7, 640, 61))
+    for i in bad:
+        X[i, i % 3] = np.nan if i % 2 else np.inf
+    with store.load("lin", batching=embedml.Batching(inline_ms=inline_ms)) as h:
+        _inline_run(h, np.random.default_rng(4).normal(size=(640, 3)).astype(np.float32),
+                    apredict=lambda x: h.apredict(x))  # fmt: skip
+
+        async def one(i):
+            try:
+                return await h.apredict(X[i])
+            except embedml.SchemaError as exc:
+                return exc
+
+        async def main():
+            return await asyncio.gather(*(one(i) for i in range(len(X))))
+
+        got = asyncio.run(main())
+        with pytest.raises(embedml.SchemaError) as sync_error:
+            h.predict(X[7])
+        stats = h.batching_stats()
+        assert h._pipe.quick_one(X[0]) is not None  # these rows took the deferred check
+        wide = X[0].astype(np.float64)  # not the model's dtype: validated (cast) at once
+        assert h._pipe.quick_one(wide) is None
+        np.testing.assert_allclose(asyncio.run(h.apredict(wide)), X[0] @ LINEAR_W + LINEAR_B, rtol=1e-5)
+    for i, r in enumerate(got):
+        if i in bad:
+            assert isinstance(r, embedml.SchemaError)
+            assert str(r) == str(sync_error.value) or "NaN and infinity are refused" in str(r)
+            assert r.field == "x" and r.version == "1" and r.index is None
+        else:
+            np.testing.assert_allclose(r, X[i] @ LINEAR_W + LINEAR_B, rtol=1e-5)
+    assert (stats.inline_batches > 0) == (inline_ms > 0)
+    assert stats.failed == 0  # refused rows are not model failures
+
+
+def test_rows_checked_a_batch_at_once_respect_allow_nan(store):
+    store.save("lin", onnx_linear())
+    X = np.random.default_rng(5).normal(size=(128, 3)).astype(np.float32)
+    X[::9, 1] = np.nan
+    with store.load("lin", batching=embedml.Batching(), allow_nan=True) as h:
+
+        async def main():
+            return await asyncio.gather(*(h.apredict(x) for x in X))
+
+        got = np.array(asyncio.run(main()))
+    assert np.isnan(got[::9]).any(axis=1).all() and not np.isnan(np.delete(got, np.s_[::9], 0)).any()
 
 
 def test_apredict_details_and_record_schema(store):

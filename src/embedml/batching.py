@@ -51,6 +51,7 @@ from .errors import (
     OverloadedError,
     PredictionError,
     PredictionTimeoutError,
+    SchemaError,
 )
 from .tensors import concat, take
 
@@ -181,7 +182,7 @@ class _Request:
 
     __slots__ = (
         "batch", "n", "key", "deadline", "latch", "future", "loop", "state", "lead",
-        "out", "off", "size", "wait", "error", "enqueued", "next", "obs",
+        "out", "off", "size", "wait", "error", "enqueued", "next", "obs", "unchecked",
     )  # fmt: skip
 
     def __init__(self, batch: Any, n: int, deadline: float | None) -> None:
@@ -202,6 +203,7 @@ class _Request:
         self.enqueued = 0.0
         self.next: _Request | None = None  # the caller to wake after this one (wake chain)
         self.obs: Any = None  # the caller's hooks.Observer: row sinks see its rows per batch
+        self.unchecked = False  # its row still needs the NaN/inf check (Pipeline.quick_one)
 
 
 def _signature(batch: Any) -> Any:
@@ -392,9 +394,13 @@ class Batcher:
         return self._result(req)
 
     async def asubmit(
-        self, batch: Any, n: int, timeout_ms: float | None = None, obs: Any = None
+        self, batch: Any, n: int, timeout_ms: float | None = None, obs: Any = None,
+        unchecked: bool = False,
     ) -> tuple[Any, int, int, float]:
-        """:meth:`submit` for asyncio tasks: waits on a future, never blocks the loop."""
+        """:meth:`submit` for asyncio tasks: waits on a future (a cheap model's batch may run
+        on the loop, see ``Batching.inline_ms``). ``unchecked``: ``batch`` came from
+        ``Pipeline.quick_one``; its NaN/inf check is made with its batch's, and a bad row
+        raises the :class:`SchemaError` validation gives, for this call alone."""
         import asyncio
 
         deadline = (
@@ -403,6 +409,7 @@ class Batcher:
         )  # fmt: skip
         req = _Request(batch, n, deadline)  # no latch: a future instead
         req.obs = obs
+        req.unchecked = unchecked
         loop = req.loop = asyncio.get_running_loop()
         future = req.future = loop.create_future()
         size = n if self._rows else 1
@@ -709,13 +716,18 @@ class Batcher:
 
     def _run_group(self, reqs: list[_Request]) -> None:
         n = 0
+        screen = False
         for r in reqs:
             n += r.n
+            screen = screen or r.unchecked
         try:
             batch = reqs[0].batch if len(reqs) == 1 else concat([r.batch for r in reqs])
         except (ValueError, TypeError):
             for r in reqs:
                 self._run_group([r])
+            return
+        if screen and not self.pipeline.rows_ok(batch):
+            self._screen(reqs)
             return
         pipe = self.pipeline
         start = time.perf_counter()
@@ -762,6 +774,25 @@ class Batcher:
                 part = slice(off, off + r.n)
                 o.rows(source, take(batch, part), take(out, part), r.n, copy=True)
             off += r.n
+
+    def _screen(self, reqs: list[_Request]) -> None:
+        """A batch with unchecked rows failed the batch-wide NaN/inf check: each such call
+        gets validation's own error, alone; the others run as a batch."""
+        good = []
+        for r in reqs:
+            if r.unchecked:
+                r.unchecked = False
+                try:
+                    self.pipeline.prepare_one(r.batch[0])
+                except SchemaError as exc:
+                    with self._mutex:
+                        if r.state == _RUNNING:
+                            r.error, r.state = exc, _FAILED
+                    self._wake([r])
+                    continue
+            good.append(r)
+        if good:
+            self._run_group(good)
 
     def _failed_batch(self, reqs: list[_Request], exc: PredictionError) -> None:
         self._count_batch(sum(r.n for r in reqs))

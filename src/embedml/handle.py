@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .errors import (
     ConfigurationError,
     EmbedMLError,
@@ -36,7 +38,14 @@ from .errors import (
 from .formats import FormatOptions, Runtime, get_format
 from .hooks import Observer, Sink, new_request_id
 from .manifest import Manifest
-from .schema import NoSchema, RecordSchema, SchemaOptions, TensorSchema, schema_from_dict
+from .schema import (
+    NoSchema,
+    RecordSchema,
+    SchemaOptions,
+    TensorSchema,
+    _all_finite,
+    schema_from_dict,
+)
 from .tensors import n_rows, take
 from .trust import check_before_load
 
@@ -189,6 +198,15 @@ class Pipeline:
         self.postprocess = _import_callable(post, "postprocess") if isinstance(post, str) else post
         names = self.input_schema.names if isinstance(self.input_schema, RecordSchema) else None
         self.source = (mv.name, mv.version, names)  # a hooks.Source
+        # A float row of exactly the single input tensor's shape and dtype needs only the
+        # NaN/inf check, which a batcher can make for a whole batch at once (quick_one).
+        schema = self.input_schema
+        self._row: tuple[Any, Any] | None = None
+        if (
+            isinstance(schema, TensorSchema) and schema.single and schema._tail is not None
+            and schema._row_ndim == len(schema._tail) and schema._dtypes[0].kind == "f"
+        ):  # fmt: skip
+            self._row = (schema._tail, schema._dtypes[0])
         # Dynamic batching (embedml.batching): joins concurrent calls on this pipeline.
         self.batcher: Batcher | None = None
         if options.batching is not None:
@@ -238,6 +256,23 @@ class Pipeline:
             return batch if self._cast is None else self._cast.many(batch, self.schema_options)
         except SchemaError as exc:
             raise self._context(exc) from None
+
+    def quick_one(self, record: Any) -> Any:
+        """``record`` as a batch of one row *without* the NaN/inf check, when it is exactly
+        one float row of the single input tensor (shape and dtype); else ``None``. The
+        batcher then checks the rows of a whole batch at once (:meth:`rows_ok`) and gives
+        a call whose row fails the error :meth:`prepare_one` gives."""
+        row = self._row
+        if (
+            row is not None and type(record) is np.ndarray and record.shape == row[0]
+            and record.dtype == row[1]
+        ):  # fmt: skip
+            return record[None]
+        return None
+
+    def rows_ok(self, batch: Any) -> bool:
+        """Whether a batch of rows from :meth:`quick_one` passes the NaN/inf check."""
+        return self.schema_options.allow_nan or _all_finite(batch)
 
     def prepare_many(self, records: Any) -> Any:
         """Validate a batch of records; raises :class:`SchemaError` naming the bad record."""
@@ -532,9 +567,14 @@ class ModelHandle:
         t0 = t1 = t2 = clock()
         batch = raw = None
         try:
-            batch = pipe.prepare_one(record)
+            batch = pipe.quick_one(record)  # its NaN/inf check is made per batch
+            unchecked = batch is not None
+            if not unchecked:
+                batch = pipe.prepare_one(record)
             t1 = clock()
-            joined, off, size, queue = await pipe.batcher.asubmit(batch, 1, timeout_ms, obs)
+            joined, off, size, queue = await pipe.batcher.asubmit(
+                batch, 1, timeout_ms, obs, unchecked
+            )
             raw = take(joined, slice(off, off + 1))
             t2 = clock()
             out = take(raw, 0) if pipe.output_schema is None else pipe.row(raw, 0)
