@@ -401,7 +401,7 @@ class Batcher:
         on the loop, see ``Batching.inline_ms``). ``unchecked``: ``batch`` came from
         ``Pipeline.quick_one``; its NaN/inf check is made with its batch's, and a bad row
         raises the :class:`SchemaError` validation gives, for this call alone."""
-        import asyncio
+        asyncio = _asyncio()
 
         deadline = (
             None if timeout_ms is None and self._default_timeout is None
@@ -443,7 +443,7 @@ class Batcher:
         loop), then run the batch right here, on the loop's thread, and wake the others
         directly; a cheap model is faster called here than handed to a thread and back
         (each hand-off moves the GIL between threads, often between cores)."""
-        import asyncio
+        asyncio = _asyncio()
 
         try:
             await asyncio.sleep(0)
@@ -494,12 +494,7 @@ class Batcher:
             self._lead(None)
             raise
         cost = time.perf_counter() - start
-        # Follow the cheap end of solo run times: a run that waited for the GIL is slow for
-        # reasons that are not the model's, so slower runs move the estimate only a little.
-        if cost < self._solo_cost or self._solo_cost < 0:
-            self._solo_cost = cost
-        else:
-            self._solo_cost += (cost - self._solo_cost) * 0.01
+        self._solo_cost = _cheap_end(self._solo_cost, cost)
         with self._mutex:
             # _solo_counts and _step_down inlined: this is every lone caller's path
             self._requests += 1
@@ -746,11 +741,7 @@ class Batcher:
                 raise
             return
         cost = time.perf_counter() - start
-        # the cheap end of batch run times, as for solo calls (see _run_alone)
-        if cost < self._batch_cost or self._batch_cost < 0:
-            self._batch_cost = cost
-        else:
-            self._batch_cost += (cost - self._batch_cost) * 0.01
+        self._batch_cost = _cheap_end(self._batch_cost, cost)
         self._count_batch(n)
         if self._on_loop is not None:
             self._inline_runs += 1
@@ -936,6 +927,29 @@ class Batcher:
         if pool is not None:
             pool.shutdown(wait=True)
         return ok
+
+
+def _cheap_end(estimate: float, cost: float) -> float:
+    """A run-time estimate that follows the cheap end of the runs (``estimate`` < 0:
+    none yet): a run that waited for the GIL is slow for reasons that are not the model's,
+    so slower runs move the estimate only a little."""
+    if cost < estimate or estimate < 0:
+        return cost
+    return estimate + (cost - estimate) * 0.01
+
+
+_asyncio_module: Any = None
+
+
+def _asyncio() -> Any:
+    """The asyncio module, imported on first use (thread-only users never load it) and
+    then kept: ``asubmit`` runs on every call, and an import statement there costs more."""
+    global _asyncio_module
+    if _asyncio_module is None:
+        import asyncio
+
+        _asyncio_module = asyncio
+    return _asyncio_module
 
 
 def _wake_futures(reqs: list[_Request]) -> None:
