@@ -26,8 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from .errors import (
     ConfigurationError,
     EmbedMLError,
@@ -38,14 +36,7 @@ from .errors import (
 from .formats import FormatOptions, Runtime, get_format
 from .hooks import Observer, Sink, new_request_id
 from .manifest import Manifest
-from .schema import (
-    NoSchema,
-    RecordSchema,
-    SchemaOptions,
-    TensorSchema,
-    _all_finite,
-    schema_from_dict,
-)
+from .schema import NoSchema, RecordSchema, SchemaOptions, TensorSchema, schema_from_dict
 from .tensors import n_rows, take
 from .trust import check_before_load
 
@@ -198,15 +189,6 @@ class Pipeline:
         self.postprocess = _import_callable(post, "postprocess") if isinstance(post, str) else post
         names = self.input_schema.names if isinstance(self.input_schema, RecordSchema) else None
         self.source = (mv.name, mv.version, names)  # a hooks.Source
-        # A float row of exactly the single input tensor's shape and dtype needs only the
-        # NaN/inf check, which a batcher can make for a whole batch at once (quick_one).
-        schema = self.input_schema
-        self._row: tuple[Any, Any] | None = None
-        if (
-            isinstance(schema, TensorSchema) and schema.single and schema._tail is not None
-            and schema._row_ndim == len(schema._tail) and schema._dtypes[0].kind == "f"
-        ):  # fmt: skip
-            self._row = (schema._tail, schema._dtypes[0])
         # Dynamic batching (embedml.batching): joins concurrent calls on this pipeline.
         self.batcher: Batcher | None = None
         if options.batching is not None:
@@ -262,17 +244,12 @@ class Pipeline:
         one float row of the single input tensor (shape and dtype); else ``None``. The
         batcher then checks the rows of a whole batch at once (:meth:`rows_ok`) and gives
         a call whose row fails the error :meth:`prepare_one` gives."""
-        row = self._row
-        if (
-            row is not None and type(record) is np.ndarray and record.shape == row[0]
-            and record.dtype == row[1]
-        ):  # fmt: skip
-            return record[None]
-        return None
+        schema = self.input_schema
+        return schema.unchecked_one(record) if type(schema) is TensorSchema else None
 
     def rows_ok(self, batch: Any) -> bool:
         """Whether a batch of rows from :meth:`quick_one` passes the NaN/inf check."""
-        return self.schema_options.allow_nan or _all_finite(batch)
+        return TensorSchema.rows_finite(batch, self.schema_options)
 
     def prepare_many(self, records: Any) -> Any:
         """Validate a batch of records; raises :class:`SchemaError` naming the bad record."""

@@ -802,6 +802,31 @@ class TensorSchema:
         tail = self._spec.shape[1:]
         self._tail = None if -1 in tail else tail
         self._row_ndim = len(self._spec.shape) - 1
+        # a float row of this exact shape and dtype needs only the NaN/inf check (unchecked_one)
+        self._float_row = (
+            (self._tail, self._dtypes[0])
+            if self.single and self._tail is not None and self._dtypes[0].kind == "f"
+            else None
+        )
+
+    def unchecked_one(self, record: Any) -> np.ndarray | None:
+        """``record`` as a batch of one row with only its shape and dtype checked, when it
+        is exactly one float row of the single input tensor; else ``None`` (use
+        :meth:`one`). The NaN/inf check is left to :meth:`rows_finite`, which a batcher
+        runs on a whole batch of such rows at once."""
+        row = self._float_row
+        if (
+            row is not None and type(record) is np.ndarray and record.shape == row[0]
+            and record.dtype == row[1]
+        ):  # fmt: skip
+            return record[None]
+        return None
+
+    @staticmethod
+    def rows_finite(batch: np.ndarray, opts: SchemaOptions) -> bool:
+        """Whether rows from :meth:`unchecked_one` pass the NaN/inf check (``False`` may be
+        a false alarm: then check them one by one with :meth:`one`)."""
+        return opts.allow_nan or _all_finite(batch)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "tensors", "tensors": [s.to_dict() for s in self.specs]}
