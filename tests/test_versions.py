@@ -124,7 +124,7 @@ def test_store_latest_falls_back_to_prerelease(store):
 
 def test_same_version_spelled_differently_exists(store):
     store.save("m", Tiny(), version="1.0")
-    assert store.versions("m") == ["1"]
+    assert store.versions("m") == ["1.0"]  # the folder is "1", shown as saved
     with pytest.raises(embedml.VersionExistsError):
         store.save("m", Tiny(), version="1")
     with pytest.raises(embedml.VersionExistsError):

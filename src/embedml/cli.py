@@ -4,10 +4,10 @@
 
     embedml [--store DIR] ls
     embedml show NAME[@SPEC]
-    embedml predict NAME[@SPEC] --input FILE --output FILE
+    embedml predict NAME[@SPEC] --input FILE --output FILE [--method NAME]
     embedml verify [NAME]
     embedml alias NAME ALIAS VERSION
-    embedml bench NAME[@SPEC]
+    embedml bench NAME[@SPEC] [--method NAME]
     embedml quantize NAME[@SPEC] [--sample FILE] [--new-version V]
 
 The store is ``--store DIR``, else ``$EMBEDML_STORE``, else ``./models``. ``NAME@SPEC``
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import threading
@@ -30,7 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError, EmbedMLError, InvalidNameError, StoreError
+from .errors import ConfigurationError, EmbedMLError, StoreError
+from .synthetic import stack_rows, synthetic_rows
+from .versions import parse_ref
 
 if TYPE_CHECKING:
     from .store import ModelStore
@@ -40,31 +41,10 @@ __all__ = ["main", "parse_ref"]
 PROG = "embedml"
 
 
-def parse_ref(ref: str) -> tuple[str, str]:
-    """``"fraud@production"`` -> ``("fraud", "@production")``; ``"fraud@1.2"`` ->
-    ``("fraud", "1.2")``; ``"fraud"`` -> ``("fraud", "latest")``. The spec is checked with
-    :func:`embedml.versions.parse_spec`; raises :class:`InvalidNameError`."""
-    from . import versions as V
-
-    name, at, spec = ref.partition("@")
-    V.check_name(name)
-    if not at:
-        return name, "latest"
-    spec = spec.strip()
-    if not spec:
-        raise InvalidNameError(f"{ref!r}: nothing after '@'; write NAME, NAME@VERSION or NAME@ALIAS")
-    # An alias starts with a letter and a version with a digit, so they cannot be confused;
-    # "latest" is a reserved word, not an alias.
-    if spec[:1].isalpha() and spec != "latest":
-        spec = "@" + spec
-    V.parse_spec(spec)
-    return name, spec
-
-
 def _open_store(args: argparse.Namespace) -> ModelStore:
-    from .store import ModelStore
+    from .store import ModelStore, store_root
 
-    root = Path(args.store or os.environ.get("EMBEDML_STORE") or "models")
+    root = store_root(args.store or os.environ.get("EMBEDML_STORE") or "models")
     if not root.is_dir():
         raise StoreError(
             f"no model store at {root} (give --store DIR or set EMBEDML_STORE)"
@@ -148,6 +128,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     _out(f"python:     {m.python}   embedml: {m.embedml or '?'}")
     if m.frameworks:
         _out("frameworks: " + ", ".join(f"{k} {v}" for k, v in sorted(m.frameworks.items())))
+    if m.method:
+        _out(f"method:     {m.method}")
     if m.preprocess or m.postprocess:
         _out(f"steps:      preprocess={m.preprocess}  postprocess={m.postprocess}")
     if m.metadata:
@@ -173,7 +155,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     store = _open_store(args)
     name, spec = parse_ref(args.ref)
     progress = None if args.progress is None else args.progress
-    with store.load(name, spec, allow_extra=args.allow_extra) as handle:
+    with store.load(name, spec, allow_extra=args.allow_extra, method=args.method) as handle:
         summary = score(
             handle,
             args.input,
@@ -211,68 +193,15 @@ def _cmd_alias(args: argparse.Namespace) -> int:
 
 
 def _synthetic(handle: Any, n: int, seed: int = 0) -> list[Any]:
-    """``n`` valid records made up from the handle's input schema."""
-    import numpy as np
-
-    from .schema import RecordSchema, TensorSchema
-
-    rng = np.random.default_rng(seed)
-    schema = handle.input_schema
-    if isinstance(schema, RecordSchema):
-        cols: dict[str, list[Any]] = {}
-        for f in schema.fields:
-            lo = next((x for x in (f.minimum, f.exclusive_minimum) if x is not None), None)
-            hi = next((x for x in (f.maximum, f.exclusive_maximum) if x is not None), None)
-            if f.enum:
-                values = [f.enum[i] for i in rng.integers(0, len(f.enum), n)]
-            elif f.kind == "boolean":
-                values = [bool(v) for v in rng.integers(0, 2, n)]
-            elif f.kind == "string":
-                values = [f"s{i % 7}" for i in range(n)]
-            else:
-                a = -1.0 if lo is None else float(lo)
-                b = (a + 2.0) if hi is None else float(hi)
-                if lo is None and hi is not None:
-                    a = b - 2.0
-                if f.kind == "integer":
-                    low = math.ceil(a) if f.exclusive_minimum is None else math.floor(a) + 1
-                    high = math.floor(b) if f.exclusive_maximum is None else math.ceil(b) - 1
-                    if low > high:
-                        raise EmbedMLError(f"no integer satisfies the bounds of field {f.name!r}")
-                    values = rng.integers(low, high + 1, n).tolist()
-                else:  # strictly inside the bounds, so exclusive ones hold too
-                    values = (a + (b - a) * rng.uniform(0.05, 0.95, n)).tolist()
-            cols[f.name] = values
-        return [dict(zip(cols, row)) for row in zip(*cols.values())]
-    if isinstance(schema, TensorSchema):
-
-        def example(spec: Any) -> Any:
-            shape = tuple(1 if d == -1 else d for d in spec.shape[1:])
-            if spec.dtype in ("str", "object"):
-                return np.full(shape, "x", dtype=object)
-            if spec.np_dtype.kind in "iub":
-                return rng.integers(0, 2, shape).astype(spec.np_dtype)
-            return rng.normal(size=shape).astype(spec.np_dtype)
-
-        if schema.single:
-            return [example(schema.specs[0]) for _ in range(n)]
-        return [{s.name: example(s) for s in schema.specs} for _ in range(n)]
-    raise EmbedMLError(
-        f"{handle.name}@{handle.version} declares no input schema, so bench cannot make up inputs"
-    )
+    """``n`` valid records made up from the handle's input schema (see embedml.synthetic)."""
+    try:
+        return synthetic_rows(handle.input_schema, n, seed)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{handle.name}@{handle.version}: {exc}") from None
 
 
 def _stack(handle: Any, records: list[Any]) -> Any:
-    from .schema import TensorSchema
-
-    schema = handle.input_schema
-    if isinstance(schema, TensorSchema):
-        import numpy as np
-
-        if schema.single:
-            return np.stack(records)
-        return {s.name: np.stack([r[s.name] for r in records]) for s in schema.specs}
-    return records
+    return stack_rows(handle.input_schema, records)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -280,7 +209,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     store = _open_store(args)
     name, spec = parse_ref(args.ref)
-    with store.load(name, spec) as handle:
+    with store.load(name, spec, method=args.method) as handle:
         records = _synthetic(handle, max(args.batch_size, 256))
         handle.predict(records[0])  # warm-up, and a schema check of the synthetic inputs
         lat = []
@@ -351,7 +280,7 @@ def _bench_dynamic(
     batching = Batching(max_batch_size=args.batch_size, max_queue=max(1024, args.batch_size))
     lats: list[list[float]] = [[] for _ in range(args.threads)]
     errors: list[BaseException] = []
-    with store.load(name, spec, batching=batching) as handle:
+    with store.load(name, spec, batching=batching, method=args.method) as handle:
         handle.predict(records[0])  # warm-up
         start = threading.Barrier(args.threads + 1)
         deadline = 0.0
@@ -473,6 +402,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+_METHOD_HELP = (
+    "method to call on pickle/joblib models, e.g. predict_proba (default: the one saved "
+    "with the version, else predict)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``embedml`` command."""
     from ._version import __version__
@@ -516,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", metavar="COL", help="copy this input column to the output (default: row number)")
     p.add_argument("--rejects", metavar="FILE", help="reject file (default: OUTPUT.rejects.jsonl)")
     p.add_argument("--allow-extra", action="store_true", help="ignore input columns the schema does not know")
+    p.add_argument("--method", metavar="NAME", help=_METHOD_HELP)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
     group.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
@@ -547,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=_positive_int, default=8, metavar="N",
         help="threads calling predict at once in the dynamic batching run (default 8)",
     )  # fmt: skip
+    p.add_argument("--method", metavar="NAME", help=_METHOD_HELP)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_bench)
 

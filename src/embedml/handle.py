@@ -17,6 +17,7 @@ and no call ever waits for a swap.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib
 import logging
@@ -32,11 +33,13 @@ from .errors import (
     HandleClosedError,
     PredictionError,
     SchemaError,
+    UntrustedArtifactError,
 )
 from .formats import FormatOptions, Runtime, get_format
 from .hooks import Observer, Sink, new_request_id
-from .manifest import Manifest
+from .manifest import Manifest, method_problem
 from .schema import NoSchema, RecordSchema, SchemaOptions, TensorSchema, schema_from_dict
+from .synthetic import synthetic_batch
 from .tensors import n_rows, take
 from .trust import check_before_load
 
@@ -321,13 +324,23 @@ class Pipeline:
 
 
 def build_pipeline(store: ModelStore, mv: ModelVersion, options: LoadOptions) -> Pipeline:
-    """Verify the artifact of ``mv`` and load it with its format into a new :class:`Pipeline`."""
+    """Verify the artifact of ``mv`` and load it with its format into a new :class:`Pipeline`.
+
+    The method called is ``options.method``, else the one saved with the version; under
+    ``options.restricted`` a saved method outside ``STANDARD_METHODS`` raises
+    :class:`UntrustedArtifactError`."""
     start = time.perf_counter()
     check_before_load(mv, options)  # signature and framework versions, before any byte is read
+    format_options = options.format_options()
+    if options.method is None and mv.manifest.method is not None:  # the caller's method wins
+        problem = method_problem(mv.manifest) if options.restricted else None
+        if problem is not None:
+            raise UntrustedArtifactError(problem)
+        format_options = dataclasses.replace(format_options, method=mv.manifest.method)
     fmt = get_format(mv.manifest.format)
     data = store.read_artifact(mv)  # hash checked before any byte is deserialised
     try:
-        runtime = fmt.load(data, options.format_options())
+        runtime = fmt.load(data, format_options)
     except EmbedMLError:
         raise
     except Exception as exc:
@@ -668,8 +681,6 @@ class ModelHandle:
         :class:`ConfigurationError` (no schema to build inputs from, or ``n < 1``) and the
         errors of :meth:`predict_batch`.
         """
-        from .synthetic import synthetic_batch
-
         if int(n) < 1:
             raise ConfigurationError(f"warmup(n) needs n >= 1, got {n!r}")
         pipe = self._pipeline()

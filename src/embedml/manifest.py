@@ -15,9 +15,15 @@ from typing import Any
 
 from .errors import IntegrityError
 
-__all__ = ["MANIFEST_FILE", "Manifest", "environment"]
+__all__ = ["MANIFEST_FILE", "STANDARD_METHODS", "Manifest", "environment", "method_problem"]
 
 MANIFEST_FILE = "manifest.json"
+
+#: The methods a version saved with ``method=`` may name and still load with
+#: ``restricted=True``: the artifact's owner chose the name, so anything else is refused.
+STANDARD_METHODS = (
+    "predict", "predict_proba", "predict_log_proba", "decision_function", "transform",
+)  # fmt: skip
 
 _SCHEMA = (dict, list, type(None))
 # The JSON types each known key may hold; a key outside this table is kept as an extra.
@@ -39,6 +45,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "embedml": (str,),
     "frameworks": (dict,),
     "extra_files": (dict,),
+    "method": (str, type(None)),
 }
 _STR_MAPS = ("frameworks", "extra_files")
 
@@ -72,7 +79,9 @@ class Manifest:
     distribution names (``scikit-learn``, ``onnxruntime``, ``torch`` ...) to the versions
     installed when the version was saved; ``python`` and ``embedml`` likewise.
     ``extra_files`` maps other files in the version folder (for example a reference profile)
-    to their SHA-256, so that they are verified like the artifact. A missing or mistyped
+    to their SHA-256, so that they are verified like the artifact. ``method`` is the method
+    called on sklearn-style objects (``store.save(..., method="predict_proba")``; ``None``:
+    ``predict``). A missing or mistyped
     field raises :class:`~embedml.IntegrityError` naming it.
     """
 
@@ -93,6 +102,7 @@ class Manifest:
     embedml: str
     frameworks: dict[str, str]
     extra_files: dict[str, str]
+    method: str | None
 
     def __init__(self, **data: Any) -> None:
         self._fill(data, "manifest")
@@ -102,7 +112,7 @@ class Manifest:
             "manifest_version": 1, "created_at": _now, "input_schema": None,
             "output_schema": None, "preprocess": None, "postprocess": None, "metadata": dict,
             "python": platform.python_version, "embedml": "", "frameworks": dict,
-            "extra_files": dict,
+            "extra_files": dict, "method": None,
         }  # fmt: skip
         for key in _TYPES:
             if key in data:
@@ -159,6 +169,19 @@ class Manifest:
         manifest = cls.__new__(cls)
         manifest._fill(data, where)
         return manifest
+
+
+def method_problem(manifest: Manifest) -> str | None:
+    """Why a restricted load refuses the version's saved ``method``, or ``None`` when it is
+    unset or one of :data:`STANDARD_METHODS`."""
+    method = manifest.method
+    if method is None or method in STANDARD_METHODS:
+        return None
+    return (
+        f"{manifest.name}@{manifest.version} was saved with method={method!r}, which is not one "
+        f"of {', '.join(STANDARD_METHODS)}: a restricted load does not call a method the "
+        "artifact's owner named (pass method= to load() to choose one yourself)"
+    )
 
 
 def environment(distributions: list[str]) -> dict[str, str]:

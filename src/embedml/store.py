@@ -25,8 +25,11 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -48,7 +51,7 @@ from .errors import (
     VersionNotFoundError,
 )
 from .formats import format_for_object, format_for_path, get_format
-from .manifest import MANIFEST_FILE, Manifest, environment
+from .manifest import MANIFEST_FILE, STANDARD_METHODS, Manifest, environment, method_problem
 from .schema import TensorSchema, schema_to_dict
 from .signing import KEY_ENV, SIGNATURE_FILE, resolve_key, signature_document, verify_signature
 
@@ -145,15 +148,57 @@ def _check_trust(path: Any, fmt: str, trust: bool, sha256: str | None) -> str | 
     return None
 
 
+def _check_method(method: str | None, fmt: Any, model: Any) -> None:
+    """Refuse a ``method=`` the format does not take, that is not a public method name, or
+    that the in-memory ``model`` does not have."""
+    if method is None:
+        return
+    if not isinstance(method, str) or not method.isidentifier() or method.startswith("_"):
+        raise ConfigurationError(
+            f"method must be a public method name such as 'predict_proba', got {method!r}"
+        )
+    if not fmt.takes_method:
+        raise ConfigurationError(
+            f"method= applies to pickle and joblib models (objects with methods), not {fmt.name}"
+        )
+    if model is not None and not callable(getattr(model, method, None)):
+        has = [m for m in STANDARD_METHODS if callable(getattr(model, m, None))]
+        raise ConfigurationError(
+            f"the model ({type(model).__name__}) has no method {method!r}; "
+            f"it has {', '.join(has) or 'none of ' + ', '.join(STANDARD_METHODS)}"
+        )
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def store_root(root: str | os.PathLike[str]) -> Path:
+    """The absolute local folder ``root`` names. ``file:///path`` is that path; any other
+    URL (``s3://``, ``gs://``, ``http://``...) raises :class:`ConfigurationError` instead of
+    becoming a folder named ``s3:``."""
+    text = os.fspath(root)
+    if isinstance(text, str) and _URL.match(text):
+        parsed = urllib.parse.urlsplit(text)
+        if parsed.scheme.lower() != "file" or parsed.netloc not in ("", "localhost"):
+            raise ConfigurationError(
+                f"model store {text!r} is a URL; embedml stores live in a local folder "
+                "(remote stores are not supported yet): give a path such as './models'"
+            )
+        text = urllib.request.url2pathname(parsed.path)
+    return Path(text).expanduser().absolute()
+
+
 class ModelStore:
     """A directory of models, each with immutable PEP 440 versions and movable aliases.
 
     ``ModelStore(root)`` creates the folder if needed. Alias updates are serialised with
     an advisory file lock (POSIX ``flock``), so several processes may share one store.
+    ``root`` is a local folder (``file:///path`` is read as that path); a URL such as
+    ``s3://bucket/models`` raises :class:`ConfigurationError`: remote stores do not exist yet.
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).expanduser().absolute()
+        self.root = store_root(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._real_root = self.root.resolve()
 
@@ -193,13 +238,27 @@ class ModelStore:
         return sorted(found)
 
     def versions(self, name: str) -> list[str]:
-        """Versions of ``name``, ascending by PEP 440; raises :class:`ModelNotFoundError`."""
-        found = self._versions(self._model_dir(name))
+        """Versions of ``name``, ascending by PEP 440, each spelled as it was saved
+        (``"2.0rc1"``); raises :class:`ModelNotFoundError`."""
+        model_dir = self._model_dir(name)
+        found = self._versions(model_dir)
         if not found:
             raise ModelNotFoundError(
                 f"no model {name!r} in {self.root}; models: {self.models() or 'none'}"
             )
-        return [V.canonical_version(v) for v in found]
+        return [self._spelling(model_dir, v) for v in found]
+
+    @staticmethod
+    def _spelling(model_dir: Path, version: Version) -> str:
+        """The spelling in the version's manifest; its folder name when the manifest does
+        not say (stores written before spellings were kept) or cannot be read (``verify``
+        reports that)."""
+        folder = V.canonical_version(version)
+        with contextlib.suppress(OSError, ValueError, AttributeError, InvalidNameError):
+            saved = json.loads((model_dir / folder / MANIFEST_FILE).read_bytes()).get("version")
+            if isinstance(saved, str) and V.parse_version(saved) == version:
+                return saved
+        return folder
 
     def aliases(self, name: str) -> dict[str, str]:
         """The aliases of ``name`` and the versions they point to."""
@@ -214,7 +273,8 @@ class ModelStore:
 
     # -- resolving
     def manifest(self, name: str, version: str) -> Manifest:
-        """Read the manifest of one exact version."""
+        """Read the manifest of one exact version (any spelling: ``"1.0"`` is ``"1"``)."""
+        version = V.canonical_version(version)
         path = self._version_dir(name, version) / MANIFEST_FILE
         if path.is_symlink():
             raise IntegrityError(f"{path} is a symlink; refusing it")
@@ -255,13 +315,14 @@ class ModelStore:
             chosen = V.select(parsed, existing)
         if chosen is None:
             raise self._not_found(name, parsed.text)
-        version = V.canonical_version(chosen)
-        return ModelVersion(
-            name, version, self._version_dir(name, version), self.manifest(name, version)
-        )
+        folder = V.canonical_version(chosen)
+        manifest = self.manifest(name, folder)
+        # shown and recorded (aliases, history) as saved: "2.0rc1", not its folder "2rc1"
+        return ModelVersion(name, manifest.version, self._version_dir(name, folder), manifest)
 
     def _not_found(self, name: str, spec: str) -> VersionNotFoundError:
-        existing = [V.canonical_version(v) for v in self._versions(self._model_dir(name))]
+        model_dir = self._model_dir(name)
+        existing = [self._spelling(model_dir, v) for v in self._versions(model_dir)]
         aliases = self.aliases(name)
         alias_text = ", ".join(f"@{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
         return VersionNotFoundError(
@@ -286,6 +347,7 @@ class ModelStore:
         trust: bool = False,
         sha256: str | None = None,
         signing_key: str | bytes | None = None,
+        method: str | None = None,
     ) -> ModelVersion:
         """Save ``model`` as a new immutable version of ``name`` and return it.
 
@@ -298,6 +360,9 @@ class ModelStore:
         ``reference_data`` (training inputs: records, 2-D array or DataFrame, checked
         against the input schema) and ``reference_outputs`` store a reference profile in
         the version for :class:`~embedml.DriftMonitor` (see ``docs/observability.md``).
+        ``method`` (pickle / joblib objects) is the method loads call, e.g.
+        ``"predict_proba"`` (default ``predict``; ``load(..., method=)`` overrides it); a
+        ``restricted=True`` load accepts only :data:`~embedml.manifest.STANDARD_METHODS`.
 
         A pickle or joblib *file* runs code when loaded, so saving one needs ``trust=True``
         or its expected ``sha256="<hex>"`` (checked on the copied bytes); otherwise
@@ -306,8 +371,8 @@ class ModelStore:
         (``manifest.sig``, see ``docs/security.md``).
 
         Raises :class:`VersionExistsError`, :class:`InvalidNameError`,
-        :class:`UnsupportedFormatError`, :class:`UntrustedArtifactError` or
-        :class:`SchemaError`.
+        :class:`UnsupportedFormatError`, :class:`UntrustedArtifactError`,
+        :class:`SchemaError` or :class:`ConfigurationError` (a bad ``method``).
         """
         model_dir = self._model_dir(name)
         key = resolve_key(signing_key)
@@ -320,7 +385,8 @@ class ModelStore:
             fmt = format_for_object(model)
         if is_path and fmt.unsafe_to_load:
             sha256 = _check_trust(model, fmt.name, trust, sha256)
-        explicit = V.canonical_version(version) if version is not None else None
+        _check_method(method, fmt, None if is_path else model)
+        explicit = V.display_version(version) if version is not None else None
         in_schema = schema_to_dict(input_schema)
         if in_schema is None and not is_path:
             specs, _ = fmt.tensor_specs(model)
@@ -369,7 +435,7 @@ class ModelStore:
                 "output_schema": out_schema, "preprocess": preprocess, "postprocess": postprocess,
                 "metadata": dict(metadata or {}), "embedml": __version__,
                 "frameworks": environment(fmt.frameworks(None if is_path else model)),
-                "extra_files": extra_files,
+                "extra_files": extra_files, "method": method,
             }  # fmt: skip
             return self._publish(model_dir, tmp, fields, explicit, key)
         finally:
@@ -391,7 +457,7 @@ class ModelStore:
             _write_atomic(tmp / MANIFEST_FILE, data)
             if key is not None:
                 _write_atomic(tmp / SIGNATURE_FILE, signature_document(data, key))
-            final = model_dir / version
+            final = model_dir / V.canonical_version(version)  # "1.0" and "1" share a folder
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -577,7 +643,10 @@ class ModelStore:
         """Delete one version. Refuses (:class:`StoreError`) while an alias points to it."""
         with self._lock(name):
             target = self.resolve(name, V.canonical_version(version))
-            pointing = sorted(a for a, v in self.aliases(name).items() if v == target.version)
+            here = V.parse_version(target.version)
+            pointing = sorted(
+                a for a, v in self.aliases(name).items() if V.parse_version(v) == here
+            )
             if pointing:
                 raise StoreError(
                     f"{target} is in use by alias(es) {', '.join('@' + a for a in pointing)}; move them first"
@@ -664,7 +733,9 @@ class ModelStore:
         ``{"name@version": error or None}``.
 
         With a key (argument or ``$EMBEDML_SIGNING_KEY``) signatures are checked too, and
-        with ``require_signature=True`` an unsigned version is reported.
+        with ``require_signature=True`` an unsigned version is reported. A version saved with
+        a ``method`` outside :data:`~embedml.manifest.STANDARD_METHODS` is reported too
+        (``restricted=True`` loads refuse it).
         """
         key = resolve_key(signing_key)
         report: dict[str, str | None] = {}
@@ -679,7 +750,7 @@ class ModelStore:
                     self.read_artifact(mv)
                     for extra in mv.manifest.extra_files:
                         self.read_extra_file(mv, extra)
-                    report[label] = None
+                    report[label] = method_problem(mv.manifest)
                 except IntegrityError as exc:
                     report[label] = str(exc)
         return report
@@ -738,8 +809,18 @@ class ModelStore:
         ``trusted_types`` (:class:`UntrustedArtifactError` names a refused type);
         ``strict_versions=True`` turns a framework version skew warning into
         :class:`FrameworkVersionError`.
+
+        ``name`` may carry its spec as the command line does (``"churn@production"``,
+        ``"churn@1.2"``); then ``version`` must be left out.
         """
         from .handle import LoadOptions, ModelHandle
+
+        if isinstance(name, str) and "@" in name:
+            if version != "latest":
+                raise InvalidNameError(
+                    f"{name!r} already says which version to load; do not pass version={version!r} too"
+                )
+            name, version = V.parse_ref(name)
 
         options = LoadOptions(
             method=method, session_options=session_options, outputs=outputs, preprocess=preprocess,

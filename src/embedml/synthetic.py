@@ -1,51 +1,138 @@
-"""Synthetic inputs built from an input schema, used by ``handle.warmup()``."""
+"""Synthetic inputs built from an input schema: the one builder behind ``handle.warmup()``
+and the ``embedml bench`` / ``embedml quantize`` commands.
+
+Every value satisfies its field's declared bounds and enum (``Field(gt=0, le=1)`` on an int
+field gives 1); string tensors get ``"x"``, other tensors numbers. When no value can satisfy
+a field (an int field with ``gt=0, lt=1``) a :class:`ConfigurationError` names it.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from .errors import ConfigurationError
-from .schema import FieldSpec, NoSchema, RecordSchema, TensorSchema
+from .schema import FieldSpec, NoSchema, RecordSchema, TensorSchema, TensorSpec
 
-__all__ = ["synthetic_batch"]
+__all__ = ["stack_rows", "synthetic_batch", "synthetic_rows"]
+
+Schema = RecordSchema | TensorSchema | NoSchema
 
 
-def _value(f: FieldSpec) -> Any:
+def _interval(f: FieldSpec) -> tuple[float, float, bool, bool]:
+    """The field's allowed range as ``(low, high, low_open, high_open)``."""
+    low, high, low_open, high_open = -math.inf, math.inf, True, True
+    if f.minimum is not None:
+        low, low_open = float(f.minimum), False
+    if f.exclusive_minimum is not None and float(f.exclusive_minimum) >= low:
+        low, low_open = float(f.exclusive_minimum), True
+    if f.maximum is not None:
+        high, high_open = float(f.maximum), False
+    if f.exclusive_maximum is not None and float(f.exclusive_maximum) <= high:
+        high, high_open = float(f.exclusive_maximum), True
+    return low, high, low_open, high_open
+
+
+def _numbers(f: FieldSpec, n: int, rng: np.random.Generator | None) -> list[Any]:
+    """``n`` values inside the field's bounds: the middle of the range (``rng=None``), or
+    spread over it. Unbounded sides extend the range by 1 (2 when both are open)."""
+    low, high, low_open, high_open = _interval(f)
+    if f.kind == "integer":
+        lo = (
+            -math.inf if low == -math.inf else (math.floor(low) + 1 if low_open else math.ceil(low))
+        )
+        hi = (
+            math.inf
+            if high == math.inf
+            else (math.ceil(high) - 1 if high_open else math.floor(high))
+        )
+        lo, hi = _finite(lo, hi)
+        if lo > hi:
+            raise ConfigurationError(
+                f"no integer satisfies the bounds of field {f.name!r}; "
+                "cannot build synthetic inputs for it"
+            )
+        lo, hi = int(lo), int(hi)
+        if rng is None:
+            return [(lo + hi) // 2] * n
+        return rng.integers(lo, hi + 1, n).tolist()
+    a, b = _finite(low, high)
+    if not a < b and not (a == b and not low_open and not high_open):
+        raise ConfigurationError(
+            f"no number satisfies the bounds of field {f.name!r}; "
+            "cannot build synthetic inputs for it"
+        )
+    if rng is None:  # the middle: strictly inside the bounds, so exclusive ones hold too
+        return [(a + b) / 2] * n
+    return (a + (b - a) * rng.uniform(0.05, 0.95, n)).tolist()
+
+
+def _finite(low: float, high: float) -> tuple[float, float]:
+    if low == -math.inf and high == math.inf:
+        return -1.0, 1.0
+    if low == -math.inf:
+        return high - 2.0, high
+    if high == math.inf:
+        return low, low + 2.0
+    return low, high
+
+
+def _column(f: FieldSpec, n: int, rng: np.random.Generator | None) -> list[Any]:
     if f.enum:
-        return f.enum[0]
+        picks = [0] * n if rng is None else rng.integers(0, len(f.enum), n).tolist()
+        return [f.enum[i] for i in picks]
     if f.kind == "string":
-        return "x"
+        return ["x"] * n if rng is None else [f"s{i % 7}" for i in range(n)]
     if f.kind == "boolean":
-        return False
-    lo = next((x for x in (f.minimum, f.exclusive_minimum) if x is not None), None)
-    hi = next((x for x in (f.maximum, f.exclusive_maximum) if x is not None), None)
-    if lo is not None and hi is not None:
-        v = (lo + hi) / 2
-    elif lo is not None:
-        v = lo + 1
-    elif hi is not None:
-        v = hi - 1
-    else:
-        v = 0
-    return int(v) if f.kind == "integer" else float(v)
+        return [False] * n if rng is None else [bool(v) for v in rng.integers(0, 2, n)]
+    return _numbers(f, n, rng)
 
 
-def synthetic_batch(schema: RecordSchema | TensorSchema | NoSchema, rows: int = 1) -> Any:
-    """A batch of ``rows`` valid inputs: mid-range numbers, first enum values, zeros.
+def _tensor_row(spec: TensorSpec, rng: np.random.Generator | None) -> np.ndarray:
+    """One example of ``spec`` without the batch axis (dynamic dimensions of size 1)."""
+    shape = tuple(d if isinstance(d, int) and d >= 0 else 1 for d in spec.shape[1:])
+    if spec.np_dtype.kind in "OSU":
+        return np.full(shape, "x", dtype=object)
+    if rng is None:
+        return np.zeros(shape, dtype=spec.np_dtype)
+    if spec.np_dtype.kind in "iub":
+        return rng.integers(0, 2, shape).astype(spec.np_dtype)
+    return rng.normal(size=shape).astype(spec.np_dtype)
 
-    Raises :class:`ConfigurationError` when the schema says nothing about the input's shape.
+
+def synthetic_rows(schema: Schema, n: int, seed: int | None = None) -> list[Any]:
+    """``n`` valid single-row inputs for ``predict``: records (dicts) for a record schema,
+    arrays without the batch axis (or dicts of them, for several inputs) for tensors.
+
+    ``seed=None`` gives the same plain row ``n`` times (the middle of each range, the first
+    enum value, zeros); a seed spreads values over the allowed ranges. Raises
+    :class:`ConfigurationError` when the schema says nothing about the input, or a field's
+    bounds admit no value.
     """
+    rng = None if seed is None else np.random.default_rng(seed)
     if isinstance(schema, RecordSchema):
-        record = {f.name: _value(f) for f in schema.fields}
-        return [dict(record) for _ in range(rows)]
+        cols = [_column(f, n, rng) for f in schema.fields]
+        return [dict(zip(schema.names, row)) for row in zip(*cols)]
     if isinstance(schema, TensorSchema):
-        out = {}
-        for spec in schema.specs:
-            shape = (rows, *(d if d > 0 else 1 for d in spec.shape[1:]))
-            out[spec.name] = np.zeros(shape, dtype=spec.np_dtype)
-        return out[schema.specs[0].name] if schema.single else out
+        if schema.single:
+            return [_tensor_row(schema.specs[0], rng) for _ in range(n)]
+        return [{s.name: _tensor_row(s, rng) for s in schema.specs} for _ in range(n)]
     raise ConfigurationError(
-        "cannot build warm-up inputs: the model has no input schema; save it with input_schema="
+        "cannot build synthetic inputs: the model has no input schema; save it with input_schema="
     )
+
+
+def stack_rows(schema: Schema, rows: list[Any]) -> Any:
+    """Rows from :func:`synthetic_rows` as one batch for ``predict_batch``."""
+    if isinstance(schema, TensorSchema):
+        if schema.single:
+            return np.stack(rows)
+        return {s.name: np.stack([r[s.name] for r in rows]) for s in schema.specs}
+    return rows
+
+
+def synthetic_batch(schema: Schema, rows: int = 1, seed: int | None = None) -> Any:
+    """A batch of ``rows`` valid inputs (see :func:`synthetic_rows`)."""
+    return stack_rows(schema, synthetic_rows(schema, rows, seed))

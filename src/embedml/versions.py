@@ -3,11 +3,14 @@
 * Model names: letters, digits, ``-``, ``_`` and ``.``; they start with a letter or digit,
   so ``..`` or a path separator can never appear.
 * Versions are PEP 440 (:class:`packaging.version.Version`) and compare as such:
-  ``"1.10" > "1.9"``; ``"1.0"`` and ``"1"`` are the same version, stored as ``"1"``.
+  ``"1.10" > "1.9"``; ``"1.0"`` and ``"1"`` are the same version, kept in the folder named
+  by :func:`canonical_version` (``"1"``), while the manifest keeps the spelling it was saved
+  with (:func:`display_version`: ``"2.0rc1"`` stays ``"2.0rc1"``) for display.
 * Alias names start with a letter, versions with a digit, so ``fraud@production`` and
   ``fraud@1.2`` are never ambiguous.
 * A *spec* is ``"latest"``, an exact version (``"1.2"``), a PEP 440 specifier
-  (``">=1.2,<2"``), or an alias written ``"@production"``.
+  (``">=1.2,<2"``), or an alias written ``"@production"``. A *reference* is
+  ``NAME[@SPEC]`` (``"churn@production"``, ``"churn@1.2"``), see :func:`parse_ref`.
 * ``"latest"`` follows pip: the highest final release, or the highest pre-release when
   there is no final release.
 """
@@ -30,8 +33,10 @@ __all__ = [
     "Spec",
     "canonical_version",
     "check_alias",
+    "display_version",
     "check_name",
     "next_major",
+    "parse_ref",
     "parse_spec",
     "parse_version",
     "select",
@@ -94,6 +99,12 @@ def canonical_version(version: str | int | Version) -> str:
     return epoch + ".".join(map(str, release)) + str(v)[len(v.base_version) :]
 
 
+def display_version(version: str | int | Version) -> str:
+    """The spelling a version is shown with: PEP 440's normal form, trailing zeros kept
+    (``"2.0RC1"`` -> ``"2.0rc1"``, ``"1.0"`` -> ``"1.0"``). Raises :class:`InvalidNameError`."""
+    return str(parse_version(version))
+
+
 def next_major(existing: Iterable[Version]) -> str:
     """The next major version after the highest existing one (``"1"`` when none)."""
     top = max(existing, default=None)
@@ -124,6 +135,11 @@ def parse_spec(spec: str | int | Version | None) -> Spec:
         return Spec(text, alias=check_alias(text))
     if text[:1].isdigit():
         return Spec(text, exact=parse_version(text))
+    if _ALIAS.fullmatch(text):  # a bare word is no version or specifier: an alias without "@"
+        raise InvalidNameError(
+            f"invalid version spec {text!r}: did you mean '@{text}'? (an alias is written "
+            "with '@'; a version starts with a digit)"
+        )
     # Imported here: "latest", exact versions and aliases (what ``load`` usually gets) do not
     # need it, and a fresh process loading a model pays for every import.
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -135,6 +151,31 @@ def parse_spec(spec: str | int | Version | None) -> Spec:
             f"invalid version spec {text!r}: use 'latest', a version such as '1.2', "
             "a specifier such as '>=1.2,<2', or an alias such as '@production'"
         ) from None
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """Split a reference ``NAME[@SPEC]``: ``"fraud@production"`` -> ``("fraud", "@production")``,
+    ``"fraud@1.2"`` -> ``("fraud", "1.2")``, ``"fraud"`` -> ``("fraud", "latest")``.
+
+    An alias needs no second ``@`` here (``fraud@production``): aliases start with a letter
+    and versions with a digit. Raises :class:`InvalidNameError` for a bad name or spec.
+    """
+    if not isinstance(ref, str):
+        raise InvalidNameError(f"a model reference is a string NAME[@SPEC], got {ref!r}")
+    name, at, spec = ref.partition("@")
+    check_name(name)
+    if not at:
+        return name, "latest"
+    spec = spec.strip()
+    if not spec:
+        raise InvalidNameError(
+            f"{ref!r}: nothing after '@'; write NAME, NAME@VERSION or NAME@ALIAS"
+        )
+    # "latest" is a reserved word, not an alias.
+    if spec[:1].isalpha() and spec != "latest":
+        spec = "@" + spec
+    parse_spec(spec)
+    return name, spec
 
 
 def select(spec: Spec, versions: Iterable[Version]) -> Version | None:

@@ -60,11 +60,14 @@ class ModelFormat(ABC):
 
     ``suffixes[0]`` names new artifacts; every suffix is recognised when a file path is saved.
     ``unsafe_to_load`` marks formats whose loading can run arbitrary code (pickle).
+    ``takes_method`` marks formats whose models are objects with several methods (the
+    ``method`` option: ``store.save(..., method="predict_proba")``).
     """
 
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]
     unsafe_to_load: ClassVar[bool] = False
+    takes_method: ClassVar[bool] = False
 
     def claims(self, obj: Any) -> bool:
         """Whether this format recognises an in-memory object as its own (for ``save``)."""

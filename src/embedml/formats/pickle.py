@@ -79,6 +79,7 @@ class JoblibFormat(ModelFormat):
     name = "joblib"
     suffixes = (".joblib",)
     unsafe_to_load = True
+    takes_method = True
 
     def claims(self, obj: Any) -> bool:
         return True  # the fallback for any Python object; checked last
@@ -110,6 +111,7 @@ class PickleFormat(ModelFormat):
     name = "pickle"
     suffixes = (".pkl", ".pickle")
     unsafe_to_load = True
+    takes_method = True
 
     def dump(self, obj: Any, path: Path) -> None:
         with open(path, "wb") as f:
