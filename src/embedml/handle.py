@@ -300,7 +300,7 @@ class Pipeline:
             return out
         try:
             if isinstance(schema, RecordSchema):
-                return schema.outputs(out, n)
+                return schema.outputs(out, n, self.schema_options)
             return schema.check_output(out, n)
         except SchemaError as exc:
             raise self._context(exc) from None

@@ -8,12 +8,14 @@ enforces them without importing the code that saved the model):
 * a **tensor schema**, one :class:`TensorSpec` per model input (name, dtype, shape with
   ``-1`` for dynamic dimensions).
 
-Rules (see ``docs/concepts.md``): a missing field is an error; an unknown field is an error
-unless ``allow_extra``; only lossless casts are applied silently (int -> float, narrower or
+Rules (see ``docs/concepts.md``): a missing field takes its default when the pydantic model
+gives it one, else is an error; an unknown field is an error unless ``allow_extra``; only lossless casts are applied silently (int -> float, narrower or
 wider ints and floats when every value fits); anything else raises :class:`SchemaError`
 naming the field or tensor, the record index, what was expected and what came. With
 ``strict=False`` numeric strings, bools and integral floats are also converted.
-Batches are checked column by column with numpy, not one pydantic object per row.
+Batches are checked column by column with numpy, not one pydantic object per row. Outputs
+of a record output schema are checked by the same rules (``strict`` and ``allow_nan`` of the
+load) before they become instances of the output model.
 """
 
 from __future__ import annotations
@@ -292,7 +294,11 @@ _KIND_PY = {"number": float, "integer": int, "boolean": bool, "string": str}
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One field of a record schema, in the portable form stored in manifests."""
+    """One field of a record schema, in the portable form stored in manifests.
+
+    ``has_default`` / ``default``: the value a record that leaves the field out gets (a
+    pydantic ``x: int = 3``); stored as ``"default"`` in the manifest only when there is one.
+    """
 
     name: str
     kind: Literal["number", "integer", "boolean", "string"]
@@ -302,6 +308,8 @@ class FieldSpec:
     maximum: float | None = None
     exclusive_minimum: float | None = None
     exclusive_maximum: float | None = None
+    has_default: bool = False
+    default: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "kind": self.kind}
@@ -316,6 +324,8 @@ class FieldSpec:
             value = getattr(self, key)
             if value is not None and value is not False:  # a bound of 0 is kept
                 d[key] = list(value) if key == "enum" else value
+        if self.has_default:
+            d["default"] = self.default
         return d
 
     @classmethod
@@ -323,7 +333,32 @@ class FieldSpec:
         kwargs = dict(d)
         if kwargs.get("enum") is not None:
             kwargs["enum"] = tuple(kwargs["enum"])
+        if "default" in kwargs:
+            kwargs["has_default"] = True
         return cls(**kwargs)
+
+    def check_default(self) -> None:
+        """Raise :class:`SchemaError` when the default breaks the field's own type, bounds
+        or enum (pydantic does not check defaults; embedml refuses them when saving)."""
+        if not self.has_default:
+            return
+        value = self.default
+        problem = None
+        if value is None:
+            problem = None if self.nullable else "is None but the field is not Optional"
+        elif type(value) not in _KIND_TYPES[self.kind]:
+            problem = f"is not {'an' if self.kind == 'integer' else 'a'} {self.kind}"
+        elif self.enum and value not in self.enum:
+            problem = f"is not one of {list(self.enum)}"
+        elif self.kind in ("number", "integer") and not (
+            (self.minimum is None or value >= self.minimum)
+            and (self.maximum is None or value <= self.maximum)
+            and (self.exclusive_minimum is None or value > self.exclusive_minimum)
+            and (self.exclusive_maximum is None or value < self.exclusive_maximum)
+        ):
+            problem = "is outside the field's bounds"
+        if problem is not None:
+            raise SchemaError(f"the default {value!r} {problem}", field=self.name)
 
     def coerce(self, value: Any, index: int | None, strict: bool) -> Any:
         """Slow path for one value whose type is not already allowed: convert or raise."""
@@ -374,6 +409,7 @@ class FieldSpec:
 
 def _field_from_json(name: str, prop: Mapping[str, Any], defs: Mapping[str, Any]) -> FieldSpec:
     prop = dict(prop)
+    has_default = "default" in prop  # read before a $ref's definition is merged in
     if "$ref" in prop:
         prop = {**defs[prop.pop("$ref").rsplit("/", 1)[-1]], **prop}
     nullable = False
@@ -403,6 +439,7 @@ def _field_from_json(name: str, prop: Mapping[str, Any], defs: Mapping[str, Any]
         name=name, kind=kind, nullable=nullable, enum=tuple(enum) if enum else None,
         minimum=prop.get("minimum"), maximum=prop.get("maximum"),
         exclusive_minimum=prop.get("exclusiveMinimum"), exclusive_maximum=prop.get("exclusiveMaximum"),
+        has_default=has_default, default=prop.get("default"),
     )  # fmt: skip
 
 
@@ -443,10 +480,23 @@ class RecordSchema:
         self._excl_hi = np.array([f.exclusive_maximum is not None for f in self.fields])
         self._enums = [(j, f) for j, f in enumerate(self.fields) if f.enum]
         self._model: Any = None
+        for f in self.fields:
+            f.check_default()
+        #: record values of the fields a record may leave out (pydantic defaults)
+        self._defaults = {f.name: f.default for f in self.fields if f.has_default}
 
     @classmethod
     def from_model(cls, model: type) -> RecordSchema:
-        """Read the fields of a pydantic model class (in declaration order)."""
+        """Read the fields of a pydantic model class (in declaration order), with their
+        defaults. Raises :class:`SchemaError` for a field with a ``default_factory`` (a
+        manifest stores values, not code) or a default that breaks its own field."""
+        for name, info in getattr(model, "model_fields", {}).items():
+            if info.default_factory is not None:
+                raise SchemaError(
+                    "has a default_factory; embedml stores defaults as values in the "
+                    "manifest: give it default=<value> instead",
+                    field=name,
+                )
         js = model.model_json_schema()  # type: ignore[attr-defined]
         defs = js.get("$defs", {})
         props = js.get("properties", {})
@@ -518,7 +568,9 @@ class RecordSchema:
                 v = record[name]
                 values.append(v if type(v) in allowed else spec.coerce(v, None, strict))
         except KeyError:
-            self._missing(record, None)
+            if not self._defaults:
+                self._missing(record, None)
+            return self._one(self._with_defaults(record, None), opts)
         if len(record) != len(self._fast) and not opts.allow_extra:
             self._unknown(record, None)
         m = np.array([values], dtype=self.dtype)
@@ -558,6 +610,9 @@ class RecordSchema:
             try:
                 col = [r[name] for r in rows]
             except KeyError:
+                if self._defaults:
+                    filled = [self._with_defaults(r, i) for i, r in enumerate(rows)]
+                    return self._many(filled, opts)
                 for i, r in enumerate(rows):
                     if name not in r:
                         self._missing(r, i)
@@ -579,9 +634,18 @@ class RecordSchema:
         self._check_values(m, None)
         return m
 
+    def _with_defaults(self, record: Mapping[str, Any], index: int | None) -> dict[str, Any]:
+        """``record`` with the defaults of the fields it leaves out; a missing field without
+        a default raises :class:`SchemaError`."""
+        filled = {**{k: v for k, v in self._defaults.items() if k not in record}, **record}
+        if any(n not in filled for n in self.names):
+            self._missing(filled, index)
+        return filled
+
     def _as_mapping(self, record: Any, index: int | None) -> Mapping[str, Any]:
         if isinstance(record, Mapping):
-            return record
+            # A plain copy: a defaultdict or Counter would answer for fields it does not have.
+            return dict(record)
         dump = getattr(record, "model_dump", None)
         if callable(dump):
             return dump()
@@ -638,7 +702,7 @@ class RecordSchema:
         return m
 
     def _from_frame(self, df: Any, opts: SchemaOptions) -> np.ndarray:
-        missing = [n for n in self.names if n not in df.columns]
+        missing = [n for n in self.names if n not in df.columns and n not in self._defaults]
         if missing:
             raise SchemaError(
                 f"required column is missing (columns: {list(df.columns)})", field=missing[0]
@@ -651,6 +715,10 @@ class RecordSchema:
             )
         m = np.empty((len(df), len(self.fields)), dtype=self.dtype)
         for j, (name, allowed, spec) in enumerate(self._fast):
+            if name not in df.columns:  # a defaulted field
+                default = self._defaults[name]
+                m[:, j] = default if type(default) in allowed else spec.coerce(default, None, True)
+                continue
             col = df[name].to_numpy()
             if col.dtype.kind in "fiu" and spec.kind in ("number", "integer"):
                 if spec.kind == "integer" and col.dtype.kind == "f":
@@ -727,59 +795,88 @@ class RecordSchema:
                     "gt": f.exclusive_minimum,
                     "lt": f.exclusive_maximum,
                 }
-                defs[f.name] = (
-                    f.py_type(),
-                    Field(**{k: v for k, v in bounds.items() if v is not None}),
-                )
+                kwargs = {k: v for k, v in bounds.items() if v is not None}
+                if f.has_default:
+                    kwargs["default"] = f.default
+                defs[f.name] = (f.py_type(), Field(**kwargs))
             self._model = create_model(self.title, **defs)
         return self._model
 
-    def outputs(self, out: Any, n: int) -> list[Any]:
-        """Turn a batch of raw outputs into ``n`` validated instances of the output schema."""
-        from pydantic import ValidationError
+    def outputs(self, out: Any, n: int, opts: SchemaOptions | None = None) -> list[Any]:
+        """Turn a batch of raw outputs into ``n`` validated instances of the output schema.
 
-        cols = self._output_columns(out, n)
+        Outputs meet the rules inputs meet (with the ``strict`` and ``allow_nan`` of
+        ``opts``): no numeric strings for numbers, NaN only in Optional number fields, bounds
+        and enums; a column of an array output reads as an array input does (integral
+        floats for int fields, 0/1 for bool fields). Fields the outputs leave out take their
+        defaults. Raises :class:`SchemaError` naming the field and row.
+        """
+        opts = opts or SchemaOptions()
+        records = self._output_records(out, n)
+        try:
+            self.many(records, SchemaOptions(strict=opts.strict, allow_nan=opts.allow_nan))
+        except SchemaError as exc:
+            raise SchemaError(
+                f"output does not match the output schema: {exc.message}",
+                field=exc.field, index=exc.index, expected=exc.expected, got=exc.got,
+            ) from None  # fmt: skip
         model = self.pydantic_model()
-        result = []
-        for i, row in enumerate(zip(*cols)):
-            try:
-                result.append(model.model_validate(dict(zip(self.names, row))))
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                name = str(err["loc"][0]) if err.get("loc") else None
-                raise SchemaError(
-                    f"output does not match the output schema: {err['msg']}", field=name, index=i
-                ) from None
-        return result
+        return [model.model_validate(r) for r in records]  # checked above: cannot fail
 
-    def _output_columns(self, out: Any, n: int) -> list[list[Any]]:
+    def _output_records(self, out: Any, n: int) -> list[dict[str, Any]]:
+        """Raw outputs as ``n`` records of plain Python values (left-out defaults absent)."""
+        fields = {f.name: f for f in self.fields}
         if isinstance(out, Mapping):
-            missing = [k for k in self.names if k not in out]
+            missing = [k for k in self.names if k not in out and k not in self._defaults]
             if missing:
                 raise SchemaError(
                     f"the model's outputs {list(out)} have no {missing[0]!r} for the output schema",
                     field=missing[0],
                 )
-            return [_tolist(out[k], n) for k in self.names]
-        a = np.asarray(out) if not isinstance(out, tuple) else None
-        if a is None:
+            names = [k for k in self.names if k in out]
+            cols = [_output_column(out[k], n, fields[k]) for k in names]
+        elif isinstance(out, tuple):
             if len(out) != len(self.names):
                 raise SchemaError(
                     f"the model returned {len(out)} outputs; the output schema has {len(self.names)} fields"
                 )
-            return [_tolist(o, n) for o in out]
-        if len(self.names) == 1 and (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
-            return [a.reshape(len(a)).tolist()]
-        if a.ndim == 2 and a.shape[1] == len(self.names):
-            return [a[:, j].tolist() for j in range(a.shape[1])]
-        raise SchemaError(
-            f"the model's output of shape {a.shape} does not map onto the output fields {list(self.names)}"
-        )
+            names = list(self.names)
+            cols = [_output_column(o, n, f) for o, f in zip(out, self.fields)]
+        else:
+            a = np.asarray(out)
+            names = list(self.names)
+            if len(names) == 1 and (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
+                cols = [_output_column(a, n, self.fields[0])]
+            elif a.ndim == 2 and a.shape[1] == len(names):
+                cols = [_output_column(a[:, j], n, f) for j, f in enumerate(self.fields)]
+            else:
+                raise SchemaError(
+                    f"the model's output of shape {a.shape} does not map onto the output fields {list(self.names)}"
+                )
+        for name, col in zip(names, cols):
+            if not isinstance(col, list) or len(col) != n:
+                got = len(col) if isinstance(col, list) else "a scalar"
+                raise SchemaError(
+                    f"the model returned {got} values of {name!r} for {n} rows", field=name
+                )
+        return [dict(zip(names, row)) for row in zip(*cols)]
 
 
-def _tolist(a: Any, n: int) -> list[Any]:
-    a = np.asarray(a)
-    return (a.reshape(n) if a.ndim == 2 and a.shape[1] == 1 else a).tolist()
+def _output_column(values: Any, n: int, f: FieldSpec) -> list[Any]:
+    """One output column as Python values; an array column reads as array inputs do."""
+    a = np.asarray(values)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a.reshape(len(a))
+    if (
+        a.dtype.kind == "f"
+        and f.kind == "integer"
+        and np.isfinite(a).all()
+        and (a == np.floor(a)).all()
+    ):
+        a = a.astype(np.int64)
+    elif a.dtype.kind in "fiu" and f.kind == "boolean" and np.isin(a, (0, 1)).all():
+        a = a.astype(bool)
+    return a.tolist()
 
 
 # ---------------------------------------------------------------- tensor schemas
