@@ -5,8 +5,9 @@
 
 Endpoints:
 
-* ``POST /predict`` with one record as JSON -> ``{"output", "request_id", "version"}``; a
-  record that does not match the schema gets HTTP 422 naming the field.
+* ``POST /predict`` with one record as JSON -> ``{"output", "request_id", "model",
+  "version"}`` (``embedml.to_jsonable`` of the :class:`~embedml.Prediction`); a record
+  that does not match the schema gets HTTP 422 naming the field.
 * ``POST /outcome`` with ``{"request_id", "y_true"}`` -> joins late ground truth.
 * ``GET /health`` -> 200 when the handle is ready, else 503 (for readiness probes).
 * ``GET /metrics`` -> Prometheus text format.
@@ -27,7 +28,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 import embedml
-from embedml.hooks import jsonable
 
 
 class Iris(BaseModel):
@@ -79,7 +79,7 @@ def create_app(handle: embedml.ModelHandle) -> FastAPI:
                 status_code=422,
                 detail={"field": exc.field, "index": exc.index, "message": str(exc)},
             ) from None
-        return {"output": jsonable(p.output), "request_id": p.request_id, "version": p.version}
+        return embedml.to_jsonable(p)  # numpy values, pydantic outputs, NaN -> null
 
     @app.post("/outcome")
     async def outcome(

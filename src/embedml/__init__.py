@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .formats import FormatOptions, ModelFormat, Runtime, available_formats, register_format
     from .handle import HandleState, ModelHandle, Prediction
     from .hooks import PredictionRecord, Sink
+    from .jsonable import to_jsonable
     from .manifest import Manifest
     from .profile import ReferenceProfile
     from .promotion import Gate
@@ -71,6 +72,7 @@ _LAZY = {
     "HandleState": "handle",
     "ModelHandle": "handle",
     "Prediction": "handle",
+    "to_jsonable": "jsonable",
     "PredictionRecord": "hooks",
     "Sink": "hooks",
     "DriftMonitor": "drift",
@@ -149,6 +151,7 @@ __all__ = [
     "read_jsonl",
     "register_format",
     "score",
+    "to_jsonable",
 ]
 
 
