@@ -36,6 +36,7 @@ from .errors import (
     UntrustedArtifactError,
 )
 from .formats import FormatOptions, Runtime, get_format
+from .frames import is_frame, output_frame
 from .hooks import Observer, Sink, new_request_id
 from .manifest import Manifest, method_problem
 from .schema import NoSchema, RecordSchema, SchemaOptions, TensorSchema, schema_from_dict
@@ -475,18 +476,33 @@ class ModelHandle:
         return self._call(pipe, record, True, timeout_ms, details)
 
     def predict_batch(
-        self, records: Any, *, details: bool = False, timeout_ms: float | None = None
+        self,
+        records: Any,
+        *,
+        details: bool = False,
+        timeout_ms: float | None = None,
+        as_frame: bool = False,
     ) -> Any:
         """Predict many records: a list of records, a 2-D array, a DataFrame, or a dict of
         arrays for multi-input models. Returns the batch of outputs (a list of output-schema
         instances when declared), or a :class:`Prediction` with ``details=True`` (one request
         id for the whole batch). A bad record raises :class:`SchemaError` with its index.
         With batching the rows join other calls' (``timeout_ms`` as in :meth:`predict`).
+
+        ``as_frame=True`` returns the outputs as a pandas DataFrame with the index of the
+        input DataFrame (``0..n-1`` for other inputs), columns named as in
+        :mod:`embedml.frames`.
         """
         pipe = self._pipe  # _pipeline()'s common case, without its frame
         if self._state is not HandleState.OPEN or not pipe.acquire():
             pipe = self._pipeline()
-        return self._call(pipe, records, False, timeout_ms, details)
+        out = self._call(pipe, records, False, timeout_ms, details)
+        if not as_frame:
+            return out
+        index = records.index if is_frame(records) else None
+        raw = out.output if details else out
+        frame = output_frame(raw, len(index) if index is not None else n_rows(raw), index)
+        return dataclasses.replace(out, output=frame) if details else frame
 
     def _call(
         self, pipe: Pipeline, records: Any, one: bool, timeout_ms: float | None, details: bool
