@@ -72,6 +72,17 @@ def test_restricted_load_refuses_a_non_standard_saved_method(store):
     assert report["iso@1"] is not None and "score_samples" in report["iso@1"]
 
 
+def test_cli_shows_and_verifies_the_saved_method(store, capsys):
+    X, _ = dataset()
+    store.save(
+        "iso", IsolationForest(n_estimators=5, random_state=0).fit(X), method="score_samples"
+    )
+    assert main(["--store", str(store.root), "show", "iso"]) == 0
+    assert "method:     score_samples" in capsys.readouterr().out
+    assert main(["--store", str(store.root), "verify"]) == 1
+    assert "score_samples" in capsys.readouterr().out
+
+
 def test_restricted_load_accepts_standard_saved_methods(store):
     X, _ = dataset()
     store.save("clf", sk_logreg(), method="predict_log_proba")
