@@ -12,6 +12,7 @@ import embedml
 TREE = {
     "InvalidNameError": ValueError,
     "ConfigurationError": ValueError,
+    "MissingExtraError": ImportError,
     "NotFoundError": LookupError,
     "ModelNotFoundError": LookupError,
     "VersionNotFoundError": LookupError,
@@ -68,3 +69,12 @@ def test_prediction_error_pickling():
     assert (str(back), back.stage, back.index) == ("model raised", "postprocess", 4)
     gate = pickle.loads(pickle.dumps(embedml.GateFailedError("no", scores={"auc": 0.5})))
     assert gate.scores == {"auc": 0.5}
+
+
+def test_missing_extra_error_is_a_configuration_and_import_error_and_pickles():
+    message = "needs scipy: pip install 'embedml[drift]'"
+    err = embedml.MissingExtraError(message, extra="drift", name="scipy")
+    assert isinstance(err, embedml.ConfigurationError) and isinstance(err, ImportError)
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is embedml.MissingExtraError
+    assert (str(back), back.extra, back.name, back.msg) == (str(err), "drift", "scipy", str(err))

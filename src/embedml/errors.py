@@ -8,6 +8,7 @@ builtin so that generic code keeps working (``LookupError``, ``ValueError``,
     EmbedMLError
     ├── InvalidNameError (ValueError)        bad model name, version or alias
     ├── ConfigurationError (ValueError)      an option given to save/load/Batching is invalid
+    │   └── MissingExtraError (ImportError)  an optional package is not installed
     ├── NotFoundError (LookupError)
     │   ├── ModelNotFoundError               no such model in the store
     │   ├── VersionNotFoundError             no version / alias matches the spec
@@ -40,6 +41,7 @@ __all__ = [
     "EmbedMLError",
     "InvalidNameError",
     "ConfigurationError",
+    "MissingExtraError",
     "NotFoundError",
     "ModelNotFoundError",
     "VersionNotFoundError",
@@ -71,6 +73,28 @@ class InvalidNameError(EmbedMLError, ValueError):
 
 class ConfigurationError(EmbedMLError, ValueError):
     """An option given to ``save``, ``load`` or a settings object is invalid; says the allowed range."""
+
+
+class MissingExtraError(ConfigurationError, ImportError):
+    """A feature needs an optional package that cannot be imported.
+
+    ``extra`` is the embedml extra that installs it (``pip install 'embedml[<extra>]'``, which
+    the message says); ``name`` (as for any ``ImportError``) is the missing package. Also an
+    ``ImportError``, so code that guards optional features with ``except ImportError`` works.
+    """
+
+    def __init__(self, message: str, *, extra: str, name: str) -> None:
+        super().__init__(message)
+        self.msg = message  # what ImportError.__init__ would set
+        self.extra = extra
+        self.name = name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_missing_extra, (str(self), self.extra, self.name))
+
+
+def _rebuild_missing_extra(message: str, extra: str, name: str) -> MissingExtraError:
+    return MissingExtraError(message, extra=extra, name=name)
 
 
 class NotFoundError(EmbedMLError, LookupError):
