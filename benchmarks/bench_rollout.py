@@ -10,7 +10,8 @@ converted to ONNX with skl2onnx (``zipmap=False``); versions 1 and 2 are two tra
 Everything is measured in one run so ratios compare like with like:
 
 * **routing**: one-record ``predict`` through a bare handle, ``Canary`` (random, and sticky
-  by a key), and ``ABTest`` (sticky, 50/50) vs ``InferenceSession.run`` on the same row.
+  by a key), and ``ABTest`` (sticky, 50/50; keys the float32 of column 0, or integer ids)
+  vs ``InferenceSession.run`` on the same row.
   Calls are timed one at a time with the cases interleaved round by round; 1,000
   different records (users) take turns, the same for every case.
 * **swap pause**: client threads call ``predict`` non-stop while the main thread swaps
@@ -111,10 +112,14 @@ def bench_routing(store: embedml.ModelStore, X: np.ndarray, rounds: int, per_rou
     users = [X[i] for i in range(1000)]
     turn = itertools.cycle(users)
     key = lambda r: r[0]  # noqa: E731
+    # the same users by an integer id (the usual key type), looked up by the row's identity
+    ids = {id(r): i for i, r in enumerate(users)}
+    int_key = lambda r: ids[id(r)]  # noqa: E731
     row2d = X[:1]
     canary = embedml.Canary(h1, h2, fraction=0.1)
     sticky = embedml.Canary(h1, h2, fraction=0.1, key=key)
     ab = embedml.ABTest({"a": h1, "b": h2}, key=key)
+    ab_int = embedml.ABTest({"a": h1, "b": h2}, key=int_key)
     same = embedml.ABTest({"a": h1, "b": h1}, key=key)  # routing cost alone: one session
     cases = {
         "onnxruntime session.run": lambda: session.run(None, {name: row2d}),
@@ -122,6 +127,7 @@ def bench_routing(store: embedml.ModelStore, X: np.ndarray, rounds: int, per_rou
         "Canary (random 10%)": lambda: canary.predict(next(turn)),
         "Canary (sticky by key)": lambda: sticky.predict(next(turn)),
         "ABTest (sticky, 50/50)": lambda: ab.predict(next(turn)),
+        "ABTest (sticky, 50/50, int ids)": lambda: ab_int.predict(next(turn)),
         "ABTest (sticky, both arms one handle)": lambda: same.predict(next(turn)),
     }
     samples = interleaved(cases, rounds, per_round)

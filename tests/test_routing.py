@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+from decimal import Decimal
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,27 @@ def handles(store):
 def _within(count: int, n: int, p: float) -> bool:
     """``count`` is within 5 standard deviations of a Binomial(n, p) mean."""
     return abs(count - n * p) <= 5 * math.sqrt(n * p * (1 - p))
+
+
+def test_equal_keys_of_other_types_route_as_in_a_fresh_process(handles):
+    # Keys route by a hash of str(key): 7 and 7.0 (or 1 and True, 0.0 and -0.0) are equal in
+    # Python but different keys. A router that has met one must route the other exactly as
+    # a fresh router (another process) does, not by whichever came first.
+    def router():
+        return embedml.ABTest({"a": handles["1"], "b": handles["2"]}, key="user")
+
+    seen = router()
+    for u in range(100):
+        seen.arm_for({"user": u})
+    seen.arm_for({"user": 0.0})
+    seen.arm_for({"user": (1, "a")})
+    seen.arm_for({"user": Decimal("1.0")})
+    others = [*(float(u) for u in range(100)), *(np.float32(u) for u in range(100)), True, False,
+              -0.0, (1.0, "a"), Decimal("1.00")]  # fmt: skip
+    again = list(range(100))  # and the values met first still route as they did
+    for values in (others, again):
+        fresh = [router().arm_for({"user": v}) for v in values]
+        assert [seen.arm_for({"user": v}) for v in values] == fresh
 
 
 def test_canary_is_sticky_by_key_and_sends_the_fraction(handles):
