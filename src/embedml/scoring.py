@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, EmbedMLError, PredictionError, SchemaError
-from .streaming import predict_rows
+from .streaming import predict_batch_or_rows, split_rows
 
 if TYPE_CHECKING:
     from .handle import ModelHandle
@@ -67,12 +67,30 @@ class _Chunk:
     records: list[Any] = field(default_factory=list)
     bad: list[tuple[int, Any, EmbedMLError]] = field(default_factory=list)  # unreadable rows
     # A vectorised form of ``records`` (a DataFrame or matrix) tried first when present;
-    # ``records`` is then only built, by ``slow``, if that batch fails.
+    # ``records`` is then only built, by ``slow``, if that batch fails. ``slow`` may give
+    # an ``_Unreadable`` in place of a record it could not build.
     batch: Any = None
     slow: Callable[[], list[Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.bad)
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A row whose values could not be turned into a record: rejected with ``error``."""
+
+    error: SchemaError
+
+
+class _BadRow(Exception):
+    """Raised by a row parser: the row is rejected with ``error``, under its ``ident`` when
+    the id could still be read."""
+
+    def __init__(self, ident: Any, error: SchemaError) -> None:
+        super().__init__(str(error))
+        self.ident = ident
+        self.error = error
 
 
 def file_format(path: Path) -> str:
@@ -168,32 +186,138 @@ def _record_builder(
     return build_row
 
 
-def _check_id_column(columns: list[str], id_column: str | None, path: Path) -> None:
+def _check_columns(columns: list[str], id_column: str | None, path: Path) -> None:
     if id_column is not None and id_column not in columns:
         raise ConfigurationError(f"{path} has no id column {id_column!r}; columns: {columns}")
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:  # which of the two would be the feature? refuse rather than guess
+        raise ConfigurationError(f"{path} has the column(s) {twice} more than once; columns must be unique")
+
+
+class _Lines:
+    """The lines of a CSV file for ``csv.reader``, remembering those of the record being
+    read: whether one held bytes that are not UTF-8 (the file is decoded with
+    ``surrogateescape``, so such bytes show up as lone surrogates instead of stopping the
+    read), and their text, to skip the rest of a record the reader gave up on."""
+
+    def __init__(self, f: Any) -> None:
+        self.file = f
+        self.current: list[str] = []
+        self.invalid = False
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.file)
+        self.current.append(line)
+        if not line.isascii() and _has_surrogates(line):
+            self.invalid = True
+        return line
+
+    def start(self) -> None:
+        """A new record begins (``csv.reader`` reads no line ahead of the record it returns)."""
+        self.current = []
+        self.invalid = False
+
+    def skip_open_quote(self) -> None:
+        """After ``csv.reader`` gave up on a record (a field over the csv module's size limit)
+        in the middle of a quoted field, skip the lines still inside that field, so that its
+        text is not read as rows of its own. Inside quotes a literal quote is doubled, so
+        the field is open while the count of quotes read is odd."""
+        open_quote = sum(line.count('"') for line in self.current) % 2
+        while open_quote:
+            line = next(self.file, None)
+            if line is None:
+                return
+            open_quote ^= line.count('"') % 2
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+@dataclass(frozen=True)
+class _NotUtf8:
+    """The cells of a CSV record that held bytes that are not UTF-8."""
+
+    cells: list[str]
+
+
+def _csv_records(reader: Any, lines: _Lines) -> Iterator[tuple[int, Any]]:
+    """Numbered CSV records: the cells, or a :class:`_BadRow` for a record that cannot be
+    read (a field over the csv module's size limit, bytes that are not UTF-8). Blank lines
+    are counted but not yielded."""
+    row_no = 0
+    while True:
+        lines.start()
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            row_no += 1
+            lines.skip_open_quote()
+            yield row_no, _BadRow(None, SchemaError(f"the row cannot be read as CSV: {exc}"))
+            continue
+        row_no += 1
+        if lines.invalid:
+            yield row_no, _NotUtf8(cells)
+        elif cells:
+            yield row_no, cells
 
 
 def _chunks_csv(handle: ModelHandle, path: Path, size: int, id_column: str | None) -> Iterator[_Chunk]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
+    # utf-8-sig: a byte-order mark is not part of the first column's name
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        lines = _Lines(f)
+        reader = csv.reader(lines)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise ConfigurationError(f"the header of {path} cannot be read as CSV: {exc}") from None
         if header is None:
             return
-        _check_id_column(header, id_column, path)
+        if lines.invalid:
+            raise ConfigurationError(f"the header of {path} is not valid UTF-8")
+        _check_columns(header, id_column, path)
         build = _record_builder(handle, header, id_column)
-        rows = ((n, cells) for n, cells in enumerate(reader, start=1) if cells)  # skip blank lines
-        yield from _chunked(rows, lambda _n, cells: build(cells), size)
+        id_at = header.index(id_column) if id_column is not None else -1
+
+        def parse(_row_no: int, raw: Any) -> tuple[Any, Any]:
+            if isinstance(raw, _BadRow):
+                raise raw
+            if isinstance(raw, _NotUtf8):
+                cells = raw.cells
+                ident = cells[id_at] if 0 <= id_at < len(cells) else None
+                j = next((j for j, cell in enumerate(cells) if _has_surrogates(cell)), len(header))
+                name = header[j] if j < len(header) else None
+                error = SchemaError("the value is not valid UTF-8", field=name)
+                raise _BadRow(None if ident is None or _has_surrogates(ident) else ident, error)
+            try:
+                return build(raw)
+            except SchemaError as exc:
+                raise _BadRow(raw[id_at] if 0 <= id_at < len(raw) else None, exc) from None
+
+        yield from _chunked(_csv_records(reader, lines), parse, size)
 
 
 def _chunked(
     rows: Iterable[tuple[int, Any]], parse: Callable[[int, Any], tuple[Any, Any]], size: int
 ) -> Iterator[_Chunk]:
-    """Parse numbered raw rows into chunks of ``size``; a row ``parse`` rejects with a
-    :class:`SchemaError` goes to the chunk's bad rows instead of stopping the job."""
+    """Parse numbered raw rows into chunks of ``size``; a row ``parse`` rejects (with a
+    :class:`SchemaError` or a :class:`_BadRow`) goes to the chunk's bad rows instead of
+    stopping the job."""
     chunk = _Chunk()
     for row_no, raw in rows:
         try:
             ident, record = parse(row_no, raw)
+        except _BadRow as bad:
+            chunk.bad.append((row_no, bad.ident, bad.error))
         except SchemaError as exc:
             chunk.bad.append((row_no, None, exc))
         else:
@@ -217,14 +341,22 @@ def _split_id(record: Any, id_column: str | None) -> tuple[Any, Any]:
 
 
 def _chunks_jsonl(handle: ModelHandle, path: Path, size: int, id_column: str | None) -> Iterator[_Chunk]:
-    def parse(row_no: int, line: str) -> tuple[Any, Any]:
+    def parse(row_no: int, line: bytes) -> tuple[Any, Any]:
+        # Each line is decoded alone, so bytes that are not UTF-8 cost their line only.
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"line {row_no} is not valid JSON: {exc.msg}") from None
+            text = line.decode("utf-8-sig" if row_no == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise SchemaError(f"line {row_no} is not valid UTF-8 (byte {exc.start + 1})") from None
+        try:
+            value = json.loads(text)
+        except RecursionError:
+            raise SchemaError(f"line {row_no} is nested too deeply to be read") from None
+        except ValueError as exc:  # JSONDecodeError, or an integer over Python's digit limit
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise SchemaError(f"line {row_no} is not valid JSON: {reason}") from None
         return _split_id(value, id_column)
 
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         rows = ((n, line) for n, line in enumerate(f, start=1) if line.strip())
         yield from _chunked(rows, parse, size)
 
@@ -232,45 +364,112 @@ def _chunks_jsonl(handle: ModelHandle, path: Path, size: int, id_column: str | N
 def _chunks_parquet(handle: ModelHandle, path: Path, size: int, id_column: str | None) -> Iterator[_Chunk]:
     from .schema import RecordSchema
 
-    pq = _pyarrow_parquet()
-    pf = pq.ParquetFile(path)
-    columns = list(pf.schema_arrow.names)
-    _check_id_column(columns, id_column, path)
+    pa, pq = _pyarrow()
+    try:
+        pf = pq.ParquetFile(path)
+        columns = list(pf.schema_arrow.names)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ConfigurationError(f"{path} cannot be read as Parquet: {exc}") from None
+    _check_columns(columns, id_column, path)
     as_records = isinstance(handle.input_schema, RecordSchema)
     features = [c for c in columns if c != id_column]
     row_no = 0
-    for batch in pf.iter_batches(batch_size=size):
+    batches = pf.iter_batches(batch_size=size)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise ConfigurationError(f"{path} cannot be read after row {row_no}: {exc}") from None
+        if batch is None:
+            return
         n = batch.num_rows
         table = batch.select(features)
-        ids = batch.column(id_column).to_pylist() if id_column is not None else [None] * n
+        rows = list(range(row_no + 1, row_no + n + 1))
+        row_no += n
+        ids = _pylist(batch.column(id_column)) if id_column is not None else [None] * n
+        chunk = _Chunk()
+        for r, ident in zip(rows, ids, strict=True):
+            if isinstance(ident, _Unreadable):
+                chunk.bad.append((r, None, ident.error))
+            else:
+                chunk.rows.append(r)
+                chunk.ids.append(ident)
+        if chunk.bad:  # rare: build the records now, without the rows already rejected
+            keep = [i for i, ident in enumerate(ids) if not isinstance(ident, _Unreadable)]
+            chunk.records = _table_records(table.take(keep), as_records)
+            yield chunk
+            continue
 
         def slow(table: Any = table) -> list[Any]:
-            if as_records:
-                return table.to_pylist()
-            return [list(r) for r in zip(*(c.to_pylist() for c in table.columns))]
+            return _table_records(table, as_records)
 
-        chunk = _Chunk(rows=list(range(row_no + 1, row_no + n + 1)), ids=ids, slow=slow)
-        row_no += n
-        # Nulls would become NaN in a DataFrame and slip past the schema: such chunks take
-        # the record path, where a null is a missing value.
-        if not any(c.null_count for c in table.columns):
-            if as_records:
-                chunk.batch = table.to_pandas()
-            else:
-                import numpy as np
-
-                chunk.batch = np.column_stack([c.to_numpy() for c in table.columns]) if n else None
+        chunk.slow = slow
+        chunk.batch = _fast_batch(table, as_records)
         yield chunk
 
 
-def _pyarrow_parquet() -> Any:
+def _fast_batch(table: Any, as_records: bool) -> Any:
+    """The chunk as one DataFrame (record models) or matrix (others), or ``None`` when it
+    must take the record path: nulls would become NaN in a DataFrame and slip past the
+    schema, and only numeric columns make a matrix that means what the records mean
+    (others go to the model as Python values, for the handle to accept or refuse)."""
+    import pyarrow as pa
+
+    if not table.num_rows or any(c.null_count for c in table.columns):
+        return None
     try:
+        if as_records:
+            return table.to_pandas()
+        if not all(pa.types.is_integer(c.type) or pa.types.is_floating(c.type) for c in table.columns):
+            return None
+        import numpy as np
+
+        return np.column_stack([c.to_numpy(zero_copy_only=False) for c in table.columns])
+    except (pa.ArrowException, ValueError, TypeError, OverflowError):
+        return None  # the record path converts value by value
+
+
+def _table_records(table: Any, as_records: bool) -> list[Any]:
+    """The rows of an Arrow table as records (dicts) or rows (lists); a row with a value
+    Python cannot hold (a date past year 9999...) is an :class:`_Unreadable`."""
+    names = table.column_names
+    columns = [_pylist(c) for c in table.columns]
+    records: list[Any] = []
+    for values in zip(*columns) if columns else ([] for _ in range(table.num_rows)):
+        bad = next((j for j, v in enumerate(values) if isinstance(v, _Unreadable)), None)
+        if bad is not None:
+            records.append(_Unreadable(SchemaError(values[bad].error.message, field=names[bad])))
+        elif as_records:
+            records.append(dict(zip(names, values)))
+        else:
+            records.append(list(values))
+    return records
+
+
+def _pylist(column: Any) -> list[Any]:
+    """An Arrow column as Python values, value by value when the column as a whole cannot
+    be converted; a value that cannot is an :class:`_Unreadable`."""
+    try:
+        return column.to_pylist()
+    except Exception:  # one value Arrow cannot turn into Python stops the whole column
+        values: list[Any] = []
+        for i in range(len(column)):
+            try:
+                values.append(column[i].as_py())
+            except Exception as exc:
+                values.append(_Unreadable(SchemaError(f"the value cannot be read: {exc}")))
+        return values
+
+
+def _pyarrow() -> tuple[Any, Any]:
+    try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise ConfigurationError(
             "Parquet files need pyarrow: pip install 'embedml[parquet]'"
         ) from None
-    return pq
+    return pa, pq
 
 
 # ---------------------------------------------------------------- writing
@@ -279,7 +478,9 @@ def _pyarrow_parquet() -> Any:
 def flatten_output(value: Any, prefix: str = "prediction") -> dict[str, Any]:
     """One model result -> flat columns: a scalar is ``prediction``, a vector
     ``prediction_0``, ``prediction_1``..., an output-schema instance or a dict its fields
-    (vectors inside them as ``field_0``...). Values are plain Python (JSON-ready)."""
+    (vectors inside them as ``field_0``...). A vector of one value is that value: an
+    ``(n, 1)`` output gives the column ``prediction``, as an ``(n,)`` one does. Values are
+    plain Python (JSON-ready)."""
     dump = getattr(value, "model_dump", None)
     if callable(dump):
         value = dump()
@@ -297,6 +498,8 @@ def flatten_output(value: Any, prefix: str = "prediction") -> dict[str, Any]:
     if callable(tolist):
         value = tolist()
     if isinstance(value, list):
+        if len(value) == 1:
+            return flatten_output(value[0], prefix)
         flat = {}
         for j, v in enumerate(value):
             flat.update(flatten_output(v, f"{prefix}_{j}"))
@@ -304,43 +507,150 @@ def flatten_output(value: Any, prefix: str = "prediction") -> dict[str, Any]:
     return {prefix: value}
 
 
+def output_columns(out: Any, n: int) -> dict[str, Any] | None:
+    """The prediction columns of a whole batch's output, as arrays, named as
+    :func:`flatten_output` names each row's, so that a chunk predicted in one call and a
+    chunk predicted row by row give the same columns. Vectorised for a numeric or string
+    array of one or two dimensions, or a dict of them; ``None`` for any other output
+    (flatten it row by row then)."""
+    import numpy as np
+
+    parts = out.items() if isinstance(out, dict) else [("prediction", out)]
+    columns: dict[str, Any] = {}
+    for prefix, array in parts:
+        if not isinstance(array, np.ndarray) or array.dtype == object or array.ndim not in (1, 2):
+            return None
+        if n < 1 or len(array) != n:
+            return None
+        if array.ndim == 1:
+            columns[str(prefix)] = array
+            continue
+        names = list(flatten_output(array[0], str(prefix)))  # the same names as one row's
+        if len(names) != array.shape[1]:
+            return None
+        columns.update(zip(names, array.T))
+    return columns or None
+
+
+def output_rows(out: Any, n: int) -> list[dict[str, Any]]:
+    """The ``n`` rows of a whole batch's output, flat (:func:`flatten_output`)."""
+    columns = output_columns(out, n)
+    if columns is not None:
+        names = list(columns)
+        return [dict(zip(names, values)) for values in zip(*(c.tolist() for c in columns.values()))]
+    return [flatten_output(r) for r in split_rows(out, n)]
+
+
+# A scored row on its way to the output: (row number, id, prediction columns).
+_Scored = tuple[int, Any, dict[str, Any]]
+_Rejected = tuple[int, Any, EmbedMLError]
+
+
 class _Writer:
+    """Writes scored rows to the output file. CSV and Parquet files have one set of columns,
+    fixed by the first row written: a later row whose prediction has other columns, or a
+    value the Parquet column cannot hold, is handed back rejected (never written with
+    empty cells). JSON Lines rows carry their own keys."""
+
     def __init__(self, path: Path, fmt: str, id_name: str) -> None:
         self.path, self.fmt, self.id_name = path, fmt, id_name
         self._file: Any = None
         self._csv: Any = None
         self._pq: Any = None
         self._schema: Any = None
+        self._names: Any = None  # the prediction columns (keys view of the first row)
+        self._first = 0  # the row that fixed them
         if fmt != "parquet":
             self._file = open(path, "w", newline="" if fmt == "csv" else None, encoding="utf-8")  # noqa: SIM115 - closed by close()
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        if self.fmt == "jsonl":
-            self._file.writelines(json.dumps(r, default=str) + "\n" for r in rows)
-        elif self.fmt == "csv":
-            if self._csv is None:
-                self._csv = csv.DictWriter(self._file, fieldnames=list(rows[0]), extrasaction="ignore")
-                self._csv.writeheader()
-            self._csv.writerows(rows)
-        else:
-            import pyarrow as pa
+    def _check_id(self, row_no: int, flat: dict[str, Any]) -> None:
+        if self.id_name in flat:  # the prediction would overwrite the id, silently
+            raise ConfigurationError(
+                f"the model's output has a column {self.id_name!r} (row {row_no}), the name of "
+                "the output's id column; score with another id_column"
+            )
 
-            table = pa.Table.from_pylist(rows, schema=self._schema)
-            if self._pq is None:
-                self._schema = table.schema
-                self._pq = _pyarrow_parquet().ParquetWriter(self.path, self._schema)
-            self._pq.write_table(table)
+    def _fits(self, rows: list[_Scored], rejected: list[_Rejected]) -> list[_Scored]:
+        """The rows whose prediction columns are the file's (the first row fixes them)."""
+        if self._names is None:
+            row_no, _, flat = rows[0]
+            self._check_id(row_no, flat)
+            self._names, self._first = flat.keys(), row_no
+        names = self._names
+        good = []
+        for row_no, key, flat in rows:
+            if flat.keys() == names:
+                good.append((row_no, key, flat))
+            else:
+                error = PredictionError(
+                    f"the model's output for this row has the columns {list(flat)}, the file's "
+                    f"are {list(names)} (from row {self._first})",
+                    stage="output",
+                )
+                rejected.append((row_no, key, error))
+        return good
+
+    def write(self, rows: list[_Scored]) -> list[_Rejected]:
+        """Write ``rows``; return those that could not be written, with the reason."""
+        rejected: list[_Rejected] = []
+        if not rows:
+            return rejected
+        id_name = self.id_name
+        if self.fmt == "jsonl":
+            lines = []
+            for row_no, key, flat in rows:
+                self._check_id(row_no, flat)
+                try:
+                    lines.append(json.dumps({id_name: key, **flat}, default=str) + "\n")
+                except (ValueError, TypeError, RecursionError) as exc:
+                    rejected.append((row_no, key, _unwritable(exc)))
+            self._file.writelines(lines)
+            return rejected
+        rows = self._fits(rows, rejected)
+        if self.fmt == "csv":
+            if self._csv is None:
+                self._csv = csv.DictWriter(self._file, fieldnames=[id_name, *self._names])
+                self._csv.writeheader()
+            for row_no, key, flat in rows:
+                try:  # the row is formatted whole before it is written: all of it or none
+                    self._csv.writerow({id_name: key, **flat})
+                except (csv.Error, ValueError) as exc:  # ValueError: text that is not UTF-8
+                    rejected.append((row_no, key, _unwritable(exc)))
+            return rejected
+        self._write_parquet(rows, rejected)
+        return rejected
+
+    def _write_parquet(self, rows: list[_Scored], rejected: list[_Rejected]) -> None:
+        pa, pq = _pyarrow()
+        failures = (pa.ArrowException, ValueError, TypeError, OverflowError)
+        dicts = [{self.id_name: key, **flat} for _, key, flat in rows]
+        try:
+            table = pa.Table.from_pylist(dicts, schema=self._schema) if dicts else None
+        except failures:
+            # Find the rows the file's columns cannot hold (an id that was a number in the
+            # first rows and is text here...); the rest is written.
+            tables = []
+            for (row_no, key, _), d in zip(rows, dicts, strict=True):
+                try:
+                    one = pa.Table.from_pylist([d], schema=self._schema)
+                except failures as exc:
+                    rejected.append((row_no, key, _unwritable(exc, self._schema)))
+                else:
+                    self._schema = one.schema
+                    tables.append(one)
+            table = pa.concat_tables(tables) if tables else None
+        if table is None:
+            return
+        if self._pq is None:
+            self._schema = table.schema
+            self._pq = pq.ParquetWriter(self.path, self._schema)
+        self._pq.write_table(table)
 
     def close(self) -> None:
         if self.fmt == "parquet":
             if self._pq is None:  # nothing scored: still a valid (empty) file
-                import pyarrow as pa
-
-                self._pq = _pyarrow_parquet().ParquetWriter(
-                    self.path, pa.schema([(self.id_name, pa.string())])
-                )
+                pa, pq = _pyarrow()
+                self._pq = pq.ParquetWriter(self.path, pa.schema([(self.id_name, pa.string())]))
             self._pq.close()
         else:
             if self.fmt == "csv" and self._csv is None:
@@ -348,6 +658,11 @@ class _Writer:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+
+
+def _unwritable(exc: BaseException, schema: Any = None) -> SchemaError:
+    where = f" with the columns {schema.names} and types {schema.types} fixed by the first rows" if schema is not None else ""
+    return SchemaError(f"the row cannot be written to the output{where}: {type(exc).__name__}: {exc}")
 
 
 def _temp_beside(path: Path) -> Path:
@@ -369,39 +684,59 @@ def _progress(enabled: bool | None, desc: str) -> Any:
 # ---------------------------------------------------------------- scoring
 
 
-def _batch_rows(out: Any, keys: list[Any], id_name: str) -> list[dict[str, Any]]:
-    """Output rows of one successful ``predict_batch`` (vectorised for plain arrays)."""
-    import numpy as np
+def _predict_chunk(handle: ModelHandle, chunk: _Chunk) -> tuple[Any, list[Any] | None]:
+    """:func:`predict_batch_or_rows` on a chunk: its vectorised form first, then its records
+    (rows the reader could not turn into records are errors in ``results``)."""
+    unreadable: dict[int, EmbedMLError] = {}
 
-    from .streaming import _split_rows
+    def records() -> list[Any]:
+        built = chunk.slow() if chunk.slow is not None else chunk.records
+        good = []
+        for i, record in enumerate(built):
+            if isinstance(record, _Unreadable):
+                unreadable[i] = record.error
+            else:
+                good.append(record)
+        return good
 
-    if isinstance(out, np.ndarray) and out.dtype != object and out.ndim in (1, 2):
-        if out.ndim == 1 or out.shape[1] == 1:
-            return [{id_name: k, "prediction": v} for k, v in zip(keys, out.reshape(len(out)).tolist())]
-        names = [f"prediction_{j}" for j in range(out.shape[1])]
-        return [{id_name: k, **dict(zip(names, row))} for k, row in zip(keys, out.tolist())]
-    return [{id_name: k, **flatten_output(r)} for k, r in zip(keys, _split_rows(out, len(keys)))]
+    batch = chunk.batch
+    if batch is None and chunk.slow is None and not any(isinstance(r, _Unreadable) for r in chunk.records):
+        batch = chunk.records
+    out, results = predict_batch_or_rows(handle, batch, records)
+    if results is not None and unreadable:
+        rest = iter(results)
+        results = [unreadable[i] if i in unreadable else next(rest) for i in range(len(chunk.rows))]
+    return out, results
 
 
-def _score_chunk(
-    handle: ModelHandle, chunk: _Chunk, keys: list[Any], id_name: str, bad: list[Any]
-) -> list[dict[str, Any]]:
+def _score_chunk(handle: ModelHandle, chunk: _Chunk, keys: list[Any], bad: list[_Rejected]) -> list[_Scored]:
+    """Predict a chunk; the scored rows, in order. Rows that failed go to ``bad``."""
     if not chunk.rows:
         return []
-    first = chunk.batch if chunk.batch is not None else chunk.records if chunk.slow is None else None
-    if first is not None:
-        try:
-            return _batch_rows(handle.predict_batch(first), keys, id_name)
-        except (SchemaError, PredictionError):
-            pass  # find the bad rows below; the good ones are still scored
-    records = chunk.slow() if chunk.slow is not None else chunk.records
-    out_rows = []
-    for row_no, key, result in zip(chunk.rows, keys, predict_rows(handle, records)):
+    out, results = _predict_chunk(handle, chunk)
+    if results is None:
+        return list(zip(chunk.rows, keys, output_rows(out, len(chunk.rows)), strict=True))
+    scored = []
+    for row_no, key, result in zip(chunk.rows, keys, results, strict=True):
         if isinstance(result, EmbedMLError):
             bad.append((row_no, key, result))
         else:
-            out_rows.append({id_name: key, **flatten_output(result)})
-    return out_rows
+            scored.append((row_no, key, flatten_output(result)))
+    return scored
+
+
+def _reject_line(row_no: int, key: Any, exc: EmbedMLError, with_id: bool) -> str:
+    # the row number says where; the batch index of the error would not
+    if isinstance(exc, SchemaError | PredictionError):
+        exc.index = None
+    entry = {"row": row_no, "id": key, "error": str(exc), "type": type(exc).__name__}
+    if not with_id:
+        del entry["id"]
+    try:
+        return json.dumps(entry, default=str) + "\n"
+    except (ValueError, TypeError, RecursionError):  # an id JSON cannot hold: say so instead
+        entry["id"] = f"<an id of type {type(key).__name__} that cannot be written>"
+        return json.dumps(entry, default=str) + "\n"
 
 
 def score(
@@ -457,17 +792,11 @@ def score(
                 for chunk in chunks:
                     bad = list(chunk.bad)
                     keys = [_plain(i) for i in chunk.ids] if id_column is not None else chunk.rows
-                    out_rows = _score_chunk(handle, chunk, keys, id_name, bad)
-                    writer.write(out_rows)
+                    out_rows = _score_chunk(handle, chunk, keys, bad)
+                    bad.extend(writer.write(out_rows))
                     for row_no, key, exc in sorted(bad, key=lambda b: b[0]):
-                        # the row number says where; the batch index of the error would not
-                        if isinstance(exc, SchemaError):
-                            exc.index = None
-                        entry = {"row": row_no, "id": key, "error": str(exc), "type": type(exc).__name__}
-                        if id_column is None:
-                            del entry["id"]
-                        rej_file.write(json.dumps(entry, default=str) + "\n")
-                    scored += len(out_rows)
+                        rej_file.write(_reject_line(row_no, key, exc, id_column is not None))
+                    scored += len(chunk) - len(bad)
                     rejected += len(bad)
                     if bar is not None:
                         bar.update(len(chunk))

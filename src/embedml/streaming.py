@@ -8,7 +8,9 @@ scored, so a fast producer is slowed to the model's pace (back-pressure).
 
 A record that fails validation (or on which the model raises) does not poison the rest of
 its batch: the batch is bisected until the bad records are isolated (:func:`predict_rows`),
-so good records are scored with few extra calls.
+so good records are scored with few extra calls. :func:`predict_batch_or_rows` is the same
+"one call for the batch, isolate the bad rows if it fails" step for file scoring and the Ray
+integration (internal to the package).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ConfigurationError, PredictionError, SchemaError
+from .errors import ConfigurationError, EmbedMLError, PredictionError, SchemaError
 
 if TYPE_CHECKING:
     from .handle import ModelHandle
@@ -33,7 +35,7 @@ _END = object()
 _EMPTY = object()
 
 
-def _split_rows(out: Any, n: int) -> list[Any]:
+def split_rows(out: Any, n: int) -> list[Any]:
     """One result per row of a ``predict_batch`` result (list, array, dict or tuple)."""
     import numpy as np
 
@@ -62,6 +64,29 @@ def _as_batch(handle: ModelHandle, records: Sequence[Any]) -> Any:
     return list(records)
 
 
+def row_error(exc: Exception) -> EmbedMLError | None:
+    """The error to report for the records of a failed ``predict_batch``, or ``None`` when
+    ``exc`` is not about them (a closed handle, a full queue...) and must propagate.
+
+    :class:`SchemaError` and :class:`PredictionError` are the records' errors. Any other
+    non-embedml exception can only come from checking the records (the model's own are
+    already :class:`PredictionError`): a hostile value that trips a bug, or nesting deep
+    enough for ``RecursionError``. It becomes a :class:`SchemaError` that names it, so one
+    such record is rejected like any other bad record instead of ending the whole job.
+    """
+    if isinstance(exc, SchemaError | PredictionError):
+        return exc
+    if isinstance(exc, EmbedMLError):
+        return None
+    try:
+        text = str(exc)
+    except Exception:  # a hostile __str__ must not replace the error it describes
+        text = "?"
+    error = SchemaError(f"the record could not be validated ({type(exc).__name__}: {text[:200]})")
+    error.__cause__ = exc
+    return error
+
+
 def predict_rows(handle: ModelHandle, records: Sequence[Any]) -> list[Any]:
     """Predict ``records`` and return one entry per record: its result, or the
     :class:`SchemaError` / :class:`PredictionError` that record alone raises.
@@ -69,27 +94,54 @@ def predict_rows(handle: ModelHandle, records: Sequence[Any]) -> list[Any]:
     One ``predict_batch`` call when the whole batch is good; otherwise the batch is
     bisected, so ``k`` bad records cost about ``2k log2(n)`` extra calls and the good ones
     are still scored in batches. The errors' ``index`` is the position in ``records``.
-    Other errors (a closed handle, ...) are raised.
+    An unexpected exception raised while checking one record is that record's
+    :class:`SchemaError` (see :func:`row_error`). Other embedml errors (a closed handle,
+    ...) are raised.
     """
     results: list[Any] = [None] * len(records)
 
     def solve(lo: int, hi: int) -> None:
         try:
             out = handle.predict_batch(_as_batch(handle, records[lo:hi]))
-        except (SchemaError, PredictionError) as exc:
+        except Exception as exc:
+            error = row_error(exc)
+            if error is None:
+                raise
             if hi - lo == 1:
-                exc.index = lo
-                results[lo] = exc
+                error.index = lo  # type: ignore[attr-defined]
+                results[lo] = error
                 return
             mid = (lo + hi) // 2
             solve(lo, mid)
             solve(mid, hi)
             return
-        results[lo:hi] = _split_rows(out, hi - lo)
+        results[lo:hi] = split_rows(out, hi - lo)
 
     if records:
         solve(0, len(records))
     return results
+
+
+def predict_batch_or_rows(
+    handle: ModelHandle, batch: Any, records: Callable[[], Sequence[Any]]
+) -> tuple[Any, list[Any] | None]:
+    """Predict a chunk of rows the fast way when every row is good, else row by row.
+
+    ``batch`` is the chunk in the form ``predict_batch`` takes fastest (a DataFrame, a
+    matrix, the records themselves) or ``None`` to skip that try; ``records()`` gives the
+    same rows as a list of records, built only if needed. Returns ``(out, None)`` with the
+    whole chunk's output when one call succeeded, else ``(None, results)`` from
+    :func:`predict_rows`: one entry per row, its output row or its error. Shared by
+    :func:`embedml.score` and the Ray integration, so that both isolate bad rows the same
+    way; errors that are not about the rows (:func:`row_error`) are raised.
+    """
+    if batch is not None:
+        try:
+            return handle.predict_batch(batch), None
+        except Exception as exc:
+            if row_error(exc) is None:
+                raise
+    return None, predict_rows(handle, records())
 
 
 def _check(batch_size: int, max_wait_ms: float, on_error: str) -> None:

@@ -93,11 +93,10 @@ class EmbedMLPredictor:
         return matrix, lambda: list(matrix)
 
     def __call__(self, batch: Any) -> Any:
-        import numpy as np
         import pandas as pd
 
-        from ..scoring import flatten_output
-        from ..streaming import _split_rows, predict_rows
+        from ..scoring import flatten_output, output_columns
+        from ..streaming import predict_batch_or_rows, split_rows
 
         df = batch if isinstance(batch, pd.DataFrame) else pd.DataFrame(batch)
         n = len(df)
@@ -105,16 +104,13 @@ class EmbedMLPredictor:
             return df.assign(**{self.error_column: pd.Series([], dtype=object)})
         whole, rows = self._inputs(df)
         errors: list[str | None] = [None] * n
-        try:
-            out = self.handle.predict_batch(whole)
-        except EmbedMLError:
-            # isolate the bad rows; the rest of the batch is still scored
-            results = predict_rows(self.handle, rows())
-        else:
-            if isinstance(out, np.ndarray) and out.ndim in (1, 2) and out.dtype != object:
-                cols = {"prediction": out} if out.ndim == 1 else {f"prediction_{j}": out[:, j] for j in range(out.shape[1])}
-                return df.assign(**cols, **{self.error_column: errors})
-            results = _split_rows(out, n)
+        # the same step as embedml.score: one call, or the bad rows isolated
+        out, results = predict_batch_or_rows(self.handle, whole, rows)
+        if results is None:
+            columns = output_columns(out, n)
+            if columns is not None:
+                return df.assign(**columns, **{self.error_column: errors})
+            results = split_rows(out, n)
         flat: list[dict[str, Any]] = []
         for i, result in enumerate(results):
             if isinstance(result, EmbedMLError):
