@@ -19,6 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 import embedml
+from embedml.cli import main
 from embedml.integrations.ray import EmbedMLPredictor
 from helpers_models import NAMES, Features
 
@@ -178,3 +179,204 @@ def test_the_ray_predictor_names_columns_as_score_does(models, handles, model):
     for i, row in enumerate(dirty.to_dict("records")):
         if i != 3:
             assert all(_same(row[c], v) for c, v in want[i].items()), (row, want[i])
+
+
+# ---------------------------------------------------------------- one bad row never ends a job
+
+
+@pytest.fixture
+def lr(store):
+    from helpers_models import sk_logreg
+
+    store.save("lr", sk_logreg(), input_schema=Features)
+    with store.load("lr") as h:
+        yield h
+
+
+def _lr_answer(rows: list[list[float]]) -> list[int]:
+    from helpers_models import sk_logreg
+
+    return sk_logreg().predict(np.array(rows, dtype=float)).tolist()
+
+
+def _rejects(summary: embedml.ScoreSummary) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in summary.rejects.read_text().splitlines()]
+
+
+def _values(i: int) -> list[float]:
+    return [round(0.1 * i - 1, 3), 0.5, -0.25 * (i % 3), 1.0 - 0.1 * i]
+
+
+def test_a_csv_field_over_the_csv_size_limit_is_one_rejected_row(lr, tmp_path):
+    big = "1" * (csv.field_size_limit() + 10)
+    lines = ["key,a,b,c,d"] + [f"k{i}," + ",".join(map(str, _values(i))) for i in range(8)]
+    lines[3] = f"k2,0.5,{big},1,1"  # row 3: an unquoted field over the limit
+    # row 6: a quoted field over the limit that spans lines which look like rows of their own
+    lines[6] = f'k5,0.5,"{big}\nk90,1,1,1,1\nk91,2,2,2,2\n",1,1'
+    src, dst = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    summary = embedml.score(lr, src, dst, id_column="key", batch_size=3)
+    assert (summary.scored, summary.rejected) == (6, 2)
+    assert [(r["row"], r["type"]) for r in _rejects(summary)] == [(3, "SchemaError"), (6, "SchemaError")]
+    assert all("field larger than field limit" in r["error"] for r in _rejects(summary))
+    out = [json.loads(line) for line in dst.read_text().splitlines()]
+    good = [0, 1, 3, 4, 6, 7]  # the text inside the big field was not scored as rows
+    assert [r["key"] for r in out] == [f"k{i}" for i in good]
+    assert [r["prediction"] for r in out] == _lr_answer([_values(i) for i in good])
+
+
+def test_bytes_that_are_not_utf8_cost_their_row_only(lr, tmp_path):
+    rows = [f"k{i}," + ",".join(map(str, _values(i))) for i in range(6)]
+    csv_src, jsonl_src = tmp_path / "in.csv", tmp_path / "in.jsonl"
+    data = ("key,a,b,c,d\n" + "\n".join(rows) + "\n").encode()
+    csv_src.write_bytes(data.replace(b"k3,", b"k3,\xff", 1))  # row 4, field a
+    lines = [json.dumps({"key": f"k{i}", **dict(zip(NAMES, _values(i)))}).encode() for i in range(6)]
+    lines[1] = lines[1].replace(b'"k1"', b'"k\xc3"')  # a cut multi-byte sequence
+    jsonl_src.write_bytes(b"\n".join(lines) + b"\n")
+    for src, bad_row, bad_id in ((csv_src, 4, "k3"), (jsonl_src, 2, None)):
+        summary = embedml.score(lr, src, tmp_path / "out.csv", id_column="key", batch_size=2)
+        assert (summary.scored, summary.rejected) == (5, 1)
+        [reject] = _rejects(summary)
+        assert (reject["row"], reject["id"]) == (bad_row, bad_id)
+        assert "not valid UTF-8" in reject["error"]
+        good = [i for i in range(6) if i != bad_row - 1]
+        out = pd.read_csv(tmp_path / "out.csv")
+        assert out["key"].tolist() == [f"k{i}" for i in good]
+        assert out["prediction"].tolist() == _lr_answer([_values(i) for i in good])
+    assert "field 'a'" in _rejects(embedml.score(lr, csv_src, tmp_path / "o.csv", id_column="key"))[0]["error"]
+
+
+def test_deeply_nested_or_huge_json_costs_its_line_only(lr, tmp_path):
+    lines = [json.dumps(dict(zip(NAMES, _values(i)))) for i in range(5)]
+    lines[1] = "[" * 100_000 + "]" * 100_000  # RecursionError in json.loads
+    lines[3] = '{"a": ' + "9" * 5000 + ', "b": 0, "c": 0, "d": 0}'  # over Python's int digit limit
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    summary = embedml.score(lr, src, tmp_path / "out.jsonl", batch_size=2)
+    assert (summary.scored, summary.rejected) == (3, 2)
+    rejects = _rejects(summary)
+    assert [r["row"] for r in rejects] == [2, 4]
+    assert "nested too deeply" in rejects[0]["error"] and "not valid JSON" in rejects[1]["error"]
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["prediction"] for r in out] == _lr_answer([_values(i) for i in (0, 2, 4)])
+
+
+def test_parquet_columns_a_schemaless_model_cannot_take_as_a_matrix(store, tmp_path):
+    # A string column goes row by row to the model, which refuses each row (rejected, job
+    # goes on); a bool column goes to it as the same rows from JSON Lines would, and is
+    # scored with the model's own answer on them.
+    from sklearn.linear_model import LinearRegression
+
+    X, y = _data()
+    model = LinearRegression().fit(X[:, :3], y)
+    store.save("plain", model)
+    df = pd.DataFrame({"x0": X[:6, 0], "x1": X[:6, 1], "x2": [True, False, True, True, False, False]})
+    for_strings = df.assign(x2=["1.5", "a", "2", "b", "3", "c"])
+    with store.load("plain") as h:
+        df.to_parquet(tmp_path / "bool.parquet")
+        summary = embedml.score(h, tmp_path / "bool.parquet", tmp_path / "bool.csv", batch_size=4)
+        assert (summary.scored, summary.rejected) == (6, 0)
+        want = model.predict(df.to_numpy(dtype=float))
+        np.testing.assert_allclose(pd.read_csv(tmp_path / "bool.csv")["prediction"], want, rtol=1e-9)
+        for_strings.to_parquet(tmp_path / "str.parquet")
+        summary = embedml.score(h, tmp_path / "str.parquet", tmp_path / "str.csv", batch_size=4)
+        assert (summary.scored, summary.rejected) == (0, 6)
+        assert [r["row"] for r in _rejects(summary)] == [1, 2, 3, 4, 5, 6]
+        assert all(r["type"] == "PredictionError" for r in _rejects(summary))
+
+
+def test_file_level_failures_abort_with_an_embedml_error_and_leave_the_old_output(lr, tmp_path):
+    tmp_path = tmp_path / "data"
+    tmp_path.mkdir()
+    dst = tmp_path / "out.csv"
+    dst.write_text("previous\n")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not a parquet file PAR1")
+    (tmp_path / "header.csv").write_bytes(b"a,b\xff,c,d\n1,2,3,4\n")
+    (tmp_path / "twice.csv").write_text("a,b,c,d,a\n1,2,3,4,5\n")
+    for name, message in (("bad.parquet", "cannot be read as Parquet"), ("header.csv", "header"), ("twice.csv", "more than once")):
+        with pytest.raises(embedml.ConfigurationError, match=message):
+            embedml.score(lr, tmp_path / name, dst)
+    assert dst.read_text() == "previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet", "header.csv", "out.csv", "twice.csv"]
+
+
+def test_ids_the_parquet_output_cannot_hold_are_rejected_not_fatal(lr, tmp_path):
+    # JSON ids are typed: numbers in the first rows fix an integer column; a text id later
+    # (or in the same chunk) cannot go into it.
+    ids: list[Any] = [0, 1, 2, "x3", 4, 5, "x6", 7]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"key": k, **dict(zip(NAMES, _values(i)))}) + "\n" for i, k in enumerate(ids)))
+    summary = embedml.score(lr, src, tmp_path / "out.parquet", id_column="key", batch_size=3)
+    assert (summary.scored, summary.rejected) == (6, 2)
+    assert [(r["row"], r["id"]) for r in _rejects(summary)] == [(4, "x3"), (7, "x6")]
+    assert all("cannot be written" in r["error"] for r in _rejects(summary))
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    good = [0, 1, 2, 4, 5, 7]
+    assert out["key"].tolist() == good
+    assert out["prediction"].tolist() == _lr_answer([_values(i) for i in good])
+
+
+def test_text_that_is_not_utf8_in_an_id_is_rejected_not_fatal(lr, tmp_path):
+    # "\ud800" is valid JSON but no UTF-8 file can hold it
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"key": k, **dict(zip(NAMES, _values(i)))}) + "\n" for i, k in enumerate(["a", "\ud800", "c"])))
+    summary = embedml.score(lr, src, tmp_path / "out.csv", id_column="key")
+    assert (summary.scored, summary.rejected) == (2, 1)
+    assert [(r["row"], r["id"]) for r in _rejects(summary)] == [(2, "\ud800")]
+    assert pd.read_csv(tmp_path / "out.csv")["key"].tolist() == ["a", "c"]
+
+
+def test_an_output_column_named_like_the_id_column_is_refused(store, tmp_path):
+    # {"row": 1, **{"row": <prediction>}} overwrote the row number with the prediction
+    from helpers_models import sk_logreg
+
+    class Row(BaseModel):
+        row: int
+
+    store.save("r", sk_logreg(), input_schema=Features, output_schema=Row)
+    src = tmp_path / "in.csv"
+    df = pd.DataFrame([_values(i) for i in range(3)], columns=NAMES)
+    df.to_csv(src, index=False)
+    with store.load("r") as h:
+        for fmt in ("csv", "jsonl", "parquet"):
+            with pytest.raises(embedml.ConfigurationError, match="'row'"):
+                embedml.score(h, src, tmp_path / f"out.{fmt}")
+        df.assign(row=["i", "j", "k"]).to_csv(src, index=False)  # an id column named "row"
+        with pytest.raises(embedml.ConfigurationError, match="'row'"):
+            embedml.score(h, src, tmp_path / "out.csv", id_column="row")
+
+
+def test_a_record_that_breaks_validation_is_rejected_in_a_stream(lr):
+    # nesting deep enough for RecursionError while the record is checked
+    deep: Any = 1.0
+    for _ in range(100_000):
+        deep = {"x": deep}
+    good = dict(zip(NAMES, _values(1)))
+    records = [good, {**good, "a": deep}, good]
+    results = list(lr.predict_stream(iter(records), on_error="yield", batch_size=3))
+    assert isinstance(results[1], embedml.SchemaError) and results[1].index == 1
+    assert "RecursionError" in str(results[1])
+    assert [results[0], results[2]] == _lr_answer([_values(1)] * 2)
+
+
+def _cli_store(tmp_path: Path) -> embedml.ModelStore:
+    from helpers_models import sk_logreg
+
+    store = embedml.ModelStore(tmp_path / "models")
+    store.save("lr", sk_logreg(), input_schema=Features)
+    return store
+
+
+def test_the_cli_fails_when_every_row_was_rejected(tmp_path, capsys):
+    store = _cli_store(tmp_path)
+    src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
+    src.write_text("key,a,b,c,d\nk0,99,0,0,0\nk1,0,0,0\n")  # out of range; a cell short
+    assert main(["--store", str(store.root), "predict", "lr", "-i", str(src), "-o", str(dst), "--id-column", "key"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("embedml: error: every row (2) was rejected")
+    rejects = [json.loads(line) for line in (tmp_path / "out.csv.rejects.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["id"]) for r in rejects] == [(1, "k0"), (2, "k1")]  # the id even of a short row
+    src.write_text("key,a,b,c,d\nk0,99,0,0,0\nk1,0,0,0,0\n")
+    assert main(["--store", str(store.root), "predict", "lr", "-i", str(src), "-o", str(dst), "--id-column", "key"]) == 0
+    src.write_text("key,a,b,c,d\n")  # nothing to score is not a failure
+    assert main(["--store", str(store.root), "predict", "lr", "-i", str(src), "-o", str(dst), "--id-column", "key"]) == 0

@@ -172,6 +172,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if summary.rejected:
         line += f"; rejected {summary.rejected} -> {summary.rejects}"
     _out(line)
+    if summary.rows and not summary.scored:  # nothing usable came out: a script must notice
+        print(
+            f"{PROG}: error: every row ({summary.rows}) was rejected; see {summary.rejects}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     return 0
 
 
