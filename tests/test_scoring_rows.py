@@ -219,6 +219,7 @@ def test_a_csv_field_over_the_csv_size_limit_is_one_rejected_row(lr, tmp_path):
     assert (summary.scored, summary.rejected) == (6, 2)
     assert [(r["row"], r["type"]) for r in _rejects(summary)] == [(3, "SchemaError"), (6, "SchemaError")]
     assert all("field larger than field limit" in r["error"] for r in _rejects(summary))
+    assert "the 3 line(s) after it" in _rejects(summary)[1]["error"]  # said, never silent
     out = [json.loads(line) for line in dst.read_text().splitlines()]
     good = [0, 1, 3, 4, 6, 7]  # the text inside the big field was not scored as rows
     assert [r["key"] for r in out] == [f"k{i}" for i in good]

@@ -2,9 +2,10 @@
 
 The input is read ``batch_size`` rows at a time and never held whole in memory; each chunk
 is validated and predicted with one ``predict_batch`` call. Bad rows do not abort the job:
-the chunk is bisected until they are isolated (:func:`embedml.streaming.predict_rows`), the
-good rows are scored, and each bad row goes to a reject file (JSON Lines, default
-``<sink>.rejects.jsonl``) with its 1-based row number and the error message.
+the chunk is bisected until they are isolated (:func:`embedml.streaming.predict_batch_or_rows`),
+the good rows are scored, and each bad row goes to a reject file (JSON Lines, default
+``<sink>.rejects.jsonl``) with its 1-based row number and the error message. So does a row
+that cannot be read or written: only a file that cannot be read as a whole stops the job.
 
 The output and the reject file are written to temporary files beside them and moved into
 place with one ``os.replace`` at the end, so a reader never sees a half-written output and a
@@ -220,17 +221,20 @@ class _Lines:
         self.current = []
         self.invalid = False
 
-    def skip_open_quote(self) -> None:
+    def skip_open_quote(self) -> int:
         """After ``csv.reader`` gave up on a record (a field over the csv module's size limit)
         in the middle of a quoted field, skip the lines still inside that field, so that its
-        text is not read as rows of its own. Inside quotes a literal quote is doubled, so
-        the field is open while the count of quotes read is odd."""
+        text is not read as rows of its own; return how many. Inside quotes a literal quote
+        is doubled, so the field is open while the count of quotes read is odd."""
         open_quote = sum(line.count('"') for line in self.current) % 2
+        skipped = 0
         while open_quote:
             line = next(self.file, None)
             if line is None:
-                return
+                break
+            skipped += 1
             open_quote ^= line.count('"') % 2
+        return skipped
 
 
 def _has_surrogates(text: str) -> bool:
@@ -261,8 +265,9 @@ def _csv_records(reader: Any, lines: _Lines) -> Iterator[tuple[int, Any]]:
             return
         except csv.Error as exc:
             row_no += 1
-            lines.skip_open_quote()
-            yield row_no, _BadRow(None, SchemaError(f"the row cannot be read as CSV: {exc}"))
+            skipped = lines.skip_open_quote()
+            also = f"; the {skipped} line(s) after it, inside its quoted field, were skipped with it" if skipped else ""
+            yield row_no, _BadRow(None, SchemaError(f"the row cannot be read as CSV: {exc}{also}"))
             continue
         row_no += 1
         if lines.invalid:
@@ -758,15 +763,20 @@ def score(
     the prediction columns (see :func:`flatten_output`). Rows are read ``batch_size`` at a
     time, so memory does not grow with the file.
 
-    Rows that fail validation, or on which the model raises, go to ``rejects`` (default
-    ``<sink>.rejects.jsonl``) as ``{"row": n, "id": ..., "error": message, "type": ...}``;
-    the rest is scored. The output and reject files replace any old ones atomically when
-    the job ends, so re-running after a crash is safe. A progress bar is shown on stderr
-    when it is a terminal (``progress=None``), or as ``progress`` says.
+    Rows that cannot be read (invalid JSON or UTF-8, a CSV field over the csv module's
+    size limit...), fail validation, make the model raise, or cannot be written (a value
+    the output's columns cannot hold) go to ``rejects`` (default ``<sink>.rejects.jsonl``)
+    as ``{"row": n, "id": ..., "error": message, "type": ...}``; the rest is scored, and
+    every scored row has every prediction column. The output and reject files replace any
+    old ones atomically when the job ends, so re-running after a crash is safe. A progress
+    bar is shown on stderr when it is a terminal (``progress=None``), or as ``progress``
+    says.
 
     Raises :class:`ConfigurationError` (unknown suffix, missing input or id column, bad
-    ``batch_size``, sink equal to source), :class:`HandleClosedError`, or ``OSError``
-    when a file cannot be read or written.
+    ``batch_size``, sink equal to source, an input that cannot be read as a whole: a CSV
+    header that is not UTF-8, a column name given twice, a file that is not Parquet; an
+    output column named like the id column), :class:`HandleClosedError` and other errors
+    that are not about single rows, or ``OSError`` when a file cannot be read or written.
     """
     src, dst = Path(source), Path(sink)
     rej = Path(rejects) if rejects is not None else dst.with_name(dst.name + ".rejects.jsonl")
