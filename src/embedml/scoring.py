@@ -22,7 +22,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,37 +196,42 @@ def _check_columns(columns: list[str], id_column: str | None, path: Path) -> Non
 
 
 class _Lines:
-    """The lines of a CSV file for ``csv.reader``, remembering those of the record being
-    read: whether one held bytes that are not UTF-8 (the file is decoded with
-    ``surrogateescape``, so such bytes show up as lone surrogates instead of stopping the
-    read), and their text, to skip the rest of a record the reader gave up on."""
+    """The lines of a CSV file for ``csv.reader`` (``lines.iter``), remembered since the last
+    :meth:`trim`, so that a record can be traced back to its lines: whether one held bytes
+    that are not UTF-8 (the file is decoded with ``surrogateescape``, so such bytes become
+    lone surrogates instead of stopping the read), and their text, to skip the rest of a
+    record the reader gave up on. ``csv.reader`` reads no line ahead of the record it
+    returns, so the lines read during one ``next(reader)`` are that record's."""
 
     def __init__(self, f: Any) -> None:
         self.file = f
-        self.current: list[str] = []
-        self.invalid = False
+        self.seen: list[str] = []
+        self.not_utf8: list[int] = []  # positions in ``seen``
+        self.iter = self._read()
 
-    def __iter__(self) -> _Lines:
-        return self
+    def _read(self) -> Iterator[str]:
+        seen, not_utf8 = self.seen, self.not_utf8
+        for line in self.file:
+            if not line.isascii() and _has_surrogates(line):  # isascii() is O(1)
+                not_utf8.append(len(seen))
+            seen.append(line)
+            yield line
 
-    def __next__(self) -> str:
-        line = next(self.file)
-        self.current.append(line)
-        if not line.isascii() and _has_surrogates(line):
-            self.invalid = True
-        return line
+    def trim(self) -> None:
+        """Forget the lines read so far (call between records)."""
+        self.seen.clear()
+        self.not_utf8.clear()
 
-    def start(self) -> None:
-        """A new record begins (``csv.reader`` reads no line ahead of the record it returns)."""
-        self.current = []
-        self.invalid = False
+    def not_utf8_since(self, mark: int) -> bool:
+        return bool(self.not_utf8) and self.not_utf8[-1] >= mark
 
-    def skip_open_quote(self) -> int:
-        """After ``csv.reader`` gave up on a record (a field over the csv module's size limit)
-        in the middle of a quoted field, skip the lines still inside that field, so that its
-        text is not read as rows of its own; return how many. Inside quotes a literal quote
-        is doubled, so the field is open while the count of quotes read is odd."""
-        open_quote = sum(line.count('"') for line in self.current) % 2
+    def skip_open_quote(self, mark: int) -> int:
+        """After ``csv.reader`` gave up on the record read from line ``mark`` on (a field
+        over the csv module's size limit) in the middle of a quoted field, skip the lines
+        still inside that field, so that its text is not read as rows of its own; return
+        how many. Inside quotes a literal quote is doubled, so the field is open while the
+        count of quotes read is odd."""
+        open_quote = sum(line.count('"') for line in self.seen[mark:]) % 2
         skipped = 0
         while open_quote:
             line = next(self.file, None)
@@ -254,23 +259,25 @@ class _NotUtf8:
 
 def _csv_records(reader: Any, lines: _Lines) -> Iterator[tuple[int, Any]]:
     """Numbered CSV records: the cells, or a :class:`_BadRow` for a record that cannot be
-    read (a field over the csv module's size limit, bytes that are not UTF-8). Blank lines
-    are counted but not yielded."""
+    read (a field over the csv module's size limit), or :class:`_NotUtf8`. Blank lines are
+    counted but not yielded."""
     row_no = 0
     while True:
-        lines.start()
+        if len(lines.seen) > 4096:
+            lines.trim()
+        mark = len(lines.seen)
         try:
             cells = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             row_no += 1
-            skipped = lines.skip_open_quote()
+            skipped = lines.skip_open_quote(mark)
             also = f"; the {skipped} line(s) after it, inside its quoted field, were skipped with it" if skipped else ""
             yield row_no, _BadRow(None, SchemaError(f"the row cannot be read as CSV: {exc}{also}"))
             continue
         row_no += 1
-        if lines.invalid:
+        if lines.not_utf8_since(mark):
             yield row_no, _NotUtf8(cells)
         elif cells:
             yield row_no, cells
@@ -280,14 +287,14 @@ def _chunks_csv(handle: ModelHandle, path: Path, size: int, id_column: str | Non
     # utf-8-sig: a byte-order mark is not part of the first column's name
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         lines = _Lines(f)
-        reader = csv.reader(lines)
+        reader = csv.reader(lines.iter)
         try:
             header = next(reader, None)
         except csv.Error as exc:
             raise ConfigurationError(f"the header of {path} cannot be read as CSV: {exc}") from None
         if header is None:
             return
-        if lines.invalid:
+        if lines.not_utf8:
             raise ConfigurationError(f"the header of {path} is not valid UTF-8")
         _check_columns(header, id_column, path)
         build = _record_builder(handle, header, id_column)
@@ -537,18 +544,31 @@ def output_columns(out: Any, n: int) -> dict[str, Any] | None:
     return columns or None
 
 
-def output_rows(out: Any, n: int) -> list[dict[str, Any]]:
-    """The ``n`` rows of a whole batch's output, flat (:func:`flatten_output`)."""
-    columns = output_columns(out, n)
-    if columns is not None:
-        names = list(columns)
-        return [dict(zip(names, values)) for values in zip(*(c.tolist() for c in columns.values()))]
-    return [flatten_output(r) for r in split_rows(out, n)]
+@dataclass
+class _Scored:
+    """The scored rows of one chunk on their way to the output: row numbers, ids, and the
+    prediction columns, as arrays (``columns``: a chunk predicted in one call, see
+    :func:`output_columns`) or as one flat dict per row (``flats``)."""
+
+    rows: list[int]
+    keys: list[Any]
+    columns: dict[str, Any] | None = None
+    flats: list[dict[str, Any]] | None = None
+
+    def values(self) -> Iterator[tuple[Any, ...]]:
+        """Per row, the values of ``columns`` in order (plain Python)."""
+        assert self.columns is not None
+        return zip(*(c.tolist() for c in self.columns.values()))
+
+    def dicts(self) -> list[dict[str, Any]]:
+        if self.flats is None:
+            names = list(self.columns or ())
+            self.flats = [dict(zip(names, v)) for v in self.values()]
+        return self.flats
 
 
-# A scored row on its way to the output: (row number, id, prediction columns).
-_Scored = tuple[int, Any, dict[str, Any]]
-_Rejected = tuple[int, Any, EmbedMLError]
+_Row = tuple[int, Any, dict[str, Any]]  # one scored row: row number, id, prediction columns
+_Rejected = tuple[int, Any, EmbedMLError]  # one rejected row: row number, id, why
 
 
 class _Writer:
@@ -563,93 +583,137 @@ class _Writer:
         self._csv: Any = None
         self._pq: Any = None
         self._schema: Any = None
-        self._names: Any = None  # the prediction columns (keys view of the first row)
+        self._names: list[str] | None = None  # the prediction columns, from the first row
         self._first = 0  # the row that fixed them
         if fmt != "parquet":
             self._file = open(path, "w", newline="" if fmt == "csv" else None, encoding="utf-8")  # noqa: SIM115 - closed by close()
 
-    def _check_id(self, row_no: int, flat: dict[str, Any]) -> None:
-        if self.id_name in flat:  # the prediction would overwrite the id, silently
+    def _check_id(self, row_no: int, names: Iterable[str]) -> None:
+        if self.id_name in names:  # the prediction would overwrite the id, silently
             raise ConfigurationError(
                 f"the model's output has a column {self.id_name!r} (row {row_no}), the name of "
                 "the output's id column; score with another id_column"
             )
 
-    def _fits(self, rows: list[_Scored], rejected: list[_Rejected]) -> list[_Scored]:
-        """The rows whose prediction columns are the file's (the first row fixes them)."""
+    def write(self, block: _Scored) -> list[_Rejected]:
+        """Write ``block``; return the rows that could not be written, with the reason."""
+        rejected: list[_Rejected] = []
+        if not block.rows:
+            return rejected
+        if self.fmt == "jsonl":
+            self._write_jsonl(block, rejected)
+            return rejected
         if self._names is None:
-            row_no, _, flat = rows[0]
-            self._check_id(row_no, flat)
-            self._names, self._first = flat.keys(), row_no
-        names = self._names
-        good = []
-        for row_no, key, flat in rows:
-            if flat.keys() == names:
-                good.append((row_no, key, flat))
+            first = list(block.columns) if block.columns is not None else list(block.dicts()[0])
+            self._check_id(block.rows[0], first)
+            self._names, self._first = first, block.rows[0]
+        fast = block.columns is not None and list(block.columns) == self._names
+        if self.fmt == "csv":
+            if self._csv is None:
+                self._csv = csv.writer(self._file)
+                self._csv.writerow([self.id_name, *self._names])
+            if fast:
+                rows = zip(block.rows, block.keys, block.values())
+                self._write_csv(((r, k, (k, *v)) for r, k, v in rows), rejected)
+            else:
+                names = self._names
+                fitting = self._fitting(block, rejected)
+                self._write_csv(((r, k, (k, *(f[n] for n in names))) for r, k, f in fitting), rejected)
+        else:
+            table = self._arrow_columns(block) if fast else None
+            if table is None:
+                table = self._arrow_rows(self._fitting(block, rejected), rejected)
+            if table is not None:
+                if self._pq is None:
+                    self._schema = table.schema
+                    self._pq = _pyarrow()[1].ParquetWriter(self.path, self._schema)
+                self._pq.write_table(table)
+        return rejected
+
+    def _fitting(self, block: _Scored, rejected: list[_Rejected]) -> list[_Row]:
+        """The rows whose prediction columns are the file's; the others go to ``rejected``."""
+        names = self._names or []
+        wanted = set(names)
+        fitting = []
+        for row_no, key, flat in zip(block.rows, block.keys, block.dicts(), strict=True):
+            if flat.keys() == wanted:
+                fitting.append((row_no, key, flat))
             else:
                 error = PredictionError(
                     f"the model's output for this row has the columns {list(flat)}, the file's "
-                    f"are {list(names)} (from row {self._first})",
+                    f"are {names} (from row {self._first})",
                     stage="output",
                 )
                 rejected.append((row_no, key, error))
-        return good
+        return fitting
 
-    def write(self, rows: list[_Scored]) -> list[_Rejected]:
-        """Write ``rows``; return those that could not be written, with the reason."""
-        rejected: list[_Rejected] = []
-        if not rows:
-            return rejected
+    def _write_jsonl(self, block: _Scored, rejected: list[_Rejected]) -> None:
         id_name = self.id_name
-        if self.fmt == "jsonl":
-            lines = []
-            for row_no, key, flat in rows:
+        if block.columns is not None:
+            self._check_id(block.rows[0], block.columns)
+            names = [id_name, *block.columns]
+            rows: Iterable[tuple[int, Any, dict[str, Any]]] = (
+                (r, k, dict(zip(names, (k, *v)))) for r, k, v in zip(block.rows, block.keys, block.values())
+            )
+        else:
+            rows = zip(block.rows, block.keys, block.dicts())
+        lines = []
+        for row_no, key, flat in rows:
+            if block.columns is None:
                 self._check_id(row_no, flat)
-                try:
-                    lines.append(json.dumps({id_name: key, **flat}, default=str) + "\n")
-                except (ValueError, TypeError, RecursionError) as exc:
-                    rejected.append((row_no, key, _unwritable(exc)))
-            self._file.writelines(lines)
-            return rejected
-        rows = self._fits(rows, rejected)
-        if self.fmt == "csv":
-            if self._csv is None:
-                self._csv = csv.DictWriter(self._file, fieldnames=[id_name, *self._names])
-                self._csv.writeheader()
-            for row_no, key, flat in rows:
-                try:  # the row is formatted whole before it is written: all of it or none
-                    self._csv.writerow({id_name: key, **flat})
-                except (csv.Error, ValueError) as exc:  # ValueError: text that is not UTF-8
-                    rejected.append((row_no, key, _unwritable(exc)))
-            return rejected
-        self._write_parquet(rows, rejected)
-        return rejected
+                flat = {id_name: key, **flat}
+            try:
+                lines.append(json.dumps(flat, default=str) + "\n")
+            except (ValueError, TypeError, RecursionError) as exc:
+                rejected.append((row_no, key, _unwritable(exc)))
+        self._file.writelines(lines)
 
-    def _write_parquet(self, rows: list[_Scored], rejected: list[_Rejected]) -> None:
-        pa, pq = _pyarrow()
+    def _write_csv(self, rows: Iterable[tuple[int, Any, Sequence[Any]]], rejected: list[_Rejected]) -> None:
+        writerow = self._csv.writerow
+        for row_no, key, cells in rows:
+            try:  # the row is formatted whole before it is written: all of it or none
+                writerow(cells)
+            except (csv.Error, ValueError) as exc:  # ValueError: text that is not UTF-8
+                rejected.append((row_no, key, _unwritable(exc)))
+
+    def _arrow_columns(self, block: _Scored) -> Any:
+        """The block as one Arrow table built column by column (the types inferred from the
+        values, as for rows), or ``None`` when a value does not fit: the row path finds it."""
+        pa = _pyarrow()[0]
+        assert block.columns is not None
+        types = self._schema.types if self._schema is not None else [None] * (1 + len(block.columns))
+        columns = [block.keys, *(c.tolist() for c in block.columns.values())]
+        try:
+            arrays = [pa.array(values, type=t) for values, t in zip(columns, types, strict=True)]
+            if self._schema is not None:
+                return pa.Table.from_arrays(arrays, schema=self._schema)
+            return pa.Table.from_arrays(arrays, names=[self.id_name, *block.columns])
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            return None
+
+    def _arrow_rows(self, rows: list[_Row], rejected: list[_Rejected]) -> Any:
+        """The rows as one Arrow table; rows the file's columns cannot hold (an id that was
+        a number in the first rows and is text here...) go to ``rejected``."""
+        pa = _pyarrow()[0]
         failures = (pa.ArrowException, ValueError, TypeError, OverflowError)
         dicts = [{self.id_name: key, **flat} for _, key, flat in rows]
+        if not dicts:
+            return None
         try:
-            table = pa.Table.from_pylist(dicts, schema=self._schema) if dicts else None
+            return pa.Table.from_pylist(dicts, schema=self._schema)
         except failures:
-            # Find the rows the file's columns cannot hold (an id that was a number in the
-            # first rows and is text here...); the rest is written.
-            tables = []
-            for (row_no, key, _), d in zip(rows, dicts, strict=True):
-                try:
-                    one = pa.Table.from_pylist([d], schema=self._schema)
-                except failures as exc:
-                    rejected.append((row_no, key, _unwritable(exc, self._schema)))
-                else:
-                    self._schema = one.schema
-                    tables.append(one)
-            table = pa.concat_tables(tables) if tables else None
-        if table is None:
-            return
-        if self._pq is None:
-            self._schema = table.schema
-            self._pq = pq.ParquetWriter(self.path, self._schema)
-        self._pq.write_table(table)
+            pass
+        tables = []
+        schema = self._schema
+        for (row_no, key, _), d in zip(rows, dicts, strict=True):
+            try:
+                one = pa.Table.from_pylist([d], schema=schema)
+            except failures as exc:
+                rejected.append((row_no, key, _unwritable(exc, schema)))
+            else:
+                schema = one.schema  # the first row that fits fixes the types of a new file
+                tables.append(one)
+        return pa.concat_tables(tables) if tables else None
 
     def close(self) -> None:
         if self.fmt == "parquet":
@@ -714,19 +778,26 @@ def _predict_chunk(handle: ModelHandle, chunk: _Chunk) -> tuple[Any, list[Any] |
     return out, results
 
 
-def _score_chunk(handle: ModelHandle, chunk: _Chunk, keys: list[Any], bad: list[_Rejected]) -> list[_Scored]:
-    """Predict a chunk; the scored rows, in order. Rows that failed go to ``bad``."""
+def _score_chunk(handle: ModelHandle, chunk: _Chunk, keys: list[Any], bad: list[_Rejected]) -> _Scored:
+    """Predict a chunk; its scored rows, in order. Rows that failed go to ``bad``."""
     if not chunk.rows:
-        return []
+        return _Scored([], [])
     out, results = _predict_chunk(handle, chunk)
     if results is None:
-        return list(zip(chunk.rows, keys, output_rows(out, len(chunk.rows)), strict=True))
-    scored = []
+        n = len(chunk.rows)
+        columns = output_columns(out, n)
+        if columns is not None:
+            return _Scored(chunk.rows, keys, columns=columns)
+        flats = [flatten_output(r) for r in split_rows(out, n)]
+        return _Scored(chunk.rows, keys, flats=flats)
+    scored = _Scored([], [], flats=[])
     for row_no, key, result in zip(chunk.rows, keys, results, strict=True):
         if isinstance(result, EmbedMLError):
             bad.append((row_no, key, result))
         else:
-            scored.append((row_no, key, flatten_output(result)))
+            scored.rows.append(row_no)
+            scored.keys.append(key)
+            scored.flats.append(flatten_output(result))  # type: ignore[union-attr]
     return scored
 
 
