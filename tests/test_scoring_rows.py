@@ -262,6 +262,18 @@ def test_deeply_nested_or_huge_json_costs_its_line_only(lr, tmp_path):
     assert [r["prediction"] for r in out] == _lr_answer([_values(i) for i in (0, 2, 4)])
 
 
+def test_a_json_key_given_twice_is_rejected_not_guessed(lr, tmp_path):
+    # json keeps the last value silently; which one was meant cannot be told
+    lines = [json.dumps(dict(zip(NAMES, _values(i)))) for i in range(3)]
+    lines[1] = '{"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4, "a": 0.5}'
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    summary = embedml.score(lr, src, tmp_path / "out.jsonl")
+    assert (summary.scored, summary.rejected) == (2, 1)
+    [reject] = _rejects(summary)
+    assert reject["row"] == 2 and "'a' more than once" in reject["error"]
+
+
 def test_parquet_columns_a_schemaless_model_cannot_take_as_a_matrix(store, tmp_path):
     # A string column goes row by row to the model, which refuses each row (rejected, job
     # goes on); a bool column goes to it as the same rows from JSON Lines would, and is

@@ -352,6 +352,27 @@ def _split_id(record: Any, id_column: str | None) -> tuple[Any, Any]:
     return record.pop(id_column), record
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice: ``json`` would keep the last
+    value silently, and which one the writer meant cannot be told."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return record
+
+
+# One decoder for every line: json.loads with arguments would build one per call.
+_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 def _chunks_jsonl(handle: ModelHandle, path: Path, size: int, id_column: str | None) -> Iterator[_Chunk]:
     def parse(row_no: int, line: bytes) -> tuple[Any, Any]:
         # Each line is decoded alone, so bytes that are not UTF-8 cost their line only.
@@ -360,7 +381,9 @@ def _chunks_jsonl(handle: ModelHandle, path: Path, size: int, id_column: str | N
         except UnicodeDecodeError as exc:
             raise SchemaError(f"line {row_no} is not valid UTF-8 (byte {exc.start + 1})") from None
         try:
-            value = json.loads(text)
+            value = _JSON.decode(text)
+        except _DuplicateKey as exc:
+            raise SchemaError(f"line {row_no} has the key {exc.args[0]!r} more than once") from None
         except RecursionError:
             raise SchemaError(f"line {row_no} is nested too deeply to be read") from None
         except ValueError as exc:  # JSONDecodeError, or an integer over Python's digit limit
