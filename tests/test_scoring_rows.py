@@ -298,6 +298,26 @@ def test_parquet_columns_a_schemaless_model_cannot_take_as_a_matrix(store, tmp_p
         assert all(r["type"] == "PredictionError" for r in _rejects(summary))
 
 
+def test_a_parquet_value_python_cannot_hold_costs_its_row(lr, tmp_path):
+    # a timestamp past year 9999 is valid Arrow but no Python datetime
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    seconds = [int(datetime.datetime(2024, 1, 1 + i).timestamp()) for i in range(5)]
+    seconds[2] = 400_000_000_000  # year 14645
+    columns = {n: [_values(i)[j] for i in range(5)] for j, n in enumerate(NAMES)}
+    table = pa.table({"when": pa.array(seconds, pa.timestamp("s")), **columns})
+    pq.write_table(table, tmp_path / "in.parquet")
+    summary = embedml.score(lr, tmp_path / "in.parquet", tmp_path / "out.csv", id_column="when", batch_size=4)
+    assert (summary.scored, summary.rejected) == (4, 1)
+    [reject] = _rejects(summary)
+    assert reject["row"] == 3 and "cannot be read" in reject["error"]
+    good = [0, 1, 3, 4]
+    assert pd.read_csv(tmp_path / "out.csv")["prediction"].tolist() == _lr_answer([_values(i) for i in good])
+
+
 def test_file_level_failures_abort_with_an_embedml_error_and_leave_the_old_output(lr, tmp_path):
     tmp_path = tmp_path / "data"
     tmp_path.mkdir()
