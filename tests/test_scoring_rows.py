@@ -413,3 +413,12 @@ def test_the_cli_fails_when_every_row_was_rejected(tmp_path, capsys):
     assert main(["--store", str(store.root), "predict", "lr", "-i", str(src), "-o", str(dst), "--id-column", "key"]) == 0
     src.write_text("key,a,b,c,d\n")  # nothing to score is not a failure
     assert main(["--store", str(store.root), "predict", "lr", "-i", str(src), "-o", str(dst), "--id-column", "key"]) == 0
+
+
+def test_the_ray_predictor_refuses_to_overwrite_a_dataset_column(models):
+    X, _ = _data()
+    predictor = EmbedMLPredictor(models.root, _store_name("(n,)"), "1")
+    for clash in ("prediction", "error"):
+        df = pd.DataFrame(X[:4], columns=NAMES).assign(**{clash: ["kept"] * 4})
+        with pytest.raises(embedml.ConfigurationError, match=clash):
+            predictor(df)

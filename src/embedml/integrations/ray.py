@@ -46,8 +46,9 @@ class EmbedMLPredictor:
     ``None`` for scored rows, the error message for rows that failed validation or on
     which the model raised (their prediction columns are null). A bad row never fails the
     batch. ``feature_columns`` picks the model's input columns (default: the record
-    schema's fields, else every column); the other columns pass through unchanged.
-    """
+    schema's fields, else every column); the other columns pass through unchanged. A
+    dataset column with the name of an added column raises :class:`ConfigurationError`
+    (it would be overwritten)."""
 
     def __init__(
         self,
@@ -101,7 +102,7 @@ class EmbedMLPredictor:
         df = batch if isinstance(batch, pd.DataFrame) else pd.DataFrame(batch)
         n = len(df)
         if n == 0:
-            return df.assign(**{self.error_column: pd.Series([], dtype=object)})
+            return self._add(df, {self.error_column: pd.Series([], dtype=object)})
         whole, rows = self._inputs(df)
         errors: list[str | None] = [None] * n
         # the same step as embedml.score: one call, or the bad rows isolated
@@ -109,7 +110,7 @@ class EmbedMLPredictor:
         if results is None:
             columns = output_columns(out, n)
             if columns is not None:
-                return df.assign(**columns, **{self.error_column: errors})
+                return self._add(df, {**columns, self.error_column: errors})
             results = split_rows(out, n)
         flat: list[dict[str, Any]] = []
         for i, result in enumerate(results):
@@ -119,7 +120,19 @@ class EmbedMLPredictor:
             else:
                 flat.append(flatten_output(result))
         preds = pd.DataFrame.from_records(flat, index=df.index)
-        return df.assign(**{c: preds[c] for c in preds.columns}, **{self.error_column: errors})
+        return self._add(df, {**{c: preds[c] for c in preds.columns}, self.error_column: errors})
+
+    def _add(self, df: Any, columns: dict[str, Any]) -> Any:
+        """``df`` with ``columns`` added; a column of the dataset with the same name would be
+        overwritten, silently, so it is refused."""
+        clash = [c for c in columns if c in df.columns]
+        if clash:
+            raise ConfigurationError(
+                f"the dataset already has the column(s) {clash} that scoring with "
+                f"{self.handle.name}@{self.handle.version} adds (predictions, error_column="
+                f"{self.error_column!r}); rename them or pass another error_column"
+            )
+        return df.assign(**columns)
 
 
 def predict(
