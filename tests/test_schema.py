@@ -7,6 +7,8 @@ saved with joblib, whose loaded copies count their calls.
 
 from __future__ import annotations
 
+import json
+
 import re
 import uuid
 from typing import Literal, Optional
@@ -363,9 +365,25 @@ def test_tensor_spec_validation():
     for bad in ("complex_thing", "datetime64[ns]"):
         with pytest.raises(ValueError, match="unknown dtype"):
             embedml.TensorSpec("x", bad)
-    for shape in ((), (0,), (-2, 3), (-1, 2.5), ("a",)):
+    for shape in ((-2, 3), (-1, 2.5), ("",), (True, 3), ((1,), 2)):
         with pytest.raises(ValueError, match="shape"):
             embedml.TensorSpec("x", "float32", shape)
+
+
+def test_tensor_spec_holds_what_onnx_graphs_declare():
+    """Scalars, zero-size and named dimensions, undeclared ranks and every element type
+    numpy holds; an old manifest's list of ints with -1 still reads the same."""
+    scalar = embedml.TensorSpec("theta", "float32", ())
+    assert scalar.shape == () and scalar.batch_dim is None
+    named = embedml.TensorSpec("x", "float16", ("batch", 0, None, 3))
+    assert named.shape == ("batch", 0, -1, 3) and named.batch_dim == "batch"
+    assert embedml.TensorSpec("any", "bool", None).shape is None
+    for spec in (scalar, named, embedml.TensorSpec("any", "bool", None)):
+        assert embedml.TensorSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    for dtype in ("bool", "str", "float16", "int8", "uint16", "uint32", "uint64", "complex64"):
+        assert embedml.TensorSpec("t", dtype).np_dtype.kind in "biufcO"
+    old = {"name": "x", "dtype": "float32", "shape": [-1, 4]}
+    assert embedml.TensorSpec.from_dict(old) == embedml.TensorSpec("x", "float32", (None, 4))
 
 
 @pytest.fixture

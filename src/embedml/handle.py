@@ -164,6 +164,10 @@ class Pipeline:
     ``prepare_one`` / ``prepare_many`` validate input into a batch; ``run`` takes a batch of
     ``n`` rows to raw outputs (checking one output per row); ``rows`` / ``row`` turn raw
     outputs into what callers get. Batchers call ``run`` on joined batches.
+
+    ``row_wise`` (see ``docs/concepts.md``): ``False`` when the model's outputs are not one
+    per input row (``row_wise_reason`` says why). Calls then take ``prepare_whole``: the
+    tensors go to the model whole and its outputs come back whole, and batching is refused.
     """
 
     def __init__(
@@ -175,17 +179,28 @@ class Pipeline:
         self.load_seconds = load_seconds
         m = mv.manifest
         declared = schema_from_dict(m.input_schema)  # type: ignore[arg-type]
+        output_schema = schema_from_dict(m.output_schema)  # type: ignore[arg-type]
+        self.row_wise_reason = _not_row_wise(runtime, m, declared, output_schema)
+        self.row_wise = rows = not self.row_wise_reason
         runtime_specs = runtime.input_specs
         if declared is None and runtime_specs:
-            declared = TensorSchema(runtime_specs)
+            declared = TensorSchema(runtime_specs, rows=rows)
+        declared = _rows(declared, rows)
         self.input_schema: RecordSchema | TensorSchema | NoSchema = declared or NoSchema()
         # Record or schemaless inputs still meet the model's own dtypes (e.g. float32 ONNX).
         self._cast = (
-            TensorSchema(runtime_specs)
+            TensorSchema(runtime_specs, rows=rows)
             if runtime_specs and not isinstance(self.input_schema, TensorSchema)
             else None
         )
-        self.output_schema = schema_from_dict(m.output_schema)  # type: ignore[arg-type]
+        self.output_schema = _rows(output_schema, rows)
+        if options.batching is not None and not rows:
+            raise ConfigurationError(
+                f"{self.label} cannot be loaded with batching=: it is not row-wise "
+                f"({self.row_wise_reason}). Batching joins the rows of concurrent calls into "
+                "one model call and splits its outputs back by row, which is only right when "
+                "each output row comes from its input row alone; load it without batching="
+            )
         self.schema_options = options.schema_options()
         pre = options.preprocess if options.preprocess is not None else m.preprocess
         post = options.postprocess if options.postprocess is not None else m.postprocess
@@ -263,8 +278,26 @@ class Pipeline:
         except SchemaError as exc:
             raise self._context(exc) from None
 
-    def run(self, batch: Any, n: int) -> Any:
-        """preprocess -> model -> postprocess on a validated batch of ``n`` rows."""
+    def prepare_whole(self, inputs: Any, one: bool) -> tuple[Any, bool]:
+        """Validate the inputs of a model that is not row-wise; returns the model's feed and
+        whether it is whole (``False``: ``predict`` got one example, to which a batch axis of
+        1 was added; take row 0 of the outputs). Raises :class:`SchemaError`."""
+        opts = self.schema_options
+        schema = self.input_schema
+        try:
+            if isinstance(schema, TensorSchema):
+                return schema.whole(inputs, opts, one=one)
+            # records and schemaless arrays are validated as always (predict: a batch of one)
+            batch = schema.one(inputs, opts) if one else schema.many(inputs, opts)
+            if self._cast is not None:
+                batch = self._cast.whole(batch, opts)[0]
+            return batch, not one
+        except SchemaError as exc:
+            raise self._context(exc) from None
+
+    def run(self, batch: Any, n: int, whole: bool = False) -> Any:
+        """preprocess -> model -> postprocess on a validated batch of ``n`` rows (``whole``:
+        on tensors passed whole, whose outputs are not counted in rows)."""
         if self.preprocess is not None:
             try:
                 batch = self.preprocess(batch)
@@ -287,11 +320,22 @@ class Pipeline:
                     f"postprocess of {self.label} raised {type(exc).__name__}: {exc}",
                     stage="postprocess",
                 ) from exc
+        if whole:
+            return out
         got = n_rows(out)
         if got != n:
             raise PredictionError(
                 f"model {self.label} returned {got} output rows for {n} input rows", stage="output"
             )
+        if not self.row_wise:  # one example with a batch axis added: every output needs it
+            for name, part in _parts(out):
+                if n_rows(part) != n:
+                    raise PredictionError(
+                        f"model {self.label} returned output {name} of shape "
+                        f"{getattr(part, 'shape', None)} for one example: no first axis of 1 to take its "
+                        "row from; pass the tensors whole with predict_batch",
+                        stage="output",
+                    )
         return out
 
     def rows(self, out: Any, n: int) -> Any:
@@ -324,6 +368,36 @@ class Pipeline:
         self.runtime.close()
 
 
+def _not_row_wise(runtime: Runtime, m: Manifest, inputs: Any, outputs: Any) -> str:
+    """Why a version is not row-wise ("" when it is): its runtime (an ONNX graph's declared
+    shapes), ``row_wise=False`` at save, or a declared tensor schema without a batch axis."""
+    if not runtime.row_wise:
+        return runtime.row_wise_reason or "its runtime says so"
+    if m.row_wise is False:
+        return "it was saved with row_wise=False"
+    for what, schema in (("input", inputs), ("output", outputs)):
+        if isinstance(schema, TensorSchema) and not schema.rows:
+            flat = next(s.name for s in schema.specs if not s.shape)
+            return f"the {what} schema's tensor {flat!r} has no first dimension"
+    return ""
+
+
+def _rows(schema: Any, rows: bool) -> Any:
+    """A tensor schema taken whole when the version is not row-wise."""
+    if isinstance(schema, TensorSchema) and schema.rows and not rows:
+        return TensorSchema(schema.specs, rows=False)
+    return schema
+
+
+def _parts(out: Any) -> list[tuple[str, Any]]:
+    """The named parts of raw outputs (an array, a list, a dict or a tuple of them)."""
+    if isinstance(out, dict):
+        return [(repr(k), v) for k, v in out.items()]
+    if isinstance(out, tuple):
+        return [(str(i), v) for i, v in enumerate(out)]
+    return [("0", out)]
+
+
 def build_pipeline(store: ModelStore, mv: ModelVersion, options: LoadOptions) -> Pipeline:
     """Verify the artifact of ``mv`` and load it with its format into a new :class:`Pipeline`.
 
@@ -350,7 +424,11 @@ def build_pipeline(store: ModelStore, mv: ModelVersion, options: LoadOptions) ->
         raise UnsupportedFormatError(
             f"could not load {mv} as {fmt.name}: {type(exc).__name__}: {exc}"
         ) from exc
-    return Pipeline(mv, runtime, options, time.perf_counter() - start)
+    try:
+        return Pipeline(mv, runtime, options, time.perf_counter() - start)
+    except BaseException:  # e.g. batching refused: the runtime (an ORT session) is released
+        runtime.close()
+        raise
 
 
 class HandleState(enum.Enum):
@@ -517,16 +595,22 @@ class ModelHandle:
         n = size = off = 0
         queue = 0.0
         try:
-            batch = pipe.prepare_one(records) if one else pipe.prepare_many(records)
-            n = 1 if one else n_rows(batch)
+            if pipe.row_wise:
+                batch = pipe.prepare_one(records) if one else pipe.prepare_many(records)
+                n = 1 if one else n_rows(batch)
+                whole = False
+            else:  # tensors whole; one example may get a batch axis (then whole is False)
+                batch, whole = pipe.prepare_whole(records, one)
+                n = 1
             t1 = clock()
             if pipe.batcher is None:
-                raw = pipe.run(batch, n)
+                raw = pipe.run(batch, n, whole)
             else:
                 joined, off, size, queue = pipe.batcher.submit(batch, n, timeout_ms, obs)
                 # a call that ran alone gets its own outputs: no slice to cut
                 raw = joined if size == n else take(joined, slice(off, off + n))
             t2 = clock()
+            one = one and not whole
             if pipe.output_schema is None:  # Pipeline.row / rows without a schema, inlined
                 out = take(raw, 0) if one else raw
             else:
@@ -704,8 +788,10 @@ class ModelHandle:
         try:
             records = synthetic_batch(pipe.input_schema, 1)
             for _ in range(int(n)):
-                batch = pipe.prepare_many(records)
-                pipe.rows(pipe.run(batch, 1), 1)
+                if pipe.row_wise:
+                    pipe.rows(pipe.run(pipe.prepare_many(records), 1), 1)
+                else:
+                    pipe.rows(pipe.run(pipe.prepare_whole(records, False)[0], 1, True), 1)
         finally:
             pipe.release()
         self._warmed = True
@@ -769,8 +855,11 @@ class ModelHandle:
             new = build_pipeline(self._store, mv, self._options)  # type: ignore[arg-type]
         try:
             sample = warmup if warmup is not None else self._sample
-            if sample is not None:
+            if sample is not None and new.row_wise:
                 new.row(new.run(new.prepare_one(sample), 1), 0)
+            elif sample is not None:
+                batch, whole = new.prepare_whole(sample, True)
+                new.run(batch, 1, whole)
         except BaseException:
             new.release()
             raise

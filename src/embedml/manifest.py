@@ -46,6 +46,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "frameworks": (dict,),
     "extra_files": (dict,),
     "method": (str, type(None)),
+    "row_wise": (bool, type(None)),
 }
 _STR_MAPS = ("frameworks", "extra_files")
 
@@ -81,8 +82,9 @@ class Manifest:
     ``extra_files`` maps other files in the version folder (for example a reference profile)
     to their SHA-256, so that they are verified like the artifact. ``method`` is the method
     called on sklearn-style objects (``store.save(..., method="predict_proba")``; ``None``:
-    ``predict``). A missing or mistyped
-    field raises :class:`~embedml.IntegrityError` naming it.
+    ``predict``). ``row_wise`` is the save-time ``row_wise=`` (``None``: decided by the
+    model, see ``docs/concepts.md``). A missing or mistyped field raises
+    :class:`~embedml.IntegrityError` naming it.
     """
 
     manifest_version: int
@@ -103,6 +105,7 @@ class Manifest:
     frameworks: dict[str, str]
     extra_files: dict[str, str]
     method: str | None
+    row_wise: bool | None
 
     def __init__(self, **data: Any) -> None:
         self._fill(data, "manifest")
@@ -112,7 +115,7 @@ class Manifest:
             "manifest_version": 1, "created_at": _now, "input_schema": None,
             "output_schema": None, "preprocess": None, "postprocess": None, "metadata": dict,
             "python": platform.python_version, "embedml": "", "frameworks": dict,
-            "extra_files": dict, "method": None,
+            "extra_files": dict, "method": None, "row_wise": None,
         }  # fmt: skip
         for key in _TYPES:
             if key in data:

@@ -41,6 +41,8 @@ __all__ = [
     "TensorSpec",
     "cast_array",
     "check_array",
+    "dynamic",
+    "not_row_wise",
     "check_rows",
     "schema_from_dict",
     "schema_to_dict",
@@ -48,7 +50,7 @@ __all__ = [
 
 _DTYPES = {
     "float16", "float32", "float64", "int8", "int16", "int32", "int64",
-    "uint8", "uint16", "uint32", "uint64", "bool", "str", "object",
+    "uint8", "uint16", "uint32", "uint64", "bool", "complex64", "complex128", "str", "object",
 }  # fmt: skip
 
 
@@ -148,13 +150,16 @@ def check_array(
 class TensorSpec:
     """One model input or output tensor: ``TensorSpec("x", "float32", (-1, 20))``.
 
-    ``-1`` or ``None`` marks a dynamic dimension; the first dimension is the batch.
+    A dimension is a size (``0`` included), ``-1`` or ``None`` for a dynamic one, or a
+    string naming a symbolic one (``"batch"``: ONNX graphs name them; dimensions with one
+    name have one size in a call). ``()`` is a scalar; ``shape=None`` a tensor whose rank
+    the model does not declare. For a row-wise model the first dimension is the batch.
     Raises ``ValueError`` for an unknown dtype or a bad shape.
     """
 
     name: str
     dtype: str
-    shape: tuple[int, ...] = (-1,)
+    shape: tuple[int | str, ...] | None = (-1,)
 
     def __post_init__(self) -> None:
         try:
@@ -171,24 +176,54 @@ class TensorSpec:
             raise ValueError(
                 f"TensorSpec {self.name!r}: unknown dtype {self.dtype!r}; use one of {sorted(_DTYPES)}"
             )
-        shape = tuple(-1 if d is None else d for d in self.shape)
-        if not shape or any(not isinstance(d, int | np.integer) or d < -1 or d == 0 for d in shape):
-            raise ValueError(
-                f"TensorSpec {self.name!r}: shape {self.shape!r} must be a non-empty tuple of positive ints or -1/None"
-            )
         object.__setattr__(self, "dtype", dtype)
-        object.__setattr__(self, "shape", tuple(int(d) for d in shape))
+        if self.shape is None:
+            return
+        try:
+            shape = tuple(_dim(d) for d in self.shape)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"TensorSpec {self.name!r}: shape {self.shape!r} must be a tuple of sizes >= 0, "
+                "-1/None (dynamic) or dimension names"
+            ) from None
+        object.__setattr__(self, "shape", shape)
 
     @property
     def np_dtype(self) -> np.dtype:
         return np.dtype(object) if self.dtype in ("str", "object") else np.dtype(self.dtype)
 
+    @property
+    def batch_dim(self) -> int | str | None:
+        """The first dimension (``None`` for a scalar or an undeclared rank)."""
+        return self.shape[0] if self.shape else None
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": None if self.shape is None else list(self.shape),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
-        return cls(d["name"], d["dtype"], tuple(d["shape"]))
+        shape = d["shape"]
+        return cls(d["name"], d["dtype"], None if shape is None else tuple(shape))
+
+
+def _dim(d: Any) -> int | str:
+    """One dimension in its stored form: a size >= 0, ``-1`` (dynamic) or a name."""
+    if d is None:
+        return -1
+    if isinstance(d, str) and d:
+        return d
+    if isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= -1:
+        return int(d)
+    raise ValueError(d)
+
+
+def dynamic(d: int | str) -> bool:
+    """Whether a stored dimension is dynamic (``-1`` or a name)."""
+    return d == -1 or isinstance(d, str)
 
 
 def _plain(value: Any) -> Any:
@@ -883,27 +918,46 @@ def _output_column(values: Any, n: int, f: FieldSpec) -> list[Any]:
 
 
 class TensorSchema:
-    """A schema of one or more named tensors (model inputs or outputs)."""
+    """A schema of one or more named tensors (model inputs or outputs).
+
+    ``rows=True`` (the default when every spec has a first dimension): the first dimension
+    is the batch, whatever size a spec gives it, and :meth:`one` takes one example without
+    it. ``rows=False`` (a model that is not row-wise, see :func:`not_row_wise`): calls pass
+    the tensors whole (:meth:`whole`), checked against every declared dimension.
+    Raises :class:`SchemaError` for no specs, or ``rows=True`` with a spec without a first
+    dimension.
+    """
 
     kind = "tensors"
 
-    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+    def __init__(self, specs: Sequence[TensorSpec], *, rows: bool | None = None) -> None:
         if not specs:
             raise SchemaError("a tensor schema needs at least one TensorSpec")
         self.specs = tuple(specs)
+        flat = [s.name for s in self.specs if not s.shape]
+        self.rows = not flat if rows is None else rows
+        if self.rows and flat:
+            raise SchemaError(
+                f"tensor {flat[0]!r} has no first dimension to hold rows (a scalar or an undeclared shape)"
+            )
         self.single = len(self.specs) == 1
         self._spec = self.specs[0]
         self._dtypes = tuple(s.np_dtype for s in self.specs)
         # the per-call fast path of a single input: a static row shape and dtype that match
         # need no per-axis check (anything else takes the full check and its error messages)
-        tail = self._spec.shape[1:]
-        self._tail = None if -1 in tail else tail
-        self._row_ndim = len(self._spec.shape) - 1
+        shape = self._spec.shape
+        tail = shape[1:] if self.rows and shape else None
+        self._tail = None if tail is None or any(dynamic(d) for d in tail) else tail
+        self._row_ndim = len(shape) - 1 if shape is not None else -1
         # a float row of this exact shape and dtype needs only the NaN/inf check (unchecked_one)
         self._float_row = (
             (self._tail, self._dtypes[0])
             if self.single and self._tail is not None and self._dtypes[0].kind == "f"
             else None
+        )
+        # whole(one=True) may add a batch axis of 1 only where every input allows it
+        self._one_axis = all(
+            s.shape and (s.shape[0] == 1 or dynamic(s.shape[0])) for s in self.specs
         )
 
     def unchecked_one(self, record: Any) -> np.ndarray | None:
@@ -955,6 +1009,54 @@ class TensorSchema:
         self._check_limits(batch, opts, single=False)
         return batch
 
+    def whole(self, inputs: Any, opts: SchemaOptions, *, one: bool = False) -> tuple[Any, bool]:
+        """Validate tensors passed whole (a model that is not row-wise): one array, or a dict
+        name -> array; every declared dimension and dtype is checked. Returns the feed and
+        whether it is whole. With ``one=True`` (``predict``), tensors that each lack the
+        first dimension, where the model declares it as 1 or dynamic, are one example: a
+        batch axis of 1 is added and ``False`` returned (the caller takes row 0 of each
+        output)."""
+        given = self._named(inputs)
+        names = [s.name for s in self.specs]
+        extra = [k for k in given if k not in names]
+        if extra and not opts.allow_extra:
+            raise SchemaError(f"unknown input(s) {extra}; expected {names}", field=str(extra[0]))
+        arrays = {}
+        for spec in self.specs:
+            if spec.name not in given:
+                raise SchemaError("required input tensor is missing", field=spec.name)
+            arrays[spec.name] = _asarray(given[spec.name], spec)
+        add = (
+            one
+            and self._one_axis
+            and all(a.ndim == len(s.shape) - 1 for s, a in zip(self.specs, arrays.values()))
+        )
+        out = {}
+        for spec, dtype in zip(self.specs, self._dtypes):
+            a = arrays[spec.name]
+            if add:
+                a = a[None]
+            out[spec.name] = a = self._check(a, spec, dtype, opts, first_axis=0)
+            try:
+                if a.ndim and spec.shape and dynamic(spec.shape[0]):
+                    check_rows(len(a), opts)
+                if not opts.allow_nan or a.dtype.kind in "OU":
+                    check_array(a, spec.name, opts)
+            except SchemaError as exc:
+                exc.index = None
+                raise
+        feed = out[self._spec.name] if self.single and not isinstance(inputs, Mapping) else out
+        return feed, not add
+
+    def _named(self, inputs: Any) -> Mapping[str, Any]:
+        if isinstance(inputs, Mapping):
+            return inputs
+        if self.single:
+            return {self._spec.name: inputs}
+        raise SchemaError(
+            f"expected a dict of input tensors {[s.name for s in self.specs]}, got {_describe(inputs)}"
+        )
+
     def _check_limits(self, batch: Any, opts: SchemaOptions, *, single: bool) -> None:
         arrays = batch.items() if isinstance(batch, dict) else ((self._spec.name, batch),)
         for name, a in arrays:
@@ -969,7 +1071,16 @@ class TensorSchema:
 
     def _one(self, record: Any, opts: SchemaOptions) -> Any:
         if self.single:
-            a = record if isinstance(record, np.ndarray) else _asarray(record, self._spec)
+            if isinstance(record, np.ndarray):
+                a = record
+            elif isinstance(record, Mapping) and self._spec.name in record:
+                return self._check_many(
+                    {self._spec.name: _asarray(record[self._spec.name], self._spec)[None]},
+                    record,
+                    opts,
+                )[self._spec.name]
+            else:
+                a = _asarray(record, self._spec)
             if a.ndim == self._row_ndim:
                 a = a[None]
                 if a.shape[1:] == self._tail:
@@ -994,7 +1105,16 @@ class TensorSchema:
 
     def _many(self, records: Any, opts: SchemaOptions) -> Any:
         if self.single:
-            a = records if isinstance(records, np.ndarray) else _asarray(records, self._spec)
+            if isinstance(records, np.ndarray):
+                a = records
+            elif isinstance(records, Mapping) and self._spec.name in records:
+                return self._check_many(
+                    {self._spec.name: _asarray(records[self._spec.name], self._spec)},
+                    records,
+                    opts,
+                )[self._spec.name]
+            else:
+                a = _asarray(records, self._spec)
             if a.shape[1:] == self._tail and a.ndim:
                 return self._cast(a, opts)
             return self._check(a, self._spec, self._dtypes[0], opts)
@@ -1033,23 +1153,29 @@ class TensorSchema:
         return out
 
     @staticmethod
-    def _check(a: np.ndarray, spec: TensorSpec, dtype: np.dtype, opts: SchemaOptions) -> np.ndarray:
+    def _check(
+        a: np.ndarray, spec: TensorSpec, dtype: np.dtype, opts: SchemaOptions, first_axis: int = 1
+    ) -> np.ndarray:
+        """``a`` cast to ``dtype`` once its shape fits ``spec`` (from ``first_axis`` on: 1
+        skips the batch dimension)."""
         shape = spec.shape
-        if a.ndim != len(shape):
-            raise SchemaError(
-                f"expected {len(shape)} dimensions (shape {shape}), got {a.ndim} (shape {a.shape})",
-                field=spec.name,
-                expected=shape,
-                got=a.shape,
-            )
-        for axis, (want, got) in enumerate(zip(shape, a.shape)):
-            if want != -1 and want != got and axis > 0:
+        if shape is not None:
+            if a.ndim != len(shape):
                 raise SchemaError(
-                    f"dimension {axis} must be {want}, got {got} (expected shape {shape}, got {a.shape})",
+                    f"expected {len(shape)} dimensions (shape {_show(shape)}), got {a.ndim} (shape {a.shape})",
                     field=spec.name,
                     expected=shape,
                     got=a.shape,
                 )
+            for axis in range(first_axis, len(shape)):
+                want, got = shape[axis], a.shape[axis]
+                if want != got and not dynamic(want):
+                    raise SchemaError(
+                        f"dimension {axis} must be {want}, got {got} (expected shape {_show(shape)}, got {a.shape})",
+                        field=spec.name,
+                        expected=shape,
+                        got=a.shape,
+                    )
         if a.dtype != dtype:
             a = cast_array(a, dtype, name=spec.name, strict=opts.strict)
         return a
@@ -1062,17 +1188,59 @@ class TensorSchema:
             outs = {k: np.asarray(v) for k, v in out.items()}
         else:
             outs = {s.name: np.asarray(v) for s, v in zip(self.specs, out)}
+        first_axis = 1 if self.rows else 0
         for spec in self.specs:
             a = outs.get(spec.name)
             if a is None:
                 raise SchemaError(f"the model returned no output {spec.name!r}", field=spec.name)
             try:
-                self._check(a, spec, spec.np_dtype, SchemaOptions(strict=True))
+                self._check(a, spec, spec.np_dtype, SchemaOptions(strict=True), first_axis)
             except SchemaError as exc:
                 raise SchemaError(
                     f"output {exc.message}", field=spec.name, expected=exc.expected, got=exc.got
                 ) from None
         return out
+
+
+def _show(shape: tuple[int | str, ...]) -> str:
+    """A shape as people write it: dynamic dimensions as ``None``, names quoted."""
+    return (
+        "("
+        + ", ".join("None" if d == -1 else repr(d) for d in shape)
+        + ("," if len(shape) == 1 else "")
+        + ")"
+    )
+
+
+def not_row_wise(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec] = ()) -> str | None:
+    """Why a model with these input and (tensor) output specs is not row-wise, or ``None``
+    when it is: every tensor has a dynamic first dimension, all unnamed or all one name,
+    which no other dimension uses. Only then are its outputs one per input row."""
+    if not inputs:
+        return "it has no inputs"
+    named: set[str] = set()
+    unnamed = []
+    for kind, specs in (("input", inputs), ("output", outputs)):
+        for s in specs:
+            where = f"{kind} {s.name!r}"
+            if s.shape is None:
+                return f"{where} does not declare its dimensions"
+            if not s.shape:
+                return f"{where} is a scalar"
+            first = s.shape[0]
+            if not dynamic(first):
+                return f"{where} has the fixed first dimension {first} (shape {_show(s.shape)})"
+            if isinstance(first, str):
+                named.add(first)
+                if first in s.shape[1:]:
+                    return f"{where} uses its first dimension {first!r} on another axis (shape {_show(s.shape)})"
+            else:
+                unnamed.append(where)
+    if len(named) > 1:
+        return f"its first dimensions have different names {sorted(named)}"
+    if named and unnamed:
+        return f"{unnamed[0]} has an unnamed first dimension, others the named one {next(iter(named))!r}"
+    return None
 
 
 def _needs_limits(batch: Any, opts: SchemaOptions) -> bool:

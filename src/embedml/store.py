@@ -50,9 +50,9 @@ from .errors import (
     VersionExistsError,
     VersionNotFoundError,
 )
-from .formats import format_for_object, format_for_path, get_format
+from .formats import ModelFormat, format_for_object, format_for_path, get_format
 from .manifest import MANIFEST_FILE, STANDARD_METHODS, Manifest, environment, method_problem
-from .schema import TensorSchema, schema_to_dict
+from .schema import TensorSchema, schema_from_dict, schema_to_dict
 from .signing import KEY_ENV, SIGNATURE_FILE, resolve_key, signature_document, verify_signature
 
 if TYPE_CHECKING:
@@ -119,6 +119,26 @@ def current_user() -> str:
         return getpass.getuser()
     except Exception:  # no passwd entry and no $USER (some containers)
         return f"uid:{os.getuid()}"
+
+
+def _check_row_wise(row_wise: Any, fmt: ModelFormat, in_schema: Any, out_schema: Any) -> None:
+    """Refuse a ``row_wise=`` that is not a bool or None, or a ``True`` the model contradicts."""
+    if row_wise is not None and not isinstance(row_wise, bool):
+        raise ConfigurationError(f"row_wise must be True, False or None, got {row_wise!r}")
+    if row_wise is not True:
+        return
+    if fmt.declares_shapes:
+        raise ConfigurationError(
+            f"row_wise=True does not apply to {fmt.name} models: the shapes the graph declares "
+            "decide whether it is row-wise (row_wise=False can still mark it as not row-wise)"
+        )
+    for what, d in (("input", in_schema), ("output", out_schema)):
+        schema = schema_from_dict(d)
+        if isinstance(schema, TensorSchema) and not schema.rows:
+            flat = next(s.name for s in schema.specs if not s.shape)
+            raise ConfigurationError(
+                f"row_wise=True contradicts the {what} schema: tensor {flat!r} has no first dimension"
+            )
 
 
 def _check_import_path(value: str | None, what: str) -> str | None:
@@ -348,6 +368,7 @@ class ModelStore:
         sha256: str | None = None,
         signing_key: str | bytes | None = None,
         method: str | None = None,
+        row_wise: bool | None = None,
     ) -> ModelVersion:
         """Save ``model`` as a new immutable version of ``name`` and return it.
 
@@ -370,9 +391,17 @@ class ModelStore:
         key (``signing_key=`` or ``$EMBEDML_SIGNING_KEY``) the manifest is signed
         (``manifest.sig``, see ``docs/security.md``).
 
+        ``row_wise=False`` marks a model whose outputs are not one per input row (it mixes
+        rows, or takes whole tensors): calls then pass their inputs whole and batching is
+        refused. ``None`` (default) lets the model decide: an ONNX graph by its declared
+        shapes; other formats are row-wise unless a declared tensor has no first dimension
+        (shape ``()`` or ``None``; see ``docs/concepts.md``).
+
         Raises :class:`VersionExistsError`, :class:`InvalidNameError`,
         :class:`UnsupportedFormatError`, :class:`UntrustedArtifactError`,
-        :class:`SchemaError` or :class:`ConfigurationError` (a bad ``method``).
+        :class:`SchemaError` or :class:`ConfigurationError` (a bad ``method``;
+        ``row_wise=True`` on an ONNX graph, whose shapes decide, or on a tensor schema
+        without a batch dimension).
         """
         model_dir = self._model_dir(name)
         key = resolve_key(signing_key)
@@ -392,6 +421,7 @@ class ModelStore:
             specs, _ = fmt.tensor_specs(model)
             in_schema = TensorSchema(specs).to_dict() if specs else None
         out_schema = schema_to_dict(output_schema)
+        _check_row_wise(row_wise, fmt, in_schema, out_schema)
         _check_import_path(preprocess, "preprocess")
         _check_import_path(postprocess, "postprocess")
         try:
@@ -435,7 +465,7 @@ class ModelStore:
                 "output_schema": out_schema, "preprocess": preprocess, "postprocess": postprocess,
                 "metadata": dict(metadata or {}), "embedml": __version__,
                 "frameworks": environment(fmt.frameworks(None if is_path else model)),
-                "extra_files": extra_files, "method": method,
+                "extra_files": extra_files, "method": method, "row_wise": row_wise,
             }  # fmt: skip
             return self._publish(model_dir, tmp, fields, explicit, key)
         finally:

@@ -90,9 +90,17 @@ def _column(f: FieldSpec, n: int, rng: np.random.Generator | None) -> list[Any]:
     return _numbers(f, n, rng)
 
 
-def _tensor_row(spec: TensorSpec, rng: np.random.Generator | None) -> np.ndarray:
-    """One example of ``spec`` without the batch axis (dynamic dimensions of size 1)."""
-    shape = tuple(d if isinstance(d, int) and d >= 0 else 1 for d in spec.shape[1:])
+def _tensor_row(
+    spec: TensorSpec, rng: np.random.Generator | None, whole: bool = False
+) -> np.ndarray:
+    """One example of ``spec`` without the batch axis (dynamic dimensions of size 1), or
+    with every declared dimension for a model that takes its tensors ``whole``."""
+    if spec.shape is None:
+        raise ConfigurationError(
+            f"cannot build synthetic inputs: the model does not declare the shape of {spec.name!r}"
+        )
+    dims = spec.shape if whole else spec.shape[1:]
+    shape = tuple(d if isinstance(d, int) and d >= 0 else 1 for d in dims)
     if spec.np_dtype.kind in "OSU":
         return np.full(shape, "x", dtype=object)
     if rng is None:
@@ -116,9 +124,10 @@ def synthetic_rows(schema: Schema, n: int, seed: int | None = None) -> list[Any]
         cols = [_column(f, n, rng) for f in schema.fields]
         return [dict(zip(schema.names, row)) for row in zip(*cols)]
     if isinstance(schema, TensorSchema):
+        whole = not schema.rows  # a model that is not row-wise: each "row" is a whole call
         if schema.single:
-            return [_tensor_row(schema.specs[0], rng) for _ in range(n)]
-        return [{s.name: _tensor_row(s, rng) for s in schema.specs} for _ in range(n)]
+            return [_tensor_row(schema.specs[0], rng, whole) for _ in range(n)]
+        return [{s.name: _tensor_row(s, rng, whole) for s in schema.specs} for _ in range(n)]
     raise ConfigurationError(
         "cannot build synthetic inputs: the model has no input schema; save it with input_schema="
     )
@@ -134,5 +143,8 @@ def stack_rows(schema: Schema, rows: list[Any]) -> Any:
 
 
 def synthetic_batch(schema: Schema, rows: int = 1, seed: int | None = None) -> Any:
-    """A batch of ``rows`` valid inputs (see :func:`synthetic_rows`)."""
+    """A batch of ``rows`` valid inputs (see :func:`synthetic_rows`); for a model that is
+    not row-wise, the tensors of one whole call."""
+    if isinstance(schema, TensorSchema) and not schema.rows:
+        return synthetic_rows(schema, 1, seed)[0]
     return stack_rows(schema, synthetic_rows(schema, rows, seed))

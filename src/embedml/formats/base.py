@@ -46,6 +46,12 @@ class Runtime(ABC):
     input_specs: list[TensorSpec] | None = None
     #: Output tensor specs the model itself declares, else ``None``.
     output_specs: list[TensorSpec] | None = None
+    #: Whether the outputs are one per input row along the first axis, so that rows can be
+    #: validated one by one and calls joined into batches (see ``docs/concepts.md``).
+    #: Formats whose files declare no shapes leave it ``True``.
+    row_wise: bool = True
+    #: Why ``row_wise`` is ``False``, for error messages ("output 'y' is a scalar").
+    row_wise_reason: str = ""
 
     @abstractmethod
     def predict(self, inputs: Any) -> Any:
@@ -62,12 +68,17 @@ class ModelFormat(ABC):
     ``unsafe_to_load`` marks formats whose loading can run arbitrary code (pickle).
     ``takes_method`` marks formats whose models are objects with several methods (the
     ``method`` option: ``store.save(..., method="predict_proba")``).
+    ``declares_shapes`` marks formats whose runtimes decide ``row_wise`` from the artifact
+    (ONNX).
     """
 
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]
     unsafe_to_load: ClassVar[bool] = False
     takes_method: ClassVar[bool] = False
+    #: The artifact declares its tensors' shapes, which decide whether it is row-wise
+    #: (``store.save(..., row_wise=True)`` cannot override them; ``False`` still can).
+    declares_shapes: ClassVar[bool] = False
 
     def claims(self, obj: Any) -> bool:
         """Whether this format recognises an in-memory object as its own (for ``save``)."""

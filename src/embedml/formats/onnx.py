@@ -11,25 +11,91 @@ from typing import Any
 import numpy as np
 
 from ..errors import UnsupportedFormatError
-from ..schema import TensorSpec
+from ..schema import TensorSpec, not_row_wise
 from .base import FormatOptions, ModelFormat, Runtime, reject_options
 
-__all__ = ["OnnxFormat", "OnnxRuntime"]
+__all__ = ["OnnxFormat", "OnnxRuntime", "declared_shapes"]
 
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
     "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int16)": "int16", "tensor(int8)": "int8",
     "tensor(uint8)": "uint8", "tensor(uint16)": "uint16", "tensor(uint32)": "uint32", "tensor(uint64)": "uint64",
     "tensor(bool)": "bool", "tensor(string)": "str",
+    "tensor(complex64)": "complex64", "tensor(complex128)": "complex128",
 }  # fmt: skip
 
 
-def _spec(arg: Any) -> TensorSpec | None:
+def _spec(arg: Any, shaped: dict[str, bool]) -> TensorSpec | None:
+    """The spec of an ONNX Runtime ``NodeArg``; ``None`` for sequences, maps and element
+    types numpy cannot hold (bfloat16, float8...). ``shaped``: whether the graph declares
+    the value's shape (ONNX Runtime shows a scalar and an undeclared shape both as ``[]``)."""
     dtype = _ORT_TYPES.get(arg.type)
-    if dtype is None or not arg.shape:
-        return None  # sequences/maps (e.g. sklearn ZipMap) have no tensor spec
-    shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in arg.shape)
-    return TensorSpec(arg.name, dtype, shape)
+    if dtype is None:
+        return None
+    shape = arg.shape
+    if not shape and not shaped.get(arg.name, False):
+        return TensorSpec(arg.name, dtype, None)
+    # ONNX Runtime shows a dynamic dimension as None or its name, a fixed one as an int
+    return TensorSpec(arg.name, dtype, tuple(shape))
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf: bytes, start: int, end: int) -> Any:
+    """(field number, (start, end)) of the length-delimited fields of one protobuf message."""
+    i = start
+    while i < end:
+        key, i = _varint(buf, i)
+        wire = key & 7
+        if wire == 0:
+            _, i = _varint(buf, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            yield key >> 3, (i, i + n)
+            i += n
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+
+
+def declared_shapes(data: bytes) -> dict[str, bool]:
+    """Graph input and output names -> whether the graph declares the tensor's shape.
+
+    Reads only ``ModelProto.graph.{input,output}`` from the serialized bytes (the weights
+    are skipped), so it costs microseconds and needs neither the ``onnx`` package nor a
+    session. Bytes it cannot read give ``{}`` (every ``[]`` shape is then undeclared)."""
+    found: dict[str, bool] = {}
+    try:
+        for field, (gs, ge) in _fields(data, 0, len(data)):
+            if field != 7:  # ModelProto.graph
+                continue
+            for gfield, (vs, ve) in _fields(data, gs, ge):
+                if gfield not in (11, 12):  # GraphProto.input, GraphProto.output
+                    continue
+                name, shaped = "", False
+                for vfield, (s, e) in _fields(data, vs, ve):
+                    if vfield == 1:  # ValueInfoProto.name
+                        name = bytes(data[s:e]).decode()
+                    elif vfield == 2:  # ValueInfoProto.type
+                        for tfield, (ts, te) in _fields(data, s, e):
+                            if tfield == 1:  # TypeProto.tensor_type: is its shape (2) set?
+                                shaped = any(f == 2 for f, _ in _fields(data, ts, te))
+                found[name] = shaped
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return {}
+    return found
 
 
 def session_options(options: Any) -> Any:
@@ -61,9 +127,19 @@ class OnnxRuntime(Runtime):
         outputs = self.session.get_outputs()
         self._input_names = [i.name for i in inputs]
         self._single_input = self._input_names[0] if len(inputs) == 1 else None
-        specs = [_spec(i) for i in inputs]
+        shaped = declared_shapes(data)
+        specs = [_spec(i, shaped) for i in inputs]
         self.input_specs = specs if all(s is not None for s in specs) else None  # type: ignore[assignment]
-        self.output_specs = [s for s in (_spec(o) for o in outputs) if s is not None] or None
+        out_specs = [_spec(o, shaped) for o in outputs]
+        self.output_specs = [s for s in out_specs if s is not None] or None
+        # Row-wise only when the graph says so (see not_row_wise); sequence outputs such as
+        # ZipMap's have no shape and count one element per row.
+        tensor_outputs = [s for s, o in zip(out_specs, outputs) if o.type.startswith("tensor(")]
+        if self.input_specs is None or None in tensor_outputs:
+            self.row_wise_reason = "it has inputs or outputs of element types numpy cannot hold"
+        else:
+            self.row_wise_reason = not_row_wise(self.input_specs, tensor_outputs) or ""  # type: ignore[arg-type]
+        self.row_wise = not self.row_wise_reason
         all_outputs = [o.name for o in outputs]
         wanted = options.outputs
         if isinstance(wanted, str):
@@ -96,6 +172,7 @@ class OnnxFormat(ModelFormat):
 
     name = "onnx"
     suffixes = (".onnx",)
+    declares_shapes = True
 
     def claims(self, obj: Any) -> bool:
         return isinstance(obj, bytes | bytearray) or (

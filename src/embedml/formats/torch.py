@@ -104,6 +104,14 @@ def _export_specs(program: Any) -> list[TensorSpec] | None:
         return None
 
 
+def _batch_specs(specs: list[TensorSpec] | None) -> list[TensorSpec] | None:
+    """A dynamic batch dimension exported as a fixed 1 would refuse batches; leave it open
+    (torch.export programs are taken as row-wise, as TorchScript ones)."""
+    if not specs or any(not s.shape for s in specs):
+        return specs
+    return [TensorSpec(s.name, s.dtype, (-1, *s.shape[1:])) for s in specs]
+
+
 class TorchExportFormat(ModelFormat):
     """``torch.export.ExportedProgram`` objects and ``.pt2`` files (``torch.export.save``)."""
 
@@ -121,14 +129,10 @@ class TorchExportFormat(ModelFormat):
         reject_options(self.name, options)
         torch = _torch()
         program = torch.export.load(io.BytesIO(data))
-        specs = _export_specs(program)
-        # A dynamic batch dimension exported as a fixed 1 would refuse batches; leave it open.
-        if specs:
-            specs = [TensorSpec(s.name, s.dtype, (-1, *s.shape[1:])) for s in specs]
-        return TorchRuntime(program.module(), specs)
+        return TorchRuntime(program.module(), _batch_specs(_export_specs(program)))
 
     def tensor_specs(self, obj: Any) -> tuple[list[TensorSpec] | None, list[TensorSpec] | None]:
-        return _export_specs(obj), None
+        return _batch_specs(_export_specs(obj)), None
 
     def frameworks(self, obj: Any | None = None) -> list[str]:
         return ["torch"]
