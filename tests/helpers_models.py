@@ -53,6 +53,14 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
+class BatchCentered:
+    """Mixes rows: each row's sum minus the mean over the batch (not row-wise)."""
+
+    def predict(self, X: Any) -> Any:
+        sums = np.asarray(X, dtype=np.float64).sum(axis=1)
+        return sums - sums.mean()
+
+
 class Broken:
     """A model whose predict raises: the error must reach callers as PredictionError."""
 

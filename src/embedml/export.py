@@ -177,6 +177,10 @@ def _compare(
 
 def _run(pipe: Pipeline, sample: Any, n: int) -> list[tuple[str, Any]]:
     """The sample through a pipeline exactly as ``predict_batch`` would validate and run it."""
+    if not pipe.row_wise:  # the agreement below is counted row by row
+        raise ConfigurationError(
+            f"{pipe.label} is not row-wise ({pipe.row_wise_reason}); its outputs cannot be compared row by row"
+        )
     return _outputs(pipe.run(pipe.prepare_many(sample), n), pipe.runtime)
 
 

@@ -512,6 +512,22 @@ class ModelHandle:
         return self._pipe.input_schema
 
     @property
+    def row_wise(self) -> bool:
+        """Whether the model's outputs are one per input row (see ``docs/concepts.md``):
+        only then are rows validated one by one, calls batched, streams micro-batched."""
+        return self._pipe.row_wise
+
+    def check_row_wise(self, what: str) -> None:
+        """Raise :class:`ConfigurationError` if the model is not row-wise, for ``what``
+        (a feature that cuts inputs into rows or joins them, e.g. ``"predict_stream"``)."""
+        pipe = self._pipe
+        if not pipe.row_wise:
+            raise ConfigurationError(
+                f"{what} needs a row-wise model, and {pipe.label} is not ({pipe.row_wise_reason}); "
+                "pass its tensors whole to predict_batch"
+            )
+
+    @property
     def follower(self) -> Follower | None:
         """The alias follower of a handle loaded with ``follow=True`` (its ``swaps``,
         ``errors``, ``last_error``), else ``None``."""

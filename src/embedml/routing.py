@@ -263,6 +263,10 @@ class ABTest:
         n = n_rows(records)
         if n < 0:
             raise SchemaError("predict_batch needs a batch (a list, array, DataFrame or dict of arrays)")
+        for handle in self.arms.values():  # rows go to arms one by one
+            check = getattr(handle, "check_row_wise", None)
+            if check is not None:
+                check("routing a batch row by row")
         arms = self._row_arms(records, n)
         groups: dict[str, list[int]] = {}
         for i, arm in enumerate(arms):

@@ -867,16 +867,18 @@ def score(
     says.
 
     Raises :class:`ConfigurationError` (unknown suffix, missing input or id column, bad
-    ``batch_size``, sink equal to source, an input that cannot be read as a whole: a CSV
-    header that is not UTF-8, a column name given twice, a file that is not Parquet; an
-    output column named like the id column), :class:`HandleClosedError` and other errors
-    that are not about single rows, or ``OSError`` when a file cannot be read or written.
+    ``batch_size``, sink equal to source, a model that is not row-wise, an input that
+    cannot be read as a whole: a CSV header that is not UTF-8, a column name given twice, a
+    file that is not Parquet; an output column named like the id column),
+    :class:`HandleClosedError` and other errors that are not about single rows, or
+    ``OSError`` when a file cannot be read or written.
     """
     src, dst = Path(source), Path(sink)
     rej = Path(rejects) if rejects is not None else dst.with_name(dst.name + ".rejects.jsonl")
     in_fmt, out_fmt = file_format(src), file_format(dst)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    handle.check_row_wise("score (a file's rows are predicted in chunks)")
     if not src.is_file():
         raise ConfigurationError(f"input file {src} does not exist")
     if dst.resolve() == src.resolve() or rej.resolve() in (src.resolve(), dst.resolve()):

@@ -153,6 +153,13 @@ def _check(batch_size: int, max_wait_ms: float, on_error: str) -> None:
         raise ConfigurationError(f"on_error must be 'raise' or 'yield', got {on_error!r}")
 
 
+def _rows_only(handle: Any) -> None:
+    """Micro-batches join records into rows: refuse a model that is not row-wise."""
+    check = getattr(handle, "check_row_wise", None)
+    if check is not None:
+        check("a stream (micro-batches join its records into rows)")
+
+
 def _emit(results: list[Any], offset: int, on_error: str) -> Iterator[Any]:
     for result in results:
         if isinstance(result, SchemaError | PredictionError):
@@ -183,6 +190,7 @@ def predict_stream(
     arguments.
     """
     _check(batch_size, max_wait_ms, on_error)
+    _rows_only(handle)
     return _stream(handle, records, batch_size, max_wait_ms / 1000.0, on_error)
 
 
@@ -314,6 +322,7 @@ def apredict_stream(
     errors are as in :func:`predict_stream`. Closing the generator cancels the reader task.
     """
     _check(batch_size, max_wait_ms, on_error)  # at the call, not at the first iteration
+    _rows_only(handle)
     return _astream(handle, records, batch_size, max_wait_ms / 1000.0, on_error)
 
 
