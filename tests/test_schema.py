@@ -8,7 +8,6 @@ saved with joblib, whose loaded copies count their calls.
 from __future__ import annotations
 
 import json
-
 import re
 import uuid
 from typing import Literal, Optional
