@@ -168,9 +168,7 @@ def _inputs(case: Case, model: Any) -> dict[str, Any] | None:
 
 
 def _nonfinite(feed: dict[str, Any]) -> bool:
-    return any(
-        a.dtype.kind in "fc" and a.size and not np.isfinite(a).all() for a in feed.values()
-    )
+    return any(a.dtype.kind in "fc" and a.size and not np.isfinite(a).all() for a in feed.values())
 
 
 def _same(want: np.ndarray, got: Any) -> str:

@@ -35,7 +35,9 @@ def _vi(name, shape, elem=F):
 
 def static_double():
     """y = 2x on exactly [4, 3]."""
-    return _model([helper.make_node("Add", ["x", "x"], ["y"])], [_vi("x", [4, 3])], [_vi("y", [4, 3])])
+    return _model(
+        [helper.make_node("Add", ["x", "x"], ["y"])], [_vi("x", [4, 3])], [_vi("y", [4, 3])]
+    )
 
 
 def reshape_by_input():
@@ -171,7 +173,9 @@ def test_zipmap_classifier_is_row_wise_and_batches(store):
     for i in range(8):
         assert results[i]["output_label"] == raw.predict(X[i : i + 1])[0]
         proba = results[i]["output_probability"]
-        np.testing.assert_allclose([proba[0], proba[1]], raw.predict_proba(X[i : i + 1])[0], atol=1e-5)
+        np.testing.assert_allclose(
+            [proba[0], proba[1]], raw.predict_proba(X[i : i + 1])[0], atol=1e-5
+        )
 
 
 def test_single_input_by_name(store):
@@ -208,7 +212,9 @@ def test_batch_symbol_on_another_axis_is_not_row_wise(store):
         [helper.make_node("Identity", ["x"], ["y"])], [_vi("x", ["n", "n"])], [_vi("y", ["n", "n"])]
     )
     store.save("square", square)
-    with pytest.raises(embedml.ConfigurationError, match="uses its first dimension 'n' on another axis"):
+    with pytest.raises(
+        embedml.ConfigurationError, match="uses its first dimension 'n' on another axis"
+    ):
         store.load("square", batching=True)
 
 
@@ -222,7 +228,9 @@ def test_undeclared_shape_and_zero_size_dimensions(store):
     store.save("loose", model)
     with store.load("loose") as h:
         assert [s.shape for s in h.input_schema.specs] == [None, (-1, 0)]
-        out = h.predict_batch({"x": np.ones((2, 2, 2), np.float32), "e": np.ones((5, 0), np.float32)})
+        out = h.predict_batch(
+            {"x": np.ones((2, 2, 2), np.float32), "e": np.ones((5, 0), np.float32)}
+        )
         assert out["y"].shape == (2, 2, 2) and out["f"].shape == (5, 0)
 
 
