@@ -270,3 +270,18 @@ def test_row_wise_true_cannot_override_a_graph(store):
             "pickled", BatchCentered(), row_wise=True,
             input_schema=embedml.TensorSpec("x", "float64", ()),
         )  # fmt: skip
+
+
+def test_cli_shows_and_refuses_what_is_not_row_wise(store, capsys):
+    from embedml.cli import main
+
+    specs = [
+        embedml.TensorSpec("x", "float64", ("batch", 2)),
+        embedml.TensorSpec("w", "float64", None),
+    ]
+    store.save("loose", BatchCentered(), input_schema=specs)
+    assert main(["--store", str(store.root), "show", "loose"]) == 0
+    out = capsys.readouterr().out
+    assert "x: float64 ('batch', 2)" in out and "w: float64 (shape not declared)" in out
+    assert main(["--store", str(store.root), "bench", "loose", "--seconds", "0.01"]) != 0
+    assert "not row-wise" in capsys.readouterr().err

@@ -98,7 +98,11 @@ def _describe_schema(d: Any) -> list[str]:
                 extra.append("nullable")
             lines.append(f"  {f['name']}: {f['kind']}" + (f"  ({', '.join(extra)})" if extra else ""))
         return lines
-    return [f"  {t['name']}: {t['dtype']} {tuple(t['shape'])}" for t in d.get("tensors", [])]
+    return [
+        f"  {t['name']}: {t['dtype']} "
+        + (str(tuple(t["shape"])) if t["shape"] is not None else "(shape not declared)")
+        for t in d.get("tensors", [])
+    ]
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -217,6 +221,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     store = _open_store(args)
     name, spec = parse_ref(args.ref)
     with store.load(name, spec, method=args.method) as handle:
+        handle.check_row_wise("embedml bench (it times rows, batches of them and batching)")
         records = _synthetic(handle, max(args.batch_size, 256))
         handle.predict(records[0])  # warm-up, and a schema check of the synthetic inputs
         lat = []

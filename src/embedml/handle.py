@@ -523,8 +523,8 @@ class ModelHandle:
         pipe = self._pipe
         if not pipe.row_wise:
             raise ConfigurationError(
-                f"{what} needs a row-wise model, and {pipe.label} is not ({pipe.row_wise_reason}); "
-                "pass its tensors whole to predict_batch"
+                f"{what} needs a row-wise model; {pipe.label} is not row-wise "
+                f"({pipe.row_wise_reason}): pass its tensors whole to predict_batch"
             )
 
     @property
