@@ -195,6 +195,8 @@ def test_single_input_by_name(store):
         ("batch", "n", "different names"),
         ("batch", None, None),  # ONNX Runtime's shape inference names the output's
         (None, "batch", "unnamed first dimension"),
+        ("unk__0", "unk__1", None),  # shape inference's names for unknown dimensions
+        (None, "unk__7", None),
     ],
 )
 def test_first_dimensions_named_alike(store, first_in, first_out, why):

@@ -21,6 +21,7 @@ load) before they become instances of the output model.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -1212,10 +1213,16 @@ def _show(shape: tuple[int | str, ...]) -> str:
     )
 
 
+# ONNX shape inference (run by onnxruntime's quantizer, tf2onnx...) names each dimension it
+# cannot tell "unk__<n>": such a name says nothing, like an unnamed one.
+_UNKNOWN_DIM = re.compile(r"unk__\d+")
+
+
 def not_row_wise(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec] = ()) -> str | None:
     """Why a model with these input and (tensor) output specs is not row-wise, or ``None``
-    when it is: every tensor has a dynamic first dimension, all unnamed or all one name,
-    which no other dimension uses. Only then are its outputs one per input row."""
+    when it is: every tensor has a dynamic first dimension, all unnamed (or named
+    ``unk__<n>`` by shape inference) or all one name, which no other dimension uses. Only
+    then are its outputs one per input row."""
     if not inputs:
         return "it has no inputs"
     named: set[str] = set()
@@ -1230,7 +1237,7 @@ def not_row_wise(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec] = (
             first = s.shape[0]
             if not dynamic(first):
                 return f"{where} has the fixed first dimension {first} (shape {_show(s.shape)})"
-            if isinstance(first, str):
+            if isinstance(first, str) and not _UNKNOWN_DIM.fullmatch(first):
                 named.add(first)
                 if first in s.shape[1:]:
                     return f"{where} uses its first dimension {first!r} on another axis (shape {_show(s.shape)})"
