@@ -287,3 +287,12 @@ def test_cli_shows_and_refuses_what_is_not_row_wise(store, capsys):
     assert "x: float64 ('batch', 2)" in out and "w: float64 (shape not declared)" in out
     assert main(["--store", str(store.root), "bench", "loose", "--seconds", "0.01"]) != 0
     assert "not row-wise" in capsys.readouterr().err
+
+
+def test_warmup_and_as_frame_on_a_model_that_is_not_row_wise(store):
+    store.save("theta", scaled_by_theta())
+    x = np.ones((2, 3), dtype=np.float32)
+    with store.load("theta") as h:
+        assert h.warmup() >= 0  # synthetic whole tensors: x of one row, a scalar theta
+        with pytest.raises(embedml.ConfigurationError, match="as_frame"):
+            h.predict_batch({"x": x, "theta": 2.0}, as_frame=True)

@@ -563,6 +563,10 @@ class ModelHandle:
         :class:`OverloadedError` (queue full) and :class:`PredictionTimeoutError` (past
         ``timeout_ms``, default ``Batching.timeout_ms``); without batching the call runs at
         once and ``timeout_ms`` is not checked.
+
+        For a model that is not row-wise (:attr:`row_wise`) the inputs are the model's
+        tensors whole, as for :meth:`predict_batch`; an example that lacks a first dimension
+        the model declares as 1 or dynamic gets one, and loses it again in the outputs.
         """
         pipe = self._pipe  # _pipeline()'s common case, without its frame
         if self._state is not HandleState.OPEN or not pipe.acquire():
@@ -586,7 +590,13 @@ class ModelHandle:
         ``as_frame=True`` returns the outputs as a pandas DataFrame with the index of the
         input DataFrame (``0..n-1`` for other inputs), columns named as in
         :mod:`embedml.frames`.
+
+        A model that is not row-wise (:attr:`row_wise`) gets the tensors whole and returns
+        its outputs whole, checked against every declared dimension; ``as_frame=True`` is
+        then a :class:`ConfigurationError`.
         """
+        if as_frame:
+            self.check_row_wise("as_frame=True (a row of outputs per input row)")
         pipe = self._pipe  # _pipeline()'s common case, without its frame
         if self._state is not HandleState.OPEN or not pipe.acquire():
             pipe = self._pipeline()
@@ -626,11 +636,11 @@ class ModelHandle:
                 # a call that ran alone gets its own outputs: no slice to cut
                 raw = joined if size == n else take(joined, slice(off, off + n))
             t2 = clock()
-            one = one and not whole
+            row = one and not whole  # one example: its row of the outputs
             if pipe.output_schema is None:  # Pipeline.row / rows without a schema, inlined
-                out = take(raw, 0) if one else raw
+                out = take(raw, 0) if row else raw
             else:
-                out = pipe.row(raw, 0) if one else pipe.rows(raw, n)
+                out = pipe.row(raw, 0) if row else pipe.rows(raw, n)
         except BaseException as exc:  # interrupted calls too: each begin() needs its end
             self._observe(pipe, batch, raw, n, t0, t1, t2, exc)
             raise
