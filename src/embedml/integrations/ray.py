@@ -68,7 +68,11 @@ class EmbedMLPredictor:
                 f"no model store at {root} on this worker; the store must be on a filesystem every Ray node mounts at the same path"
             )
         self.handle = ModelStore(root).load(name, version, **dict(load_options or {}))
-        self.handle.check_row_wise("the Ray integration (a dataset is predicted in row batches)")
+        try:
+            self.handle.check_row_wise("the Ray integration (a dataset is predicted in row batches)")
+        except ConfigurationError:
+            self.handle.close()
+            raise
         self.error_column = error_column
         from ..schema import RecordSchema
 
