@@ -26,19 +26,30 @@ caller serves others for long. Asyncio callers have no thread to lend: when one 
 no batch running and the model is cheap (batches under ``inline_ms``), that task leads on
 its own event loop (one turn of the loop for the ready tasks to join, then the batch runs
 right there: no thread hand-off at all); otherwise a single worker thread (created on first
-use, joined by ``close``) leads, and results reach each event loop with one
-``call_soon_threadsafe`` per batch.
+use, a daemon) leads, and results reach each event loop with one ``call_soon_threadsafe``
+per batch.
+
+Closing never waits for the model: ``close`` refuses new calls and returns whether the
+batcher is idle; if a batch is still running (say, on the worker thread for callers who
+stopped waiting, in a model that hangs), the leader that steps down last, once the model
+returns, runs the pipeline's clean-up and stops the worker. After ``os.fork()`` the child
+gets a fresh batcher state (no queue, no leader, no worker: a new one starts on first use),
+since the parent's threads do not exist there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import os
+import queue
 import threading
 import time
+import weakref
 from bisect import bisect_left
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,6 +70,8 @@ if TYPE_CHECKING:
     from .handle import Pipeline
 
 __all__ = ["Batcher", "Batching", "BatchingStats"]
+
+_log = logging.getLogger("embedml.batching")
 
 # Batches a leader may run after its own result is ready before handing the lead on: more
 # keeps the model busy (a hand-off wakes a thread, which must then win the GIL), fewer bounds
@@ -223,11 +236,42 @@ def _signature(batch: Any) -> Any:
     return None
 
 
+class _Worker:
+    """The batcher's one worker thread: runs the jobs it is given, in order, until stopped.
+
+    A daemon thread (unlike a ``ThreadPoolExecutor``'s, which interpreter exit joins): a
+    model that never returns must not keep the host from exiting."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._jobs.put((fn, args))
+
+    def stop(self) -> None:
+        """Let the thread end after the jobs it already has."""
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args = job
+            try:
+                fn(*args)
+            except BaseException:  # a model's SystemExit...: its callers already got an error
+                _log.exception("a batch on the worker thread raised")
+
+
+# Live batchers, for the fork handler (see _after_fork_in_child).
+_LIVE: weakref.WeakSet[Batcher] = weakref.WeakSet()
+
+
 class Batcher:
     """Joins concurrent calls on one :class:`~embedml.handle.Pipeline` into batched model calls.
 
     Thread-safe; serves threads and asyncio tasks together. ``close()`` drains: queued calls
-    finish, later ones raise :class:`~embedml.HandleClosedError`.
+    finish, later ones raise :class:`~embedml.HandleClosedError`; it never waits for them.
     """
 
     def __init__(self, pipeline: Pipeline, settings: Batching) -> None:
@@ -239,21 +283,27 @@ class Batcher:
         self._max_queue = settings.max_queue
         self._max_wait = settings.max_wait_ms / 1000.0
         self._default_timeout = settings.timeout_ms
+        self._inline = settings.inline_ms / 1000.0
+        self._closed = False
+        self._reset()
+        _LIVE.add(self)
+
+    def _reset(self) -> None:
+        """The run-time state of a new batcher (also what a forked child starts from)."""
         self._mutex = threading.Lock()
         self._queue: deque[_Request] = deque()
         self._queued = 0  # in the unit of ``count``
-        self._running = False  # a leader exists (running, promoted, or submitted to the pool)
-        self._closed = False
-        self._drained: threading.Lock | None = None
+        self._running = False  # a leader exists (running, promoted, or submitted to the worker)
+        self._on_idle: list[Callable[[], None]] = []  # run when a closed batcher goes idle
         self._room: list[threading.Lock] = []  # latches of calls waiting for queue room
-        self._pool: ThreadPoolExecutor | None = None
+        self._worker: _Worker | None = None
+        self._stopped: _Worker | None = None  # a worker told to stop (joined by join())
         self._own: _Request | None = None  # the current leader's own request
         # The last caller that ran alone, and when it finished: a different thread coming
         # soon after shows contention (see submit).
         self._solo_thread = 0
         self._solo_end = -math.inf
         self._solo_cost = -1.0  # seconds a solo model call takes (see _run_alone), -1: unknown
-        self._inline = settings.inline_ms / 1000.0
         self._batch_cost = -1.0  # seconds a batched model call takes (see _run_group)
         self._on_loop: Any = None  # the event loop whose thread runs a batch now (inline)
         self._chain = False  # callers of the last batch are still being woken in turn
@@ -503,15 +553,15 @@ class Batcher:
             self._batches += 1
             bound: float = 1 if n == 1 else self._bound(n)
             self._sizes[bound] = self._sizes.get(bound, 0) + 1
-            if not self._queue:
+            idle = not self._queue
+            if idle:
                 self._solo_thread = get_ident()
                 self._solo_end = time.monotonic()
                 self._running = False
-                if self._drained is not None:
-                    self._drained.release()
-                    self._drained = None
-                return out, 0, n, 0.0
-        self._lead(None)
+        if not idle:
+            self._lead(None)
+        elif self._closed:
+            self._finish_close()
         return out, 0, n, 0.0
 
     def _solo_counts(self, n: int) -> None:
@@ -561,10 +611,10 @@ class Batcher:
     def _pool_lead(self, fresh: bool = False) -> None:
         """Start a leader on the batcher's worker thread (for asyncio callers)."""
         with self._mutex:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="embedml-batcher")
-            pool = self._pool
-        pool.submit(self._lead, None, True, fresh)
+            if self._worker is None:
+                self._worker = _Worker("embedml-batcher")
+            worker = self._worker
+        worker.submit(self._lead, None, True, fresh)
 
     def _pass_lead(self) -> None:
         """Hand the lead to the oldest queued caller, or step down if nobody waits."""
@@ -572,22 +622,40 @@ class Batcher:
             head = self._queue[0] if self._queue else None
             if head is None:
                 self._step_down()
-                return
-            if head.future is None:
+            elif head.future is None:
                 head.lead = True
                 head.latch.release()
                 return
-        self._pool_lead()
+        if head is not None:
+            self._pool_lead()
+        elif self._closed:
+            self._finish_close()
 
     def _step_down(self, solo: int = 0) -> None:
         # Under _mutex, with an empty queue. ``solo``: the thread that ran alone, if one did
-        # (a later call from another thread soon after shows contention, see submit).
+        # (a later call from another thread soon after shows contention, see submit). A
+        # closed batcher's leader then calls _finish_close, outside the mutex.
         self._solo_thread = solo
         self._solo_end = time.monotonic()
         self._running = False
-        if self._drained is not None:
-            self._drained.release()
-            self._drained = None
+
+    def _finish_close(self) -> None:
+        """A closed batcher went idle: run the clean-up ``close`` left for this moment and
+        let the worker thread end (on the worker itself, it ends after this job)."""
+        with self._mutex:
+            if self._running:
+                return
+            callbacks, self._on_idle = self._on_idle, []
+            worker, self._worker = self._worker, None
+            if worker is not None:
+                self._stopped = worker
+        if worker is not None:
+            worker.stop()
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception:  # pragma: no cover - clean-up must not break the leader
+                _log.exception("closing %s after its last batch failed", self.pipeline.label)
 
     def _lead(self, own: _Request | None, pool: bool = False, fresh: bool = False) -> None:
         """Run batches until the queue is empty or the lead is handed on (see module doc).
@@ -609,7 +677,10 @@ class Batcher:
                     reqs = self._take()
                     if not reqs:  # _take empties the queue before it returns nothing
                         self._step_down()
-                        return
+                if not reqs:
+                    if self._closed:
+                        self._finish_close()
+                    return
                 self._run(reqs)
                 if own is not None:
                     if own.state <= _RUNNING:
@@ -901,32 +972,49 @@ class Batcher:
                 inline_batches=self._inline_runs,
             )
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Refuse new calls, let queued ones finish, join the worker thread. Idempotent and
-        safe to call from several threads (or during a hot swap). Returns whether the queue
-        drained within ``timeout`` seconds (``None``: wait as long as it takes)."""
+    def close(self, on_idle: Callable[[], None] | None = None) -> bool:
+        """Refuse new calls (they raise :class:`HandleClosedError`); calls already queued
+        still run. Never waits: returns whether the batcher is idle, in which case its
+        worker thread has been told to stop; if not, the leader that finishes the last
+        batch calls ``on_idle`` (from its own thread, once the model returned) and stops
+        the worker. Idempotent and safe to call from several threads."""
         with self._mutex:
             self._closed = True
             self._wake_room()
-            drained = None
             if self._running:
-                if self._drained is None:
-                    self._drained = threading.Lock()
-                    self._drained.acquire()
-                drained = self._drained
-        ok = True
-        if drained is not None:
-            ok = drained.acquire(timeout=-1 if timeout is None else timeout)
-            if ok:
-                drained.release()  # let other closers through
-        with self._mutex:
-            # Only now: a draining leader may still need the pool for asyncio callers.
-            pool = self._pool if ok else None
-            if ok:
-                self._pool = None
-        if pool is not None:
-            pool.shutdown(wait=True)
-        return ok
+                if on_idle is not None:
+                    self._on_idle.append(on_idle)
+                return False
+            worker, self._worker = self._worker, None
+            if worker is not None:
+                self._stopped = worker
+        if worker is not None:
+            worker.stop()
+        return True
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for a stopped worker thread to end (at most ``timeout`` seconds); returns
+        whether no worker thread is left running."""
+        worker = self._stopped
+        if worker is None or worker.thread is threading.current_thread():
+            return worker is None
+        worker.thread.join(timeout)
+        return not worker.thread.is_alive()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the parent's leader, worker thread and waiting callers do not
+        exist here, so start again from an empty, idle state (counters included: each
+        process counts its own calls). A batcher closed in the parent stays closed."""
+        self._reset()
+
+
+def _after_fork_in_child() -> None:
+    for batcher in list(_LIVE):
+        batcher._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _cheap_end(estimate: float, cost: float) -> float:

@@ -219,6 +219,7 @@ class Pipeline:
         # pipeline closes when the count drops to zero; no lock is held around the model.
         self._uses = 1
         self._uses_lock = threading.Lock()
+        self._released = threading.Event()  # set once the runtime is released (see close)
 
     # acquire/release run on every call: the lock's methods are called directly (half the
     # cost of ``with``), with try/finally so that it is released whatever happens.
@@ -235,8 +236,9 @@ class Pipeline:
         finally:
             lock.release()
 
-    def release(self) -> None:
-        """Give back one use; the last one closes the pipeline (after its calls finished)."""
+    def release(self) -> bool:
+        """Give back one use; the last one closes the pipeline (after its calls finished)
+        and returns ``True``."""
         lock = self._uses_lock
         lock.acquire()
         try:
@@ -245,6 +247,13 @@ class Pipeline:
             lock.release()
         if uses == 0:
             self.close()
+            return True
+        return False
+
+    @property
+    def unused(self) -> bool:
+        """Whether the last use was given back: the pipeline is closed, or closing."""
+        return self._uses <= 0
 
     def _context(self, exc: SchemaError) -> SchemaError:
         exc.model, exc.version = self.mv.name, self.mv.version
@@ -361,11 +370,26 @@ class Pipeline:
         return take(out, i)
 
     def close(self) -> None:
-        """Drain the batcher (queued calls finish, new ones raise HandleClosedError), then
-        release the runtime. Safe to call more than once (e.g. by a hot swap)."""
-        if self.batcher is not None:
-            self.batcher.close()
+        """Close the batcher (queued calls still run, new ones raise HandleClosedError) and
+        release the runtime once it is idle. Never waits for the model: a batch still
+        running (one whose callers stopped waiting, in a model that hangs) releases the
+        runtime from its own thread when the model returns; :meth:`wait_closed` waits for
+        that. Safe to call more than once (e.g. by a hot swap)."""
+        if self.batcher is None or self.batcher.close(self._release_runtime):
+            self._release_runtime()
+
+    def _release_runtime(self) -> None:
         self.runtime.close()
+        self._released.set()
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` seconds) until a closed pipeline released its runtime
+        and its batcher's worker thread ended; returns whether it did."""
+        end = None if timeout is None else time.monotonic() + timeout
+        if not self._released.wait(timeout):
+            return False
+        left = None if end is None else max(0.0, end - time.monotonic())
+        return self.batcher is None or self.batcher.join(left)
 
 
 def _not_row_wise(runtime: Runtime, m: Manifest, inputs: Any, outputs: Any) -> str:
@@ -464,6 +488,7 @@ class ModelHandle:
         self._follower: Follower | None = None
         self._obs = Observer()
         self._warmed = False
+        self._abandoned = 0  # model calls close() or swap() stopped waiting for
         try:
             for hook in options.hooks:
                 self.add_hook(hook)
@@ -770,8 +795,10 @@ class ModelHandle:
         (requests and rows per second over the last minute), ``batch_size`` (model calls
         per power-of-two range of rows: with batching, each joined batch counts once, by the
         rows of all the calls it served; without, each call counts by its own rows), ``quality`` (see :meth:`log_outcome`; ``None`` before
-        the first outcome) and ``hooks`` (per-sink ``accepted`` / ``written`` /
-        ``dropped`` / ``errors`` / ``abandoned`` / ``queued``).
+        the first outcome), ``hooks`` (per-sink ``accepted`` / ``written`` /
+        ``dropped`` / ``errors`` / ``abandoned`` / ``queued``) and ``abandoned`` (model
+        calls that :meth:`close` or :meth:`swap` stopped waiting for, their threads left
+        to finish on their own).
         """
         pipe = self._pipe
         snap = self._obs.metrics.snapshot()
@@ -780,6 +807,7 @@ class ModelHandle:
             "load_seconds": round(pipe.load_seconds, 6), **snap,
             "quality": self._obs.quality.snapshot(),
             "hooks": [s.stats() for s in self._obs.sinks],
+            "abandoned": self._abandoned,
         }  # fmt: skip
 
     def health(self) -> dict[str, Any]:
@@ -848,14 +876,20 @@ class ModelHandle:
         return ReferenceProfile.from_json(self._store.read_extra_file(mv, PROFILE_FILE))
 
     # -- versions
-    def swap(self, version: str | int = "latest", *, warmup: Any = None) -> str:
+    def swap(
+        self, version: str | int = "latest", *, warmup: Any = None, timeout: float = 30.0
+    ) -> str:
         """Serve another version of the same model, without dropping or pausing a call.
 
         Resolves ``version`` (a spec such as ``"2"``, ``"latest"`` or ``"@production"``),
         loads it fully and warms it up by predicting ``warmup`` (default: the last record
         ``predict`` succeeded on, if any) before switching. Calls already running finish on the
         old version, which is closed once they are done; new calls go to the new one. Use
-        ``predict(..., details=True)`` to see which version produced a result.
+        ``predict(..., details=True)`` to see which version produced a result. When no call
+        is left on the old version but its batcher still runs a batch (for callers who
+        stopped waiting), ``swap`` waits at most ``timeout`` seconds for it, then abandons
+        it (logged, counted in ``metrics()["abandoned"]``): the old version is released by
+        that thread if the model ever returns.
 
         Returns the version now served. Raises the errors of :meth:`ModelStore.load`, and
         :class:`SchemaError` / :class:`PredictionError` if the warm-up fails, in which case
@@ -866,9 +900,9 @@ class ModelHandle:
         if self._state is not HandleState.OPEN:
             raise HandleClosedError(f"the handle for {self._pipe.label} is closed")
         mv = self._store.resolve(self.name, version)
-        return self._swap_to(mv, warmup)
+        return self._swap_to(mv, warmup, timeout)
 
-    def _swap_to(self, mv: ModelVersion, warmup: Any = None) -> str:
+    def _swap_to(self, mv: ModelVersion, warmup: Any = None, timeout: float = 30.0) -> str:
         current = self._pipe
         if mv.version == current.mv.version and mv.manifest.sha256 == current.mv.manifest.sha256:
             return mv.version
@@ -894,8 +928,18 @@ class ModelHandle:
                 new.release()
                 raise HandleClosedError(f"the handle for {current.label} is closed")
             old, self._pipe = self._pipe, new
-        old.release()
+        if old.release() and not old.wait_closed(timeout):
+            self._abandon(old, "swap", timeout)
         return mv.version
+
+    def _abandon(self, pipe: Pipeline, what: str, timeout: float) -> None:
+        """``close`` or ``swap`` stopped waiting for a model call that does not return: a
+        thread cannot be stopped, so it is left to finish on its own (counted, logged)."""
+        self._abandoned += 1
+        _log.error(
+            "%s: a model call was still running %s s after %s(); abandoning its thread "
+            "(it releases %s if the model ever returns)", pipe.label, timeout, what, pipe.label,
+        )  # fmt: skip
 
     # -- lifecycle
     def close(self, timeout: float = 30.0) -> None:
@@ -905,7 +949,9 @@ class ModelHandle:
         follower of a ``follow=True`` handle stops, and the runtime is released once no call
         uses it. Idempotent. Never waits much longer than ``timeout`` in all: a sink or a
         follower's swap that does not finish by then is abandoned (logged; the sink counts
-        the records it discarded)."""
+        the records it discarded), and so is a model call that does not return (logged,
+        counted in ``metrics()["abandoned"]``; its thread releases the version if the model
+        ever returns)."""
         with self._lock:
             if self._state is HandleState.CLOSED:
                 return
@@ -914,9 +960,15 @@ class ModelHandle:
         deadline = time.monotonic() + timeout
         if follower is not None:
             follower.stop(timeout)
-        self._pipe.release()
+        pipe = self._pipe
+        last = pipe.release()
         while self._obs.metrics.snapshot()["in_flight"] and time.monotonic() < deadline:
             time.sleep(0.002)
+        left = max(0.0, deadline - time.monotonic())
+        if self._obs.metrics.snapshot()["in_flight"] or (
+            (last or pipe.unused) and not pipe.wait_closed(left)
+        ):
+            self._abandon(pipe, "close", timeout)
         self._obs.close(self, deadline)
 
     def __enter__(self) -> ModelHandle:
