@@ -355,6 +355,10 @@ class DriftMonitor(Sink):
         self._handle = handle
         super().attach(handle)
 
+    def _after_fork_in_child(self) -> None:
+        super()._after_fork_in_child()
+        self._window_lock = threading.Lock()  # the parent's writer may have held it
+
     @property
     def reference(self) -> ReferenceProfile | None:
         return self._reference

@@ -4,6 +4,7 @@
 handle that re-resolves the spec every ``poll_s`` seconds and hot-swaps the handle
 (:meth:`ModelHandle.swap`) when the result changes, whether this process or another one
 moved the alias. Moving the alias back is the rollback. ``handle.close()`` stops the thread.
+A forked child starts its own polling thread (the parent's does not exist there).
 
 The thread holds the handle only weakly, so a handle dropped without ``close()`` still lets
 its thread end. Errors (an unreadable store, a version that fails to load or warm up) are
@@ -14,6 +15,7 @@ the spec resolves to something else.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from typing import TYPE_CHECKING
@@ -27,6 +29,18 @@ if TYPE_CHECKING:
 __all__ = ["Follower"]
 
 log = logging.getLogger("embedml.follow")
+
+# Live followers, for the fork handler below.
+_LIVE: weakref.WeakSet[Follower] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for follower in list(_LIVE):
+        follower._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Follower:
@@ -49,10 +63,23 @@ class Follower:
         self._handle = weakref.ref(handle)
         self._stop = threading.Event()
         self._failed: str | None = None
+        self._start()
+        _LIVE.add(self)
+
+    def _start(self) -> None:
         self._thread = threading.Thread(
-            target=self._run, name=f"embedml-follow-{handle.name}{spec}", daemon=True
+            target=self._run, name=f"embedml-follow-{self._name}{self.spec}", daemon=True
         )
         self._thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child the polling thread does not exist: start it again (unless
+        stopped), so that a ``follow=True`` handle loaded before the fork keeps following."""
+        handle = self._handle()
+        if handle is not None:  # a swap in the parent may have held the handle's lock
+            handle._lock = threading.Lock()
+        if not self._stop.is_set() and handle is not None:
+            self._start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):

@@ -34,7 +34,7 @@ from .errors import ConfigurationError
 __all__ = ["PredictionRecord", "Sink", "jsonable"]
 
 log = logging.getLogger("embedml.hooks")
-_ID_PREFIX = os.urandom(4).hex()
+_ID_PREFIX = os.urandom(4).hex()  # drawn again in a forked child (see _after_fork_in_child)
 _ID_COUNTER = itertools.count(1)
 
 
@@ -213,6 +213,24 @@ _UNSET: Any = object()
 _LIVE: weakref.WeakSet[Sink] = weakref.WeakSet()
 
 
+def _after_fork_in_child() -> None:
+    """A forked child draws its own request-id prefix (ids stay unique across processes)
+    and restarts its sinks (see ``Sink._after_fork_in_child``)."""
+    global _ID_PREFIX
+    _ID_PREFIX = os.urandom(4).hex()
+    for sink in list(_LIVE):
+        try:
+            sink._after_fork_in_child()
+        except Exception:  # pragma: no cover - the child must go on
+            log.exception("restarting sink %r after fork failed", sink)
+    for tracker in list(_TRACKERS.values()):
+        tracker._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @atexit.register
 def _close_all() -> None:
     for sink in list(_LIVE):
@@ -307,13 +325,17 @@ class Sink:
         self.block_timeout = 5.0
         self._wake_at = max(1, self.max_queue // 4)
         self._redact = _redactor(redact)
+        self._closed = False
+        self._users = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        """The writer-side state of a new sink (also what a forked child starts from)."""
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._queue: collections.deque[PredictionRecord] = collections.deque()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._closed = False
-        self._users = 0
         self._busy = 0  # records taken off the queue, not yet written
         self._counts = collections.Counter[str]()  # writer-side counts, under _lock
         self._accepted = itertools.count()
@@ -542,6 +564,13 @@ class Sink:
 
     def _release(self) -> None:
         """Free files or other resources after the writer stopped (override)."""
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the writer thread does not exist here, and the records queued
+        at the fork are the parent's to write. Start again empty, with zero counts (each
+        process counts its own records); the writer thread starts on the next record.
+        Subclasses extend this to drop what they hold for the parent (files, locks)."""
+        self._reset()
 
     @property
     def closed(self) -> bool:

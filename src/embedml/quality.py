@@ -58,6 +58,10 @@ class QualityTracker:
         self.outcomes = 0
         self.unknown = 0
 
+    def _after_fork_in_child(self) -> None:
+        # a thread of the parent may have held the lock at the fork; it does not exist here
+        self._lock = threading.Lock()
+
     def remember(self, request_id: str, outputs: Any, rows: int = 1) -> None:
         """Keep the outputs of one call of ``rows`` rows for a later :meth:`join`."""
         if rows > self.pending:

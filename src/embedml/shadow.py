@@ -9,9 +9,11 @@ item is dropped and counted) and a background thread runs the shadow on it and c
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +23,18 @@ __all__ = ["Shadow"]
 
 log = logging.getLogger("embedml.shadow")
 _STOP = object()
+
+# Live shadows, for the fork handler below.
+_LIVE: weakref.WeakSet[Shadow] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for shadow in list(_LIVE):
+        shadow._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Shadow:
@@ -42,15 +56,26 @@ class Shadow:
         self.primary = primary
         self.shadow = shadow
         self.rtol, self.atol = rtol, atol
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-        self._lock = threading.Lock()
         self._closed = False
+        self._size = queue_size
+        self._start()
+        _LIVE.add(self)
+
+    def _start(self) -> None:
+        """Fresh counters, queue and thread (at construction, and in a forked child, where
+        the parent's thread does not exist: each process compares its own traffic)."""
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self._size)
+        self._lock = threading.Lock()
         self.submitted = self.dropped = self.errors = 0
         self.compared = self.disagreements = 0
         self._abs_sum = 0.0
         self._abs_count = 0
         self._thread = threading.Thread(target=self._run, name="embedml-shadow", daemon=True)
         self._thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        if not self._closed:
+            self._start()
 
     # -- caller side: never waits
     def _submit(self, many: bool, record: Any, result: Any, details: bool) -> None:

@@ -20,6 +20,11 @@ from typing import Any
 import numpy as np
 from pydantic_core import to_json as _to_json
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no fork, no other process rotating
+    fcntl = None  # type: ignore[assignment]
+
 from .errors import ConfigurationError
 from .hooks import PredictionRecord, Sink
 
@@ -55,6 +60,12 @@ class JsonlSink(Sink):
     as ``{"dtype", "shape", "base64"}`` objects (lossless and much cheaper; :func:`read_jsonl`
     turns them back into arrays). Other options are those of :class:`~embedml.hooks.Sink`. Raises
     :class:`ConfigurationError` for invalid options.
+
+    Several processes may append to the same path (a sink created before ``os.fork()``
+    keeps working in every child): each write batch is one ``write()`` of whole lines to
+    a file opened with ``O_APPEND``, so lines of different processes never interleave, and
+    rotation is done by one process at a time (``flock``); a process whose file another
+    one rotated writes at most one more batch there, then follows to the new file.
     """
 
     def __init__(
@@ -89,11 +100,13 @@ class JsonlSink(Sink):
     def write(self, records: list[PredictionRecord]) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open
+            # Unbuffered: a batch is one write() of whole lines (see the class docstring),
+            # and a forked child inherits no half-written buffer of the parent's.
+            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held open
             if not _ends_with_newline(self.path):
                 # A process killed mid-write left a torn last line: end it, or the first
                 # record appended now would be glued to it and lost with it.
-                self._file.write("\n")
+                _write_all(self._file, b"\n")
         if self.arrays == "list" and self._redact is None:
             ins = _json_arrays([r._raw_inputs for r in records], records)
             outs = _json_arrays([r._raw_outputs for r in records])
@@ -101,8 +114,7 @@ class JsonlSink(Sink):
         else:
             lines = [self._line(r) for r in records]
         try:
-            self._file.write("".join(lines))
-            self._file.flush()
+            _write_all(self._file, "".join(lines).encode())
         except OSError:
             # Disk full, file gone...: drop the file object and what its buffer holds
             # (these records are counted as errors), and reopen on the next write.
@@ -141,8 +153,16 @@ class JsonlSink(Sink):
         )
 
     def _rotate(self) -> None:
-        self._file.close()
-        self._file = None
+        file, self._file = self._file, None
+        try:
+            if fcntl is not None:  # one process rotates at a time; the others wait here
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+            if _is_current(file, self.path):  # else another process rotated it: follow
+                self._shift()
+        finally:
+            file.close()  # (releases the lock)
+
+    def _shift(self) -> None:
         if self.keep == 0:
             self.path.unlink()
             return
@@ -169,6 +189,29 @@ class JsonlSink(Sink):
 
     def _release(self) -> None:
         self._discard_file()
+
+    def _after_fork_in_child(self) -> None:
+        super()._after_fork_in_child()
+        # The parent's file object holds no buffered bytes (unbuffered): closing the
+        # child's copy of the descriptor loses nothing; the next write opens the path.
+        self._discard_file()
+        self._heads = {}
+
+
+def _write_all(file: Any, data: bytes) -> None:
+    """Write all of ``data`` to an unbuffered file (one ``write()`` unless it is short)."""
+    view = memoryview(data)
+    while view:
+        view = view[file.write(view) :]
+
+
+def _is_current(file: Any, path: Path) -> bool:
+    """Whether ``file`` is still the file at ``path`` (no other process rotated it)."""
+    try:
+        mine, there = os.fstat(file.fileno()), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _ends_with_newline(path: Path) -> bool:

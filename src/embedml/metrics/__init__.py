@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import threading
 import time
 import weakref
@@ -165,23 +166,47 @@ class _Shard:
         self.rows_at = [0] * _WINDOW
 
 
+# Live metrics, for the fork handler below.
+_LIVE: weakref.WeakSet[Metrics] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Each forked child counts its own calls from zero: the parent's threads (and the calls
+    they had in flight, which would never end here) do not exist in the child, and
+    exporters of several processes must not count the parent's calls again."""
+    for metrics in list(_LIVE):
+        metrics._reset()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Metrics:
-    """Counters and histograms of one handle (kept across hot swaps).
+    """Counters and histograms of one handle (kept across hot swaps; reset in a forked
+    child).
 
     Each thread updates its own shard without locking (a shared lock makes 64 threads
     queue behind each other and the GIL); :meth:`snapshot` adds the shards up.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self._shards: list[_Shard] = []
-        self._retired: _Shard | None = None
         # Per-thread finalizers hold their shard until the thread ends; a long-lived thread
         # calling many short-lived handles would keep every handle's shards alive, so they
         # are detached when these metrics go away.
         self._finalizers: list[weakref.finalize] = []
         weakref.finalize(self, _detach_all, self._finalizers)
+        self._reset()
+        _LIVE.add(self)
+
+    def _reset(self) -> None:
+        """Empty counters (also what a forked child starts from, see _after_fork_in_child)."""
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._shards: list[_Shard] = []
+        self._retired: _Shard | None = None
+        _detach_all(self._finalizers)
+        self._finalizers.clear()  # in place: the finalizer above holds this list
         self.started = time.time()
         # wall clock = perf_counter + offset: a call's end stamp gives its second for free
         self._wall = self.started - time.perf_counter()
