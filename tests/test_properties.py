@@ -40,10 +40,37 @@ scalars = (
     | st.text(max_size=20)
     | st.sampled_from(["1.5", "nan", "inf", "true", "", "a", 10**400, -(2**64), 2**63])
 )
+# dict keys of mixed types too (sorting such keys for an error message used to raise)
+keys = st.text(max_size=5) | st.integers(-3, 3) | st.none() | st.tuples(st.integers(0, 2))
 json_like = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=5),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(keys, inner, max_size=5),
     max_leaves=20,
+)
+
+
+def _deep(depth: int, kind: str) -> object:
+    value: object = 1.0
+    for _ in range(depth):
+        value = {"a": value} if kind == "dict" else [value]
+    return value
+
+
+# values nested far beyond the recursion limit (their repr used to raise RecursionError)
+deep = st.builds(_deep, st.integers(1, 5000), st.sampled_from(["dict", "list"]))
+
+
+def _frame(columns: list, values: np.ndarray):
+    import pandas as pd
+
+    return pd.DataFrame(values[:, : len(columns)], columns=columns)
+
+
+# DataFrames whose columns may repeat, be missing or be unknown (ints among them)
+frames = st.builds(
+    _frame,
+    st.lists(st.sampled_from(["a", "b", "c", "d", "a", "x", 1]), min_size=1, max_size=6),
+    hnp.arrays(np.float64, st.tuples(st.integers(1, 3), st.just(6)), elements=st.floats(-1e3, 1e3)),
 )
 
 
@@ -111,8 +138,12 @@ def _record_still_works(h):
 
 @SETTINGS
 @given(record=records, batch=st.lists(records, max_size=4) | json_like)
-@example(record={"a": 10**400, "b": 1, "c": 1, "d": 1}, batch=[{"a": 1, "b": 1, "c": 1, "d": -(10**400)}])
-@example(record={"a": float("nan"), "b": 1, "c": 1, "d": 1}, batch=[{"a": "1", "b": 1, "c": 1, "d": 1}])
+@example(
+    record={"a": 10**400, "b": 1, "c": 1, "d": 1}, batch=[{"a": 1, "b": 1, "c": 1, "d": -(10**400)}]
+)
+@example(
+    record={"a": float("nan"), "b": 1, "c": 1, "d": 1}, batch=[{"a": "1", "b": 1, "c": 1, "d": 1}]
+)
 def test_record_handle(handles, record, batch):
     h = handles["record"]
     kind, got = outcome(h.predict, record)
@@ -123,6 +154,26 @@ def test_record_handle(handles, record, batch):
     if kind == "ok":
         rows = np.array([[float(r[f]) for f in FIELDS] for r in batch])
         np.testing.assert_array_equal(got, sk_logreg().predict(rows))
+    _record_still_works(h)
+
+
+@SETTINGS
+@given(value=deep | frames | arrays | st.dictionaries(keys, scalars, max_size=6) | records)
+@example(value={"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, 1: 5, "z": 6})
+def test_record_handle_hostile_containers(handles, value):
+    """Deep nesting, DataFrames with repeated or odd columns, arrays of any shape (0-d
+    too), keys of mixed types: a correct answer or an EmbedMLError."""
+    h = handles["record"]
+    for call in (h.predict, h.predict_batch):
+        kind, got = outcome(call, value)
+        if kind == "ok":
+            if hasattr(value, "columns"):
+                rows = value[FIELDS].to_numpy(dtype=np.float64)
+            elif isinstance(value, dict):
+                rows = np.array([[float(value[f]) for f in FIELDS]])
+            else:
+                rows = np.asarray(value, dtype=np.float64).reshape(-1, 4)
+            np.testing.assert_array_equal(np.ravel(got), sk_logreg().predict(rows))
     _record_still_works(h)
 
 
@@ -143,7 +194,7 @@ def test_mixed_record_handle(handles, record, batch):
 
 
 @SETTINGS
-@given(value=json_like | arrays)
+@given(value=json_like | arrays | deep)
 def test_tensor_handle(handles, value):
     h = handles["tensor"]
     for call in (h.predict, h.predict_batch):
@@ -153,12 +204,14 @@ def test_tensor_handle(handles, value):
             expect = x @ LINEAR_W + LINEAR_B
             np.testing.assert_allclose(np.asarray(got).reshape(expect.shape), expect, rtol=1e-5)
     np.testing.assert_allclose(
-        h.predict_batch(np.ones((2, 3), np.float32)), np.ones((2, 3)) @ LINEAR_W + LINEAR_B, rtol=1e-5
+        h.predict_batch(np.ones((2, 3), np.float32)),
+        np.ones((2, 3)) @ LINEAR_W + LINEAR_B,
+        rtol=1e-5,
     )
 
 
 @SETTINGS
-@given(value=json_like | arrays)
+@given(value=json_like | arrays | deep | frames)
 def test_schemaless_handle(handles, value):
     h = handles["free"]
     for one in (True, False):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -231,9 +232,60 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+# Error messages show input values through this: bounded in depth and length, so a hostile
+# value (a dict nested 100,000 deep, a huge list) cannot make the message itself fail.
+_short = reprlib.Repr()  # (keyword arguments need Python 3.12)
+_short.maxlevel, _short.maxstring, _short.maxother = 3, 40, 40
+_short.maxlist = _short.maxdict = _short.maxtuple = _short.maxset = 4
+
+
+def _safe_repr(value: Any) -> str:
+    """``repr(value)``, bounded; never raises (a ``__repr__`` that fails is named instead)."""
+    try:
+        return _short.repr(value)
+    except Exception:  # a hostile or broken __repr__
+        return f"<{type(value).__name__} object>"
+
+
+def _safe_str(value: Any) -> str:
+    """A field name for an error: the string itself, else a bounded repr."""
+    return value if isinstance(value, str) else _safe_repr(value)
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
+    text = _safe_repr(value)
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+# Python ints a numeric field accepts: those of int64 (beyond it numpy silently rounds them
+# to float64, or fails inside the model).
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT64_EDGE = 2.0**63  # floats at least this large may hide such an int
+
+
+def _big_int(value: Any) -> bool:
+    return type(value) is int and not _INT64_MIN <= value <= _INT64_MAX
+
+
+def _no_batch_axis(records: Any) -> None:
+    """``predict_batch`` of a 0-d array (a bare number): a typed error, not a ``TypeError``."""
+    if isinstance(records, np.ndarray) and records.ndim == 0:
+        raise SchemaError(
+            f"predict_batch expects a batch (rows on the first axis), got a 0-d array "
+            f"{_safe_repr(_plain(records[()]))}; use predict() for one record",
+            got=(),
+        )
+
+
+def _unique_columns(df: Any) -> None:
+    """Refuse a DataFrame whose column names repeat: which column is the field is ambiguous."""
+    if df.columns.has_duplicates:
+        dups = sorted({_safe_repr(c) for c in df.columns[df.columns.duplicated()]})
+        raise SchemaError(
+            f"the DataFrame has duplicated column(s) {', '.join(dups)}: inputs are matched by "
+            "name, so embedml cannot tell which one to use; drop or rename the copies",
+            field=_safe_str(df.columns[df.columns.duplicated()][0]),
+        )
 
 
 _FLOAT_MAX: dict[np.dtype, float] = {}
@@ -559,11 +611,34 @@ class RecordSchema:
                 m = self._one(record, opts)
             except OverflowError:
                 raise self._too_large([record]) from None
+            self._check_ints(m, [record])
             self._check_limits(m, opts)
             return m
         except SchemaError as exc:
             exc.index = None  # a single record has no batch index
             raise
+
+    def _check_ints(self, m: np.ndarray, rows: Any) -> None:
+        """Refuse a Python int beyond int64 in a numeric field (numpy would round it to a
+        float, or leave it for the model to fail on). Looks at the values only when the
+        matrix holds a magnitude that large (one vectorised pass) or Python objects."""
+        if m.dtype.kind == "f":
+            if m.size <= 32:
+                if sum(map(abs, m.ravel().tolist())) < _INT64_EDGE:  # NaN compares False
+                    return
+            elif _max(_abs(m), axis=None) < _INT64_EDGE:
+                return
+        if not isinstance(rows, list):  # an array or a DataFrame holds no Python ints
+            rows = None
+        numeric = [f for f in self.fields if f.kind in ("number", "integer")]
+        for i, r in enumerate(rows or ()):
+            if isinstance(r, Mapping):
+                for f in numeric:
+                    if _big_int(r.get(f.name)):
+                        raise SchemaError(
+                            f"the integer {_safe_repr(r[f.name])} is outside the int64 range",
+                            field=f.name, index=i, expected="int64", got="int",
+                        )  # fmt: skip
 
     def _too_large(self, rows: Any) -> SchemaError:
         """The error for an int beyond float64 (numpy raises a bare ``OverflowError``)."""
@@ -615,12 +690,14 @@ class RecordSchema:
 
     def many(self, records: Any, opts: SchemaOptions) -> np.ndarray:
         """Validate a batch (list of records, 2-D array or DataFrame) into a matrix."""
+        _no_batch_axis(records)
         if not isinstance(records, Mapping) and hasattr(records, "__len__"):
             check_rows(len(records), opts)  # before any per-row work
         try:
             m = self._many(records, opts)
         except OverflowError:
             raise self._too_large(records) from None
+        self._check_ints(m, records)
         check_rows(len(m), opts)
         self._check_limits(m, opts)
         return m
@@ -695,10 +772,11 @@ class RecordSchema:
         raise SchemaError("required field is missing", field=name, index=index, expected=self.kind)
 
     def _unknown(self, record: Mapping[str, Any], index: int | None) -> None:
-        extra = sorted(k for k in record if k not in self._index)
+        # keys of any type (ints and strings mixed do not sort), shown bounded
+        extra = sorted((_safe_repr(k), _safe_str(k)) for k in record if k not in self._index)
         raise SchemaError(
-            f"unknown field(s) {extra}; expected only {list(self.names)} (load with allow_extra=True to ignore them)",
-            field=str(extra[0]) if extra else None, index=index,
+            f"unknown field(s) [{', '.join(r for r, _ in extra)}]; expected only {list(self.names)} (load with allow_extra=True to ignore them)",
+            field=extra[0][1] if extra else None, index=index,
         )  # fmt: skip
 
     def _from_array(self, a: np.ndarray, opts: SchemaOptions) -> np.ndarray:
@@ -738,6 +816,7 @@ class RecordSchema:
         return m
 
     def _from_frame(self, df: Any, opts: SchemaOptions) -> np.ndarray:
+        _unique_columns(df)
         missing = [n for n in self.names if n not in df.columns and n not in self._defaults]
         if missing:
             raise SchemaError(
@@ -746,8 +825,8 @@ class RecordSchema:
         extra = [c for c in df.columns if c not in self._index]
         if extra and not opts.allow_extra:
             raise SchemaError(
-                f"unknown column(s) {extra}; expected only {list(self.names)} (load with allow_extra=True to ignore them)",
-                field=str(extra[0]),
+                f"unknown column(s) [{', '.join(map(_safe_repr, extra))}]; expected only {list(self.names)} (load with allow_extra=True to ignore them)",
+                field=_safe_str(extra[0]),
             )
         m = np.empty((len(df), len(self.fields)), dtype=self.dtype)
         for j, (name, allowed, spec) in enumerate(self._fast):
@@ -1004,6 +1083,7 @@ class TensorSchema:
 
     def many(self, records: Any, opts: SchemaOptions) -> Any:
         """Validate a batch (one array, or a dict name -> array for multi-input models)."""
+        _no_batch_axis(records)
         batch = self._many(records, opts)
         if opts.max_batch_rows is None and not _needs_limits(batch, opts):
             return batch
@@ -1264,7 +1344,7 @@ def _needs_limits(batch: Any, opts: SchemaOptions) -> bool:
 def _asarray(value: Any, spec: TensorSpec) -> np.ndarray:
     try:
         return np.asarray(value)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise SchemaError(f"cannot be read as an array: {exc}", field=spec.name) from None
 
 
@@ -1283,6 +1363,7 @@ class NoSchema:
         return batch
 
     def many(self, records: Any, opts: SchemaOptions) -> Any:
+        _no_batch_axis(records)
         batch = self._many(records, opts)
         _check_loose(batch, opts)
         check_rows(n_rows(batch), opts)
@@ -1296,7 +1377,11 @@ class NoSchema:
         return _loose_array([record], None)
 
     def _many(self, records: Any, opts: SchemaOptions) -> Any:
-        if isinstance(records, np.ndarray) or type(records).__module__.startswith("pandas"):
+        if isinstance(records, np.ndarray):
+            return records
+        if type(records).__module__.startswith("pandas"):
+            if hasattr(records, "columns"):
+                _unique_columns(records)
             return records
         if isinstance(records, Mapping):
             return {k: _loose_array(v, k) for k, v in records.items()}
@@ -1308,20 +1393,56 @@ class NoSchema:
 
 def _loose_array(value: Any, name: Any) -> np.ndarray:
     try:
-        return np.asarray(value)
-    except (TypeError, ValueError, OverflowError) as exc:
+        a = np.asarray(value)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise SchemaError(
-            f"cannot be read as an array: {exc}", field=None if name is None else str(name)
+            f"cannot be read as an array: {type(exc).__name__}: {str(exc)[:200]}",
+            field=None if name is None else _safe_repr(name),
         ) from None
+    _no_big_ints(a, name)
+    if a.dtype == np.uint64 or (a.dtype.kind == "f" and a.size and not _max(_abs(a), axis=None) < _INT64_EDGE):
+        # numpy turned ints beyond int64 into uint64, or rounded them to floats: find them
+        big = next((v for v in _leaves(value, a.ndim) if _big_int(v)), None)
+        if big is not None:
+            raise SchemaError(
+                f"the integer {_safe_repr(big)} is outside the int64 range",
+                field=None if name is None else _safe_repr(name),
+                expected="int64", got="int",
+            )  # fmt: skip
+    return a
+
+
+def _leaves(value: Any, depth: int) -> Any:
+    """The scalars of a nested list of ``depth`` levels (the shape numpy found in it)."""
+    if depth == 0 or isinstance(value, str | bytes | np.ndarray):
+        yield value
+        return
+    for v in value:
+        yield from _leaves(v, depth - 1)
+
+
+def _no_big_ints(a: np.ndarray, name: Any) -> None:
+    """Refuse Python ints beyond int64 in an object array (numpy keeps them as objects)."""
+    if a.dtype.kind != "O":
+        return
+    for v in a.ravel().tolist():
+        if _big_int(v):
+            raise SchemaError(
+                f"the integer {_safe_repr(v)} is outside the int64 range",
+                field=None if name is None else _safe_repr(name),
+                expected="int64", got="int",
+            )  # fmt: skip
 
 
 def _check_loose(batch: Any, opts: SchemaOptions) -> None:
     """Limits for schemaless inputs: arrays, dicts of arrays or DataFrames (by column)."""
     if isinstance(batch, np.ndarray):
+        _no_big_ints(batch, None)
         check_array(batch, None, opts)
     elif isinstance(batch, Mapping):
         for k, v in batch.items():
             if isinstance(v, np.ndarray):
+                _no_big_ints(v, k)
                 check_array(v, str(k), opts)
     elif type(batch).__module__.startswith("pandas") and hasattr(batch, "columns"):
         for col in batch.columns:
