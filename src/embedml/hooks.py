@@ -597,13 +597,16 @@ class Sink:
         return f"<{type(self).__name__} {self.name}{' closed' if self._closed else ''}>"
 
 
-def _snapshot_inputs(batch: Any) -> Any:
-    # The validated batch may be the caller's own array: copy it, so a caller reusing its
-    # buffer cannot change what gets logged.
+def _snapshot(batch: Any) -> Any:
+    """A copy of the arrays of an input or output batch. The validated inputs may be the
+    caller's own array, and the outputs are what the caller gets back: without a copy, a
+    caller editing either in place would change what gets logged and scored."""
     if type(batch) is np.ndarray:
         return batch.copy()
     if isinstance(batch, dict):
-        return {k: v.copy() if hasattr(v, "copy") else v for k, v in batch.items()}
+        return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+    if isinstance(batch, list | tuple) and any(isinstance(v, np.ndarray) for v in batch):
+        return type(batch)(v.copy() if isinstance(v, np.ndarray) else v for v in batch)
     return batch
 
 
@@ -713,6 +716,8 @@ class Observer:
             takers = sinks if sinks[0].sample >= 1.0 or _random() < sinks[0].sample else None
         else:
             takers = [s for s in sinks if s.sample >= 1.0 or _random() < s.sample]
+        if takers or (remember and error is None):
+            outputs = _snapshot(outputs)  # the caller may edit its result in place
         if takers:
             # The caller hands over a plain tuple; the sink's thread turns it into a
             # PredictionRecord (and formats an id made of a bare counter value): per call
@@ -724,7 +729,7 @@ class Observer:
             v, q, m, t = timings
             entry = (
                 rid, source, time.time() - t, size if error is None else n, v, q, m, t,
-                _snapshot_inputs(batch), outputs, error, n, 0,
+                _snapshot(batch), outputs, error, n, 0,
             )  # fmt: skip
             keep = error is None and not remember  # the first sink that shows ids remembers
             for sink in takers:
@@ -748,7 +753,7 @@ class Observer:
             for s in self.row_sinks:
                 if s.sample >= 1.0 or _random() < s.sample:
                     if entry is None:
-                        entry = (source[2], _snapshot_inputs(batch) if copy else batch, outputs, n)
+                        entry = (source[2], _snapshot(batch) if copy else batch, _snapshot(outputs), n)
                     s.submit(entry)
         except Exception:  # pragma: no cover - observability must not break a prediction
             log.exception("offering rows to the row sinks failed")
