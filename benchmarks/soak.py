@@ -4,6 +4,11 @@ and alias moves, for a bounded time. Every response is checked against the expec
     .venv/bin/python benchmarks/soak.py --minutes 3 --threads 8
     .venv/bin/python benchmarks/soak.py --quick          # 20 seconds
 
+A forked child process joins in (``--no-fork`` to leave it out): the handles are loaded and
+serve in the parent, which then forks (as gunicorn ``--preload`` does); the child runs
+half as many worker threads on the inherited handles, sink and follower for the whole run,
+and its counts join the parent's (the alias moves it follows are the parent's).
+
 The calls go through three kinds of handle, all with dynamic batching and one shared
 rotating ``JsonlSink``: one loaded with ``follow=True`` on ``@prod`` (the alias moves
 under it), one moved with ``handle.swap(version)``, and one an application reloads and
@@ -211,11 +216,64 @@ def check_logs(sink: embedml.JsonlSink) -> dict[str, int]:
     return out
 
 
+def fork_child(
+    handles: Handles, sink: embedml.JsonlSink, threads: int, seconds: float, warmup: float, tmp: str
+) -> int:
+    """Fork a child that serves from ``threads`` worker threads on the inherited handles for
+    ``seconds``, then writes its counts to ``tmp`` and exits; returns its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        stats = {"lock": threading.Lock(), "counts": collections.Counter()}
+        stop = threading.Event()
+        workers = [
+            threading.Thread(target=worker, args=(handles, 1000 + i, stop, stats))
+            for i in range(threads)
+        ]
+        for t in workers:
+            t.start()
+        stop.wait(warmup)
+        rss_warm = rss_kib()
+        stop.wait(seconds - warmup)
+        stop.set()
+        for t in workers:
+            t.join(30)
+        rss_end = rss_kib()
+        follows = handles.follow.follower.swaps
+        handles.close()
+        report = {
+            "pid": os.getpid(), "threads": threads, "counts": dict(stats["counts"]),
+            "sink": sink.stats(), "rss_warm": rss_warm, "rss_end": rss_end, "follows": follows,
+        }  # fmt: skip
+        with open(os.path.join(tmp, "child.json"), "w") as f:
+            json.dump(report, f)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def join_child(pid: int, tmp: str) -> dict:
+    status = os.waitpid(pid, 0)[1]
+    path = os.path.join(tmp, "child.json")
+    if not os.path.exists(path):
+        return {"status": status or 1, "counts": {"sent": 1, "UNEXPECTED child died": 1},
+                "sink": {"accepted": 0, "written": -1, "dropped": 0, "errors": 0}, "pid": pid,
+                "threads": 0, "rss_warm": 1, "rss_end": 1, "follows": 0}  # fmt: skip
+    with open(path) as f:
+        report = json.load(f)
+    report["status"] = status
+    report["counts"] = collections.Counter(report["counts"])
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="20 seconds")
+    ap.add_argument("--no-fork", action="store_true", help="no forked child process")
     ap.add_argument(
         "--warmup", type=float, default=None, metavar="S",
         help="seconds before the reference RSS is taken (default: 10%% of the run, at least 5)",
@@ -237,6 +295,14 @@ def main() -> None:
 
     stats = {"lock": threading.Lock(), "counts": collections.Counter()}
     stop = threading.Event()
+    child = None
+    if not args.no_fork:
+        # serve first, so the batchers, the sink's writer and the follower run at the fork
+        warm = random.Random(-1)
+        for _ in range(200):
+            _, h = handles.pick(warm)
+            h.predict({"a": 1.0, "b": 2.0, "c": 3.0})
+        child = fork_child(handles, sink, max(1, args.threads // 2), seconds, warmup, tmp.name)
     workers = [
         threading.Thread(target=worker, args=(handles, i, stop, stats), name=f"soak-{i}")
         for i in range(args.threads)
@@ -288,8 +354,11 @@ def main() -> None:
     sink_stats = sink.stats()
     gc.collect()
     rss_closed = rss_kib()
+    kid = join_child(child, tmp.name) if child is not None else None
     logs = check_logs(sink)
     c = stats["counts"]
+    if kid is not None:
+        c.update(kid["counts"])
     lost = c["sent"] - c["answered"]
     wrong = c["WRONG"] + sum(v for k, v in c.items() if k.startswith("UNEXPECTED"))
     growth = (rss_end - rss_warm) / rss_warm * 100
@@ -326,10 +395,23 @@ def main() -> None:
         f"after {threads_after} (workers still alive: {alive or 'none'})"
     )
     print(f"fds before {fds_before}, most during run {fds_max}, after {fds_after}")
+    kid_ok = True
+    if kid is not None:
+        ks = kid["sink"]
+        kid_ok = kid["status"] == 0 and ks["written"] == ks["accepted"] and ks["errors"] == 0
+        print(
+            f"forked child (pid {kid['pid']}, {kid['threads']} threads, exit status "
+            f"{kid['status']}): calls {kid['counts'].get('sent', 0)} (in the totals above), "
+            f"follow swaps {kid['follows']}; its sink accepted {ks['accepted']}, written "
+            f"{ks['written']}, dropped {ks['dropped']}, errors {ks['errors']}; RSS after "
+            f"warm-up {kid['rss_warm'] / 1024:.1f} MiB, end {kid['rss_end'] / 1024:.1f} MiB "
+            f"({(kid['rss_end'] - kid['rss_warm']) / kid['rss_warm'] * 100:+.2f}%)"
+        )
     tmp.cleanup()
     sink_ok = (
         sink_stats["written"] == sink_stats["accepted"] and sink_stats["errors"] == 0
         and logs["records WRONG"] == 0 and logs["bad lines"] == 0 and logs["files beyond keep"] <= 0
+        and kid_ok
     )  # fmt: skip
     ok = (
         lost == 0 and wrong == 0 and not alive and growth < 5.0 and sink_ok

@@ -31,6 +31,7 @@ SCRIPT = r"""
 import asyncio, json, os, sys, threading
 import numpy as np
 import embedml
+from helpers_models import LINEAR_B, LINEAR_W, onnx_linear
 from helpers_runtime import RowSum
 
 root, log, out = sys.argv[1:4]
@@ -41,6 +42,8 @@ sink = embedml.JsonlSink(log, rotate_bytes=20_000, keep=1000)
 drift = embedml.DriftMonitor(reference=np.random.default_rng(0).normal(size=(200, 4)), window=50)
 h = store.load("m", batching=embedml.Batching(inline_ms=0, max_wait_ms=1), hooks=[sink, drift])
 follower = store.load("m", "@prod", follow=True, poll_s=0.05)
+store.save("onnx", onnx_linear())
+graph = store.load("onnx", batching=embedml.Batching(inline_ms=0))
 
 
 def serve(base):
@@ -71,6 +74,12 @@ def serve(base):
     for i in range(20):  # no details: the sink makes the ids on its own thread
         h.predict(np.full(4, float(base + 990)))
     got.append(["follower", 4.0, float(follower.predict(np.ones(4)))])
+    x = np.full((8, 3), float(base %% 7), np.float32)  # an ONNX Runtime session made before the fork
+    same = np.allclose(graph.predict_batch(x), x @ LINEAR_W + LINEAR_B)
+    async def onnx_tasks():
+        return await asyncio.gather(*(asyncio.wait_for(graph.apredict(r), 20) for r in x))
+    same = same and np.allclose(np.stack(asyncio.run(onnx_tasks())), x @ LINEAR_W + LINEAR_B)
+    got.append(["onnx", 1.0, float(same)])
     return got
 
 
@@ -92,6 +101,7 @@ for c in range(%(children)d):
             }
             h.close(timeout=10)
             follower.close(timeout=10)
+            graph.close(timeout=10)
             with open(os.path.join(out, f"child{c}.json"), "w") as f:
                 json.dump(state, f)
             code = 0
@@ -102,6 +112,7 @@ after = serve(90_000)
 statuses = [os.waitpid(p, 0)[1] for p in pids]
 h.close()
 follower.close()
+graph.close()
 with open(os.path.join(out, "parent.json"), "w") as f:
     json.dump({"before": before, "after": after, "statuses": statuses}, f)
 """
@@ -140,7 +151,7 @@ def test_handle_loaded_before_fork_serves_in_every_child(tmp_path, subprocess_en
         calls += child["got"]
     # every answer is the row sum of its own input
     assert all(out == expected for _, expected, out in calls)
-    ids = [rid for rid, _, _ in calls if rid != "follower"]
+    ids = [rid for rid, _, _ in calls if rid not in ("follower", "onnx")]
     assert len(ids) == len(set(ids)) == (1 + 1 + CHILDREN) * 150
     # every record of every process is in the log (the rotated files included), once
     assert len(list(tmp_path.glob("log.jsonl.*"))) > 1  # rotated several times

@@ -60,7 +60,9 @@ def test_editing_the_output_in_place_does_not_change_the_record(store, batching)
     assert outputs[many.request_id] == [[3.0, -3.0], [3.0, -3.0]]
     assert outputs[via_async.request_id] == [[3.0, -3.0]]
     written = {r["request_id"]: r["outputs"] for r in embedml.read_jsonl(log)}
-    assert written[one.request_id] == [[3.0, -3.0]] and written[many.request_id] == [[3.0, -3.0]] * 2
+    assert (
+        written[one.request_id] == [[3.0, -3.0]] and written[many.request_id] == [[3.0, -3.0]] * 2
+    )
     # and the caller's array stays its own to change
     assert one.output.flags.writeable and many.output.tolist() == [[-99.0, -3.0]] * 2
 

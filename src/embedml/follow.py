@@ -76,8 +76,6 @@ class Follower:
         """In a forked child the polling thread does not exist: start it again (unless
         stopped), so that a ``follow=True`` handle loaded before the fork keeps following."""
         handle = self._handle()
-        if handle is not None:  # a swap in the parent may have held the handle's lock
-            handle._lock = threading.Lock()
         if not self._stop.is_set() and handle is not None:
             self._start()
 

@@ -21,8 +21,10 @@ import dataclasses
 import enum
 import importlib
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -53,6 +55,19 @@ if TYPE_CHECKING:
 __all__ = ["HandleState", "LoadOptions", "ModelHandle", "Pipeline", "Prediction", "new_request_id"]
 
 _log = logging.getLogger("embedml.handle")
+
+# Live pipelines and handles: a forked child gets fresh locks for them (a thread of the
+# parent, such as an alias follower swapping, may have held one at the fork).
+_LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for obj in list(_LIVE):
+        obj._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True)
@@ -220,6 +235,10 @@ class Pipeline:
         self._uses = 1
         self._uses_lock = threading.Lock()
         self._released = threading.Event()  # set once the runtime is released (see close)
+        _LIVE.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._uses_lock = threading.Lock()
 
     # acquire/release run on every call: the lock's methods are called directly (half the
     # cost of ``with``), with try/finally so that it is released whatever happens.
@@ -489,12 +508,16 @@ class ModelHandle:
         self._obs = Observer()
         self._warmed = False
         self._abandoned = 0  # model calls close() or swap() stopped waiting for
+        _LIVE.add(self)
         try:
             for hook in options.hooks:
                 self.add_hook(hook)
         except BaseException:
             self.close()
             raise
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     @classmethod
     def open(
