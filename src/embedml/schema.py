@@ -611,6 +611,10 @@ class RecordSchema:
                 m = self._one(record, opts)
             except OverflowError:
                 raise self._too_large([record]) from None
+            # The common case in one pass over a few floats: all finite (NaN and inf make
+            # the sum non-finite) and none as large as an int beyond int64 could be.
+            if m.dtype.kind == "f" and sum(map(abs, m.ravel().tolist())) < _INT64_EDGE:
+                return m
             self._check_ints(m, [record])
             self._check_limits(m, opts)
             return m
