@@ -107,6 +107,9 @@ def test_integers_beyond_int64_in_a_numeric_field(handles, big):
             h.predict_batch, [{"a": 1, "b": 1.0}, {"a": 2, "b": 2.0}, {"a": big, "b": 1.0}]
         )
         assert err.field == "a" and err.index == 2
+    frame = pd.DataFrame({"a": pd.Series([1, big], dtype=object), "b": [1.0, 2.0]})
+    err = _refused(handles["floats"].predict_batch, frame)
+    assert err.field == "a" and err.index == 1
     free = handles["free"]
     _refused(free.predict, [big, 1.0])
     _refused(free.predict_batch, [[1.0, 2.0], [big, 1.0]])

@@ -632,10 +632,13 @@ class RecordSchema:
                     return
             elif _max(_abs(m), axis=None) < _INT64_EDGE:
                 return
-        if not isinstance(rows, list):  # an array or a DataFrame holds no Python ints
-            rows = None
         numeric = [f for f in self.fields if f.kind in ("number", "integer")]
-        for i, r in enumerate(rows or ()):
+        if hasattr(rows, "columns"):  # a DataFrame: Python ints live in object columns
+            rows = rows[[f.name for f in numeric]]
+            rows = rows.to_dict("records") if (rows.dtypes == object).any() else None
+        if not isinstance(rows, list):  # an array holds no Python ints (object arrays
+            return  # are refused by the cast to float64)
+        for i, r in enumerate(rows):
             if isinstance(r, Mapping):
                 for f in numeric:
                     if _big_int(r.get(f.name)):
@@ -646,6 +649,8 @@ class RecordSchema:
 
     def _too_large(self, rows: Any) -> SchemaError:
         """The error for an int beyond float64 (numpy raises a bare ``OverflowError``)."""
+        if hasattr(rows, "columns"):  # a DataFrame
+            rows = rows.to_dict("records")
         if isinstance(rows, list):
             for i, r in enumerate(rows):
                 for f in self.fields:
