@@ -634,7 +634,7 @@ class RecordSchema:
                 return
         numeric = [f for f in self.fields if f.kind in ("number", "integer")]
         if hasattr(rows, "columns"):  # a DataFrame: Python ints live in object columns
-            rows = rows[[f.name for f in numeric]]
+            rows = rows[[f.name for f in numeric if f.name in rows.columns]]
             rows = rows.to_dict("records") if any(d.kind == "O" for d in rows.dtypes) else None
         if not isinstance(rows, list):  # an array holds no Python ints (object arrays
             return  # are refused by the cast to float64)
