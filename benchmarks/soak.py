@@ -287,7 +287,7 @@ def main() -> None:
     key = "soak-key"
     for k in (1, 2):
         store.save("soak", Affine(k), input_schema=Rec, signing_key=key)
-    store.set_alias("soak", "prod", "1")
+    store.set_alias("soak", "prod", "1", signing_key=key)  # signed: loads require_signature
     threads_before, fds_before = threading.active_count(), fd_count()
     sink = embedml.JsonlSink(Path(tmp.name) / "logs" / "soak.jsonl", rotate_bytes=2 << 20, keep=3)
     options = dict(require_signature=True, signing_key=key, max_batch_rows=64, max_string_length=16)
@@ -331,7 +331,7 @@ def main() -> None:
                 saves += 1
                 versions = store.versions("soak")
             target = random.choice([v for v in versions if v != store.aliases("soak")["prod"]])
-            store.set_alias("soak", "prod", target)
+            store.set_alias("soak", "prod", target, signing_key=key)  # signed: loads require_signature
             handles.router.swap()
             moves += 1
             handles.swapped.swap(random.choice([v for v in versions if v != handles.swapped.version]))

@@ -5,7 +5,8 @@
     embedml [--store DIR] ls
     embedml show NAME[@SPEC]
     embedml predict NAME[@SPEC] --input FILE --output FILE [--method NAME]
-    embedml verify [NAME]
+    embedml verify [NAME] [--require-signature] [--store-id ID]
+    embedml sign [NAME@VERSION] [--store-id ID]
     embedml alias NAME ALIAS VERSION
     embedml bench NAME[@SPEC] [--method NAME]
     embedml quantize NAME[@SPEC] [--sample FILE] [--new-version V]
@@ -13,7 +14,9 @@
 The store is ``--store DIR``, else ``$EMBEDML_STORE``, else ``./models``. ``NAME@SPEC``
 takes a version (``fraud@1.2``), a specifier (``'fraud@>=1,<2'``) or an alias
 (``fraud@production``); a bare ``NAME`` means the latest version. User mistakes end with one
-line on stderr and exit status 1 (2 for a bad command line), never a traceback.
+line on stderr and exit status 1 (2 for a bad command line), never a traceback. The signing
+key comes from ``$EMBEDML_SIGNING_KEY`` only (a key on the command line would show in ``ps``):
+``verify`` then checks signatures and the signed store record, ``alias`` signs the move.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def _open_store(args: argparse.Namespace) -> ModelStore:
         raise StoreError(
             f"no model store at {root} (give --store DIR or set EMBEDML_STORE)"
         )
-    return ModelStore(root)
+    return ModelStore(root, store_id=getattr(args, "store_id", None))
 
 
 def _out(text: str = "") -> None:
@@ -187,13 +190,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from .signing import KEY_ENV
+
     store = _open_store(args)
-    report = store.verify(args.name)
+    report = store.verify(args.name, require_signature=args.require_signature)
     bad = {k: v for k, v in report.items() if v is not None}
     for key, error in report.items():
         _out(f"ok        {key}" if error is None else f"MISMATCH  {key}: {error}")
-    _out(f"{len(report)} version(s) checked, {len(bad)} mismatch(es)")
+    signed = "signatures checked" if os.environ.get(KEY_ENV) else f"no ${KEY_ENV}: hashes only"
+    _out(f"{len(report)} version(s) checked, {len(bad)} mismatch(es) ({signed})")
     return 1 if bad else 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    if args.ref:
+        name, spec = parse_ref(args.ref)
+        mv = store.resolve(name, spec)
+        store.sign(name, mv.version)
+        _out(f"signed {mv} and recorded it in the store record")
+        return 0
+    report = store.sign_store()
+    for key, why in report.items():
+        _out(f"recorded  {key}" if why is None else f"LEFT OUT  {key}: {why}")
+    left = sum(why is not None for why in report.values())
+    _out(f"store record written: {len(report) - left} recorded, {left} left out")
+    return 0
 
 
 def _cmd_alias(args: argparse.Namespace) -> int:
@@ -472,10 +494,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "verify",
         parents=[common],
-        help="re-hash every artifact; exit 1 on any mismatch",
+        help="re-hash every artifact, check signatures and the store record; exit 1 on any mismatch",
     )
     p.add_argument("name", nargs="?", metavar="NAME", help="only this model")
+    p.add_argument(
+        "--require-signature", action="store_true",
+        help="report unsigned versions and a missing store record (key: $EMBEDML_SIGNING_KEY)",
+    )  # fmt: skip
+    p.add_argument("--store-id", metavar="ID", help="refuse a store record of another store")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser(
+        "sign",
+        parents=[common],
+        help="sign a version, or (without NAME@VERSION) write the signed store record",
+        description="With NAME@VERSION: sign that version's manifest and add it to the signed "
+        "store record. Without: write the store record from the store as it is now (every "
+        "version whose signature and hashes check out, its aliases and their moves): the "
+        "migration of a store made before the record existed. Run `embedml verify` first. "
+        "The key comes from $EMBEDML_SIGNING_KEY.",
+    )
+    p.add_argument("ref", nargs="?", metavar="NAME@VERSION")
+    p.add_argument("--store-id", metavar="ID", help="the store's name in a new record (default: random)")
+    p.set_defaults(func=_cmd_sign)
 
     p = sub.add_parser("alias", parents=[common], help="point ALIAS of NAME at VERSION")
     p.add_argument("name", metavar="NAME")

@@ -93,7 +93,7 @@ class Follower:
 
     def _poll(self, handle: ModelHandle) -> None:
         try:
-            mv = self._store.resolve(self._name, self.spec)
+            mv = self._store.resolve(self._name, self.spec, **handle._options.resolve_options())
         except Exception as exc:
             self._error(f"cannot resolve {self._name}{self.spec}: {exc}")
             return

@@ -108,6 +108,11 @@ class LoadOptions:
     trusted_types: tuple[Any, ...] | list[Any] = ()
     strict_versions: bool = False
 
+    def resolve_options(self) -> dict[str, Any]:
+        """The options of :meth:`ModelStore.resolve` that make a swap or a follower resolve
+        through the signed store record, as the load did."""
+        return {"require_signature": self.require_signature, "signing_key": self.signing_key}
+
     def __post_init__(self) -> None:
         if self.batching is not None and self.batching is not False:
             from .batching import Batching
@@ -922,7 +927,7 @@ class ModelHandle:
             raise ConfigurationError("this handle was not opened from a store; it cannot swap")
         if self._state is not HandleState.OPEN:
             raise HandleClosedError(f"the handle for {self._pipe.label} is closed")
-        mv = self._store.resolve(self.name, version)
+        mv = self._store.resolve(self.name, version, **self._options.resolve_options())
         return self._swap_to(mv, warmup, timeout)
 
     def _swap_to(self, mv: ModelVersion, warmup: Any = None, timeout: float = 30.0) -> str:

@@ -163,7 +163,7 @@ class Manifest:
         """Parse a manifest; raise :class:`IntegrityError` if it is not valid JSON or incomplete."""
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
             raise IntegrityError(f"{where} is not a valid manifest: (root): invalid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise IntegrityError(

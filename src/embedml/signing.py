@@ -18,11 +18,14 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from pathlib import Path
 
-from .errors import ConfigurationError, SignatureError
+from .errors import ConfigurationError, IntegrityError, SignatureError
+from .safe_io import read_metadata
 
 __all__ = [
+    "ALGORITHM",
     "KEY_ENV",
     "SIGNATURE_FILE",
     "key_id",
@@ -34,7 +37,8 @@ __all__ = [
 
 SIGNATURE_FILE = "manifest.sig"
 KEY_ENV = "EMBEDML_SIGNING_KEY"
-_ALGORITHM = "hmac-sha256"
+ALGORITHM = "hmac-sha256"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def resolve_key(key: str | bytes | None = None) -> bytes | None:
@@ -64,7 +68,7 @@ def sign_bytes(data: bytes, key: bytes) -> str:
 
 def signature_document(manifest_bytes: bytes, key: bytes) -> bytes:
     """The content of ``manifest.sig`` for these manifest bytes."""
-    doc = {"algorithm": _ALGORITHM, "key_id": key_id(key), "signature": sign_bytes(manifest_bytes, key)}
+    doc = {"algorithm": ALGORITHM, "key_id": key_id(key), "signature": sign_bytes(manifest_bytes, key)}
     return json.dumps(doc, sort_keys=True).encode()
 
 
@@ -85,7 +89,9 @@ def verify_signature(
             )
         return False
     try:
-        raw = (version_dir / SIGNATURE_FILE).read_bytes()
+        raw = read_metadata(version_dir / SIGNATURE_FILE, 1 << 16)
+    except IntegrityError as exc:  # a symlink, not a regular file, or huge
+        raise SignatureError(f"{label}: {exc}") from None
     except FileNotFoundError:
         if required:
             raise SignatureError(
@@ -96,10 +102,15 @@ def verify_signature(
     try:
         doc = json.loads(raw)
         algorithm, signature = doc["algorithm"], doc["signature"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise SignatureError(f"{label}: {SIGNATURE_FILE} is not a valid signature file") from None
-    if algorithm != _ALGORITHM or not isinstance(signature, str):
-        raise SignatureError(f"{label}: unsupported signature algorithm {algorithm!r}")
+    if algorithm != ALGORITHM:
+        raise SignatureError(f"{label}: unsupported signature algorithm {algorithm!r:.40}")
+    # validated before use: compare_digest raises TypeError on non-ASCII text
+    if not isinstance(signature, str) or not _HEX64.fullmatch(signature):
+        raise SignatureError(
+            f"{label}: {SIGNATURE_FILE} is not a valid signature file (the signature is not 64 hex digits)"
+        )
     if not hmac.compare_digest(signature, sign_bytes(manifest_bytes, key)):
         hint = "" if doc.get("key_id") == key_id(key) else " (it was signed with another key)"
         raise SignatureError(

@@ -9,7 +9,13 @@ Layout::
           manifest.json
         aliases.json          {"production": "2"}
         history.jsonl         append-only log of alias moves and promotion gates
-        .lock                 serialises alias updates between processes
+        .lock                 serialises publishing and alias moves between processes
+      .embedml-record.json    the signed store record (embedml.record), when a key is used
+      .lock                   serialises updates of the record
+
+Every file is read and written without following symlinks (:mod:`embedml.safe_io`), and
+every value read from it is validated like user input: a tampered file is an
+:class:`IntegrityError`, never a raw exception or a write outside the store.
 
 A version becomes visible in one ``rename`` of a fully written, fsynced temporary folder,
 so a crash mid-save leaves nothing half-visible, and two processes saving the same name
@@ -19,7 +25,8 @@ at once each get their own version (or :class:`VersionExistsError` for an explic
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
+import functools
 import getpass
 import hashlib
 import json
@@ -27,11 +34,13 @@ import logging
 import os
 import re
 import shutil
+import stat
+import threading
 import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,9 +51,11 @@ from . import versions as V
 from ._version import __version__
 from .errors import (
     ConfigurationError,
+    EmbedMLError,
     IntegrityError,
     InvalidNameError,
     ModelNotFoundError,
+    SignatureError,
     StoreError,
     UntrustedArtifactError,
     VersionExistsError,
@@ -52,6 +63,16 @@ from .errors import (
 )
 from .formats import ModelFormat, format_for_object, format_for_path, get_format
 from .manifest import MANIFEST_FILE, STANDARD_METHODS, Manifest, environment, method_problem
+from .record import (
+    RECORD_FILE,
+    ModelRecord,
+    StoreRecord,
+    check_store_id,
+    manifest_digest,
+    missing_record,
+    parse_record,
+)
+from .safe_io import append_line, fsync_dir, locked, read_metadata, write_atomic
 from .schema import TensorSchema, schema_from_dict, schema_to_dict
 from .signing import KEY_ENV, SIGNATURE_FILE, resolve_key, signature_document, verify_signature
 
@@ -64,6 +85,15 @@ __all__ = ["ModelStore", "ModelVersion"]
 
 _ALIASES = "aliases.json"
 _HISTORY = "history.jsonl"
+_LOCK = ".lock"
+_MOVES = ("set_alias", "promote")
+# The model lock files each thread holds (by path, whatever ModelStore object took them):
+# flock locks belong to open files, so taking one again in the same thread would deadlock.
+_held = threading.local()
+
+
+def _held_locks() -> set[Path]:
+    return _held.__dict__.setdefault("paths", set())
 log = logging.getLogger("embedml.store")
 _CHUNK = 1 << 20
 
@@ -87,30 +117,70 @@ class ModelVersion:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
+    """Hex SHA-256 of a file, read in chunks (never through a symlink), fsynced on the way."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StoreError(f"cannot open {path}: {exc.strerror}") from None
+    with open(fd, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
+        os.fsync(fd)
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _create_exclusive(path: Path) -> int:
+    """Create ``path`` for writing; a file or symlink planted there is an error."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StoreError(f"cannot create {path}: {exc.strerror}") from None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+def _load_json(data: bytes, path: Path) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
+        raise IntegrityError(f"{path} is not valid JSON: {type(exc).__name__}: {exc}") from None
+
+
+def _stored_version(value: Any, where: str) -> str:
+    """A version read from store metadata, validated like user input."""
+    if not isinstance(value, str):
+        raise IntegrityError(f"{where}: expected a version string, got {type(value).__name__}")
+    try:
+        V.parse_version(value)
+    except InvalidNameError as exc:
+        raise IntegrityError(f"{where}: {exc}") from None
+    return value
+
+
+def _history_entry(entry: Any, where: str) -> dict[str, Any]:
+    """A history line, validated like user input (the fields rollback and the CLI read)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("action"), str):
+        raise IntegrityError(f"{where}: expected an object with an 'action', got {entry!r:.60}")
+    if "alias" in entry:
+        try:
+            if not isinstance(entry["alias"], str) or V.check_alias(entry["alias"]) != entry["alias"]:
+                raise InvalidNameError(f"invalid alias {entry['alias']!r:.60}")
+        except InvalidNameError as exc:
+            raise IntegrityError(f"{where}: {exc}") from None
+    for key in ("from", "to"):
+        if entry.get(key) is not None:
+            _stored_version(entry[key], f"{where}: {key!r}")
+    return entry
+
+
+def _record_version(name: str, version: str, manifest_bytes: bytes, record: StoreRecord) -> None:
+    record.model(name).set_version(version, manifest_digest(manifest_bytes))
+
+
+def _same_version(a: str | None, b: str | None) -> bool:
+    """Whether two versions read from store metadata are the same (``"1.0"`` is ``"1"``)."""
+    if a is None or b is None:
+        return a is b
+    return V.parse_version(a) == V.parse_version(b)
 
 
 def current_user() -> str:
@@ -215,12 +285,21 @@ class ModelStore:
     an advisory file lock (POSIX ``flock``), so several processes may share one store.
     ``root`` is a local folder (``file:///path`` is read as that path); a URL such as
     ``s3://bucket/models`` raises :class:`ConfigurationError`: remote stores do not exist yet.
+
+    ``store_id`` pins the identity of the store: with ``require_signature=True``, a signed
+    store record naming another store (copied from a staging store that uses the same
+    key) is refused, and a new record is created under this name (default: a random id).
+    Raises :class:`InvalidNameError` for an invalid ``store_id``.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, store_id: str | None = None) -> None:
         self.root = store_root(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._real_root = self.root.resolve()
+        self.store_id = check_store_id(store_id) if store_id is not None else None
+        # the newest record generation verified by this object: an older one is a replay
+        self._generation = -1
+        self._generation_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ModelStore({str(self.root)!r})"
@@ -233,6 +312,7 @@ class ModelStore:
         return path
 
     def _version_dir(self, name: str, version: str) -> Path:
+        V.parse_version(version)  # validated like every entry point: no "..", "/", NUL
         path = self._model_dir(name) / version
         if path.is_symlink():
             raise StoreError(f"version folder {path} is a symlink; refusing it")
@@ -274,8 +354,9 @@ class ModelStore:
         not say (stores written before spellings were kept) or cannot be read (``verify``
         reports that)."""
         folder = V.canonical_version(version)
-        with contextlib.suppress(OSError, ValueError, AttributeError, InvalidNameError):
-            saved = json.loads((model_dir / folder / MANIFEST_FILE).read_bytes()).get("version")
+        # IntegrityError: a symlink or a huge file; RecursionError: deeply nested JSON
+        with contextlib.suppress(OSError, ValueError, AttributeError, EmbedMLError, RecursionError):
+            saved = json.loads(read_metadata(model_dir / folder / MANIFEST_FILE)).get("version")
             if isinstance(saved, str) and V.parse_version(saved) == version:
                 return saved
         return folder
@@ -284,22 +365,35 @@ class ModelStore:
         """The aliases of ``name`` and the versions they point to."""
         path = self._model_dir(name) / _ALIASES
         try:
-            data = json.loads(path.read_text())
+            data = _load_json(read_metadata(path), path)
         except FileNotFoundError:
             return {}
-        except json.JSONDecodeError as exc:
-            raise IntegrityError(f"{path} is not valid JSON: {exc}") from exc
-        return {str(k): str(v) for k, v in data.items()}
+        if not isinstance(data, dict):
+            raise IntegrityError(f"{path} must hold an object of alias -> version, got {type(data).__name__}")
+        aliases = {}
+        for alias, version in data.items():
+            try:
+                if V.check_alias(alias) != alias:
+                    raise InvalidNameError(f"invalid alias {alias!r:.60}")
+            except InvalidNameError as exc:
+                raise IntegrityError(f"{path}: {exc}") from None
+            aliases[alias] = _stored_version(version, f"{path}: @{alias}")
+        return aliases
 
     # -- resolving
     def manifest(self, name: str, version: str) -> Manifest:
-        """Read the manifest of one exact version (any spelling: ``"1.0"`` is ``"1"``)."""
+        """Read the manifest of one exact version (any spelling: ``"1.0"`` is ``"1"``).
+
+        Raises :class:`InvalidNameError` for an invalid version, :class:`VersionNotFoundError`,
+        :class:`IntegrityError` for a manifest that is a symlink, invalid, or of another version.
+        """
+        return self._read_manifest(name, version)[0]
+
+    def _read_manifest(self, name: str, version: str) -> tuple[Manifest, bytes]:
         version = V.canonical_version(version)
         path = self._version_dir(name, version) / MANIFEST_FILE
-        if path.is_symlink():
-            raise IntegrityError(f"{path} is a symlink; refusing it")
         try:
-            text = path.read_bytes()
+            text = read_metadata(path)
         except FileNotFoundError:
             raise self._not_found(name, version) from None
         manifest = Manifest.from_json(text, where=str(path))
@@ -312,15 +406,31 @@ class ModelStore:
             raise IntegrityError(
                 f"{path}: artifact {manifest.artifact!r} must be a file name inside the version folder"
             )
-        return manifest
+        return manifest, text
 
-    def resolve(self, name: str, spec: str | int | Version | None = "latest") -> ModelVersion:
+    def resolve(
+        self,
+        name: str,
+        spec: str | int | Version | None = "latest",
+        *,
+        require_signature: bool = False,
+        signing_key: str | bytes | None = None,
+    ) -> ModelVersion:
         """The version that ``spec`` picks: ``"latest"``, ``"1.2"``, ``">=1,<2"`` or ``"@alias"``.
 
+        With ``require_signature=True`` the answer must agree with the signed store record
+        (key: ``signing_key`` or ``$EMBEDML_SIGNING_KEY``): an alias must point where the
+        record says, the version ``"latest"`` or a specifier picks must be the one it picks
+        among the recorded versions, and the manifest must be the recorded one; otherwise
+        :class:`SignatureError` says what differs (see ``docs/security.md``).
+
         Raises :class:`ModelNotFoundError` or :class:`VersionNotFoundError` (whose message
-        lists the versions and aliases that exist), or :class:`InvalidNameError`.
+        lists the versions and aliases that exist), :class:`InvalidNameError`, and
+        :class:`IntegrityError` for tampered store metadata.
         """
         parsed = V.parse_spec(spec)
+        if require_signature:
+            return self._resolve_signed(name, parsed, signing_key)
         existing = self._versions(self._model_dir(name))
         if not existing:
             raise ModelNotFoundError(
@@ -339,6 +449,69 @@ class ModelStore:
         manifest = self.manifest(name, folder)
         # shown and recorded (aliases, history) as saved: "2.0rc1", not its folder "2rc1"
         return ModelVersion(name, manifest.version, self._version_dir(name, folder), manifest)
+
+    def _resolve_signed(self, name: str, parsed: V.Spec, signing_key: str | bytes | None) -> ModelVersion:
+        key = resolve_key(signing_key)
+        if key is None:
+            raise ConfigurationError(
+                f"require_signature=True needs a key: pass signing_key= or set ${KEY_ENV}"
+            )
+        model_dir = self._model_dir(name)
+        with self._reading(name):  # no alias move or delete half done while we look
+            record = self._read_record(key)
+            if record is None:
+                # the version's own signature first: "not signed" says more than "no record"
+                self._signed_manifest(self.resolve(name, parsed.text), key)
+                raise missing_record(str(self.root / RECORD_FILE))
+            signed = record.models.get(name, ModelRecord())
+            on_disk = self._versions(model_dir)
+            recorded = {V.parse_version(v): digest for v, digest in signed.versions.items()}
+            if not on_disk and not recorded:
+                raise ModelNotFoundError(
+                    f"no model {name!r} in {self.root}; models: {self.models() or 'none'}"
+                )
+            if parsed.alias is not None:
+                target = self.aliases(name).get(parsed.alias)
+                expected = signed.aliases.get(parsed.alias)
+                if (target and V.parse_version(target)) != (expected and V.parse_version(expected)):
+                    raise SignatureError(
+                        f"{name}@{parsed.alias}: aliases.json points it at {target or 'nothing'}, "
+                        f"the signed store record at {expected or 'nothing'}; it was moved without "
+                        "the key (or a move was interrupted): move it again with signing_key="
+                    )
+                chosen = V.parse_version(target) if target is not None else None
+            else:
+                chosen = V.select(parsed, on_disk)
+                signed_choice = V.select(parsed, recorded)
+                if signed_choice is not None and signed_choice not in on_disk:
+                    raise self._missing(name, signed_choice)
+            if chosen is None:
+                raise self._not_found(name, parsed.text)
+            if chosen not in on_disk:
+                raise self._missing(name, chosen)
+            version = self._spelling(model_dir, chosen)
+            if chosen not in recorded:
+                raise SignatureError(
+                    f"{name}@{version} is not in the signed store record (saved without the key, "
+                    "copied from another store, or its save was interrupted); refusing it. If it "
+                    "is yours, sign it: store.sign(name, version, signing_key=...)"
+                )
+            folder = V.canonical_version(chosen)
+            manifest, data = self._read_manifest(name, folder)
+            mv = ModelVersion(name, manifest.version, self._version_dir(name, folder), manifest)
+            verify_signature(mv.path, data, key, required=True, label=str(mv))
+            if manifest_digest(data) != recorded[chosen]:
+                raise SignatureError(
+                    f"the manifest of {name}@{version} differs from the one in the signed store "
+                    "record (replaced, or copied from another store); refusing it"
+                )
+        return mv
+
+    def _missing(self, name: str, version: Version) -> SignatureError:
+        return SignatureError(
+            f"{name}@{version} is in the signed store record but missing from the store "
+            "(deleted or hidden without the key); refusing to serve another version instead"
+        )
 
     def _not_found(self, name: str, spec: str) -> VersionNotFoundError:
         model_dir = self._model_dir(name)
@@ -401,10 +574,13 @@ class ModelStore:
         :class:`UnsupportedFormatError`, :class:`UntrustedArtifactError`,
         :class:`SchemaError` or :class:`ConfigurationError` (a bad ``method``;
         ``row_wise=True`` on an ONNX graph, whose shapes decide, or on a tensor schema
-        without a batch dimension).
+        without a batch dimension); with a key, :class:`SignatureError` when the store
+        record is not signed with it (checked before anything is written).
         """
         model_dir = self._model_dir(name)
         key = resolve_key(signing_key)
+        if key is not None:
+            self._read_record(key)  # fail before writing, not after publishing
         is_path = isinstance(model, str | os.PathLike)
         if format is not None:
             fmt = get_format(format)
@@ -436,29 +612,32 @@ class ModelStore:
 
         model_dir.mkdir(parents=True, exist_ok=True)
         tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
+        # Private while it is filled, so that nobody else can plant a symlink in it for a
+        # format's writer to follow; given the model folder's permissions before publishing.
+        tmp.mkdir(mode=0o700)
         try:
             artifact = "model" + fmt.suffixes[0]
             if is_path:
                 src = Path(model)
                 if not src.is_file():
                     raise StoreError(f"no model file at {src}")
-                shutil.copyfile(src, tmp / artifact)
+                with open(src, "rb") as fin, open(_create_exclusive(tmp / artifact), "wb") as fout:
+                    shutil.copyfileobj(fin, fout, _CHUNK)
             else:
+                os.close(_create_exclusive(tmp / artifact))
                 fmt.dump(model, tmp / artifact)
             digest = sha256_file(tmp / artifact)
             if is_path and sha256 is not None and digest != sha256:
                 raise UntrustedArtifactError(
                     f"{os.fspath(model)} has SHA-256 {digest}, not the {sha256} you vouched for; not saving it"
                 )
-            with open(tmp / artifact, "rb+") as f:
-                os.fsync(f.fileno())
             extra_files = {}
             if profile is not None:
                 from .profile import PROFILE_FILE
 
-                _write_atomic(tmp / PROFILE_FILE, profile.encode())
+                write_atomic(tmp / PROFILE_FILE, profile.encode())
                 extra_files[PROFILE_FILE] = sha256_file(tmp / PROFILE_FILE)
+            os.chmod(tmp, stat.S_IMODE(os.stat(model_dir).st_mode))
             fields = {
                 "name": name, "format": fmt.name, "artifact": artifact, "sha256": digest,
                 "size": (tmp / artifact).stat().st_size, "input_schema": in_schema,
@@ -479,46 +658,115 @@ class ModelStore:
         explicit: str | None,
         key: bytes | None = None,
     ) -> ModelVersion:
-        """Rename the finished folder into place; on a clash take the next major version."""
-        for _ in range(1000):
-            version = explicit or V.next_major(self._versions(model_dir))
-            manifest = Manifest(version=version, **fields)
-            data = manifest.to_json().encode()
-            _write_atomic(tmp / MANIFEST_FILE, data)
-            if key is not None:
-                _write_atomic(tmp / SIGNATURE_FILE, signature_document(data, key))
-            final = model_dir / V.canonical_version(version)  # "1.0" and "1" share a folder
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if explicit is not None:
-                    raise VersionExistsError(
-                        f"{fields['name']}@{explicit} already exists; versions are immutable, save a new version"
-                    ) from None
-                continue
-            _fsync_dir(model_dir)
-            return ModelVersion(fields["name"], version, final, manifest)
-        raise StoreError(f"could not find a free version number for {fields['name']!r}")
+        """Rename the finished folder into place; on a clash take the next major version.
 
-    # -- aliases
+        Under the model's lock, so that a signed reader never sees the version on disk
+        before it is in the store record.
+        """
+        name = fields["name"]
+        with self._lock(name):
+            for _ in range(1000):
+                version = explicit or V.next_major(self._versions(model_dir))
+                manifest = Manifest(version=version, **fields)
+                data = manifest.to_json().encode()
+                write_atomic(tmp / MANIFEST_FILE, data)
+                if key is not None:
+                    write_atomic(tmp / SIGNATURE_FILE, signature_document(data, key))
+                final = model_dir / V.canonical_version(version)  # "1.0" and "1" share a folder
+                try:
+                    os.rename(tmp, final)
+                except OSError as exc:
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise StoreError(f"cannot publish {name}@{version} as {final}: {exc.strerror}") from None
+                    if explicit is not None:
+                        raise VersionExistsError(
+                            f"{name}@{explicit} already exists; versions are immutable, save a new version"
+                        ) from None
+                    continue
+                fsync_dir(model_dir)
+                if key is not None:  # a crash here leaves a version the record does not list
+                    self._update_record(key, functools.partial(_record_version, name, version, data))
+                return ModelVersion(name, version, final, manifest)
+        raise StoreError(f"could not find a free version number for {name!r}")
+
+    # -- locks and the signed store record
     @contextlib.contextmanager
     def _lock(self, name: str) -> Iterator[None]:
+        """The model's exclusive lock (re-entrant within a thread); never follows a symlink."""
         model_dir = self._model_dir(name)
         model_dir.mkdir(parents=True, exist_ok=True)
-        # O_NOFOLLOW: a planted ".lock" symlink must not make us create files elsewhere
-        try:
-            fd = os.open(model_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as exc:
-            raise StoreError(f"cannot open the lock file in {model_dir}: {exc}") from exc
-        with open(fd, "a+") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        path, held = model_dir / _LOCK, _held_locks()
+        if path in held:
+            yield
+            return
+        with locked(path):
+            held.add(path)
             try:
                 yield
             finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                held.discard(path)
 
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[None]:
+        """A shared hold on the model's lock for a signed resolution (skipped when this
+        thread already holds it exclusively, e.g. a promotion gate loading a version)."""
+        path = self._model_dir(name) / _LOCK
+        if path in _held_locks():
+            yield
+            return
+        with locked(path, shared=True):
+            yield
+
+    def _read_record(self, key: bytes) -> StoreRecord | None:
+        """The verified store record, or ``None`` when the store has none.
+
+        Raises :class:`SignatureError` (wrong key, tampered, another store's, replayed) or
+        :class:`IntegrityError` (a symlink, not a regular file).
+        """
+        path = self.root / RECORD_FILE
+        try:
+            raw = read_metadata(path)
+        except FileNotFoundError:
+            return None
+        record = parse_record(raw, key, str(path))
+        if self.store_id is not None and record.store_id != self.store_id:
+            raise SignatureError(
+                f"{path} is the record of store {record.store_id!r}, not of {self.store_id!r} "
+                "(copied from another store signed with the same key?); refusing it"
+            )
+        with self._generation_lock:
+            if record.generation < self._generation:
+                raise SignatureError(
+                    f"{path} has generation {record.generation}, older than generation "
+                    f"{self._generation} already verified by this store object: an older record "
+                    "was put back; refusing it"
+                )
+            self._generation = record.generation
+        return record
+
+    def _update_record(self, key: bytes, change: Callable[[StoreRecord], Any]) -> StoreRecord:
+        """Read, change, sign and replace the store record under the store's lock."""
+        with locked(self.root / _LOCK):
+            record = self._read_record(key) or StoreRecord.new(self.store_id)
+            change(record)
+            record.generation += 1
+            write_atomic(self.root / RECORD_FILE, record.to_bytes(key))
+            with self._generation_lock:
+                self._generation = max(self._generation, record.generation)
+        return record
+
+    def _signed_manifest(self, mv: ModelVersion, key: bytes) -> bytes:
+        """The manifest bytes of ``mv`` after checking its signature with ``key``."""
+        path = mv.path / MANIFEST_FILE
+        data = read_metadata(path)
+        verify_signature(mv.path, data, key, required=True, label=str(mv))
+        if Manifest.from_json(data, where=str(path)) != mv.manifest:
+            raise SignatureError(f"{mv}: the manifest changed while it was being signed; refusing it")
+        return data
+
+    # -- aliases
     def _write_aliases(self, name: str, aliases: dict[str, str]) -> None:
-        _write_atomic(
+        write_atomic(
             self._model_dir(name) / _ALIASES,
             json.dumps(aliases, indent=2, sort_keys=True).encode(),
         )
@@ -527,24 +775,37 @@ class ModelStore:
         """Append one entry to ``history.jsonl`` (caller holds the lock) and return it."""
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ts": time.time(), **entry}
         line = json.dumps(entry, sort_keys=True, default=str) + "\n"
-        fd = os.open(self._model_dir(name) / _HISTORY, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = "\n" + line  # a writer died mid-line: keep that torn line apart
-            os.write(fd, line.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self._model_dir(name) / _HISTORY, line.encode())
         return entry
 
     def _move_alias(
         self, name: str, alias: str, target: ModelVersion, action: str, who: str | None,
-        **extra: Any,
+        key: bytes | None, **extra: Any,
     ) -> None:
-        """Point ``alias`` at ``target`` and record the move (caller holds the lock)."""
+        """Point ``alias`` at ``target`` and record the move (caller holds the lock).
+
+        With a key the target's manifest signature is checked and the move is signed into
+        the store record first (then ``aliases.json``, then the history).
+        """
         aliases = self.aliases(name)
         previous = aliases.get(alias)
+        if key is not None:
+            digest = manifest_digest(self._signed_manifest(target, key))
+
+            def change(record: StoreRecord) -> None:
+                signed = record.model(name)
+                recorded = signed.digest_of(target.version)
+                if recorded is not None and recorded != digest:
+                    raise SignatureError(
+                        f"the manifest of {target} differs from the one in the signed store "
+                        "record (replaced, or copied from another store); not moving the alias"
+                    )
+                signed.set_version(target.version, digest)
+                if action in _MOVES:
+                    signed.move(alias, signed.aliases.get(alias), target.version)
+                signed.aliases[alias] = target.version
+
+            self._update_record(key, change)
         aliases[alias] = target.version
         self._write_aliases(name, aliases)
         rollback = previous is not None and V.parse_version(target.version) < V.parse_version(previous)
@@ -554,27 +815,49 @@ class ModelStore:
         })  # fmt: skip
 
     def set_alias(
-        self, name: str, alias: str, version: str | int, *, who: str | None = None
+        self,
+        name: str,
+        alias: str,
+        version: str | int,
+        *,
+        who: str | None = None,
+        signing_key: str | bytes | None = None,
     ) -> ModelVersion:
         """Point ``alias`` (e.g. ``"production"``) at an existing version; returns that version.
 
         The move is appended to :meth:`history` with ``who`` (default: the OS user); a move
-        to an older version than before is marked as a rollback.
+        to an older version than before is marked as a rollback. With a key (``signing_key``
+        or ``$EMBEDML_SIGNING_KEY``) the move is signed into the store record, and the
+        version must be signed with that key (:class:`SignatureError` otherwise).
         """
         alias = V.check_alias(alias)
+        key = resolve_key(signing_key)
         with self._lock(name):
             target = self.resolve(name, V.canonical_version(version))
-            self._move_alias(name, alias, target, "set_alias", who)
+            self._move_alias(name, alias, target, "set_alias", who, key)
         return target
 
-    def remove_alias(self, name: str, alias: str, *, who: str | None = None) -> None:
-        """Remove an alias; raises :class:`VersionNotFoundError` if it does not exist."""
+    def remove_alias(
+        self,
+        name: str,
+        alias: str,
+        *,
+        who: str | None = None,
+        signing_key: str | bytes | None = None,
+    ) -> None:
+        """Remove an alias; raises :class:`VersionNotFoundError` if it does not exist.
+
+        With a key the removal is signed into the store record too.
+        """
         alias = V.check_alias(alias)
+        key = resolve_key(signing_key)
         with self._lock(name):
             aliases = self.aliases(name)
             previous = aliases.pop(alias, None)
             if previous is None:
                 raise self._not_found(name, f"@{alias}")
+            if key is not None:
+                self._update_record(key, lambda r: r.model(name).aliases.pop(alias, None))
             self._write_aliases(name, aliases)
             self._append_history(name, {
                 "action": "remove_alias", "alias": alias, "from": previous, "to": None,
@@ -589,16 +872,19 @@ class ModelStore:
         *,
         gate: Gate | None = None,
         who: str | None = None,
+        signing_key: str | bytes | None = None,
     ) -> ModelVersion:
         """Point ``alias`` at ``version`` if it passes ``gate`` (an :class:`~embedml.Gate`).
 
         The gate scores the candidate, and the version the alias points to now, on its
         holdout set; the outcome and scores are appended to :meth:`history` either way
-        (an ``action="gate"`` entry, then the ``"promote"`` move when it passed).
+        (an ``action="gate"`` entry, then the ``"promote"`` move when it passed). With a
+        key the move is signed as in :meth:`set_alias`.
         Raises :class:`GateFailedError` (carrying the scores; the alias is not moved), and
-        the errors of :meth:`resolve` and :meth:`load`.
+        the errors of :meth:`resolve`, :meth:`load` and :meth:`set_alias`.
         """
         alias = V.check_alias(alias)
+        key = resolve_key(signing_key)
         with self._lock(name):
             # Scored under the lock so that the version compared against cannot move meanwhile.
             target = self.resolve(name, V.canonical_version(version))
@@ -620,25 +906,52 @@ class ModelStore:
                     "passed": True, "scores": scores, "who": who or current_user(),
                 })  # fmt: skip
                 extra = {"gate": scores}
-            self._move_alias(name, alias, target, "promote", who, **extra)
+            self._move_alias(name, alias, target, "promote", who, key, **extra)
         return target
 
-    def rollback(self, name: str, alias: str = "production", *, who: str | None = None) -> ModelVersion:
+    def rollback(
+        self,
+        name: str,
+        alias: str = "production",
+        *,
+        who: str | None = None,
+        signing_key: str | bytes | None = None,
+    ) -> ModelVersion:
         """Move ``alias`` back to the version it had before the move that set its current one.
 
         Repeated rollbacks walk further back (3 -> 2 -> 1); the move is recorded with
-        ``action="rollback"``. Returns that version. Raises :class:`StoreError` when the history has no earlier
-        version for the alias.
+        ``action="rollback"``. Returns that version. With a key and a signed store record
+        the earlier version comes from the record's signed moves (the history file is not
+        signed), and the move is signed. Raises :class:`StoreError` when there is no earlier
+        version for the alias, :class:`SignatureError` when ``aliases.json`` disagrees
+        with the record.
         """
         alias = V.check_alias(alias)
+        key = resolve_key(signing_key)
         with self._lock(name):
             current = self.aliases(name).get(alias)
-            for entry in reversed(self.history(name, alias=alias)):
-                if entry.get("action") in ("set_alias", "promote") and entry["to"] == current:
-                    if entry.get("from") is None:
+            record = self._read_record(key) if key is not None else None
+            if record is not None:
+                signed = record.models.get(name, ModelRecord())
+                if not _same_version(signed.aliases.get(alias), current):
+                    raise SignatureError(
+                        f"{name}@{alias}: aliases.json points it at {current or 'nothing'}, the "
+                        f"signed store record at {signed.aliases.get(alias) or 'nothing'}; not "
+                        "rolling back from a state the key did not sign"
+                    )
+                moves = [(before, to) for before, to in signed.moves.get(alias, [])]
+            else:
+                moves = [
+                    (entry.get("from"), entry.get("to"))
+                    for entry in self.history(name, alias=alias)
+                    if entry["action"] in _MOVES
+                ]
+            for before, to in reversed(moves):
+                if to is not None and _same_version(to, current):
+                    if before is None:
                         break
-                    target = self.resolve(name, entry["from"])
-                    self._move_alias(name, alias, target, "rollback", who)
+                    target = self.resolve(name, before)
+                    self._move_alias(name, alias, target, "rollback", who, key)
                     return target
             raise StoreError(f"the history of {name}@{alias} has no earlier version to roll back to")
 
@@ -649,11 +962,14 @@ class ModelStore:
         ``"promote"``, ``"rollback"``, ``"remove_alias"`` or ``"gate"``), ``alias``,
         ``from`` / ``to`` versions, ``who``; moves have ``rollback`` (true when the alias
         went to an older version), promotions ``gate`` (the scores); gate entries have
-        ``passed`` and ``scores``. Unreadable lines are skipped with a warning.
+        ``passed`` and ``scores``. Lines that are not JSON (a writer killed mid-line) are
+        skipped with a warning; a JSON line that is not a valid entry (tampering) raises
+        :class:`IntegrityError` naming the line. The history is not signed: signed
+        rollbacks use the store record instead.
         """
         path = self._model_dir(name) / _HISTORY
         try:
-            lines = path.read_text().splitlines()
+            lines = read_metadata(path, 1 << 30).split(b"\n")
         except FileNotFoundError:
             return []
         entries = []
@@ -662,15 +978,21 @@ class ModelStore:
                 continue
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 log.warning("%s line %d is not valid JSON; skipped", path, i)
                 continue
+            entry = _history_entry(entry, f"{path} line {i}")
             if alias is None or entry.get("alias") == alias:
                 entries.append(entry)
         return entries
 
-    def delete(self, name: str, version: str | int) -> None:
-        """Delete one version. Refuses (:class:`StoreError`) while an alias points to it."""
+    def delete(self, name: str, version: str | int, *, signing_key: str | bytes | None = None) -> None:
+        """Delete one version. Refuses (:class:`StoreError`) while an alias points to it.
+
+        In a signed store pass the key (or set ``$EMBEDML_SIGNING_KEY``): the version leaves
+        the store record first; deleted without it, signed loads report it missing.
+        """
+        key = resolve_key(signing_key)
         with self._lock(name):
             target = self.resolve(name, V.canonical_version(version))
             here = V.parse_version(target.version)
@@ -681,24 +1003,102 @@ class ModelStore:
                 raise StoreError(
                     f"{target} is in use by alias(es) {', '.join('@' + a for a in pointing)}; move them first"
                 )
+            if key is not None:
+                self._update_record(key, lambda r: r.model(name).drop_version(target.version))
             trash = target.path.with_name(f".trash-{uuid.uuid4().hex}")
             os.rename(target.path, trash)
             shutil.rmtree(trash, ignore_errors=True)
 
     def sign(self, name: str, version: str | int, *, signing_key: str | bytes | None = None) -> Path:
-        """Sign (or re-sign) an existing version's manifest; returns the ``manifest.sig`` path.
+        """Sign (or re-sign) an existing version's manifest and add it to the signed store
+        record; returns the ``manifest.sig`` path.
 
         Use it to sign versions saved before signing was turned on, after checking them
-        (for example with :meth:`verify`). Raises :class:`ConfigurationError` without a key.
+        (for example with :meth:`verify`). Raises :class:`ConfigurationError` without a key,
+        :class:`SignatureError` when the store record is signed with another key.
         """
         key = resolve_key(signing_key)
         if key is None:
             raise ConfigurationError(f"sign() needs a key: pass signing_key= or set ${KEY_ENV}")
-        mv = self.resolve(name, V.canonical_version(version))
-        data = (mv.path / MANIFEST_FILE).read_bytes()
-        Manifest.from_json(data, where=str(mv.path / MANIFEST_FILE))
-        _write_atomic(mv.path / SIGNATURE_FILE, signature_document(data, key))
+        with self._lock(name):
+            mv = self.resolve(name, V.canonical_version(version))
+            path = mv.path / MANIFEST_FILE
+            data = read_metadata(path)
+            if Manifest.from_json(data, where=str(path)) != mv.manifest:
+                raise IntegrityError(f"{mv}: the manifest changed while it was being signed")
+            self._read_record(key)  # refuse a record of another key before writing anything
+            write_atomic(mv.path / SIGNATURE_FILE, signature_document(data, key))
+            self._update_record(key, functools.partial(_record_version, name, mv.version, data))
         return mv.path / SIGNATURE_FILE
+
+    def sign_store(self, *, signing_key: str | bytes | None = None) -> dict[str, str | None]:
+        """Write the signed store record from what the store holds now (the migration of a
+        store made before the record existed, or a rebuild after checking a tampered one).
+
+        Records every version whose manifest signature verifies with the key and whose
+        files match their hashes, the aliases pointing to those versions, and the alias
+        moves of the history. Returns ``{"name@version" or "name@alias": None if recorded,
+        else why not}``; versions of an older record missing from the store are reported.
+        Run :meth:`verify` first: this vouches for the store as it is. Raises
+        :class:`ConfigurationError` without a key.
+        """
+        key = resolve_key(signing_key)
+        if key is None:
+            raise ConfigurationError(f"sign_store() needs a key: pass signing_key= or set ${KEY_ENV}")
+        report: dict[str, str | None] = {}
+        with contextlib.ExitStack() as stack:
+            models = self.models()
+            for model in models:  # sorted: one order for every caller, so no deadlock
+                stack.enter_context(self._lock(model))
+            stack.enter_context(locked(self.root / _LOCK))
+            try:
+                old = self._read_record(key)
+            except IntegrityError:
+                old = None
+            record = StoreRecord.new(self.store_id or (old.store_id if old else None))
+            record.generation = max(self._generation, old.generation if old else 0)
+            for model in models:
+                self._record_model(model, record.model(model), key, report)
+            for model, signed in (old.models.items() if old else ()):
+                for version in signed.versions:
+                    if record.model(model).digest_of(version) is None and f"{model}@{version}" not in report:
+                        report[f"{model}@{version}"] = "in the old store record but missing from the store: dropped"
+            record.generation += 1
+            write_atomic(self.root / RECORD_FILE, record.to_bytes(key))
+            with self._generation_lock:
+                self._generation = max(self._generation, record.generation)
+        return report
+
+    def _record_model(self, model: str, signed: ModelRecord, key: bytes, report: dict[str, str | None]) -> None:
+        for version in self.versions(model):
+            label = f"{model}@{version}"
+            try:
+                mv = self.resolve(model, version)
+                digest = manifest_digest(self._signed_manifest(mv, key))
+                self.read_artifact(mv)
+                for extra in mv.manifest.extra_files:
+                    self.read_extra_file(mv, extra)
+            except EmbedMLError as exc:
+                report[label] = str(exc)
+                continue
+            signed.set_version(version, digest)
+            report[label] = None
+        try:
+            aliases = self.aliases(model)
+            history = self.history(model)
+        except EmbedMLError as exc:
+            report[f"{model}/{_ALIASES}"] = str(exc)
+            return
+        for alias, version in sorted(aliases.items()):
+            if signed.digest_of(version) is not None:
+                signed.aliases[alias] = version
+                report[f"{model}@{alias}"] = None
+            else:
+                report[f"{model}@{alias}"] = f"points at {version}, which is not recorded"
+        for entry in history:
+            alias, to = entry.get("alias"), entry.get("to")
+            if entry["action"] in _MOVES and alias in signed.aliases and to and signed.digest_of(to):
+                signed.move(alias, entry.get("from"), to)
 
     # -- reading artifacts
     def read_artifact(self, mv: ModelVersion) -> bytes:
@@ -759,31 +1159,97 @@ class ModelStore:
         signing_key: str | bytes | None = None,
         require_signature: bool = False,
     ) -> dict[str, str | None]:
-        """Re-hash every artifact and extra file (of ``name``, or of all models):
-        ``{"name@version": error or None}``.
+        """Audit the store (or one model): ``{"name@version": error or None}``.
 
-        With a key (argument or ``$EMBEDML_SIGNING_KEY``) signatures are checked too, and
-        with ``require_signature=True`` an unsigned version is reported. A version saved with
-        a ``method`` outside :data:`~embedml.manifest.STANDARD_METHODS` is reported too
-        (``restricted=True`` loads refuse it).
+        Every artifact and extra file is re-hashed. With a key (argument or
+        ``$EMBEDML_SIGNING_KEY``) manifest signatures and the signed store record are
+        checked too: a version whose manifest differs from the recorded one, a recorded
+        version missing from the store (``"name@version"``), and an alias that
+        ``aliases.json`` points elsewhere than the record (``"name@alias"``) are reported;
+        with ``require_signature=True`` so are unsigned versions, versions and aliases the
+        record does not hold, and a store without a record (``"(store record)"``).
+        A version saved with a ``method`` outside :data:`~embedml.manifest.STANDARD_METHODS`
+        is reported too (``restricted=True`` loads refuse it).
+        Unreadable metadata is reported as ``"name/aliases.json"`` / ``"name/history.jsonl"``
+        / ``"(store record)"``; a problem in one place never stops the audit of the rest.
+        Aliases and metadata files appear only when something is wrong with them.
         """
         key = resolve_key(signing_key)
+        if key is None and require_signature:
+            raise ConfigurationError(
+                f"require_signature=True needs a key: pass signing_key= or set ${KEY_ENV}"
+            )
         report: dict[str, str | None] = {}
-        for model in [name] if name else self.models():
-            for version in self.versions(model):
-                label = f"{model}@{version}"
-                try:
-                    mv = self.resolve(model, version)
-                    if key is not None or require_signature:
-                        data = (mv.path / MANIFEST_FILE).read_bytes()
-                        verify_signature(mv.path, data, key, required=require_signature, label=label)
-                    self.read_artifact(mv)
-                    for extra in mv.manifest.extra_files:
-                        self.read_extra_file(mv, extra)
-                    report[label] = method_problem(mv.manifest)
-                except IntegrityError as exc:
-                    report[label] = str(exc)
+        record: StoreRecord | None = None
+        if key is not None:
+            try:
+                record = self._read_record(key)
+                if record is None and require_signature:
+                    report["(store record)"] = str(missing_record(str(self.root / RECORD_FILE)))
+            except IntegrityError as exc:
+                report["(store record)"] = str(exc)
+        models = [name] if name else sorted(set(self.models()) | set(record.models if record else ()))
+        for model in models:
+            signed = record.models.get(model, ModelRecord()) if record else None
+            self._verify_model(model, key, require_signature, signed, report)
         return report
+
+    def _verify_model(
+        self,
+        model: str,
+        key: bytes | None,
+        require_signature: bool,
+        signed: ModelRecord | None,
+        report: dict[str, str | None],
+    ) -> None:
+        recorded = {V.parse_version(v): v for v in signed.versions} if signed else {}
+        model_dir = self._model_dir(model)
+        on_disk = self._versions(model_dir)
+        for parsed in on_disk:
+            version = self._spelling(model_dir, parsed)
+            label = f"{model}@{version}"
+            try:
+                mv = self.resolve(model, version)
+                if key is not None:
+                    data = read_metadata(mv.path / MANIFEST_FILE)
+                    verify_signature(mv.path, data, key, required=require_signature, label=label)
+                    digest = signed.digest_of(version) if signed is not None else None
+                    if digest is not None and digest != manifest_digest(data):
+                        raise SignatureError(
+                            f"the manifest of {label} differs from the one in the signed store "
+                            "record (replaced, or copied from another store)"
+                        )
+                    if digest is None and signed is not None and require_signature:
+                        raise SignatureError(f"{label} is not in the signed store record")
+                self.read_artifact(mv)
+                for extra in mv.manifest.extra_files:
+                    self.read_extra_file(mv, extra)
+                report[label] = method_problem(mv.manifest)
+            except EmbedMLError as exc:
+                report[label] = str(exc)
+        for parsed, spelling in recorded.items():
+            if parsed not in on_disk:
+                report[f"{model}@{spelling}"] = (
+                    "listed in the signed store record but missing from the store "
+                    "(deleted or hidden without the key)"
+                )
+        try:
+            aliases: dict[str, str] | None = self.aliases(model)
+        except EmbedMLError as exc:
+            report[f"{model}/{_ALIASES}"] = str(exc)
+            aliases = None
+        if signed is not None and aliases is not None:
+            for alias in sorted(set(aliases) | set(signed.aliases)):
+                target, expected = aliases.get(alias), signed.aliases.get(alias)
+                if not _same_version(target, expected) and (expected is not None or require_signature):
+                    report[f"{model}@{alias}"] = (
+                        f"aliases.json points @{alias} at {target or 'nothing'}, the signed "
+                        f"store record at {expected or 'nothing'} (moved without the key?)"
+                    )
+        try:
+            self.history(model)
+        except EmbedMLError as exc:
+            report[f"{model}/{_HISTORY}"] = str(exc)
 
     # -- loading (delegated: the store itself never loads a model)
     def load(
@@ -833,8 +1299,9 @@ class ModelStore:
         :class:`ConfigurationError` for a bad option.
         Hardening (``docs/security.md``): ``allow_nan`` (default ``False``: NaN/inf in
         numeric inputs is a :class:`SchemaError`), ``max_batch_rows``, ``max_string_length``;
-        ``require_signature`` with ``signing_key`` (or ``$EMBEDML_SIGNING_KEY``) refuses
-        unsigned or wrongly signed versions (:class:`SignatureError`) before the artifact is
+        ``require_signature`` with ``signing_key`` (or ``$EMBEDML_SIGNING_KEY``) resolves
+        ``version`` through the signed store record and refuses unsigned or wrongly signed
+        versions, aliases and version sets (:class:`SignatureError`) before the artifact is
         read; ``restricted=True`` unpickles pickle/joblib with an allow-list plus
         ``trusted_types`` (:class:`UntrustedArtifactError` names a refused type);
         ``strict_versions=True`` turns a framework version skew warning into
@@ -865,9 +1332,10 @@ class ModelStore:
 
             cache = default_cache()
         # Not `cache or None`: an empty ModelCache has len() 0.
-        handle = ModelHandle.open(
-            self, self.resolve(name, version), options, None if cache is False else cache
+        mv = self.resolve(
+            name, version, require_signature=require_signature, signing_key=signing_key
         )
+        handle = ModelHandle.open(self, mv, options, None if cache is False else cache)
         if follow:
             from .follow import Follower
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from packaging.specifiers import SpecifierSet
 
 __all__ = [
+    "MAX_VERSION_LENGTH",
     "Spec",
     "canonical_version",
     "check_alias",
@@ -46,6 +47,8 @@ __all__ = [
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")
 _RESERVED_ALIASES = frozenset({"latest"})
+#: The longest version string accepted (like names and aliases).
+MAX_VERSION_LENGTH = 128
 
 
 def check_name(name: str) -> str:
@@ -77,6 +80,10 @@ def parse_version(version: str | int | Version) -> Version:
     if isinstance(version, Version):
         return version
     text = str(version)
+    if len(text) > MAX_VERSION_LENGTH:  # before anything else: a version becomes a folder name
+        raise InvalidNameError(
+            f"invalid version {text[:40]!r}...: longer than {MAX_VERSION_LENGTH} characters"
+        )
     if not text[:1].isdigit():
         raise InvalidNameError(f"invalid version {text!r}: a version starts with a digit")
     try:

@@ -171,7 +171,14 @@ def predict(
     root = _store_path(store_uri)
     if not root.is_dir():
         raise StoreError(f"no model store at {root}")
-    mv = ModelStore(root).resolve(name, version)
+    options = dict(load_options or {})
+    # an alias or "latest" goes through the signed store record when the loads will
+    mv = ModelStore(root).resolve(
+        name,
+        version,
+        require_signature=bool(options.get("require_signature")),
+        signing_key=options.get("signing_key"),
+    )
     return dataset.map_batches(
         EmbedMLPredictor,
         fn_constructor_kwargs={
@@ -180,7 +187,7 @@ def predict(
             "version": mv.version,
             "feature_columns": list(feature_columns) if feature_columns is not None else None,
             "error_column": error_column,
-            "load_options": dict(load_options or {}),
+            "load_options": options,
         },
         batch_size=batch_size,
         batch_format="pandas",
