@@ -87,6 +87,8 @@ _ALIASES = "aliases.json"
 _HISTORY = "history.jsonl"
 _LOCK = ".lock"
 _MOVES = ("set_alias", "promote")
+log = logging.getLogger("embedml.store")
+_CHUNK = 1 << 20
 # The model lock files each thread holds (by path, whatever ModelStore object took them):
 # flock locks belong to open files, so taking one again in the same thread would deadlock.
 _held = threading.local()
@@ -94,8 +96,6 @@ _held = threading.local()
 
 def _held_locks() -> set[Path]:
     return _held.__dict__.setdefault("paths", set())
-log = logging.getLogger("embedml.store")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -473,7 +473,7 @@ class ModelStore:
             if parsed.alias is not None:
                 target = self.aliases(name).get(parsed.alias)
                 expected = signed.aliases.get(parsed.alias)
-                if (target and V.parse_version(target)) != (expected and V.parse_version(expected)):
+                if not _same_version(target, expected):
                     raise SignatureError(
                         f"{name}@{parsed.alias}: aliases.json points it at {target or 'nothing'}, "
                         f"the signed store record at {expected or 'nothing'}; it was moved without "
@@ -1085,10 +1085,14 @@ class ModelStore:
             report[label] = None
         try:
             aliases = self.aliases(model)
-            history = self.history(model)
         except EmbedMLError as exc:
             report[f"{model}/{_ALIASES}"] = str(exc)
             return
+        try:
+            history = self.history(model)
+        except EmbedMLError as exc:  # the aliases are recorded; a rollback has no moves yet
+            report[f"{model}/{_HISTORY}"] = str(exc)
+            history = []
         for alias, version in sorted(aliases.items()):
             if signed.digest_of(version) is not None:
                 signed.aliases[alias] = version
