@@ -472,3 +472,38 @@ def test_record_follows_version_spellings(store):
     store.remove_alias("m", "canary", signing_key=KEY)
     store.delete("m", "2.0rc1", signing_key=KEY)
     assert store.verify(signing_key=KEY, require_signature=True) == {"m@1.0": None}
+
+
+def test_a_child_forked_while_another_thread_holds_a_store_lock_does_not_keep_it(store):
+    import fcntl
+    import threading
+
+    store.save("m", sk_logreg(), signing_key=KEY)
+    holding, release = threading.Event(), threading.Event()
+
+    def reader() -> None:  # what a follower thread does during a signed resolution
+        with store._reading("m"):
+            holding.set()
+            release.wait(60)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    assert holding.wait(60)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child (gunicorn-style worker) lives on, never touching the store
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    try:
+        release.set()
+        t.join(60)
+        fd = os.open(store.root / "m" / ".lock", os.O_RDONLY)
+        try:  # the reader released its lock: nobody may hold it now, the child included
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(write_end)
+        os.waitpid(pid, 0)

@@ -138,6 +138,8 @@ def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
         try:
             yield
         finally:
+            # Explicitly, not by closing: a child forked meanwhile shares this open file,
+            # and would otherwise keep the lock for as long as it lives.
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -297,9 +297,10 @@ class ModelStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._real_root = self.root.resolve()
         self.store_id = check_store_id(store_id) if store_id is not None else None
-        # the newest record generation verified by this object: an older one is a replay
+        # The newest record generation verified by this object: an older one is a replay.
+        # No lock (a fork must not inherit a held one): a lost race only forgets a newer
+        # generation for a moment, it never accepts a record older than one stored here.
         self._generation = -1
-        self._generation_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ModelStore({str(self.root)!r})"
@@ -734,14 +735,13 @@ class ModelStore:
                 f"{path} is the record of store {record.store_id!r}, not of {self.store_id!r} "
                 "(copied from another store signed with the same key?); refusing it"
             )
-        with self._generation_lock:
-            if record.generation < self._generation:
-                raise SignatureError(
-                    f"{path} has generation {record.generation}, older than generation "
-                    f"{self._generation} already verified by this store object: an older record "
-                    "was put back; refusing it"
-                )
-            self._generation = record.generation
+        if record.generation < self._generation:
+            raise SignatureError(
+                f"{path} has generation {record.generation}, older than generation "
+                f"{self._generation} already verified by this store object: an older record "
+                "was put back; refusing it"
+            )
+        self._generation = max(self._generation, record.generation)
         return record
 
     def _update_record(self, key: bytes, change: Callable[[StoreRecord], Any]) -> StoreRecord:
@@ -751,8 +751,7 @@ class ModelStore:
             change(record)
             record.generation += 1
             write_atomic(self.root / RECORD_FILE, record.to_bytes(key))
-            with self._generation_lock:
-                self._generation = max(self._generation, record.generation)
+            self._generation = max(self._generation, record.generation)
         return record
 
     def _signed_manifest(self, mv: ModelVersion, key: bytes) -> bytes:
@@ -1065,8 +1064,7 @@ class ModelStore:
                         report[f"{model}@{version}"] = "in the old store record but missing from the store: dropped"
             record.generation += 1
             write_atomic(self.root / RECORD_FILE, record.to_bytes(key))
-            with self._generation_lock:
-                self._generation = max(self._generation, record.generation)
+            self._generation = max(self._generation, record.generation)
         return report
 
     def _record_model(self, model: str, signed: ModelRecord, key: bytes, report: dict[str, str | None]) -> None:
