@@ -22,6 +22,7 @@ import enum
 import importlib
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -106,6 +107,7 @@ class LoadOptions:
     signing_key: str | bytes | None = field(default=None, repr=False)
     restricted: bool = False
     trusted_types: tuple[Any, ...] | list[Any] = ()
+    trusted_callables: tuple[Any, ...] | list[Any] = ()
     strict_versions: bool = False
 
     def resolve_options(self) -> dict[str, Any]:
@@ -142,6 +144,15 @@ class LoadOptions:
                 f"trusted_types must be a list of types or 'module.Name' strings, got {self.trusted_types!r}"
             )
         object.__setattr__(self, "trusted_types", tuple(self.trusted_types))
+        entries = self.trusted_callables
+        if not isinstance(entries, list | tuple | set | frozenset) or not all(
+            c.strip(".:") if isinstance(c, str) else callable(c) for c in entries
+        ):
+            raise ConfigurationError(
+                "trusted_callables must be a list of functions or classes, or "
+                f"'module:function' strings, got {self.trusted_callables!r}"
+            )
+        object.__setattr__(self, "trusted_callables", tuple(self.trusted_callables))
         if self.method is not None and not isinstance(self.method, str):
             raise ConfigurationError(
                 f"method must be a method name such as 'predict_proba', got {self.method!r}"
@@ -155,7 +166,11 @@ class LoadOptions:
 
     def format_options(self) -> FormatOptions:
         outputs = tuple(self.outputs) if isinstance(self.outputs, list | tuple) else self.outputs
-        extra = {"restricted": True, "trusted_types": self.trusted_types} if self.restricted else {}
+        extra = {
+            "restricted": self.restricted,
+            "trusted_types": self.trusted_types,
+            "trusted_callables": self.trusted_callables,
+        }
         return FormatOptions(
             method=self.method, session_options=self.session_options, outputs=outputs, extra=extra
         )
@@ -165,6 +180,17 @@ class LoadOptions:
             strict=self.strict, allow_extra=self.allow_extra, allow_nan=self.allow_nan,
             max_batch_rows=self.max_batch_rows, max_string_length=self.max_string_length,
         )  # fmt: skip
+
+
+def passes_through(exc: BaseException) -> bool:
+    """Whether an exception from model code must reach the caller unchanged: Ctrl-C
+    (``KeyboardInterrupt``), ``GeneratorExit`` and asyncio cancellation. Everything else,
+    ``SystemExit`` included, becomes a :class:`PredictionError`."""
+    if isinstance(exc, KeyboardInterrupt | GeneratorExit):
+        return True
+    # looked up, not imported: if asyncio was never imported, nothing was cancelled by it
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
 def _import_callable(path: str, what: str) -> Callable[[Any], Any]:
@@ -330,29 +356,26 @@ class Pipeline:
 
     def run(self, batch: Any, n: int, whole: bool = False) -> Any:
         """preprocess -> model -> postprocess on a validated batch of ``n`` rows (``whole``:
-        on tensors passed whole, whose outputs are not counted in rows)."""
-        if self.preprocess is not None:
-            try:
-                batch = self.preprocess(batch)
-            except Exception as exc:
-                raise PredictionError(
-                    f"preprocess of {self.label} raised {type(exc).__name__}: {exc}",
-                    stage="preprocess",
-                ) from exc
+        on tensors passed whole, whose outputs are not counted in rows).
+
+        Whatever those stages raise becomes :class:`PredictionError` (``SystemExit`` too),
+        except the interrupts of :func:`passes_through`, which propagate as they are."""
+        stage = "preprocess"
         try:
+            if self.preprocess is not None:
+                batch = self.preprocess(batch)
+            stage = "model"
             out = self.runtime.predict(batch)
-        except Exception as exc:
-            raise PredictionError(
-                f"model {self.label} raised {type(exc).__name__}: {exc}", stage="model"
-            ) from exc
-        if self.postprocess is not None:
-            try:
+            if self.postprocess is not None:
+                stage = "postprocess"
                 out = self.postprocess(out)
-            except Exception as exc:
-                raise PredictionError(
-                    f"postprocess of {self.label} raised {type(exc).__name__}: {exc}",
-                    stage="postprocess",
-                ) from exc
+        except BaseException as exc:
+            if passes_through(exc):
+                raise
+            what = f"model {self.label}" if stage == "model" else f"{stage} of {self.label}"
+            raise PredictionError(
+                f"{what} raised {type(exc).__name__}: {exc}", stage=stage
+            ) from exc
         if whole:
             return out
         got = n_rows(out)

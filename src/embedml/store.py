@@ -75,6 +75,7 @@ from .record import (
 from .safe_io import append_line, fsync_dir, locked, read_metadata, write_atomic
 from .schema import TensorSchema, schema_from_dict, schema_to_dict
 from .signing import KEY_ENV, SIGNATURE_FILE, resolve_key, signature_document, verify_signature
+from .trust import import_paths_error, refused_import_paths
 
 if TYPE_CHECKING:
     from .cache import ModelCache
@@ -1160,6 +1161,8 @@ class ModelStore:
         *,
         signing_key: str | bytes | None = None,
         require_signature: bool = False,
+        restricted: bool = False,
+        trusted_callables: list[Any] | tuple[Any, ...] = (),
     ) -> dict[str, str | None]:
         """Audit the store (or one model): ``{"name@version": error or None}``.
 
@@ -1171,7 +1174,11 @@ class ModelStore:
         with ``require_signature=True`` so are unsigned versions, versions and aliases the
         record does not hold, and a store without a record (``"(store record)"``).
         A version saved with a ``method`` outside :data:`~embedml.manifest.STANDARD_METHODS`
-        is reported too (``restricted=True`` loads refuse it).
+        is reported too (``restricted=True`` loads refuse it). With ``restricted=True`` the
+        audit is for ``load(..., restricted=True, trusted_callables=...)``: manifest import
+        paths such a load refuses (``preprocess`` / ``postprocess`` not in
+        ``trusted_callables``) are reported too; artifacts are not deserialised (the types
+        inside a pickle are checked when it loads).
         Unreadable metadata is reported as ``"name/aliases.json"`` / ``"name/history.jsonl"``
         / ``"(store record)"``; a problem in one place never stops the audit of the rest.
         Aliases and metadata files appear only when something is wrong with them.
@@ -1182,6 +1189,7 @@ class ModelStore:
                 f"require_signature=True needs a key: pass signing_key= or set ${KEY_ENV}"
             )
         report: dict[str, str | None] = {}
+        callables = tuple(trusted_callables) if restricted else None  # None: not audited
         record: StoreRecord | None = None
         if key is not None:
             try:
@@ -1193,7 +1201,7 @@ class ModelStore:
         models = [name] if name else sorted(set(self.models()) | set(record.models if record else ()))
         for model in models:
             signed = record.models.get(model, ModelRecord()) if record else None
-            self._verify_model(model, key, require_signature, signed, report)
+            self._verify_model(model, key, require_signature, signed, report, callables)
         return report
 
     def _verify_model(
@@ -1203,6 +1211,7 @@ class ModelStore:
         require_signature: bool,
         signed: ModelRecord | None,
         report: dict[str, str | None],
+        trusted_callables: tuple[Any, ...] | None = None,
     ) -> None:
         recorded = {V.parse_version(v): v for v in signed.versions} if signed else {}
         model_dir = self._model_dir(model)
@@ -1226,7 +1235,13 @@ class ModelStore:
                 self.read_artifact(mv)
                 for extra in mv.manifest.extra_files:
                     self.read_extra_file(mv, extra)
-                report[label] = method_problem(mv.manifest)
+                problem = method_problem(mv.manifest)
+                if trusted_callables is not None:  # verify(restricted=True)
+                    refused = refused_import_paths(mv.manifest, trusted_callables)
+                    if refused:
+                        paths = str(import_paths_error(label, refused))
+                        problem = paths if problem is None else f"{problem}; {paths}"
+                report[label] = problem
             except EmbedMLError as exc:
                 report[label] = str(exc)
         for parsed, spelling in recorded.items():
@@ -1278,6 +1293,7 @@ class ModelStore:
         signing_key: str | bytes | None = None,
         restricted: bool = False,
         trusted_types: list[Any] | tuple[Any, ...] = (),
+        trusted_callables: list[Any] | tuple[Any, ...] = (),
         strict_versions: bool = False,
     ) -> ModelHandle:
         """Resolve ``version`` and open a :class:`~embedml.ModelHandle` on it.
@@ -1305,7 +1321,9 @@ class ModelStore:
         ``version`` through the signed store record and refuses unsigned or wrongly signed
         versions, aliases and version sets (:class:`SignatureError`) before the artifact is
         read; ``restricted=True`` unpickles pickle/joblib with an allow-list plus
-        ``trusted_types`` (:class:`UntrustedArtifactError` names a refused type);
+        ``trusted_types``, refuses callables held by the model and manifest import paths
+        not in ``trusted_callables`` (:class:`UntrustedArtifactError` names what it
+        refused; the ``skops`` format always checks ``trusted_types``);
         ``strict_versions=True`` turns a framework version skew warning into
         :class:`FrameworkVersionError`.
 
@@ -1327,7 +1345,8 @@ class ModelStore:
             hooks=tuple(hooks), allow_nan=allow_nan,
             max_batch_rows=max_batch_rows, max_string_length=max_string_length,
             require_signature=require_signature, signing_key=signing_key, restricted=restricted,
-            trusted_types=trusted_types, strict_versions=strict_versions,
+            trusted_types=trusted_types, trusted_callables=trusted_callables,
+            strict_versions=strict_versions,
         )  # fmt: skip
         if cache is True:
             from .cache import default_cache

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import FrameworkVersionError, FrameworkVersionWarning, SignatureError
+from .errors import (
+    FrameworkVersionError,
+    FrameworkVersionWarning,
+    SignatureError,
+    UntrustedArtifactError,
+)
+from .formats.restricted import callable_names, callable_trusted
 from .manifest import MANIFEST_FILE, Manifest
 from .signing import resolve_key, verify_signature
 
@@ -20,7 +26,17 @@ if TYPE_CHECKING:
     from .handle import LoadOptions
     from .store import ModelVersion
 
-__all__ = ["WATCHED_FRAMEWORKS", "check_before_load", "framework_skew"]
+__all__ = [
+    "IMPORT_PATH_FIELDS",
+    "WATCHED_FRAMEWORKS",
+    "check_before_load",
+    "framework_skew",
+    "import_paths_error",
+    "refused_import_paths",
+]
+
+#: Manifest fields that name code (``"package.module:function"``) a load imports and calls.
+IMPORT_PATH_FIELDS = ("preprocess", "postprocess")
 
 #: Distributions whose version must match the manifest's for a model to behave the same.
 WATCHED_FRAMEWORKS = ("scikit-learn", "torch", "onnxruntime")
@@ -60,11 +76,45 @@ def framework_skew(manifest: Manifest) -> dict[str, tuple[str, str | None]]:
     return skew
 
 
+def refused_import_paths(
+    manifest: Manifest, trusted_callables: Any = (), skip: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """``{field: import path}`` of the manifest's import paths that a ``restricted=True``
+    load refuses: those not on ``trusted_callables`` (see
+    :func:`~embedml.formats.restricted.callable_names`). Fields in ``skip`` are not
+    read (the caller overrides them)."""
+    trusted = callable_names(trusted_callables)
+    refused = {}
+    for field in IMPORT_PATH_FIELDS:
+        path = getattr(manifest, field)
+        if field in skip or path is None:
+            continue
+        module, _, attr = path.partition(":")
+        if not callable_trusted(module, attr, trusted):
+            refused[field] = path
+    return refused
+
+
+def import_paths_error(label: str, refused: dict[str, str]) -> UntrustedArtifactError:
+    """The error (and ``verify()`` report) for :func:`refused_import_paths`' findings."""
+    fields = ", ".join(f"{field}={path!r}" for field, path in refused.items())
+    paths = ", ".join(repr(p) for p in refused.values())
+    return UntrustedArtifactError(
+        f"{label}: the manifest names code to import and call ({fields}); a restricted load "
+        f"only runs callables on its allow-list. If you trust it, pass trusted_callables=[{paths}]",
+        type_name=next(iter(refused.values())),
+    )
+
+
 def check_before_load(mv: ModelVersion, options: LoadOptions) -> None:
-    """Verify the manifest signature and framework versions of ``mv`` per ``options``.
+    """Verify the manifest signature, import paths and framework versions of ``mv`` per
+    ``options``.
 
     Raises :class:`SignatureError` (unsigned with ``require_signature=True``, or a signature
-    that does not match), :class:`FrameworkVersionError` (skew with ``strict_versions=True``);
+    that does not match), :class:`UntrustedArtifactError` (with ``restricted=True``, a
+    ``preprocess`` / ``postprocess`` import path of the manifest that is not in
+    ``trusted_callables``; the caller's own steps override the manifest's and are not
+    checked), :class:`FrameworkVersionError` (skew with ``strict_versions=True``);
     otherwise skew is a :class:`FrameworkVersionWarning`.
     """
     key = resolve_key(options.signing_key)
@@ -80,6 +130,11 @@ def check_before_load(mv: ModelVersion, options: LoadOptions) -> None:
         # the manifest resolve() parsed must be the one that was signed
         if signed and Manifest.from_json(data, where=str(path)) != mv.manifest:
             raise SignatureError(f"{mv}: the manifest changed while loading; refusing it")
+    if options.restricted:
+        overridden = tuple(f for f in IMPORT_PATH_FIELDS if getattr(options, f) is not None)
+        refused = refused_import_paths(mv.manifest, options.trusted_callables, overridden)
+        if refused:
+            raise import_paths_error(str(mv), refused)
     skew = framework_skew(mv.manifest)
     if not skew:
         return

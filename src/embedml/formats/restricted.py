@@ -27,7 +27,14 @@ from typing import Any
 
 from ..errors import UntrustedArtifactError
 
-__all__ = ["allowed_global", "restricted_joblib_loads", "restricted_pickle_loads", "type_name"]
+__all__ = [
+    "allowed_global",
+    "callable_names",
+    "callable_trusted",
+    "restricted_joblib_loads",
+    "restricted_pickle_loads",
+    "type_name",
+]
 
 # Where allowed classes may come from: the class must be defined in, and be asked for from,
 # one of these modules or their submodules. Not all of numpy or scipy: ``numpy.lib`` holds
@@ -84,6 +91,22 @@ def type_name(obj: Any) -> str:
     if isinstance(obj, str):
         return obj
     return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def callable_names(trusted_callables: Iterable[Any] | None) -> frozenset[str]:
+    """The ``trusted_callables`` option as dotted names: ``"pkg.mod:func"`` and
+    ``"pkg.mod.func"`` strings are the same entry; a function or class stands for its
+    ``module.qualname``."""
+    names = set()
+    for entry in trusted_callables or ():
+        names.add(entry.replace(":", ".") if isinstance(entry, str) else type_name(entry))
+    return frozenset(names)
+
+
+def callable_trusted(module: str, name: str, trusted: frozenset[str]) -> bool:
+    """Whether ``module`` / ``name`` (an import path's two halves, or a held callable's
+    module and qualname) is on the :func:`callable_names` allow-list ``trusted``."""
+    return f"{module}.{name}" in trusted
 
 
 def _lookup(module: str, name: str) -> Any:

@@ -1,0 +1,260 @@
+"""What loading a version may run (issue 12: High 1, High 2, Medium 9).
+
+* manifest import paths (``preprocess`` / ``postprocess``) under ``restricted=True``;
+* no exception from model, pre- or post-processing code escapes a prediction untyped, on
+  every path a model call takes (direct, batched on threads and on the event loop,
+  streaming, scoring);
+* allow-listed scikit-learn gadget chains, held callables and method-naming attributes;
+* the ``skops`` format;
+* TorchScript / ``torch.export`` files need a voucher.
+
+Every attack here is a real crafted artifact; a test that checks a file is *not* written
+points it into ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+from pydantic import BaseModel
+
+import embedml
+import helpers_prepost
+from embedml.manifest import MANIFEST_FILE
+from helpers_models import dataset, sk_logreg
+
+
+def _rewrite_manifest(mv, **changes) -> None:
+    """What an attacker with write access to the store (and no signing key) does."""
+    path = mv.path / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+class RunsShell:
+    """Unpickling this runs a shell command (the classic payload)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def _dummy_returning(values: np.ndarray):
+    """A fitted, allow-listed ``DummyRegressor`` whose every output row is ``values``."""
+    from sklearn.dummy import DummyRegressor
+
+    model = DummyRegressor().fit(np.zeros((2, 1)), np.zeros(2))
+    model.constant_ = values.reshape(1, -1)
+    model.n_outputs_ = values.size
+    return model
+
+
+# ---------------------------------------------------------------- High 1: import paths
+
+
+def test_manifest_import_path_is_refused_by_a_restricted_load(store):
+    X, _ = dataset()
+    mv = store.save("lr", sk_logreg())
+    _rewrite_manifest(mv, preprocess="sys:exit")  # unsigned; the artifact is untouched
+    with pytest.raises(embedml.UntrustedArtifactError) as exc:
+        store.load("lr", restricted=True)
+    assert exc.value.type_name == "sys:exit"
+    assert "preprocess" in str(exc.value) and "trusted_callables" in str(exc.value)
+    # the user's allow-list re-opens exactly that one (and the step is then contained)
+    with store.load("lr", restricted=True, trusted_callables=["sys:exit"]) as h:
+        with pytest.raises(embedml.PredictionError) as pe:
+            h.predict(X[0])
+        assert pe.value.stage == "preprocess" and isinstance(pe.value.__cause__, SystemExit)
+
+
+def test_postprocess_pickle_loads_gadget_is_refused_at_load(store, tmp_path):
+    marker = tmp_path / "pwned-by-postprocess"
+    payload = np.frombuffer(pickle.dumps(RunsShell(f"touch {marker}")), dtype=np.uint8)
+    store.save("dummy", _dummy_returning(payload))
+    mv = store.resolve("dummy")
+    _rewrite_manifest(mv, postprocess="pickle:loads")
+    with (
+        pytest.raises(embedml.UntrustedArtifactError, match="postprocess.*pickle:loads"),
+        store.load("dummy", restricted=True) as h,
+    ):
+        h.predict(np.zeros(1))  # before the fix: runs `touch`
+    assert not marker.exists()
+
+
+def test_verify_reports_what_a_restricted_load_would_refuse(store):
+    store.save("a", sk_logreg(), preprocess="helpers_prepost:double")
+    mv = store.save("b", sk_logreg())
+    _rewrite_manifest(mv, postprocess="pickle:loads")
+    assert store.verify() == {"a@1": None, "b@1": None}  # integrity only: both are intact
+    report = store.verify(restricted=True)
+    assert "helpers_prepost:double" in report["a@1"] and "preprocess" in report["a@1"]
+    assert "pickle:loads" in report["b@1"] and "postprocess" in report["b@1"]
+    trusted = store.verify(restricted=True, trusted_callables=["helpers_prepost:double"])
+    assert trusted["a@1"] is None and "pickle:loads" in trusted["b@1"]
+
+
+@pytest.mark.parametrize(
+    "trusted",
+    [
+        ["helpers_prepost:double"],
+        ["helpers_prepost.double"],
+        [helpers_prepost.double],
+    ],
+)
+def test_trusted_callables_admit_the_users_steps(store, trusted):
+    X, _ = dataset()
+    store.save("lr", sk_logreg(), preprocess="helpers_prepost:double")
+    with pytest.raises(embedml.UntrustedArtifactError, match="helpers_prepost:double"):
+        store.load("lr", restricted=True)
+    with store.load("lr", restricted=True, trusted_callables=trusted) as h:
+        np.testing.assert_array_equal(h.predict_batch(X[:5]), sk_logreg().predict(X[:5] * 2))
+
+
+def test_steps_given_by_the_caller_need_no_allow_list(store):
+    X, _ = dataset()
+    store.save("lr", sk_logreg())
+    for step in ("helpers_prepost:double", helpers_prepost.double):
+        with store.load("lr", restricted=True, preprocess=step) as h:
+            np.testing.assert_array_equal(h.predict_batch(X[:3]), sk_logreg().predict(X[:3] * 2))
+
+
+@pytest.mark.parametrize("bad", ["helpers_prepost:double", [42], [None], 7])
+def test_trusted_callables_option_is_validated(store, bad):
+    store.save("lr", sk_logreg())
+    with pytest.raises(embedml.ConfigurationError, match="trusted_callables"):
+        store.load("lr", trusted_callables=bad)
+
+
+# --------------------------------------- High 1: nothing from model code escapes untyped
+
+
+class ExitOnPoison:
+    """Sums each row; a row holding 13 makes it raise ``exc_type`` (``SystemExit`` ...)."""
+
+    def __init__(self, exc_type: type[BaseException]) -> None:
+        self.exc_type = exc_type
+
+    def predict(self, X):
+        X = np.asarray(X, dtype=float)
+        if (X == 13).any():
+            raise self.exc_type("model code raised this")
+        return X.sum(axis=1)
+
+
+class AB(BaseModel):
+    a: float
+    b: float
+
+
+GOOD, POISON = {"a": 1.0, "b": 2.0}, {"a": 13.0, "b": 0.0}
+
+
+def _assert_contained(exc_info) -> None:
+    assert isinstance(exc_info.value, embedml.PredictionError)
+    assert isinstance(exc_info.value.__cause__, SystemExit)
+
+
+@pytest.mark.parametrize("batching", [None, embedml.Batching(max_wait_ms=0)])
+def test_system_exit_from_model_code_is_a_prediction_error(store, batching, threads_checked):
+    store.save("m", ExitOnPoison(SystemExit), input_schema=AB)
+    with store.load("m", batching=batching) as h:
+        for _ in range(2):  # and the handle keeps serving
+            with pytest.raises(embedml.PredictionError) as exc:
+                h.predict(POISON)
+            _assert_contained(exc)
+            assert exc.value.stage == "model"
+            with pytest.raises(embedml.PredictionError) as exc:
+                h.predict_batch([GOOD, POISON])
+            _assert_contained(exc)
+            assert h.predict(GOOD) == 3.0
+        assert h.metrics()["errors"] == 4
+
+
+def test_system_exit_from_steps_is_a_prediction_error(store):
+    store.save("m", ExitOnPoison(ValueError), input_schema=AB)
+    for stage in ("preprocess", "postprocess"):
+        with store.load("m", **{stage: "sys:exit"}) as h:
+            with pytest.raises(embedml.PredictionError) as exc:
+                h.predict(GOOD)
+            _assert_contained(exc)
+            assert exc.value.stage == stage
+
+
+@pytest.mark.parametrize("inline_ms", [0.0, 60_000.0])
+def test_system_exit_in_batches_run_by_asyncio_tasks(store, inline_ms, threads_checked):
+    """``inline_ms=0``: batches run on the batcher's worker thread; ``60000``: on the event
+    loop itself, in the task that leads the batch. Either way only the poisoned call fails."""
+    store.save("m", ExitOnPoison(SystemExit), input_schema=AB)
+    settings = embedml.Batching(max_batch_size=8, max_wait_ms=5, inline_ms=inline_ms)
+
+    async def main(h):
+        assert await h.apredict(GOOD) == 3.0  # measures the batch cost
+        calls = [h.apredict(POISON if i == 3 else GOOD) for i in range(8)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    with store.load("m", batching=settings) as h:
+        results = asyncio.run(main(h))
+        assert results[:3] + results[4:] == [3.0] * 7
+        assert isinstance(results[3], embedml.PredictionError)
+        assert isinstance(results[3].__cause__, SystemExit)
+        if inline_ms:
+            assert h.batching_stats().inline_batches > 0
+
+
+def test_system_exit_in_apredict_without_batching(store):
+    store.save("m", ExitOnPoison(SystemExit), input_schema=AB)
+    with store.load("m") as h:
+        with pytest.raises(embedml.PredictionError) as exc:
+            asyncio.run(h.apredict(POISON))
+        _assert_contained(exc)
+
+
+def test_system_exit_in_streams_and_scoring(store, tmp_path):
+    store.save("m", ExitOnPoison(SystemExit), input_schema=AB)
+    with store.load("m") as h:
+        out = list(h.predict_stream([GOOD, POISON, GOOD], batch_size=2, on_error="yield"))
+        assert out[0] == 3.0 and out[2] == 3.0
+        assert isinstance(out[1], embedml.PredictionError)
+
+        async def collect():
+            async def records():
+                for r in (GOOD, POISON):
+                    yield r
+
+            return [r async for r in h.apredict_stream(records(), on_error="yield")]
+
+        aout = asyncio.run(collect())
+        assert aout[0] == 3.0 and isinstance(aout[1], embedml.PredictionError)
+
+        src = tmp_path / "in.csv"
+        src.write_text("a,b\n1,2\n13,0\n2,2\n")
+        summary = embedml.score(h, src, tmp_path / "out.csv")
+        assert (summary.scored, summary.rejected) == (2, 1)
+        rejects = (tmp_path / "out.csv.rejects.jsonl").read_text().splitlines()
+        assert json.loads(rejects[0])["row"] == 2
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, GeneratorExit])
+def test_interrupts_keep_propagating(store, exc_type):
+    store.save("m", ExitOnPoison(exc_type), input_schema=AB)
+    with store.load("m") as h:
+        with pytest.raises(exc_type):
+            h.predict(POISON)
+        assert h.predict(GOOD) == 3.0
+        assert h.metrics()["in_flight"] == 0
+
+
+def test_cancellation_keeps_propagating(store):
+    store.save("m", ExitOnPoison(asyncio.CancelledError), input_schema=AB)
+    with store.load("m") as h:
+        with pytest.raises(asyncio.CancelledError):
+            h.predict(POISON)
+        assert h.predict(GOOD) == 3.0
