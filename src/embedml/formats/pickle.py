@@ -96,7 +96,9 @@ class JoblibFormat(ModelFormat):
         if options.extra.get("restricted"):
             from .restricted import restricted_joblib_loads
 
-            obj = restricted_joblib_loads(data, options.extra.get("trusted_types"))
+            obj = restricted_joblib_loads(
+                data, options.extra.get("trusted_types"), options.extra.get("trusted_callables")
+            )
         else:
             obj = joblib.load(io.BytesIO(data))
         return ObjectRuntime(obj, options.method)
@@ -122,7 +124,9 @@ class PickleFormat(ModelFormat):
         if options.extra.get("restricted"):
             from .restricted import restricted_pickle_loads
 
-            obj = restricted_pickle_loads(data, options.extra.get("trusted_types"))
+            obj = restricted_pickle_loads(
+                data, options.extra.get("trusted_types"), options.extra.get("trusted_callables")
+            )
         else:
             obj = pickle.loads(data)  # noqa: S301 - hash verified first
         return ObjectRuntime(obj, options.method)

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import UntrustedArtifactError
+from .audit import audit_graph
 
 __all__ = [
     "allowed_global",
@@ -63,6 +64,7 @@ _HELPERS = frozenset(
         "numpy.random._pickle.__generator_ctor",
         "numpy.random._pickle.__bit_generator_ctor",
         "joblib.numpy_pickle.NumpyArrayWrapper",
+        "numpy.ma.core._mareconstruct",  # masked arrays (e.g. a search's cv_results_)
     }
 )
 
@@ -123,7 +125,8 @@ def allowed_global(module: str, name: str, trusted: frozenset[str]) -> Any:
     refuse = UntrustedArtifactError(
         f"restricted loading refused type {full!r}: it is not on the allow-list "
         "(classes of scikit-learn, numpy and scipy.sparse). If you trust it, pass "
-        f"trusted_types=[{full!r}] to load()",
+        f"trusted_types=[{full!r}] to load() (for a function the model keeps and calls: "
+        f"trusted_callables=[{full!r}])",
         type_name=full,
     )
     if full in _DENIED:
@@ -150,8 +153,11 @@ def allowed_global(module: str, name: str, trusted: frozenset[str]) -> Any:
     return obj
 
 
-def _trusted(trusted_types: Iterable[Any] | None) -> frozenset[str]:
-    return frozenset(type_name(t) for t in trusted_types or ())
+def _trusted(
+    trusted_types: Iterable[Any] | None, trusted_callables: Iterable[Any] | None
+) -> frozenset[str]:
+    # a function the user trusts may be resolved; holding it is checked by audit_graph
+    return frozenset(type_name(t) for t in trusted_types or ()) | callable_names(trusted_callables)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -163,16 +169,29 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return allowed_global(module, name, self._trusted)
 
 
-def restricted_pickle_loads(data: bytes, trusted_types: Iterable[Any] | None = None) -> Any:
-    """Unpickle ``data`` allowing only the allow-list plus ``trusted_types``.
+def restricted_pickle_loads(
+    data: bytes,
+    trusted_types: Iterable[Any] | None = None,
+    trusted_callables: Iterable[Any] | None = None,
+) -> Any:
+    """Unpickle ``data`` allowing only the allow-list plus ``trusted_types``, then check
+    the object graph (:func:`~embedml.formats.audit.audit_graph`): callables it holds
+    must be in ``trusted_callables``.
 
-    Raises :class:`UntrustedArtifactError` naming the first refused type.
+    Raises :class:`UntrustedArtifactError` naming the first refused type or callable.
     """
-    return _RestrictedUnpickler(io.BytesIO(data), _trusted(trusted_types)).load()
+    obj = _RestrictedUnpickler(io.BytesIO(data), _trusted(trusted_types, trusted_callables)).load()
+    audit_graph(obj, callable_names(trusted_callables))
+    return obj
 
 
-def restricted_joblib_loads(data: bytes, trusted_types: Iterable[Any] | None = None) -> Any:
-    """Load a ``joblib.dump`` file's bytes (compressed or not) with the same allow-list.
+def restricted_joblib_loads(
+    data: bytes,
+    trusted_types: Iterable[Any] | None = None,
+    trusted_callables: Iterable[Any] | None = None,
+) -> Any:
+    """Load a ``joblib.dump`` file's bytes (compressed or not) with the same allow-list and
+    object-graph check as :func:`restricted_pickle_loads`.
 
     joblib writes arrays as a ``NumpyArrayWrapper`` followed by raw bytes; the wrapper is
     allowed, and arrays of Python objects inside it go through the same check.
@@ -180,7 +199,7 @@ def restricted_joblib_loads(data: bytes, trusted_types: Iterable[Any] | None = N
     from joblib.numpy_pickle import NumpyUnpickler
     from joblib.numpy_pickle_utils import _validate_fileobject_and_memmap
 
-    trusted = _trusted(trusted_types)
+    trusted = _trusted(trusted_types, trusted_callables)
 
     class _Restricted(NumpyUnpickler):
         def find_class(self, module: str, name: str) -> Any:
@@ -191,4 +210,6 @@ def restricted_joblib_loads(data: bytes, trusted_types: Iterable[Any] | None = N
             raise UntrustedArtifactError(
                 "restricted loading does not support joblib files older than joblib 0.10"
             )
-        return _Restricted("", fobj, ensure_native_byte_order=True).load()
+        obj = _Restricted("", fobj, ensure_native_byte_order=True).load()
+    audit_graph(obj, callable_names(trusted_callables))
+    return obj
