@@ -437,3 +437,107 @@ def test_what_models_legitimately_hold_still_loads(store):
     store.save("chain", chain)
     with store.load("chain", restricted=True) as h:
         np.testing.assert_array_equal(h.predict_batch(X[:8]), chain.predict(X[:8]))
+
+
+# ------------------------------------------------------------------- High 2: skops format
+
+
+def test_skops_file_lists_untrusted_types_and_loads_only_when_trusted(store, tmp_path):
+    import skops.io
+
+    from embedml.formats.skops import untrusted_types
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = dataset()
+    model = RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y)
+    path = tmp_path / "rf.skops"
+    skops.io.dump(model, path)
+    assert untrusted_types(path.read_bytes()) == ["sklearn.tree._tree.Tree"]
+    store.save("rf", path)  # no voucher: loading a skops file runs no pickle
+    for restricted in (False, True):  # the type check does not depend on restricted=
+        with pytest.raises(embedml.UntrustedArtifactError) as exc:
+            store.load("rf", restricted=restricted)
+        assert exc.value.type_name == "sklearn.tree._tree.Tree"
+        assert "trusted_types=['sklearn.tree._tree.Tree']" in str(exc.value)
+    with store.load("rf", trusted_types=["sklearn.tree._tree.Tree"]) as h:
+        assert h.format == "skops"
+        np.testing.assert_array_equal(h.predict_batch(X[:8]), model.predict(X[:8]))
+
+
+def test_skops_in_memory_save_and_plain_models(store):
+    X, _ = dataset()
+    mv = store.save("lr", sk_logreg(), format="skops")
+    assert mv.artifact_path.suffix == ".skops" and "skops" in mv.manifest.frameworks
+    with store.load("lr") as h:
+        np.testing.assert_array_equal(h.predict_batch(X[:5]), sk_logreg().predict(X[:5]))
+
+
+def test_skops_gets_the_object_graph_audit(store, tmp_path):
+    """skops rebuilds the stacking half of the chain with no untrusted type at all, and the
+    whole chain once ``builtins.bytes`` is trusted: the audit still refuses it."""
+    import skops.io
+
+    target = tmp_path / "written"
+    path = tmp_path / "chain.skops"
+    skops.io.dump(_file_writing_chain(target), path)
+    store.save("chain", path)
+    with pytest.raises(embedml.UntrustedArtifactError, match="builtins.bytes"):
+        store.load("chain")
+    with pytest.raises(embedml.UntrustedArtifactError, match="stack_method_"):
+        h = store.load("chain", trusted_types=["builtins.bytes"])
+        h.predict(np.zeros(1))
+    assert not target.exists()
+
+
+# --------------------------------------------- Medium 9: TorchScript and torch.export files
+
+
+def _file_writing_torchscript(target):
+    """A TorchScript module whose ``forward`` creates and writes ``target`` (what any
+    TorchScript model may do when it is called)."""
+    import torch
+
+    class Writer(torch.nn.Module):
+        def __init__(self, path: str) -> None:
+            super().__init__()
+            self.path = path
+
+        def forward(self, x):
+            mapped = torch.from_file(self.path, shared=True, size=8, dtype=torch.uint8)
+            mapped.fill_(65)  # written through to the file
+            return x.sum(dim=1) + mapped[0].to(torch.float32) * 0
+
+    return torch.jit.script(Writer(str(target)))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pt2"])
+def test_torch_files_need_a_voucher(store, tmp_path, suffix):
+    import hashlib
+
+    import torch
+
+    from helpers_models import torch_exported
+
+    path = tmp_path / f"model{suffix}"
+    if suffix == ".pt":
+        torch.jit.save(_file_writing_torchscript(tmp_path / "unused"), str(path))
+    else:
+        torch.export.save(torch_exported(), str(path))
+    with pytest.raises(embedml.UntrustedArtifactError, match="trust=True") as exc:
+        store.save("m", path)
+    assert "sha256=" in str(exc.value)
+    assert store.models() == []
+    store.save("m", path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    store.save("m", path, trust=True)
+    assert store.versions("m") == ["1", "2"]
+
+
+def test_what_a_vouched_torchscript_model_can_do(store, tmp_path):
+    """The documented limit: a vouched-for TorchScript model runs its own code when called;
+    this one writes a file. (Objects passed in memory are the caller's own: no voucher.)"""
+    target = tmp_path / "written-by-forward"
+    store.save("ts", _file_writing_torchscript(target))
+    with store.load("ts") as h:
+        assert not target.exists()
+        np.testing.assert_allclose(h.predict_batch(np.ones((2, 3), np.float32)), [3.0, 3.0])
+    assert target.read_bytes() == b"A" * 8

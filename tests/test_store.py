@@ -78,8 +78,8 @@ def _saved_kinds(tmp_path: Path):
 
 def test_save_every_kind_infers_format_and_loads(store, tmp_path):
     X, _ = dataset()
-    # pickle/joblib files need the caller to vouch for them (docs/security.md)
-    vouch = {"path-pkl": {"trust": True}}
+    # pickle/joblib/TorchScript/.pt2 files need the caller to vouch for them (docs/security.md)
+    vouch = {"path-pkl": {"trust": True}, "path-pt": {"trust": True}, "path-pt2": {"trust": True}}
     for what, model, fmt in _saved_kinds(tmp_path):
         if what == "path-joblib":
             vouch[what] = {"sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest()}

@@ -231,8 +231,8 @@ def _check_trust(path: Any, fmt: str, trust: bool, sha256: str | None) -> str | 
         return digest
     if trust is not True:
         raise UntrustedArtifactError(
-            f"{os.fspath(path)!r} is a {fmt} file: loading it runs whatever code it contains, "
-            "and nothing vouches for its bytes. Pass sha256='<expected hex digest>' "
+            f"{os.fspath(path)!r} is a {fmt} file: loading or calling it runs code it "
+            "contains, and nothing vouches for its bytes. Pass sha256='<expected hex digest>' "
             "(checked before saving) or trust=True if you know where it came from; "
             "see docs/security.md"
         )
@@ -560,7 +560,8 @@ class ModelStore:
         ``"predict_proba"`` (default ``predict``; ``load(..., method=)`` overrides it); a
         ``restricted=True`` load accepts only :data:`~embedml.manifest.STANDARD_METHODS`.
 
-        A pickle or joblib *file* runs code when loaded, so saving one needs ``trust=True``
+        A pickle or joblib *file* runs code when loaded, and a TorchScript (``.pt``) or
+        ``torch.export`` (``.pt2``) file when called, so saving one needs ``trust=True``
         or its expected ``sha256="<hex>"`` (checked on the copied bytes); otherwise
         :class:`UntrustedArtifactError` is raised before the file is opened. With a signing
         key (``signing_key=`` or ``$EMBEDML_SIGNING_KEY``) the manifest is signed

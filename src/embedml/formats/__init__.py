@@ -1,7 +1,7 @@
 """The registry of model formats.
 
-Built-ins: ``joblib`` (default for Python objects), ``pickle``, ``onnx``, ``torchscript``
-and ``torch_export``. A new format plugs in by registering one :class:`ModelFormat`
+Built-ins: ``joblib`` (default for Python objects), ``pickle``, ``skops``, ``onnx``,
+``torchscript`` and ``torch_export``. A new format plugs in by registering one :class:`ModelFormat`
 subclass::
 
     @embedml.register_format
@@ -24,6 +24,7 @@ from ..errors import UnsupportedFormatError
 from .base import FormatOptions, ModelFormat, Runtime
 from .onnx import OnnxFormat
 from .pickle import JoblibFormat, PickleFormat
+from .skops import SkopsFormat
 from .torch import TorchExportFormat, TorchScriptFormat
 
 __all__ = [
@@ -99,5 +100,7 @@ def format_for_object(obj: Any) -> ModelFormat:
     return get_format("joblib")
 
 
-for _cls in (JoblibFormat, PickleFormat, OnnxFormat, TorchScriptFormat, TorchExportFormat):
+for _cls in (
+    JoblibFormat, PickleFormat, SkopsFormat, OnnxFormat, TorchScriptFormat, TorchExportFormat
+):
     register_format(_cls)

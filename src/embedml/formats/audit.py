@@ -174,12 +174,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def audit_graph(root: Any, trusted_callables: frozenset[str]) -> None:
+def audit_graph(root: Any, trusted_callables: frozenset[str] | None) -> None:
     """Walk everything reachable from ``root`` (a freshly loaded model) and raise
     :class:`UntrustedArtifactError` for the first held callable that is not in
-    ``trusted_callables`` (dotted names, see ``callable_names``), method-naming attribute
-    outside its allowed values, or instance attribute replacing a method. The error says
-    where in the model it was found."""
+    ``trusted_callables`` (dotted names, see ``callable_names``; ``None``: the loader
+    already vetted every callable, as skops does), method-naming attribute outside its
+    allowed values, or instance attribute replacing a method. The error says where in the
+    model it was found."""
     seen: dict[int, Any] = {}  # id -> object: keeps temporaries alive so no id is reused
     stack: list[tuple[Any, str]] = [(root, type(root).__name__)]
     while stack:
@@ -188,7 +189,7 @@ def audit_graph(root: Any, trusted_callables: frozenset[str]) -> None:
             continue
         seen[id(obj)] = obj
         if _held_callable(obj):
-            if not _callable_allowed(obj, trusted_callables):
+            if trusted_callables is not None and not _callable_allowed(obj, trusted_callables):
                 name = callable_name(obj)
                 raise UntrustedArtifactError(
                     f"restricted loading refused the callable {name!r} held at {where}: "

@@ -65,7 +65,8 @@ class ModelFormat(ABC):
     """One model format. Subclass, set ``name`` and ``suffixes``, and register it.
 
     ``suffixes[0]`` names new artifacts; every suffix is recognised when a file path is saved.
-    ``unsafe_to_load`` marks formats whose loading can run arbitrary code (pickle).
+    ``unsafe_to_load`` marks formats whose loading or calling can run code the file
+    carries (pickle, TorchScript, ``torch.export``): saving such a *file* needs a voucher.
     ``takes_method`` marks formats whose models are objects with several methods (the
     ``method`` option: ``store.save(..., method="predict_proba")``).
     ``declares_shapes`` marks formats whose runtimes decide ``row_wise`` from the artifact

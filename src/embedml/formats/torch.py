@@ -2,6 +2,11 @@
 
 PyTorch has deprecated TorchScript; ``torch.export`` programs (``.pt2``) are its successor.
 torch is imported only when such a model is saved or loaded.
+
+Both are code, not data: a TorchScript ``forward`` (or an exported program's graph) can
+call any operator torch has when it runs, such as ``torch.from_file(path, shared=True)``,
+which creates and writes files. So a ``.pt`` / ``.pt2`` *file* needs a voucher to be saved
+(``trust=True`` or ``sha256=``), like a pickle (``unsafe_to_load``).
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class TorchScriptFormat(ModelFormat):
 
     name = "torchscript"
     suffixes = (".pt", ".pth")
+    unsafe_to_load = True  # forward() runs its own code (e.g. torch.from_file writes files)
 
     def claims(self, obj: Any) -> bool:
         torch = sys.modules.get("torch")
@@ -117,6 +123,7 @@ class TorchExportFormat(ModelFormat):
 
     name = "torch_export"
     suffixes = (".pt2",)
+    unsafe_to_load = True  # its graph may call any operator, as TorchScript's can
 
     def claims(self, obj: Any) -> bool:
         torch = sys.modules.get("torch")
