@@ -90,7 +90,11 @@ def _callable_allowed(value: Any, trusted: frozenset[str]) -> bool:
     if isinstance(value, type) and (
         value in _VALUE_CLASSES
         or issubclass(value, _NUMERIC_SCALARS)
-        or (issubclass(value, np.ndarray) and value.__module__.startswith("numpy"))
+        or (
+            issubclass(value, np.ndarray)
+            and value.__module__.startswith("numpy")
+            and not issubclass(value, np.memmap)  # opens files
+        )
     ):
         return True
     return callable_name(value) in trusted
@@ -157,8 +161,8 @@ def _children(obj: Any) -> list[tuple[str, Any]]:
             items.append((f".{slot}", getattr(obj, slot)))
     if items and not _custom_reduce(cls):
         return items
-    try:
-        reduced = obj.__reduce_ex__(4)
+    try:  # the class's own method: an instance attribute must not be what runs here
+        reduced = cls.__reduce_ex__(obj, 4)
     except Exception:  # noqa: BLE001 - then what __dict__ holds is all there is to see
         return items
     if isinstance(reduced, tuple):  # (rebuild, args, state, list items, dict items)
@@ -215,15 +219,18 @@ def audit_graph(root: Any, trusted_callables: frozenset[str] | None) -> None:
             stack.extend((v, f"{where}[...]") for v in obj.flat)
         if cls in (dict, list, tuple, set, frozenset, slice, np.ndarray):
             continue
-        sklearn_object = cls.__module__.startswith("sklearn")
-        for label, value in _children(obj):
-            name = label[1:]
-            if label.startswith(".") and _replaces_method(cls, name):
+        # before _children: pickling machinery it calls looks some methods up on the
+        # instance (object.__reduce_ex__ calls obj.__getstate__)
+        for name in getattr(obj, "__dict__", None) or ():
+            if isinstance(name, str) and _replaces_method(cls, name):
                 raise UntrustedArtifactError(
-                    f"restricted loading refused {where}{label}: an instance attribute "
+                    f"restricted loading refused {where}.{name}: an instance attribute "
                     f"that replaces the method {cls.__qualname__}.{name}",
                     type_name=f"{cls.__module__}.{cls.__qualname__}",
                 )
+        sklearn_object = cls.__module__.startswith("sklearn")
+        for label, value in _children(obj):
+            name = label[1:]
             if sklearn_object and label.startswith("."):
                 problem = _attribute_problem(obj, name, value)
                 if problem:
