@@ -101,6 +101,17 @@ def test_verify_reports_what_a_restricted_load_would_refuse(store):
     assert trusted["a@1"] is None and "pickle:loads" in trusted["b@1"]
 
 
+def test_cli_verify_restricted(store, capsys):
+    from embedml.cli import main
+
+    store.save("a", sk_logreg(), preprocess="helpers_prepost:double")
+    assert main(["--store", str(store.root), "verify"]) == 0
+    assert main(["--store", str(store.root), "verify", "--restricted"]) == 1
+    assert "helpers_prepost:double" in capsys.readouterr().out
+    trusted = ["--trusted-callable", "helpers_prepost:double"]
+    assert main(["--store", str(store.root), "verify", "--restricted", *trusted]) == 0
+
+
 @pytest.mark.parametrize(
     "trusted",
     [

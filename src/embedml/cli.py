@@ -193,7 +193,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .signing import KEY_ENV
 
     store = _open_store(args)
-    report = store.verify(args.name, require_signature=args.require_signature)
+    report = store.verify(
+        args.name,
+        require_signature=args.require_signature,
+        restricted=args.restricted,
+        trusted_callables=args.trusted_callables,
+    )
     bad = {k: v for k, v in report.items() if v is not None}
     for key, error in report.items():
         _out(f"ok        {key}" if error is None else f"MISMATCH  {key}: {error}")
@@ -502,6 +507,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="report unsigned versions and a missing store record (key: $EMBEDML_SIGNING_KEY)",
     )  # fmt: skip
     p.add_argument("--store-id", metavar="ID", help="refuse a store record of another store")
+    p.add_argument(
+        "--restricted",
+        action="store_true",
+        help="also report manifest import paths a load(restricted=True) would refuse",
+    )
+    p.add_argument(
+        "--trusted-callable",
+        dest="trusted_callables",
+        action="append",
+        default=[],
+        metavar="MODULE:FUNCTION",
+        help="an import path the restricted load trusts (repeatable)",
+    )
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser(
