@@ -455,9 +455,9 @@ def test_what_models_legitimately_hold_still_loads(store):
 
 def test_skops_file_lists_untrusted_types_and_loads_only_when_trusted(store, tmp_path):
     import skops.io
+    from sklearn.ensemble import RandomForestClassifier
 
     from embedml.formats.skops import untrusted_types
-    from sklearn.ensemble import RandomForestClassifier
 
     X, y = dataset()
     model = RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y)

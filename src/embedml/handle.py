@@ -476,7 +476,8 @@ def build_pipeline(store: ModelStore, mv: ModelVersion, options: LoadOptions) ->
     ``options.restricted`` a saved method outside ``STANDARD_METHODS`` raises
     :class:`UntrustedArtifactError`."""
     start = time.perf_counter()
-    check_before_load(mv, options)  # signature and framework versions, before any byte is read
+    # signature, import paths and framework versions: before any byte is read
+    check_before_load(mv, options)
     format_options = options.format_options()
     if options.method is None and mv.manifest.method is not None:  # the caller's method wins
         problem = method_problem(mv.manifest) if options.restricted else None

@@ -101,6 +101,11 @@ def format_for_object(obj: Any) -> ModelFormat:
 
 
 for _cls in (
-    JoblibFormat, PickleFormat, SkopsFormat, OnnxFormat, TorchScriptFormat, TorchExportFormat
+    JoblibFormat,
+    PickleFormat,
+    SkopsFormat,
+    OnnxFormat,
+    TorchScriptFormat,
+    TorchExportFormat,
 ):
     register_format(_cls)
