@@ -40,8 +40,13 @@ def test_sklearn_results_equal_raw_model(store, fmt):
         np.testing.assert_array_equal(h.predict_batch(X), raw.predict(X))
         assert h.predict(X[7]) == raw.predict(X[7:8])[0]
     with store.load("lr", method="predict_proba") as h:
-        np.testing.assert_array_equal(h.predict_batch(X), raw.predict_proba(X))
-        np.testing.assert_array_equal(h.predict(X[3]), raw.predict_proba(X[3:4])[0])
+        # probabilities come with the classifier's labels, in the columns' order
+        out = h.predict_batch(X)
+        assert out["classes"] == raw.classes_.tolist()
+        np.testing.assert_array_equal(out["probabilities"], raw.predict_proba(X))
+        one = h.predict(X[3])
+        assert one["classes"] == raw.classes_.tolist()
+        np.testing.assert_array_equal(one["probabilities"], raw.predict_proba(X[3:4])[0])
 
 
 def test_sklearn_method_must_exist(store):
@@ -387,7 +392,8 @@ def test_onnxruntime_and_torch_are_imported_on_first_use(tmp_path, subprocess_en
     assert seen["import"] == []
     assert seen["store"] == []
     assert seen["pickle"] == []
-    assert seen["onnx-save"] == []  # bytes are stored as they are
+    # saving reads the model's declared interface (its signature), with its runtime
+    assert seen["onnx-save"] == ["onnxruntime"]
     assert seen["onnx-load"] == ["onnxruntime"]
-    assert seen["ts-save"] == ["onnxruntime"]  # a file path is copied, not opened
+    assert seen["ts-save"] == ["onnxruntime", "torch"]
     assert seen["ts-load"] == ["onnxruntime", "torch"]

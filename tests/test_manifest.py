@@ -38,15 +38,15 @@ def test_keywords_defaults_and_round_trip():
 
 
 def test_extra_keys_are_kept_and_written_back():
-    m = Manifest(**REQUIRED, signature="sig-bytes")
-    assert m.signature == "sig-bytes"
-    assert m.model_extra == {"signature": "sig-bytes"}
+    m = Manifest(**REQUIRED, future_key="sig-bytes")
+    assert m.future_key == "sig-bytes"
+    assert m.model_extra == {"future_key": "sig-bytes"}
     back = Manifest.from_json(m.to_json())
-    assert back.signature == "sig-bytes" and back == m
+    assert back.future_key == "sig-bytes" and back == m
     with pytest.raises(AttributeError):
         _ = m.no_such_key
     copy = m.model_copy(update={"extra_files": {"p.json": "ef" * 32}})
-    assert copy.extra_files == {"p.json": "ef" * 32} and copy.signature == "sig-bytes"
+    assert copy.extra_files == {"p.json": "ef" * 32} and copy.future_key == "sig-bytes"
     assert m.extra_files == {}
 
 

@@ -42,7 +42,8 @@ from .formats import FormatOptions, Runtime, get_format
 from .frames import is_frame, output_frame
 from .hooks import Observer, Sink, new_request_id
 from .manifest import Manifest, method_problem
-from .schema import NoSchema, RecordSchema, SchemaOptions, TensorSchema, schema_from_dict
+from .schema import NoSchema, RecordSchema, Schema, SchemaOptions, TensorSchema, schema_from_dict
+from .signature import input_schema_for
 from .synthetic import synthetic_batch
 from .tensors import n_rows, take
 from .trust import check_before_load
@@ -224,19 +225,21 @@ class Pipeline:
         self.label = f"{mv.name}@{mv.version}"
         self.load_seconds = load_seconds
         m = mv.manifest
+        signature = m.signature or {}
         declared = schema_from_dict(m.input_schema)  # type: ignore[arg-type]
         output_schema = schema_from_dict(m.output_schema)  # type: ignore[arg-type]
         self.row_wise_reason = _not_row_wise(runtime, m, declared, output_schema)
         self.row_wise = rows = not self.row_wise_reason
+        # by the model's own names (signature.input_schema_for); refuses a schema naming others
+        self.input_schema: Schema = _rows(
+            input_schema_for(declared, runtime, signature, self.label), rows
+        )
+        # Record or schemaless inputs still meet the model's own dtypes (e.g. float32 ONNX);
+        # column inputs are cast per column already.
         runtime_specs = runtime.input_specs
-        if declared is None and runtime_specs:
-            declared = TensorSchema(runtime_specs, rows=rows)
-        declared = _rows(declared, rows)
-        self.input_schema: RecordSchema | TensorSchema | NoSchema = declared or NoSchema()
-        # Record or schemaless inputs still meet the model's own dtypes (e.g. float32 ONNX).
         self._cast = (
             TensorSchema(runtime_specs, rows=rows)
-            if runtime_specs and not isinstance(self.input_schema, TensorSchema)
+            if runtime_specs and type(self.input_schema) in (RecordSchema, NoSchema)
             else None
         )
         self.output_schema = _rows(output_schema, rows)
@@ -247,12 +250,29 @@ class Pipeline:
                 "one model call and splits its outputs back by row, which is only right when "
                 "each output row comes from its input row alone; load it without batching="
             )
+        if options.batching is not None and signature.get("batch_invariant") is False:
+            raise ConfigurationError(
+                f"{self.label} cannot be loaded with batching=: its outputs for a row depend on the"
+                " other rows of the batch (checked on the input example at save: predicting the"
+                " rows one at a time gave other outputs), so joining callers' rows would change"
+                " their answers"
+            )
+        # A classifier's probabilities come with its class labels (see Pipeline.rows).
+        probabilities = runtime.method in ("predict_proba", "predict_log_proba")
+        self.classes = (
+            list(runtime.classes)
+            if probabilities and runtime.classes and self.output_schema is None
+            else None
+        )
+        #: Raw outputs are what callers get (no output schema, no class labels to attach).
+        self.plain = self.output_schema is None and self.classes is None
         self.schema_options = options.schema_options()
         pre = options.preprocess if options.preprocess is not None else m.preprocess
         post = options.postprocess if options.postprocess is not None else m.postprocess
         self.preprocess = _import_callable(pre, "preprocess") if isinstance(pre, str) else pre
         self.postprocess = _import_callable(post, "postprocess") if isinstance(post, str) else post
-        names = self.input_schema.names if isinstance(self.input_schema, RecordSchema) else None
+        # field names of a validated matrix, for prediction records (hooks)
+        names = self.input_schema.names if type(self.input_schema) is RecordSchema else None
         self.source = (mv.name, mv.version, names)  # a hooks.Source
         # Dynamic batching (embedml.batching): joins concurrent calls on this pipeline.
         self.batcher: Batcher | None = None
@@ -395,7 +415,11 @@ class Pipeline:
         return out
 
     def rows(self, out: Any, n: int) -> Any:
-        """Raw batch outputs -> the caller's result (output-schema instances when declared)."""
+        """Raw batch outputs -> the caller's result (output-schema instances when declared;
+        ``{"probabilities": (n, k) array, "classes": [k labels]}`` for a classifier's
+        probabilities)."""
+        if self.classes is not None:
+            return {"probabilities": out, "classes": list(self.classes)}
         schema = self.output_schema
         if schema is None:
             return out
@@ -408,6 +432,8 @@ class Pipeline:
 
     def row(self, out: Any, i: int = 0) -> Any:
         """Row ``i`` of raw batch outputs, as the caller's result for one record."""
+        if self.classes is not None:
+            return {"probabilities": take(out, i), "classes": list(self.classes)}
         if self.output_schema is None:
             return take(out, i)
         if isinstance(self.output_schema, RecordSchema):
@@ -584,8 +610,9 @@ class ModelHandle:
         return self._pipe.mv.manifest
 
     @property
-    def input_schema(self) -> RecordSchema | TensorSchema | NoSchema:
-        """The input schema enforced on every call."""
+    def input_schema(self) -> Schema:
+        """The input schema enforced on every call: the declared one, or what the model
+        declares (see ``docs/concepts.md``, "How embedml reads a model's interface")."""
         return self._pipe.input_schema
 
     @property
@@ -714,7 +741,7 @@ class ModelHandle:
                 raw = joined if size == n else take(joined, slice(off, off + n))
             t2 = clock()
             row = one and not whole  # one example: its row of the outputs
-            if pipe.output_schema is None:  # Pipeline.row / rows without a schema, inlined
+            if pipe.plain:  # Pipeline.row / rows without a schema, inlined
                 out = take(raw, 0) if row else raw
             else:
                 out = pipe.row(raw, 0) if row else pipe.rows(raw, n)
@@ -770,7 +797,7 @@ class ModelHandle:
             )
             raw = take(joined, slice(off, off + 1))
             t2 = clock()
-            out = take(raw, 0) if pipe.output_schema is None else pipe.row(raw, 0)
+            out = take(raw, 0) if pipe.plain else pipe.row(raw, 0)
         except BaseException as exc:  # a cancelled task too: each begin() needs its end
             self._observe(pipe, batch, raw, 1, t0, t1, t2, exc)
             raise

@@ -47,6 +47,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "extra_files": (dict,),
     "method": (str, type(None)),
     "row_wise": (bool, type(None)),
+    "signature": (dict, type(None)),
 }
 _STR_MAPS = ("frameworks", "extra_files")
 
@@ -83,7 +84,9 @@ class Manifest:
     to their SHA-256, so that they are verified like the artifact. ``method`` is the method
     called on sklearn-style objects (``store.save(..., method="predict_proba")``; ``None``:
     ``predict``). ``row_wise`` is the save-time ``row_wise=`` (``None``: decided by the
-    model, see ``docs/concepts.md``). A missing or mistyped field raises
+    model, see ``docs/concepts.md``). ``signature`` is the interface the model declared
+    when it was saved (``None`` in manifests written before it was recorded; see
+    :mod:`embedml.signature`). A missing or mistyped field raises
     :class:`~embedml.IntegrityError` naming it.
     """
 
@@ -106,6 +109,7 @@ class Manifest:
     extra_files: dict[str, str]
     method: str | None
     row_wise: bool | None
+    signature: dict[str, Any] | None
 
     def __init__(self, **data: Any) -> None:
         self._fill(data, "manifest")
@@ -115,7 +119,7 @@ class Manifest:
             "manifest_version": 1, "created_at": _now, "input_schema": None,
             "output_schema": None, "preprocess": None, "postprocess": None, "metadata": dict,
             "python": platform.python_version, "embedml": "", "frameworks": dict,
-            "extra_files": dict, "method": None, "row_wise": None,
+            "extra_files": dict, "method": None, "row_wise": None, "signature": None,
         }  # fmt: skip
         for key in _TYPES:
             if key in data:

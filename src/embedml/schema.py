@@ -24,7 +24,7 @@ import math
 import re
 import reprlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -34,7 +34,10 @@ from .errors import SchemaError
 from .tensors import n_rows
 
 __all__ = [
+    "ColumnInputs",
     "FieldSpec",
+    "NamedRecords",
+    "NamedTensors",
     "NoSchema",
     "RecordSchema",
     "SchemaOptions",
@@ -46,6 +49,9 @@ __all__ = [
     "dynamic",
     "not_row_wise",
     "check_rows",
+    "is_column_input",
+    "name_difference",
+    "record_schema_for",
     "schema_from_dict",
     "schema_to_dict",
 ]
@@ -540,6 +546,8 @@ class RecordSchema:
     """
 
     kind = "record"
+    #: Takes records (dicts) matched by field name; ``names`` lists them.
+    records = True
 
     def __init__(self, fields: Sequence[FieldSpec], title: str = "Record") -> None:
         if not fields:
@@ -602,6 +610,15 @@ class RecordSchema:
 
     def __repr__(self) -> str:
         return f"RecordSchema({', '.join(f'{f.name}: {f.kind}' for f in self.fields)})"
+
+    def in_order(self, names: Sequence[str]) -> RecordSchema:
+        """The same fields in the order of ``names`` (the model's own column order), so the
+        matrix it builds has each field in the column the model reads it from. ``names``
+        must hold exactly the field names (see :func:`name_difference`)."""
+        if tuple(names) == self.names:
+            return self
+        by_name = {f.name: f for f in self.fields}
+        return RecordSchema([by_name[n] for n in names], title=self.title)
 
     # -- inputs
     def one(self, record: Any, opts: SchemaOptions) -> np.ndarray:
@@ -1018,6 +1035,7 @@ class TensorSchema:
     """
 
     kind = "tensors"
+    records = False
 
     def __init__(self, specs: Sequence[TensorSpec], *, rows: bool | None = None) -> None:
         if not specs:
@@ -1357,10 +1375,252 @@ def _asarray(value: Any, spec: TensorSpec) -> np.ndarray:
         raise SchemaError(f"cannot be read as an array: {exc}", field=spec.name) from None
 
 
+def name_difference(given: Sequence[str], expected: Sequence[str]) -> str | None:
+    """``None`` when ``given`` and ``expected`` hold the same names (in any order), else a
+    sentence naming the missing and the unexpected ones."""
+    missing = [n for n in expected if n not in given]
+    unexpected = [n for n in given if n not in expected]
+    if not missing and not unexpected:
+        return None
+    parts = []
+    if missing:
+        parts.append(f"missing {missing}")
+    if unexpected:
+        parts.append(f"unexpected {unexpected}")
+    return f"{' and '.join(parts)} (the model's names: {list(expected)})"
+
+
+def _check_names(
+    given: Any, names: Sequence[str], opts: SchemaOptions, index: int | None, what: str
+) -> None:
+    """Raise :class:`SchemaError` for a missing or (unless ``allow_extra``) unknown name."""
+    missing = next((n for n in names if n not in given), None)
+    if missing is not None:
+        raise SchemaError(
+            f"required {what} is missing; the model's {what}s are {list(names)}",
+            field=missing, index=index,
+        )  # fmt: skip
+    if not opts.allow_extra and len(given) != len(names):
+        unknown = [str(k) for k in given if k not in names]
+        raise SchemaError(
+            f"unknown {what}(s) {unknown}; the model's {what}s are {list(names)} (load with allow_extra=True to ignore them)",
+            field=unknown[0], index=index,
+        )  # fmt: skip
+
+
+def _as_record(record: Any, index: int | None, names: Sequence[str]) -> Mapping[str, Any]:
+    if isinstance(record, Mapping):
+        return record
+    dump = getattr(record, "model_dump", None)
+    if callable(dump):
+        return dump()
+    raise SchemaError(
+        f"expected a record (dict with fields {list(names)}), got {_describe(record)}", index=index
+    )
+
+
+def _is_value(v: Any) -> bool:
+    """One value of a record (not an array or list of values)."""
+    return isinstance(v, str | int | float | bool | np.generic) or v is None
+
+
+def record_schema_for(specs: Sequence[TensorSpec], title: str = "Record") -> RecordSchema:
+    """The record schema of a model with one ``[N, 1]`` tensor per column: a field per
+    input, typed by the input's element type."""
+    def kind(dtype: str) -> Any:
+        if dtype in ("str", "object"):
+            return "string"
+        if dtype == "bool":
+            return "boolean"
+        return "integer" if dtype.startswith(("int", "uint")) else "number"
+
+    return RecordSchema([FieldSpec(s.name, kind(s.dtype)) for s in specs], title=title)
+
+
+def is_column_input(spec: TensorSpec) -> bool:
+    """Whether a model input takes one value per row: shape ``[N]`` or ``[N, 1]``."""
+    return spec.shape in ((-1,), (-1, 1))
+
+
+class ColumnInputs(RecordSchema):
+    """Records matched by name onto a model that takes one ``[N, 1]`` (or ``[N]``) tensor
+    per column, as skl2onnx writes a ``ColumnTransformer`` pipeline: each field feeds the
+    input of its name, cast to that input's element type (strings included).
+
+    Records, lists of records and DataFrames are validated by the record schema (declared,
+    or made from the inputs' types); a dict of arrays (``{"age": [..], "city": [..]}``)
+    is matched by name like any multi-input tensor model.
+    """
+
+    def __init__(self, record: RecordSchema, specs: Sequence[TensorSpec]) -> None:
+        ordered = record.in_order([s.name for s in specs])
+        super().__init__(ordered.fields, title=ordered.title)
+        self.tensors = TensorSchema(specs)
+
+    def one(self, record: Any, opts: SchemaOptions) -> dict[str, np.ndarray]:
+        if isinstance(record, Mapping) and not all(_is_value(v) for v in record.values()):
+            return self.tensors.one(record, opts)  # one example per input tensor
+        return self._split(super().one(record, opts))
+
+    def many(self, records: Any, opts: SchemaOptions) -> dict[str, np.ndarray]:
+        if isinstance(records, Mapping):
+            specs = {s.name: s for s in self.tensors.specs}
+            columns = {k: _as_column(v, specs[k]) if k in specs else v for k, v in records.items()}
+            return self.tensors.many(columns, opts)
+        return self._split(super().many(records, opts))
+
+    def _split(self, m: np.ndarray) -> dict[str, np.ndarray]:
+        """The validated matrix (columns in the inputs' order) -> one tensor per input."""
+        out = {}
+        for j, spec in enumerate(self.tensors.specs):
+            col = m[:, j]
+            dtype = spec.np_dtype
+            if col.dtype != dtype:
+                if col.dtype.kind == "O":  # a column of a mixed (object) matrix
+                    col = np.array(col.tolist())
+                if dtype.kind == "b":
+                    col = col.astype(bool)  # the record schema checked booleans
+                elif col.dtype != dtype:
+                    # integer fields hold whole numbers (checked), so a float64 matrix casts
+                    col = cast_array(col, dtype, name=spec.name, strict=False)
+            out[spec.name] = col.reshape(-1, 1) if len(spec.shape) == 2 else col
+        return out
+
+
+def _as_column(value: Any, spec: TensorSpec) -> Any:
+    """A 1-D column given for an ``[N, 1]`` input, as ``[N, 1]``."""
+    a = np.asarray(value) if not isinstance(value, np.ndarray) else value
+    return a.reshape(-1, 1) if a.ndim == 1 and len(spec.shape) == 2 else a
+
+
+class NamedRecords:
+    """Records and DataFrames matched by name onto a model's feature names (scikit-learn's
+    ``feature_names_in_``) when no record schema was declared. Values are passed as they
+    come (the model checks their types); the model gets a DataFrame with its columns in
+    its own order. Arrays are read like arrays: columns in the model's order.
+    """
+
+    kind = "named"
+    records = True
+    fields = None
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+
+    def __repr__(self) -> str:
+        return f"NamedRecords({list(self.names)})"
+
+    def to_dict(self) -> None:
+        return None
+
+    def one(self, record: Any, opts: SchemaOptions) -> Any:
+        if isinstance(record, np.ndarray):
+            return NoSchema().one(record, opts)
+        row = _as_record(record, None, self.names)
+        _check_names(row, self.names, opts, None, "field")
+        frame = _frame({n: [row[n]] for n in self.names})
+        try:
+            _check_loose(frame, opts)
+        except SchemaError as exc:
+            exc.index = None
+            raise
+        return frame
+
+    def many(self, records: Any, opts: SchemaOptions) -> Any:
+        if isinstance(records, np.ndarray):
+            return NoSchema().many(records, opts)
+        if type(records).__module__.startswith("pandas") and hasattr(records, "columns"):
+            _check_names(list(records.columns), self.names, opts, None, "column")
+            frame = records[list(self.names)]
+        elif isinstance(records, Mapping):  # a dict of columns
+            _check_names(records, self.names, opts, None, "column")
+            frame = _frame({n: _loose_array(records[n], n) for n in self.names})
+        else:
+            if isinstance(records, str) or not isinstance(records, Sequence | Iterable):
+                raise SchemaError(
+                    "predict_batch expects a list of records, a DataFrame, a dict of columns or a 2-D array;"
+                    f" got {_describe(records)}"
+                )
+            rows = [_as_record(r, i, self.names) for i, r in enumerate(records)]
+            if not rows:
+                raise SchemaError("the batch is empty")
+            check_rows(len(rows), opts)
+            for i, r in enumerate(rows):
+                _check_names(r, self.names, opts, i, "field")
+            frame = _frame({n: [r[n] for r in rows] for n in self.names})
+        check_rows(len(frame), opts)
+        _check_loose(frame, opts)
+        return frame
+
+
+def _frame(columns: dict[str, Any]) -> Any:
+    import pandas as pd  # a model with feature_names_in_ was fitted on a DataFrame
+
+    return pd.DataFrame(columns)
+
+
+class NamedTensors:
+    """Inputs matched by name onto the arguments a model declares without shapes
+    (TorchScript ``forward(self, a, b)``): a dict of arrays, one per argument; a model of
+    one argument also takes an array."""
+
+    kind = "named"
+    records = False
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.input_names = tuple(names)
+
+    def __repr__(self) -> str:
+        return f"NamedTensors({list(self.input_names)})"
+
+    def to_dict(self) -> None:
+        return None
+
+    def one(self, record: Any, opts: SchemaOptions) -> Any:
+        if not isinstance(record, Mapping):
+            return self._array(record).one(record, opts)
+        _check_names(record, self.input_names, opts, None, "input")
+        return NoSchema().one({n: record[n] for n in self.input_names}, opts)
+
+    def many(self, records: Any, opts: SchemaOptions) -> Any:
+        if not isinstance(records, Mapping):
+            return self._array(records).many(records, opts)
+        _check_names(records, self.input_names, opts, None, "input")
+        return NoSchema().many({n: records[n] for n in self.input_names}, opts)
+
+    def _array(self, value: Any) -> NoSchema:
+        if len(self.input_names) != 1:
+            raise SchemaError(
+                f"the model takes several inputs {list(self.input_names)}: pass a dict of arrays by name,"
+                f" got {_describe(value)}"
+            )
+        return NoSchema()
+
+
 class NoSchema:
-    """No declared schema: inputs are taken as arrays, with the batch on axis 0."""
+    """No declared schema: inputs are taken as arrays, with the batch on axis 0.
+
+    ``mappings=False`` (a model that declares no input names) refuses dicts: nothing
+    could tell which value goes where.
+    """
 
     kind = "none"
+    records = False
+
+    def __init__(self, mappings: bool = True) -> None:
+        self.mappings = mappings
+
+    def _refuse(self, value: Any) -> None:
+        if self.mappings:
+            return
+        if isinstance(value, list | tuple) and value:
+            value = value[0]  # a list of records
+        if isinstance(value, Mapping) or callable(getattr(value, "model_dump", None)):
+            raise SchemaError(
+                "the model declares no input names, so a record (dict) cannot be matched to its"
+                " inputs: save the model with input_schema= (a pydantic model whose fields are"
+                " in the model's column order), or pass an array"
+            )
 
     def one(self, record: Any, opts: SchemaOptions) -> Any:
         batch = self._one(record, opts)
@@ -1381,6 +1641,7 @@ class NoSchema:
     def _one(self, record: Any, opts: SchemaOptions) -> Any:
         if isinstance(record, np.ndarray):
             return record[None]
+        self._refuse(record)
         if isinstance(record, Mapping):
             return {k: _loose_array(v, k)[None] for k, v in record.items()}
         return _loose_array([record], None)
@@ -1392,6 +1653,7 @@ class NoSchema:
             if hasattr(records, "columns"):
                 _unique_columns(records)
             return records
+        self._refuse(records)
         if isinstance(records, Mapping):
             return {k: _loose_array(v, k) for k, v in records.items()}
         return _loose_array(records, None)
@@ -1458,7 +1720,7 @@ def _check_loose(batch: Any, opts: SchemaOptions) -> None:
             check_array(batch[col].to_numpy(), str(col), opts)
 
 
-Schema = RecordSchema | TensorSchema | NoSchema
+Schema = RecordSchema | TensorSchema | NamedRecords | NamedTensors | NoSchema
 
 
 def schema_to_dict(schema: Any) -> dict[str, Any] | None:

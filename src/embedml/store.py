@@ -1,4 +1,5 @@
-"""``ModelStore``: versioned model artifacts in a directory. It never loads or runs a model.
+"""``ModelStore``: versioned model artifacts in a directory. It never serves a model: at
+save it only reads the model's declared interface (and runs an ``input_example`` once).
 
 Layout::
 
@@ -57,11 +58,19 @@ from .errors import (
     ModelNotFoundError,
     SignatureError,
     StoreError,
+    UnsupportedFormatError,
     UntrustedArtifactError,
     VersionExistsError,
     VersionNotFoundError,
 )
-from .formats import ModelFormat, format_for_object, format_for_path, get_format
+from .formats import (
+    FormatOptions,
+    ModelFormat,
+    Runtime,
+    format_for_object,
+    format_for_path,
+    get_format,
+)
 from .manifest import MANIFEST_FILE, STANDARD_METHODS, Manifest, environment, method_problem
 from .record import (
     RECORD_FILE,
@@ -74,6 +83,7 @@ from .record import (
 )
 from .safe_io import append_line, fsync_dir, locked, read_metadata, write_atomic
 from .schema import TensorSchema, schema_from_dict, schema_to_dict
+from .signature import signature_at_save
 from .signing import KEY_ENV, SIGNATURE_FILE, resolve_key, signature_document, verify_signature
 from .trust import import_paths_error, refused_import_paths
 
@@ -112,6 +122,12 @@ class ModelVersion:
     def artifact_path(self) -> Path:
         """The artifact file inside the version folder."""
         return self.path / self.manifest.artifact
+
+    @property
+    def signature(self) -> dict[str, Any] | None:
+        """The interface the model declared when it was saved (inputs, outputs, feature
+        names, classes, ``batch_invariant``...), or ``None`` if nothing was recorded."""
+        return self.manifest.signature
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version}"
@@ -277,6 +293,20 @@ def store_root(root: str | os.PathLike[str]) -> Path:
             )
         text = urllib.request.url2pathname(parsed.path)
     return Path(text).expanduser().absolute()
+
+
+def _inspect(
+    fmt: ModelFormat, obj: Any, path: Path, name: str, method: str | None
+) -> Runtime | None:
+    """A runtime (calling ``method``) to read the interface of a model being saved, or
+    ``None`` (logged) when its format cannot build one here: the version is then saved
+    without a signature, and loading it reports what is wrong, as before signatures were
+    recorded."""
+    try:
+        return fmt.inspect(obj, path, FormatOptions(method=method))
+    except UnsupportedFormatError as exc:
+        log.warning("%s: saved without a signature: %s", name, exc)
+        return None
 
 
 class ModelStore:
@@ -544,6 +574,7 @@ class ModelStore:
         signing_key: str | bytes | None = None,
         method: str | None = None,
         row_wise: bool | None = None,
+        input_example: Any = None,
     ) -> ModelVersion:
         """Save ``model`` as a new immutable version of ``name`` and return it.
 
@@ -560,6 +591,17 @@ class ModelStore:
         ``"predict_proba"`` (default ``predict``; ``load(..., method=)`` overrides it); a
         ``restricted=True`` load accepts only :data:`~embedml.manifest.STANDARD_METHODS`.
 
+        The interface the model declares is read and recorded in the manifest
+        (``signature``: scikit-learn feature names, count and classes; ONNX graph inputs
+        and outputs with their dimensions; TorchScript argument names; ``torch.export``
+        input specs; not read from pickle/joblib *files*, which are not unpickled at
+        save). A declared ``input_schema`` that names other inputs than the model is
+        refused with :class:`ConfigurationError` naming the difference. ``input_example``
+        (a DataFrame, a record, a list of records or an array) adds the column types to
+        the signature, is run once to record the outputs, and records ``batch_invariant``:
+        whether predicting its rows one at a time gives the outputs of predicting them
+        together (a version where it does not refuses ``batching=`` at load).
+
         A pickle or joblib *file* runs code when loaded, and a TorchScript (``.pt``) or
         ``torch.export`` (``.pt2``) file when called, so saving one needs ``trust=True``
         or its expected ``sha256="<hex>"`` (checked on the copied bytes); otherwise
@@ -575,10 +617,12 @@ class ModelStore:
 
         Raises :class:`VersionExistsError`, :class:`InvalidNameError`,
         :class:`UnsupportedFormatError`, :class:`UntrustedArtifactError`,
-        :class:`SchemaError` or :class:`ConfigurationError` (a bad ``method``;
+        :class:`SchemaError`, :class:`ConfigurationError` (a bad ``method``;
         ``row_wise=True`` on an ONNX graph, whose shapes decide, or on a tensor schema
-        without a batch dimension); with a key, :class:`SignatureError` when the store
-        record is not signed with it (checked before anything is written).
+        without a batch dimension; a schema that names other inputs than the model), with a
+        key, :class:`SignatureError` when the store record is not signed with it (checked
+        before anything is written), or :class:`PredictionError` (the model failed on
+        ``input_example``).
         """
         model_dir = self._model_dir(name)
         key = resolve_key(signing_key)
@@ -634,6 +678,15 @@ class ModelStore:
                 raise UntrustedArtifactError(
                     f"{os.fspath(model)} has SHA-256 {digest}, not the {sha256} you vouched for; not saving it"
                 )
+            runtime = _inspect(fmt, None if is_path else model, tmp / artifact, name, method)
+            try:
+                signature = signature_at_save(
+                    runtime, in_schema, input_example, where=f"{name} (saving)",
+                    preprocess=preprocess, postprocess=postprocess,
+                )  # fmt: skip
+            finally:
+                if runtime is not None:
+                    runtime.close()
             extra_files = {}
             if profile is not None:
                 from .profile import PROFILE_FILE
@@ -648,6 +701,7 @@ class ModelStore:
                 "metadata": dict(metadata or {}), "embedml": __version__,
                 "frameworks": environment(fmt.frameworks(None if is_path else model)),
                 "extra_files": extra_files, "method": method, "row_wise": row_wise,
+                "signature": signature,
             }  # fmt: skip
             return self._publish(model_dir, tmp, fields, explicit, key)
         finally:

@@ -52,13 +52,45 @@ class Runtime(ABC):
     row_wise: bool = True
     #: Why ``row_wise`` is ``False``, for error messages ("output 'y' is a scalar").
     row_wise_reason: str = ""
+    #: Names the model's inputs are matched by, in the model's order (ONNX graph inputs,
+    #: ``torch.export`` user inputs, TorchScript ``forward`` arguments), else ``None``.
+    input_names: tuple[str, ...] | None = None
+    #: Columns of the single 2-D input (scikit-learn ``feature_names_in_``), else ``None``.
+    feature_names: tuple[str, ...] | None = None
+    #: Number of columns of the single 2-D input (scikit-learn ``n_features_in_``).
+    n_features: int | None = None
+    #: Class labels of a classifier (scikit-learn ``classes_``), in output column order.
+    classes: tuple[Any, ...] | None = None
+    #: The method called on a Python object (``"predict"``, ``"predict_proba"``...).
+    method: str | None = None
 
     @abstractmethod
     def predict(self, inputs: Any) -> Any:
         """Run the model on a batch."""
 
+    def signature(self) -> dict[str, Any]:
+        """The interface the model declares, as plain JSON (recorded in the manifest at save):
+        ``inputs`` / ``outputs`` (tensor specs as dicts, or ``None``), ``input_names``,
+        ``feature_names``, ``n_features`` and ``classes``. Formats whose files say more
+        (ONNX: symbolic dimensions, non-tensor outputs) add it."""
+        return {
+            "inputs": [s.to_dict() for s in self.input_specs] if self.input_specs else None,
+            "outputs": [s.to_dict() for s in self.output_specs] if self.output_specs else None,
+            "input_names": list(self.input_names) if self.input_names is not None else None,
+            "feature_names": list(self.feature_names) if self.feature_names is not None else None,
+            "n_features": self.n_features,
+            "classes": _plain_list(self.classes),
+        }
+
     def close(self) -> None:  # noqa: B027 - optional hook, most runtimes hold nothing
         """Release what the runtime holds (sessions, threads). Idempotent."""
+
+
+def _plain_list(values: Any) -> list[Any] | None:
+    """Class labels as JSON values (numpy scalars become Python ones)."""
+    if values is None:
+        return None
+    return [v.item() if hasattr(v, "item") else v for v in values]
 
 
 class ModelFormat(ABC):
@@ -96,6 +128,15 @@ class ModelFormat(ABC):
     def frameworks(self, obj: Any | None = None) -> list[str]:
         """Distribution names whose versions are stamped into the manifest at save time."""
         return []
+
+    def inspect(self, obj: Any, path: Path, options: FormatOptions) -> Runtime | None:
+        """A runtime for reading the interface of a model being saved (``obj``, or ``None``
+        when a file was given) whose artifact was just written to ``path``; ``None`` when
+        the format cannot tell without running untrusted code. The default loads the
+        artifact like ``load`` would, except for formats that are unsafe to load."""
+        if self.unsafe_to_load:
+            return None
+        return self.load(path.read_bytes(), options)
 
     def tensor_specs(self, obj: Any) -> tuple[list[TensorSpec] | None, list[TensorSpec] | None]:
         """Input and output specs read from an in-memory model at save time, if it has them."""

@@ -98,6 +98,23 @@ def declared_shapes(data: bytes) -> dict[str, bool]:
     return found
 
 
+def _describe(arg: Any) -> dict[str, Any]:
+    """One graph input or output as the manifest records it: ``name``, ``type`` (ONNX
+    Runtime's, e.g. ``tensor(float)`` or ``seq(map(int64,tensor(float)))``), ``dtype`` and
+    ``shape`` as in :class:`TensorSpec` (``None`` for non-tensors), and ``dims``: the
+    dimensions as the graph declares them (an int, a symbol such as ``"batch"``, or
+    ``None`` for an unnamed dynamic dimension)."""
+    dims = None if arg.shape is None else [d if isinstance(d, int | str) else None for d in arg.shape]
+    spec = _spec(arg)
+    return {
+        "name": arg.name,
+        "type": arg.type,
+        "dtype": spec.dtype if spec is not None else _ORT_TYPES.get(arg.type),
+        "shape": list(spec.shape) if spec is not None else None,
+        "dims": dims,
+    }
+
+
 def session_options(options: Any) -> Any:
     """Build ``onnxruntime.SessionOptions`` from a dict of its attributes (or pass one through)."""
     import onnxruntime as ort
@@ -126,6 +143,8 @@ class OnnxRuntime(Runtime):
         inputs = self.session.get_inputs()
         outputs = self.session.get_outputs()
         self._input_names = [i.name for i in inputs]
+        self.input_names = tuple(self._input_names)
+        self._graph = ([_describe(i) for i in inputs], [_describe(o) for o in outputs])
         self._single_input = self._input_names[0] if len(inputs) == 1 else None
         shaped = declared_shapes(data)
         specs = [_spec(i, shaped) for i in inputs]
@@ -153,6 +172,12 @@ class OnnxRuntime(Runtime):
         self._one = isinstance(options.outputs, str) or (
             options.outputs is None and len(all_outputs) == 1
         )
+
+    def signature(self) -> dict[str, Any]:
+        """Every graph input and output (see :func:`_describe`), tensors or not."""
+        sig = super().signature()
+        sig["inputs"], sig["outputs"] = self._graph
+        return sig
 
     def predict(self, inputs: Any) -> Any:
         if self._single_input is not None and isinstance(inputs, np.ndarray):

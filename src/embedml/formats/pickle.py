@@ -28,6 +28,8 @@ class ObjectRuntime(Runtime):
 
     A model fitted on a DataFrame (it has ``feature_names_in_``) gets a DataFrame with
     those column names, so sklearn pipelines with column transformers work on records.
+    The model's interface is read from scikit-learn's attributes: ``feature_names_in_``,
+    ``n_features_in_`` and ``classes_``.
     """
 
     def __init__(self, model: Any, method: str | None) -> None:
@@ -41,8 +43,15 @@ class ObjectRuntime(Runtime):
             )
         self.model = model
         self._fn = fn
-        names = getattr(model, "feature_names_in_", None)  # a numpy array in sklearn
+        self.method = name
+        names = _attribute(model, "feature_names_in_")  # a numpy array in sklearn
         self._columns = [str(c) for c in names] if names is not None and len(names) else None
+        self.feature_names = tuple(self._columns) if self._columns is not None else None
+        n = _attribute(model, "n_features_in_")
+        self.n_features = int(n) if isinstance(n, int | np.integer) else None
+        classes = _attribute(model, "classes_")
+        one_output = isinstance(classes, np.ndarray) and classes.ndim == 1  # not multi-output
+        self.classes = tuple(classes.tolist()) if one_output else None
 
     def predict(self, inputs: Any) -> Any:
         if (
@@ -55,6 +64,14 @@ class ObjectRuntime(Runtime):
 
             inputs = pd.DataFrame(inputs, columns=self._columns)
         return self._fn(inputs)
+
+
+def _attribute(model: Any, name: str) -> Any:
+    """A fitted attribute, or ``None`` (sklearn properties raise AttributeError when unset)."""
+    try:
+        return getattr(model, name, None)
+    except Exception:  # noqa: BLE001 - a property of a user class may raise anything
+        return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,6 +120,10 @@ class JoblibFormat(ModelFormat):
             obj = joblib.load(io.BytesIO(data))
         return ObjectRuntime(obj, options.method)
 
+    def inspect(self, obj: Any, path: Path, options: FormatOptions) -> Runtime | None:
+        # the object is already in memory; a file given by path is not unpickled at save
+        return None if obj is None else ObjectRuntime(obj, options.method)
+
     def frameworks(self, obj: Any | None = None) -> list[str]:
         return sorted({"joblib", *_object_frameworks(obj)})
 
@@ -130,6 +151,9 @@ class PickleFormat(ModelFormat):
         else:
             obj = pickle.loads(data)  # noqa: S301 - hash verified first
         return ObjectRuntime(obj, options.method)
+
+    def inspect(self, obj: Any, path: Path, options: FormatOptions) -> Runtime | None:
+        return None if obj is None else ObjectRuntime(obj, options.method)
 
     def frameworks(self, obj: Any | None = None) -> list[str]:
         return _object_frameworks(obj)

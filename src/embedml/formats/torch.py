@@ -47,16 +47,25 @@ class TorchRuntime(Runtime):
     """Calls a module under ``torch.inference_mode()``; float64 inputs become float32
     (torch's default dtype) unless the model declares other input dtypes."""
 
-    def __init__(self, module: Any, input_specs: list[TensorSpec] | None) -> None:
+    def __init__(
+        self,
+        module: Any,
+        input_specs: list[TensorSpec] | None,
+        input_names: tuple[str, ...] | None = None,
+    ) -> None:
         self._torch = _torch()
         self.module = module
         self.input_specs = input_specs
-        self._names = [s.name for s in input_specs] if input_specs else None
+        if input_names is None and input_specs:
+            input_names = tuple(s.name for s in input_specs)
+        self.input_names = input_names
 
     def predict(self, inputs: Any) -> Any:
         torch = self._torch
         if isinstance(inputs, dict):
-            arrays = [inputs[n] for n in self._names] if self._names else list(inputs.values())
+            if self.input_names is None:  # the pipeline refuses dicts before this
+                raise TypeError("the model declares no argument names to match a dict of inputs")
+            arrays = [inputs[n] for n in self.input_names]  # by name, never by position
         else:
             arrays = [inputs]
         tensors = []
@@ -89,10 +98,21 @@ class TorchScriptFormat(ModelFormat):
         torch = _torch()
         module = torch.jit.load(io.BytesIO(data), map_location="cpu")
         module.eval()
-        return TorchRuntime(module, None)
+        return TorchRuntime(module, None, _script_arguments(module))
 
     def frameworks(self, obj: Any | None = None) -> list[str]:
         return ["torch"]
+
+
+def _script_arguments(module: Any) -> tuple[str, ...] | None:
+    """The names of the required arguments of a TorchScript module's ``forward`` (after
+    ``self``), read from its schema; ``None`` if it has none to read."""
+    try:
+        args = module.forward.schema.arguments[1:]
+    except Exception:  # noqa: BLE001 - a module without a scripted forward
+        return None
+    names = tuple(a.name for a in args if not a.has_default_value())
+    return names or None
 
 
 def _export_specs(program: Any) -> list[TensorSpec] | None:
