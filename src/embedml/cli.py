@@ -108,6 +108,42 @@ def _describe_schema(d: Any) -> list[str]:
     ]
 
 
+def _describe_tensor(t: dict[str, Any]) -> str:
+    dims = t.get("dims")
+    if dims is None and t.get("shape") is not None:
+        dims = [None if d == -1 else d for d in t["shape"]]
+    shape = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]" if dims is not None else ""
+    if t.get("dtype") is None:  # a sequence or map (e.g. skl2onnx ZipMap)
+        return f"    {t['name']}: {t.get('type', '?')}"
+    kind = t["dtype"]
+    return f"    {t['name']}: {kind} {shape}".rstrip()
+
+
+def describe_signature(sig: dict[str, Any] | None) -> list[str]:
+    """The lines ``embedml show`` prints for a version's recorded signature."""
+    if not sig:
+        return ["  (none recorded)"]
+    lines = []
+    for key in ("inputs", "outputs"):
+        if sig.get(key):
+            lines.append(f"  {key}:")
+            lines += [_describe_tensor(t) for t in sig[key]]
+    for key, label in (("input_names", "input names"), ("feature_names", "feature names"),
+                       ("n_features", "features"), ("classes", "classes")):  # fmt: skip
+        if sig.get(key) is not None:
+            lines.append(f"  {label}: {sig[key]}")
+    if sig.get("columns"):
+        lines.append("  example columns:")
+        for c in sig["columns"]:
+            extra = ", nullable" if c.get("nullable") else ""
+            if c.get("categories") is not None:
+                extra += f", categories {c['categories']}"
+            lines.append(f"    {c['name']}: {c['kind']} ({c.get('dtype', c['kind'])}{extra})")
+    if sig.get("batch_invariant") is not None:
+        lines.append(f"  batch invariant: {'yes' if sig['batch_invariant'] else 'NO (batching is refused)'}")
+    return lines or ["  (none recorded)"]
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     store = _open_store(args)
     name, spec = parse_ref(args.ref)
@@ -142,10 +178,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if m.metadata:
         _out("metadata:   " + json.dumps(m.metadata, sort_keys=True, default=str))
     _out("input schema:")
-    for line in _describe_schema(m.input_schema):
-        _out(line)
+    if m.input_schema is None and m.signature:
+        _out("  (none declared: inputs are matched to the model's signature)")
+    else:
+        for line in _describe_schema(m.input_schema):
+            _out(line)
     _out("output schema:")
     for line in _describe_schema(m.output_schema):
+        _out(line)
+    _out("signature:")
+    for line in describe_signature(m.signature):
         _out(line)
     _out("aliases:    " + (", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"))
     _out("history:")

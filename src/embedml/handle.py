@@ -45,7 +45,7 @@ from .manifest import Manifest, method_problem
 from .schema import NoSchema, RecordSchema, Schema, SchemaOptions, TensorSchema, schema_from_dict
 from .signature import input_schema_for
 from .synthetic import synthetic_batch
-from .tensors import n_rows, take
+from .tensors import ClassProbabilities, n_rows, take
 from .trust import check_before_load
 
 if TYPE_CHECKING:
@@ -226,13 +226,16 @@ class Pipeline:
         self.load_seconds = load_seconds
         m = mv.manifest
         signature = m.signature or {}
+        pre = options.preprocess if options.preprocess is not None else m.preprocess
+        post = options.postprocess if options.postprocess is not None else m.postprocess
         declared = schema_from_dict(m.input_schema)  # type: ignore[arg-type]
         output_schema = schema_from_dict(m.output_schema)  # type: ignore[arg-type]
         self.row_wise_reason = _not_row_wise(runtime, m, declared, output_schema)
         self.row_wise = rows = not self.row_wise_reason
         # by the model's own names (signature.input_schema_for); refuses a schema naming others
         self.input_schema: Schema = _rows(
-            input_schema_for(declared, runtime, signature, self.label), rows
+            input_schema_for(declared, runtime, signature, self.label, preprocessed=pre is not None),
+            rows,
         )
         # Record or schemaless inputs still meet the model's own dtypes (e.g. float32 ONNX);
         # column inputs are cast per column already.
@@ -267,8 +270,6 @@ class Pipeline:
         #: Raw outputs are what callers get (no output schema, no class labels to attach).
         self.plain = self.output_schema is None and self.classes is None
         self.schema_options = options.schema_options()
-        pre = options.preprocess if options.preprocess is not None else m.preprocess
-        post = options.postprocess if options.postprocess is not None else m.postprocess
         self.preprocess = _import_callable(pre, "preprocess") if isinstance(pre, str) else pre
         self.postprocess = _import_callable(post, "postprocess") if isinstance(post, str) else post
         # field names of a validated matrix, for prediction records (hooks)
@@ -419,7 +420,7 @@ class Pipeline:
         ``{"probabilities": (n, k) array, "classes": [k labels]}`` for a classifier's
         probabilities)."""
         if self.classes is not None:
-            return {"probabilities": out, "classes": list(self.classes)}
+            return ClassProbabilities(out, list(self.classes))
         schema = self.output_schema
         if schema is None:
             return out
@@ -433,7 +434,7 @@ class Pipeline:
     def row(self, out: Any, i: int = 0) -> Any:
         """Row ``i`` of raw batch outputs, as the caller's result for one record."""
         if self.classes is not None:
-            return {"probabilities": take(out, i), "classes": list(self.classes)}
+            return ClassProbabilities(take(out, i), list(self.classes))
         if self.output_schema is None:
             return take(out, i)
         if isinstance(self.output_schema, RecordSchema):

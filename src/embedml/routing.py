@@ -21,7 +21,8 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .errors import ConfigurationError, SchemaError
+from .errors import ConfigurationError, PredictionError, SchemaError
+from .tensors import ClassProbabilities
 
 __all__ = ["ABTest", "Canary"]
 
@@ -389,6 +390,8 @@ def _merge(parts: dict[str, Any], groups: dict[str, list[int]], n: int) -> Any:
     import numpy as np
 
     first = next(iter(parts.values()))
+    if isinstance(first, ClassProbabilities):
+        return _merge_probabilities(parts, groups, n)
     if isinstance(first, Mapping):
         return {k: _merge({a: p[k] for a, p in parts.items()}, groups, n) for k in first}
     if isinstance(first, tuple):
@@ -405,3 +408,23 @@ def _merge(parts: dict[str, Any], groups: dict[str, list[int]], n: int) -> Any:
     for arm, arr in arrays.items():
         merged[groups[arm]] = arr
     return merged
+
+
+def _merge_probabilities(parts: dict[str, Any], groups: dict[str, list[int]], n: int) -> Any:
+    """Classifiers' probabilities from several arms, their columns matched by class label
+    (two versions may order their classes differently)."""
+    import numpy as np
+
+    first = next(iter(parts.values()))
+    classes = list(first["classes"])
+    arrays = {}
+    for arm, part in parts.items():
+        labels = list(part["classes"])
+        if sorted(map(repr, labels)) != sorted(map(repr, classes)):
+            raise PredictionError(
+                f"the arms predict different classes ({classes} and {labels}): their probabilities cannot be merged",
+                stage="output",
+            )
+        order = [labels.index(c) for c in classes]
+        arrays[arm] = np.asarray(part["probabilities"])[:, order]
+    return ClassProbabilities(_merge(arrays, groups, n), classes)

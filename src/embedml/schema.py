@@ -795,7 +795,11 @@ class RecordSchema:
 
     def _missing(self, record: Mapping[str, Any], index: int | None) -> None:
         name = next(n for n in self.names if n not in record)
-        raise SchemaError("required field is missing", field=name, index=index, expected=self.kind)
+        unknown = [str(k) for k in record if k not in self._index]
+        hint = f" (got unknown field(s) {unknown}; the fields are {list(self.names)})" if unknown else ""
+        raise SchemaError(
+            f"required field is missing{hint}", field=name, index=index, expected=self.kind
+        )
 
     def _unknown(self, record: Mapping[str, Any], index: int | None) -> None:
         # keys of any type (ints and strings mixed do not sort), shown bounded
@@ -1456,6 +1460,9 @@ class ColumnInputs(RecordSchema):
         ordered = record.in_order([s.name for s in specs])
         super().__init__(ordered.fields, title=ordered.title)
         self.tensors = TensorSchema(specs)
+
+    def __repr__(self) -> str:
+        return f"ColumnInputs({', '.join(f'{f.name}: {f.kind}' for f in self.fields)})"
 
     def one(self, record: Any, opts: SchemaOptions) -> dict[str, np.ndarray]:
         if isinstance(record, Mapping) and not all(_is_value(v) for v in record.values()):

@@ -27,8 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .errors import ConfigurationError, EmbedMLError, PredictionError, SchemaError
 from .streaming import predict_batch_or_rows, split_rows
+from .tensors import ClassProbabilities
 
 if TYPE_CHECKING:
     from .handle import ModelHandle
@@ -143,15 +146,20 @@ def _cell_parser(kind: str) -> Callable[[str], Any]:
 def _record_builder(
     handle: ModelHandle, columns: list[str], id_column: str | None
 ) -> Callable[[list[str]], tuple[Any, Any]]:
-    """CSV row (list of cells) -> (id, record), with cells parsed per the input schema."""
-    from .schema import RecordSchema
+    """CSV row (list of cells) -> (id, record), with cells parsed per the input schema.
 
+    A model that takes records by name gets records (cells matched by the header's names);
+    one that declares no names gets the row's cells in file order, as an array row."""
     schema = handle.input_schema
     id_at = columns.index(id_column) if id_column is not None else -1
     feature_at = [j for j in range(len(columns)) if j != id_at]
-    if isinstance(schema, RecordSchema):
-        kinds = {f.name: f.kind for f in schema.fields}
-        parsers = [(columns[j], j, _cell_parser(kinds.get(columns[j], "string"))) for j in feature_at]
+    if schema.records:
+        # the model's names without declared types (sklearn feature names): numbers when
+        # the cell reads as one, else text
+        fields = schema.fields
+        kinds = {f.name: f.kind for f in fields} if fields is not None else {}
+        unknown = "string" if fields is not None else "number"
+        parsers = [(columns[j], j, _cell_parser(kinds.get(columns[j], unknown))) for j in feature_at]
         # The common case (every cell a well-formed number) costs one builtin call per cell;
         # empty or odd cells raise ValueError and take the per-cell path.
         fast_conv = {"number": float, "integer": int}
@@ -397,8 +405,6 @@ def _chunks_jsonl(handle: ModelHandle, path: Path, size: int, id_column: str | N
 
 
 def _chunks_parquet(handle: ModelHandle, path: Path, size: int, id_column: str | None) -> Iterator[_Chunk]:
-    from .schema import RecordSchema
-
     pa, pq = _pyarrow()
     try:
         pf = pq.ParquetFile(path)
@@ -406,7 +412,7 @@ def _chunks_parquet(handle: ModelHandle, path: Path, size: int, id_column: str |
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise ConfigurationError(f"{path} cannot be read as Parquet: {exc}") from None
     _check_columns(columns, id_column, path)
-    as_records = isinstance(handle.input_schema, RecordSchema)
+    as_records = handle.input_schema.records  # by name; else the columns in file order
     features = [c for c in columns if c != id_column]
     row_no = 0
     batches = pf.iter_batches(batch_size=size)
@@ -519,6 +525,9 @@ def flatten_output(value: Any, prefix: str = "prediction") -> dict[str, Any]:
     dump = getattr(value, "model_dump", None)
     if callable(dump):
         value = dump()
+    if isinstance(value, ClassProbabilities):  # a column per class, named by its label
+        probabilities = np.asarray(value["probabilities"]).tolist()
+        return {f"probability_{c}": p for c, p in zip(value["classes"], probabilities)}
     if isinstance(value, dict):
         flat: dict[str, Any] = {}
         for k, v in value.items():

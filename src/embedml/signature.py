@@ -70,6 +70,8 @@ def input_schema_for(
     runtime: Runtime,
     signature: Mapping[str, Any] | None = None,
     where: str = "the model",
+    *,
+    preprocessed: bool = False,
 ) -> Any:
     """How inputs reach ``runtime``: the schema that validates a call's input and hands
     the model a batch matched to its own names.
@@ -77,8 +79,13 @@ def input_schema_for(
     ``declared`` is the schema saved with the version, ``signature`` the manifest's
     recorded signature (its ``columns`` type the records of a model that declares feature
     names but no record schema). Raises :class:`ConfigurationError` when the declared
-    schema names other inputs than the model declares.
+    schema names other inputs than the model declares. With a ``preprocessed`` step the
+    declared schema describes the step's input, not the model's: it is taken as it is.
     """
+    if preprocessed:
+        if declared is None and runtime.input_specs:
+            return TensorSchema(runtime.input_specs)
+        return declared or NoSchema()
     feature_names = runtime.feature_names
     if isinstance(declared, RecordSchema):
         if feature_names is not None:
@@ -276,7 +283,7 @@ def signature_at_save(
         return {"inputs": None, "outputs": None, "columns": _example_columns(input_example)}
     sig = runtime.signature()
     declared = schema_from_dict(input_schema)
-    schema = input_schema_for(declared, runtime, None, where)
+    schema = input_schema_for(declared, runtime, None, where, preprocessed=preprocess is not None)
     sig["batch_invariant"] = None
     if input_example is None:
         return sig
@@ -289,13 +296,16 @@ def signature_at_save(
             raise ConfigurationError(
                 f"{where}: the input example's columns do not match the model's feature names: {diff}"
             )
-        if declared is None:
+        if declared is None and preprocess is None:
             schema = input_schema_for(None, runtime, sig, where)
+    pre, post = _import(preprocess), _import(postprocess)  # only now: they run the example
     try:
         batch = schema.many(_example_batch(input_example), SchemaOptions(allow_nan=True))
     except SchemaError as exc:
-        raise SchemaError(f"the input example does not fit the input schema: {exc.message}", field=exc.field, index=exc.index) from None
-    pre, post = _import(preprocess), _import(postprocess)
+        raise SchemaError(
+            f"the input example does not fit the input schema: {exc.message}",
+            field=exc.field, index=exc.index,
+        ) from None  # fmt: skip
 
     def run(inputs: Any) -> Any:
         try:

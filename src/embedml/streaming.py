@@ -51,14 +51,19 @@ def split_rows(out: Any, n: int) -> list[Any]:
 def _as_batch(handle: ModelHandle, records: Sequence[Any]) -> Any:
     """Records -> what ``predict_batch`` takes: multi-input tensor models want one dict of
     stacked arrays, not a list of dicts; everything else takes the list as it is."""
-    from .schema import TensorSchema
+    from .schema import NamedTensors, TensorSchema
 
     schema = handle.input_schema
+    names = None
     if isinstance(schema, TensorSchema) and not schema.single:
+        names = [s.name for s in schema.specs]
+    elif isinstance(schema, NamedTensors) and len(schema.input_names) > 1:
+        names = list(schema.input_names)
+    if names is not None:
         import numpy as np
 
         try:
-            return {s.name: np.stack([np.asarray(r[s.name]) for r in records]) for s in schema.specs}
+            return {n: np.stack([np.asarray(r[n]) for r in records]) for n in names}
         except (KeyError, TypeError, ValueError, IndexError):
             pass  # the schema check below names what is wrong
     return list(records)

@@ -11,7 +11,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["concat", "n_rows", "split", "take"]
+__all__ = ["ClassProbabilities", "concat", "n_rows", "split", "take"]
+
+
+class ClassProbabilities(dict):  # type: ignore[type-arg]
+    """``{"probabilities": (n, k) array, "classes": [k labels]}``: a classifier's
+    probabilities with the labels of their columns. A plain dict to its reader; the
+    functions here take rows of ``probabilities`` only, keeping ``classes`` whole."""
+
+    def __init__(self, probabilities: Any, classes: list[Any]) -> None:
+        super().__init__(probabilities=probabilities, classes=classes)
+
+    def with_rows(self, probabilities: Any) -> ClassProbabilities:
+        return ClassProbabilities(probabilities, list(self["classes"]))
 
 
 def n_rows(batch: Any) -> int:
@@ -38,6 +50,8 @@ def take(batch: Any, i: int) -> Any:
         return batch[i]
     if cls is dict:
         return {k: v[i] for k, v in batch.items()}
+    if cls is ClassProbabilities:
+        return batch.with_rows(batch["probabilities"][i])
     if isinstance(batch, np.ndarray | list):
         return batch[i]
     if isinstance(batch, Mapping):
@@ -56,6 +70,8 @@ def concat(batches: Sequence[Any]) -> Any:
         return first
     if isinstance(first, np.ndarray):
         return np.concatenate(batches, axis=0)
+    if isinstance(first, ClassProbabilities):
+        return first.with_rows(np.concatenate([b["probabilities"] for b in batches], axis=0))
     if isinstance(first, Mapping):
         return {k: np.concatenate([b[k] for b in batches], axis=0) for k in first}
     if isinstance(first, tuple):
@@ -70,7 +86,9 @@ def split(batch: Any, sizes: Sequence[int]) -> list[Any]:
     parts, start = [], 0
     for size in sizes:
         stop = start + size
-        if isinstance(batch, Mapping):
+        if isinstance(batch, ClassProbabilities):
+            parts.append(batch.with_rows(batch["probabilities"][start:stop]))
+        elif isinstance(batch, Mapping):
             parts.append({k: v[start:stop] for k, v in batch.items()})
         elif isinstance(batch, tuple):
             parts.append(tuple(v[start:stop] for v in batch))

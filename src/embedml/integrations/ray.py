@@ -74,10 +74,9 @@ class EmbedMLPredictor:
             self.handle.close()
             raise
         self.error_column = error_column
-        from ..schema import RecordSchema
-
         schema = self.handle.input_schema
-        self._records = isinstance(schema, RecordSchema)
+        # a model that takes records by name gets the named columns; else an array in order
+        self._records = schema.records
         if feature_columns is not None:
             self.feature_columns: list[str] | None = list(feature_columns)
         elif self._records:
