@@ -445,3 +445,33 @@ def test_probabilities_come_with_their_class_labels_through_scoring_and_streams(
         embedml.score(h, src, tmp_path / "out.csv")
     scored = pd.read_csv(tmp_path / "out.csv")
     np.testing.assert_allclose(scored["probability_1"], pipe.predict_proba(df[:5])[:, 1])
+
+
+# ---------------------------------------------------------------- export
+
+
+def test_an_exported_model_fitted_on_a_dataframe_takes_columns_by_name(store):
+    from sklearn.ensemble import RandomForestRegressor
+
+    from embedml.export import to_onnx
+
+    rng = np.random.default_rng(3)
+    train = pd.DataFrame(rng.uniform(0, 10, (200, 3)), columns=["a", "b", "c"])
+    model = RandomForestRegressor(n_estimators=5, random_state=0).fit(train, train.a - train.c)
+    held_out = train[:20]
+    mv = to_onnx(store, "rf", model, held_out, input_schema=None)
+    with store.load("rf") as h:
+        got = h.predict_batch(held_out[["c", "a", "b"]]).ravel()  # the columns in another order
+        np.testing.assert_allclose(got, model.predict(held_out), rtol=1e-4, atol=1e-4)
+        assert h.predict({"c": 1.0, "b": 2.0, "a": 9.0}) == pytest.approx(
+            model.predict(pd.DataFrame({"a": [9.0], "b": [2.0], "c": [1.0]}))[0], abs=1e-4
+        )
+    assert [f["name"] for f in mv.manifest.input_schema["fields"]] == ["a", "b", "c"]
+
+    class Misnamed(BaseModel):
+        a: float
+        b: float
+        d: float
+
+    with pytest.raises(embedml.ConfigurationError, match=r"missing \['c'\] and unexpected \['d'\]"):
+        to_onnx(store, "rf", model, held_out, input_schema=Misnamed)

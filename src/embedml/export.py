@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, PredictionError, UnsupportedFormatError
+from .schema import FieldSpec, RecordSchema, name_difference, schema_from_dict, schema_to_dict
 
 if TYPE_CHECKING:
     from .handle import Pipeline
@@ -278,9 +279,8 @@ def to_onnx(
         ) from exc
     data = proto.SerializeToString()
 
-    from .schema import schema_to_dict
-
     # Without a declared schema the pipeline takes the graph's input spec, which is saved.
+    input_schema = _by_feature_names(sklearn_model, input_schema, cls)
     pipe = _candidate(name, data, {"input_schema": schema_to_dict(input_schema)}, "(exported)")
     in_schema = pipe.input_schema.to_dict()
     try:
@@ -312,9 +312,32 @@ def to_onnx(
     return mv
 
 
-def _schema_object(d: dict[str, Any] | None) -> Any:
-    from .schema import schema_from_dict
+def _by_feature_names(model: Any, input_schema: Any, cls: str) -> Any:
+    """The input schema of the exported graph of a model fitted on a DataFrame.
 
+    The graph takes one matrix whose columns are the model's ``feature_names_in_``, in
+    that order, and has no names of its own: so records and DataFrames reach it by name
+    through a record schema in that order (the one declared, reordered, or one made from
+    the names). A declared record schema naming other columns is refused.
+    """
+    names = getattr(model, "feature_names_in_", None)
+    if names is None:
+        return input_schema
+    names = [str(n) for n in names]
+    declared = schema_from_dict(schema_to_dict(input_schema))
+    if declared is None:
+        return RecordSchema([FieldSpec(n, "number") for n in names], title=cls.rsplit(".", 1)[-1])
+    if not isinstance(declared, RecordSchema):
+        return input_schema
+    diff = name_difference(declared.names, names)
+    if diff is not None:
+        raise ConfigurationError(
+            f"the input schema's fields do not match the feature names {cls} was fitted on: {diff}"
+        )
+    return declared.in_order(names)
+
+
+def _schema_object(d: dict[str, Any] | None) -> Any:
     return schema_from_dict(d)
 
 

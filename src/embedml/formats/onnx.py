@@ -184,8 +184,10 @@ class OnnxRuntime(Runtime):
             feed = {self._single_input: inputs}
         elif isinstance(inputs, dict):
             feed = inputs
-        else:
-            feed = {self._input_names[0]: np.asarray(inputs)}
+        elif self._single_input is not None:
+            feed = {self._single_input: np.asarray(inputs)}
+        else:  # the pipeline matches several inputs by name before this
+            raise TypeError(f"the model takes several inputs {self._input_names}: pass a dict by name")
         out = self.session.run(self._names, feed)
         if self._one:
             return out[0]
