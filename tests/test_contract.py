@@ -120,7 +120,9 @@ def test_schema_declared_in_another_order_reaches_the_model_by_name(store, tmp_p
     src = tmp_path / "in.csv"
     src.write_text("income,age\n50000,40\n1000,20\n")
     dst = tmp_path / "out.csv"
-    assert main(["--store", str(store.root), "predict", "income", "-i", str(src), "-o", str(dst)]) == 0
+    assert (
+        main(["--store", str(store.root), "predict", "income", "-i", str(src), "-o", str(dst)]) == 0
+    )
     scored = pd.read_csv(dst)
     np.testing.assert_allclose(scored["prediction"], [expected, 41.0])
 
@@ -196,9 +198,7 @@ def test_records_and_frames_work_without_a_schema_when_the_model_names_its_featu
         assert h.predict({"income": 50000, "age": 40}) == pytest.approx(130.0)
         frame = pd.DataFrame({"income": [50000.0, 1000.0], "age": [40.0, 20.0]})
         np.testing.assert_allclose(h.predict_batch(frame), [130.0, 41.0])
-        np.testing.assert_allclose(
-            h.predict_batch({"income": [50000.0], "age": [40.0]}), [130.0]
-        )
+        np.testing.assert_allclose(h.predict_batch({"income": [50000.0], "age": [40.0]}), [130.0])
         with pytest.raises(embedml.SchemaError, match="required field is missing") as err:
             h.predict({"age": 40})
         assert err.value.field == "income"
@@ -287,10 +287,16 @@ def test_onnx_column_inputs_take_records_frames_and_columns_by_name(store, decla
     with store.load("visits") as h:
         out = h.predict_batch(records)
         np.testing.assert_array_equal(out["output_label"], expected)
-        np.testing.assert_allclose([p[1] for p in out["output_probability"]], proba[:, 1], atol=1e-5)
+        np.testing.assert_allclose(
+            [p[1] for p in out["output_probability"]], proba[:, 1], atol=1e-5
+        )
         shuffled = rows[["visits", "city", "age"]]
         np.testing.assert_array_equal(h.predict_batch(shuffled)["output_label"], expected)
-        columns = {"city": rows.city.to_numpy(), "visits": rows.visits.to_numpy(), "age": rows.age.to_numpy()}
+        columns = {
+            "city": rows.city.to_numpy(),
+            "visits": rows.visits.to_numpy(),
+            "age": rows.age.to_numpy(),
+        }
         np.testing.assert_array_equal(h.predict_batch(columns)["output_label"], expected)
         one = h.predict(records[3])
         assert one["output_label"] == expected[3]
@@ -326,11 +332,16 @@ def test_onnx_schema_naming_other_inputs_is_refused(store):
         city: float
 
     onx, _, _ = column_onnx()
-    with pytest.raises(embedml.ConfigurationError, match=r"missing \['city'\] and unexpected \['town'\]"):
+    with pytest.raises(
+        embedml.ConfigurationError, match=r"missing \['city'\] and unexpected \['town'\]"
+    ):
         store.save("visits", onx, input_schema=Wrong)
     with pytest.raises(embedml.ConfigurationError, match="field 'city' is number"):
         store.save("visits", onx, input_schema=WrongKind)
-    wrong_tensors = [embedml.TensorSpec("x", "float32", (-1, 1)), embedml.TensorSpec("y", "int64", (-1, 1))]
+    wrong_tensors = [
+        embedml.TensorSpec("x", "float32", (-1, 1)),
+        embedml.TensorSpec("y", "int64", (-1, 1)),
+    ]
     with pytest.raises(embedml.ConfigurationError, match="do not match the model's inputs"):
         store.save("visits", onx, input_schema=wrong_tensors)
 
@@ -341,10 +352,14 @@ def test_onnx_column_inputs_from_the_command_line(store, tmp_path, capsys):
     src = tmp_path / "in.csv"
     df[:6][["city", "visits", "age"]].to_csv(src, index=False)
     dst = tmp_path / "out.csv"
-    assert main(["--store", str(store.root), "predict", "visits", "-i", str(src), "-o", str(dst)]) == 0
+    assert (
+        main(["--store", str(store.root), "predict", "visits", "-i", str(src), "-o", str(dst)]) == 0
+    )
     scored = pd.read_csv(dst)
     np.testing.assert_array_equal(scored["label"], pipe.predict(df[:6]))
-    np.testing.assert_allclose(scored["probabilities_1"], pipe.predict_proba(df[:6])[:, 1], atol=1e-5)
+    np.testing.assert_allclose(
+        scored["probabilities_1"], pipe.predict_proba(df[:6])[:, 1], atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------- signatures
@@ -444,7 +459,7 @@ def test_probabilities_come_with_their_class_labels_through_scoring_and_streams(
         df[:5].to_csv(src, index=False)
         embedml.score(h, src, tmp_path / "out.csv")
     scored = pd.read_csv(tmp_path / "out.csv")
-    np.testing.assert_allclose(scored["probability_1"], pipe.predict_proba(df[:5])[:, 1])
+    np.testing.assert_allclose(scored["probabilities_1"], pipe.predict_proba(df[:5])[:, 1])
 
 
 # ---------------------------------------------------------------- export

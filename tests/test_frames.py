@@ -53,7 +53,7 @@ def test_vectors_schemas_and_details(store):
     with store.load("proba") as h:
         out = h.predict_batch(df, as_frame=True)
         p = h.predict_batch(df, as_frame=True, details=True)
-    assert list(out.columns) == ["prediction_0", "prediction_1"]
+    assert list(out.columns) == ["probabilities_0", "probabilities_1"]  # named by class
     np.testing.assert_allclose(out.to_numpy(), sk_logreg().predict_proba(df.to_numpy()))
     assert isinstance(p, embedml.Prediction) and p.output.equals(out) and p.model == "proba"
     with store.load("labels") as h:

@@ -36,10 +36,13 @@ def test_outputs_of_real_models_become_json(store):
         p = h.predict(X[0], details=True)
         body = strict_json(p)
         assert set(body) == {"output", "request_id", "model", "version"}
-        assert body["output"] == pytest.approx(sk_logreg().predict_proba(X[:1])[0].tolist())
+        assert body["output"]["probabilities"] == pytest.approx(
+            sk_logreg().predict_proba(X[:1])[0].tolist()
+        )
+        assert body["output"]["classes"] == [0, 1]
         assert (body["model"], body["version"]) == ("clf", "1")
         np.testing.assert_allclose(
-            strict_json(h.predict_batch(X[:3])), sk_logreg().predict_proba(X[:3])
+            strict_json(h.predict_batch(X[:3]))["probabilities"], sk_logreg().predict_proba(X[:3])
         )
     with store.load("labels") as h:
         assert strict_json(h.predict_batch(X[:2])) == [

@@ -21,8 +21,12 @@ def test_saved_method_is_used_by_every_load(store):
     mv = store.save("clf", sk_logreg(), method="predict_proba")
     assert mv.manifest.method == "predict_proba"
     with store.load("clf") as h:
-        np.testing.assert_allclose(h.predict_batch(X[:5]), sk_logreg().predict_proba(X[:5]))
-        np.testing.assert_allclose(h.predict(X[0]), sk_logreg().predict_proba(X[:1])[0])
+        out = h.predict_batch(X[:5])  # probabilities with their class labels
+        np.testing.assert_allclose(out["probabilities"], sk_logreg().predict_proba(X[:5]))
+        assert out["classes"] == [0, 1]
+        np.testing.assert_allclose(
+            h.predict(X[0])["probabilities"], sk_logreg().predict_proba(X[:1])[0]
+        )
     # a fresh process reads it from the manifest alone
     data = json.loads((mv.path / "manifest.json").read_text())
     assert data["method"] == "predict_proba"
@@ -87,7 +91,9 @@ def test_restricted_load_accepts_standard_saved_methods(store):
     X, _ = dataset()
     store.save("clf", sk_logreg(), method="predict_log_proba")
     with store.load("clf", restricted=True) as h:
-        np.testing.assert_allclose(h.predict_batch(X[:3]), sk_logreg().predict_log_proba(X[:3]))
+        np.testing.assert_allclose(
+            h.predict_batch(X[:3])["probabilities"], sk_logreg().predict_log_proba(X[:3])
+        )
     assert store.verify() == {"clf@1": None}
 
 
@@ -100,7 +106,7 @@ def test_cli_predict_and_bench_take_method(store, tmp_path, capsys):
     args = ["--store", str(store.root), "predict", "clf", "-i", str(src), "-o", str(out)]
     assert main([*args, "--method", "predict_proba", "--no-progress"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 3 and all({"prediction_0", "prediction_1"} <= set(r) for r in rows)
+    assert len(rows) == 3 and all({"probabilities_0", "probabilities_1"} <= set(r) for r in rows)
     assert main([*args, "--method", "nope", "--no-progress"]) == 1
     assert "nope" in capsys.readouterr().err
     store.save("rec", LogisticRegression().fit(X[:, :2], y), input_schema=_two_fields())

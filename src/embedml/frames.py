@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SchemaError
+from .tensors import ClassProbabilities
 
 __all__ = ["is_frame", "output_frame"]
 
@@ -55,6 +56,8 @@ def output_frame(out: Any, n: int, index: Any = None) -> Any:
 
 
 def _class_labels(out: Mapping[Any, Any], n: int) -> list[Any] | None:
+    if isinstance(out, ClassProbabilities):  # known to be labels, even for n classes
+        return list(out["classes"])
     classes = out.get("classes")
     if classes is None or (not isinstance(classes, np.ndarray | Sequence)) or len(classes) == n:
         return None  # absent, or one class per row: then it is an output like the others

@@ -260,18 +260,19 @@ class Pipeline:
                 " rows one at a time gave other outputs), so joining callers' rows would change"
                 " their answers"
             )
-        # A classifier's probabilities come with its class labels (see Pipeline.rows).
+        self.schema_options = options.schema_options()
+        self.preprocess = _import_callable(pre, "preprocess") if isinstance(pre, str) else pre
+        self.postprocess = _import_callable(post, "postprocess") if isinstance(post, str) else post
+        # A classifier's probabilities come with its class labels (see Pipeline.rows), unless
+        # a postprocess step or an output schema says what the outputs are.
         probabilities = runtime.method in ("predict_proba", "predict_log_proba")
         self.classes = (
             list(runtime.classes)
-            if probabilities and runtime.classes and self.output_schema is None
+            if probabilities and runtime.classes and self.output_schema is None and post is None
             else None
         )
         #: Raw outputs are what callers get (no output schema, no class labels to attach).
         self.plain = self.output_schema is None and self.classes is None
-        self.schema_options = options.schema_options()
-        self.preprocess = _import_callable(pre, "preprocess") if isinstance(pre, str) else pre
-        self.postprocess = _import_callable(post, "postprocess") if isinstance(post, str) else post
         # field names of a validated matrix, for prediction records (hooks)
         names = self.input_schema.names if type(self.input_schema) is RecordSchema else None
         self.source = (mv.name, mv.version, names)  # a hooks.Source

@@ -796,7 +796,11 @@ class RecordSchema:
     def _missing(self, record: Mapping[str, Any], index: int | None) -> None:
         name = next(n for n in self.names if n not in record)
         unknown = [str(k) for k in record if k not in self._index]
-        hint = f" (got unknown field(s) {unknown}; the fields are {list(self.names)})" if unknown else ""
+        hint = (
+            f" (got unknown field(s) {unknown}; the fields are {list(self.names)})"
+            if unknown
+            else ""
+        )
         raise SchemaError(
             f"required field is missing{hint}", field=name, index=index, expected=self.kind
         )
@@ -1431,6 +1435,7 @@ def _is_value(v: Any) -> bool:
 def record_schema_for(specs: Sequence[TensorSpec], title: str = "Record") -> RecordSchema:
     """The record schema of a model with one ``[N, 1]`` tensor per column: a field per
     input, typed by the input's element type."""
+
     def kind(dtype: str) -> Any:
         if dtype in ("str", "object"):
             return "string"

@@ -527,7 +527,7 @@ def flatten_output(value: Any, prefix: str = "prediction") -> dict[str, Any]:
         value = dump()
     if isinstance(value, ClassProbabilities):  # a column per class, named by its label
         probabilities = np.asarray(value["probabilities"]).tolist()
-        return {f"probability_{c}": p for c, p in zip(value["classes"], probabilities)}
+        return {f"probabilities_{c}": p for c, p in zip(value["classes"], probabilities)}
     if isinstance(value, dict):
         flat: dict[str, Any] = {}
         for k, v in value.items():

@@ -104,7 +104,9 @@ def _describe(arg: Any) -> dict[str, Any]:
     ``shape`` as in :class:`TensorSpec` (``None`` for non-tensors), and ``dims``: the
     dimensions as the graph declares them (an int, a symbol such as ``"batch"``, or
     ``None`` for an unnamed dynamic dimension)."""
-    dims = None if arg.shape is None else [d if isinstance(d, int | str) else None for d in arg.shape]
+    dims = (
+        None if arg.shape is None else [d if isinstance(d, int | str) else None for d in arg.shape]
+    )
     spec = _spec(arg)
     return {
         "name": arg.name,
@@ -187,7 +189,9 @@ class OnnxRuntime(Runtime):
         elif self._single_input is not None:
             feed = {self._single_input: np.asarray(inputs)}
         else:  # the pipeline matches several inputs by name before this
-            raise TypeError(f"the model takes several inputs {self._input_names}: pass a dict by name")
+            raise TypeError(
+                f"the model takes several inputs {self._input_names}: pass a dict by name"
+            )
         out = self.session.run(self._names, feed)
         if self._one:
             return out[0]
