@@ -346,6 +346,26 @@ def test_onnx_schema_naming_other_inputs_is_refused(store):
         store.save("visits", onx, input_schema=wrong_tensors)
 
 
+def test_declared_tensor_specs_are_checked_against_the_graph(store):
+    from helpers_models import onnx_linear, onnx_two_inputs
+
+    with pytest.raises(embedml.ConfigurationError, match=r"shape \(-1, 4\).*shape \(-1, 3\)"):
+        store.save("lin", onnx_linear(), input_schema=embedml.TensorSpec("x", "float32", (-1, 4)))
+    with pytest.raises(embedml.ConfigurationError, match="declared int64.*is float32"):
+        store.save("lin", onnx_linear(), input_schema=embedml.TensorSpec("x", "int64", (-1, 3)))
+    with pytest.raises(embedml.ConfigurationError, match=r"unexpected \['c'\]"):
+        store.save("two", onnx_two_inputs(), input_schema=[
+            embedml.TensorSpec("a", "float32", (-1, 2)), embedml.TensorSpec("c", "float32", (-1, 2)),
+        ])  # fmt: skip
+    # a single input may be declared under another name, and narrower than the graph
+    mv = store.save(
+        "lin", onnx_linear(), input_schema=embedml.TensorSpec("features", "float32", (-1, 3))
+    )
+    with store.load("lin") as h:
+        assert h.predict_batch(np.ones((2, 3), dtype=np.float32)).shape == (2, 2)
+    assert mv.signature["inputs"][0]["dims"] == ["batch", 3]
+
+
 def test_onnx_column_inputs_from_the_command_line(store, tmp_path, capsys):
     onx, pipe, df = column_onnx(zipmap=False)
     store.save("visits", onx)

@@ -65,6 +65,29 @@ def _kind_mismatch(record: RecordSchema, specs: Sequence[TensorSpec]) -> str | N
     return None
 
 
+def _spec_mismatch(declared: TensorSchema, model: Sequence[TensorSpec] | None) -> str | None:
+    """A declared tensor whose element type or rank differs from the model's input of that
+    name (the one input of a single-input model), or whose fixed dimensions differ."""
+    if not model:
+        return None
+    by_name = {s.name: s for s in model}
+    for spec in declared.specs:
+        own = model[0] if declared.single and len(model) == 1 else by_name.get(spec.name)
+        if own is None:
+            continue
+        if spec.dtype != own.dtype and {spec.dtype, own.dtype} != {"str", "object"}:
+            return f"{spec.name!r} is declared {spec.dtype}, but the model's input {own.name!r} is {own.dtype}"
+        fixed = [
+            (d, o) for d, o in zip(spec.shape[1:], own.shape[1:]) if d != -1 and o != -1 and d != o
+        ]
+        if len(spec.shape) != len(own.shape) or fixed:
+            return (
+                f"{spec.name!r} is declared with shape {spec.shape}, but the model's input"
+                f" {own.name!r} has shape {own.shape}"
+            )
+    return None
+
+
 def input_schema_for(
     declared: RecordSchema | TensorSchema | None,
     runtime: Runtime,
@@ -115,12 +138,15 @@ def input_schema_for(
         return declared  # the model declares no names: the field order is the declaration
     if isinstance(declared, TensorSchema):
         names = runtime.input_names
+        diff = None
         if names is not None and not declared.single:
             diff = name_difference([s.name for s in declared.specs], names)
-            if diff is not None:
-                raise ConfigurationError(
-                    f"{where}: the input schema's tensors do not match the model's inputs: {diff}"
-                )
+        if diff is None:
+            diff = _spec_mismatch(declared, runtime.input_specs)
+        if diff is not None:
+            raise ConfigurationError(
+                f"{where}: the input schema's tensors do not match the model's inputs: {diff}"
+            )
         return declared
     if feature_names is not None:
         columns = (signature or {}).get("columns")
