@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import numpy as np
 import pandas as pd
@@ -218,6 +219,22 @@ def test_a_mixed_type_sklearn_pipeline_takes_records_by_name(store):
         np.testing.assert_array_equal(h.predict_batch(records), expected)
         np.testing.assert_array_equal(h.predict_batch(rows[["visits", "city", "age"]]), expected)
         assert h.predict(records[0]) == expected[0]
+    # batching joins callers' records (DataFrames by feature name) and gives each its row
+    records = df[:16].to_dict("records")
+    results: list = [None] * len(records)
+    start = threading.Barrier(len(records))
+
+    def call(i: int) -> None:
+        start.wait(timeout=60)
+        results[i] = h.predict(records[i])
+
+    with store.load("mixed", batching=embedml.Batching(max_batch_size=8, max_wait_ms=50)) as h:
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(records))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert results == pipe.predict(df[:16]).tolist()
     with store.load("mixed", method="predict_proba") as h:
         out = h.predict_batch(rows)
         assert out["classes"] == [0, 1]

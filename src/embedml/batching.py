@@ -233,6 +233,8 @@ def _signature(batch: Any) -> Any:
             return tuple((v.shape[1:], v.dtype) for v in batch)
         except AttributeError:
             return None
+    if hasattr(batch, "iloc") and hasattr(batch, "dtypes"):  # records by feature name
+        return ("frame", tuple(zip(map(str, batch.columns), map(str, batch.dtypes))))
     return None
 
 

@@ -78,6 +78,10 @@ def concat(batches: Sequence[Any]) -> Any:
         return tuple(np.concatenate([b[j] for b in batches], axis=0) for j in range(len(first)))
     if isinstance(first, list):
         return [x for b in batches for x in b]
+    if hasattr(first, "iloc"):  # DataFrames (records by feature name); pandas is loaded
+        import pandas as pd
+
+        return pd.concat(batches, ignore_index=True)
     raise ValueError(f"cannot concatenate batches of type {type(first).__name__}")
 
 
