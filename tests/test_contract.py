@@ -101,6 +101,17 @@ class BatchMixer:
         return X[:, 0] - X[:, 0].mean()
 
 
+class ReversedLabels:
+    """A classifier whose classes_ (and probability columns) are in the other order."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.classes_ = inner.classes_[::-1].copy()
+
+    def predict_proba(self, X):
+        return self.inner.predict_proba(X)[:, ::-1]
+
+
 # ---------------------------------------------------------------- silent wrong answer 1
 
 
@@ -527,3 +538,15 @@ def test_an_exported_model_fitted_on_a_dataframe_takes_columns_by_name(store):
 
     with pytest.raises(embedml.ConfigurationError, match=r"missing \['c'\] and unexpected \['d'\]"):
         to_onnx(store, "rf", model, held_out, input_schema=Misnamed)
+
+
+def test_an_ab_test_merges_its_arms_probabilities_by_class_label(store, iris_like, logreg):
+    X, _ = iris_like
+    store.save("clf", logreg, method="predict_proba")
+    store.save("clf", ReversedLabels(logreg), method="predict_proba")
+    with store.load("clf", "1") as a, store.load("clf", "2") as b:
+        ab = embedml.ABTest({"a": a, "b": b}, key=lambda row: float(row[0]))
+        assert {ab.arm_for(row) for row in X[:40]} == {"a", "b"}  # both arms serve rows
+        out = ab.predict_batch(X[:40])
+    assert out["classes"] == [0, 1]
+    np.testing.assert_allclose(out["probabilities"], logreg.predict_proba(X[:40]))
