@@ -1447,8 +1447,12 @@ def record_schema_for(specs: Sequence[TensorSpec], title: str = "Record") -> Rec
 
 
 def is_column_input(spec: TensorSpec) -> bool:
-    """Whether a model input takes one value per row: shape ``[N]`` or ``[N, 1]``."""
-    return spec.shape in ((-1,), (-1, 1))
+    """Whether a model input takes one value per row: shape ``[N]`` or ``[N, 1]`` with a
+    dynamic first dimension (``-1`` or a name such as ``"batch"``)."""
+    shape = spec.shape
+    if shape is None or len(shape) not in (1, 2):
+        return False
+    return (shape[0] == -1 or isinstance(shape[0], str)) and shape[1:] in ((), (1,))
 
 
 class ColumnInputs(RecordSchema):
@@ -1495,14 +1499,14 @@ class ColumnInputs(RecordSchema):
                 elif col.dtype != dtype:
                     # integer fields hold whole numbers (checked), so a float64 matrix casts
                     col = cast_array(col, dtype, name=spec.name, strict=False)
-            out[spec.name] = col.reshape(-1, 1) if len(spec.shape) == 2 else col
+            out[spec.name] = col.reshape(-1, 1) if len(spec.shape or ()) == 2 else col
         return out
 
 
 def _as_column(value: Any, spec: TensorSpec) -> Any:
     """A 1-D column given for an ``[N, 1]`` input, as ``[N, 1]``."""
     a = np.asarray(value) if not isinstance(value, np.ndarray) else value
-    return a.reshape(-1, 1) if a.ndim == 1 and len(spec.shape) == 2 else a
+    return a.reshape(-1, 1) if a.ndim == 1 and len(spec.shape or ()) == 2 else a
 
 
 class NamedRecords:

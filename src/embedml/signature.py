@@ -77,8 +77,12 @@ def _spec_mismatch(declared: TensorSchema, model: Sequence[TensorSpec] | None) -
             continue
         if spec.dtype != own.dtype and {spec.dtype, own.dtype} != {"str", "object"}:
             return f"{spec.name!r} is declared {spec.dtype}, but the model's input {own.name!r} is {own.dtype}"
+        if spec.shape is None or own.shape is None:
+            continue  # a rank nobody declared
         fixed = [
-            (d, o) for d, o in zip(spec.shape[1:], own.shape[1:]) if d != -1 and o != -1 and d != o
+            (d, o)
+            for d, o in zip(spec.shape[1:], own.shape[1:])
+            if isinstance(d, int) and isinstance(o, int) and -1 not in (d, o) and d != o
         ]
         if len(spec.shape) != len(own.shape) or fixed:
             return (

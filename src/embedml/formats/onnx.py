@@ -98,21 +98,20 @@ def declared_shapes(data: bytes) -> dict[str, bool]:
     return found
 
 
-def _describe(arg: Any) -> dict[str, Any]:
+def _describe(arg: Any, spec: TensorSpec | None) -> dict[str, Any]:
     """One graph input or output as the manifest records it: ``name``, ``type`` (ONNX
     Runtime's, e.g. ``tensor(float)`` or ``seq(map(int64,tensor(float)))``), ``dtype`` and
     ``shape`` as in :class:`TensorSpec` (``None`` for non-tensors), and ``dims``: the
-    dimensions as the graph declares them (an int, a symbol such as ``"batch"``, or
+    dimensions as ONNX Runtime shows them (an int, a symbol such as ``"batch"``, or
     ``None`` for an unnamed dynamic dimension)."""
     dims = (
         None if arg.shape is None else [d if isinstance(d, int | str) else None for d in arg.shape]
     )
-    spec = _spec(arg)
     return {
         "name": arg.name,
         "type": arg.type,
         "dtype": spec.dtype if spec is not None else _ORT_TYPES.get(arg.type),
-        "shape": list(spec.shape) if spec is not None else None,
+        "shape": None if spec is None or spec.shape is None else list(spec.shape),
         "dims": dims,
     }
 
@@ -146,12 +145,15 @@ class OnnxRuntime(Runtime):
         outputs = self.session.get_outputs()
         self._input_names = [i.name for i in inputs]
         self.input_names = tuple(self._input_names)
-        self._graph = ([_describe(i) for i in inputs], [_describe(o) for o in outputs])
         self._single_input = self._input_names[0] if len(inputs) == 1 else None
         shaped = declared_shapes(data)
         specs = [_spec(i, shaped) for i in inputs]
         self.input_specs = specs if all(s is not None for s in specs) else None  # type: ignore[assignment]
         out_specs = [_spec(o, shaped) for o in outputs]
+        self._graph = (
+            [_describe(a, s) for a, s in zip(inputs, specs)],
+            [_describe(a, s) for a, s in zip(outputs, out_specs)],
+        )
         self.output_specs = [s for s in out_specs if s is not None] or None
         # Row-wise only when the graph says so (see not_row_wise); sequence outputs such as
         # ZipMap's have no shape and count one element per row.
