@@ -178,6 +178,15 @@ def test_torchscript_inputs_are_matched_by_forward_argument_names(store):
     assert mv.signature["input_names"] == ["a", "b"]
 
 
+def test_a_record_schema_for_a_model_of_several_tensor_inputs_is_refused(store):
+    class AB(BaseModel):
+        a: float
+        b: float
+
+    with pytest.raises(embedml.ConfigurationError, match=r"several inputs \['a', 'b'\]"):
+        store.save("diff", torch_difference(), input_schema=AB)
+
+
 def test_torch_export_inputs_are_matched_by_name(store):
     import torch
 

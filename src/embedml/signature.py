@@ -133,6 +133,13 @@ def input_schema_for(
                     f"{where}: the input schema does not match the model's inputs (one per column): {diff}"
                 )
             return ColumnInputs(declared, specs)
+        names = runtime.input_names
+        if names is not None and len(names) > 1:
+            raise ConfigurationError(
+                f"{where}: the model takes several inputs {list(names)}, but a record schema"
+                " makes one matrix: declare tensor specs (a list of TensorSpec, one per input)"
+                " or none, or add a preprocess step that builds the inputs"
+            )
         n = runtime.n_features
         if n is not None and len(declared.fields) != n:
             raise ConfigurationError(
