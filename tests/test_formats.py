@@ -395,5 +395,6 @@ def test_onnxruntime_and_torch_are_imported_on_first_use(tmp_path, subprocess_en
     # saving reads the model's declared interface (its signature), with its runtime
     assert seen["onnx-save"] == ["onnxruntime"]
     assert seen["onnx-load"] == ["onnxruntime"]
-    assert seen["ts-save"] == ["onnxruntime", "torch"]
+    # a TorchScript *file* is not run at save (like a pickle file): torch waits for the load
+    assert seen["ts-save"] == ["onnxruntime"]
     assert seen["ts-load"] == ["onnxruntime", "torch"]

@@ -133,8 +133,9 @@ class ModelFormat(ABC):
         """A runtime for reading the interface of a model being saved (``obj``, or ``None``
         when a file was given) whose artifact was just written to ``path``; ``None`` when
         the format cannot tell without running untrusted code. The default loads the
-        artifact like ``load`` would, except for formats that are unsafe to load."""
-        if self.unsafe_to_load:
+        artifact like ``load`` would; for formats that are unsafe to load, only when it was
+        written from the caller's own in-memory object (a file given by path is not run)."""
+        if self.unsafe_to_load and obj is None:
             return None
         return self.load(path.read_bytes(), options)
 

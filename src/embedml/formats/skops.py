@@ -73,5 +73,10 @@ class SkopsFormat(ModelFormat):
         audit_graph(obj, None)  # skops vetted every callable; the rest of the audit applies
         return ObjectRuntime(obj, options.method)
 
+    def inspect(self, obj: Any, path: Path, options: FormatOptions) -> Runtime | None:
+        # the caller's own object is in memory; a file given by path may hold types that
+        # only the loader's trusted_types= can accept, so its interface is read at load
+        return None if obj is None else ObjectRuntime(obj, options.method)
+
     def frameworks(self, obj: Any | None = None) -> list[str]:
         return sorted({"skops", *_object_frameworks(obj)})
