@@ -7,7 +7,7 @@ Run from the repository root::
 
 One run measures, on the same noisy machine: artifact sizes (pickled sklearn, ONNX float32,
 ONNX int8), agreement of labels and max abs difference of probabilities on held-out rows
-(from the :class:`embedml.export.ExportReport` of each step), the time ``to_onnx`` and
+(from the :class:`embedml.offline.export.ExportReport` of each step), the time ``to_onnx`` and
 ``quantize`` take, and per-call latency (median, p99) of one row and of a batch through
 sklearn, the raw ONNX Runtime sessions and embedml handles. Cases are interleaved round by
 round so load from other processes hits them alike; ratios are against the raw float32
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # benchmark this checkout, not an installed copy
 
 import embedml  # noqa: E402
-from embedml.export import ExportReport, quantize, to_onnx  # noqa: E402
+from embedml.offline.export import ExportReport, quantize, to_onnx  # noqa: E402
 
 
 def interleaved(cases: dict, rounds: int, per_round: int) -> dict[str, np.ndarray]:

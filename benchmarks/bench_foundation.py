@@ -262,7 +262,7 @@ def main() -> int:
         }
         load_excl = {
             "cold embedml.load (imports done first)": (
-                "import onnxruntime, embedml, embedml.store, embedml.handle\n"
+                "import onnxruntime, embedml, embedml.store.model_store, embedml.serving.handle\n"
                 f"{t}h = embedml.load('lr', store={root!r})\n{done}"
             ),
             "cold InferenceSession (imports done first)": (

@@ -55,9 +55,8 @@ def demo_handle(root: str | Path | None = None, hooks: list[Any] | None = None) 
 
 def create_app(handle: embedml.ModelHandle) -> FastAPI:
     """A FastAPI app serving ``handle``; the app closes the handle on shutdown."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
     from embedml.metrics import prometheus
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     registry = CollectorRegistry()
     prometheus.register(handle, registry=registry)

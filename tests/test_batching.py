@@ -439,7 +439,7 @@ def test_lone_caller_runs_at_once(probe_store):
         stats = h.batching_stats()
     assert np.allclose(got, expected(X))
     assert stats.batches == 20 and stats.batch_sizes == {1: 20}
-    assert stats.queue_wait_buckets[embedml.batching.WAIT_BUCKETS[0]] == 20
+    assert stats.queue_wait_buckets[embedml.serving.batching.WAIT_BUCKETS[0]] == 20
 
 
 # ---------------------------------------------------------------- failures

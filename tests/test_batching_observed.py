@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import embedml
-from embedml.metrics import _size_bucket
+from embedml.observe.metrics import _size_bucket
 from helpers_batching import Probe, expected
 
 pytestmark = pytest.mark.timeout(60)
@@ -238,7 +238,7 @@ def test_handles_sharing_a_batched_pipeline_offer_each_row_once(store):
 
 def test_prometheus_batch_size_counts_model_calls(store):
     prometheus_client = pytest.importorskip("prometheus_client")
-    from embedml.metrics.prometheus import register
+    from embedml.observe.metrics.prometheus import register
 
     calls = Calls()
     handle = load(store, batching=embedml.Batching(), calls=calls)

@@ -525,7 +525,7 @@ def test_probabilities_come_with_their_class_labels_through_scoring_and_streams(
 def test_an_exported_model_fitted_on_a_dataframe_takes_columns_by_name(store):
     from sklearn.ensemble import RandomForestRegressor
 
-    from embedml.export import to_onnx
+    from embedml.offline.export import to_onnx
 
     rng = np.random.default_rng(3)
     train = pd.DataFrame(rng.uniform(0, 10, (200, 3)), columns=["a", "b", "c"])

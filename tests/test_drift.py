@@ -16,8 +16,8 @@ from pydantic import BaseModel
 from scipy.spatial.distance import jensenshannon
 
 import embedml
-from embedml.drift import jensen_shannon, ks_2samp, psi
-from embedml.profile import PROFILE_FILE
+from embedml.observe.drift import jensen_shannon, ks_2samp, psi
+from embedml.schema.profile import PROFILE_FILE
 
 
 class Visit(BaseModel):
@@ -126,7 +126,7 @@ def _run_child(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 def test_import_embedml_does_not_import_scipy(subprocess_env):
-    code = "import sys, embedml, embedml.drift; print('scipy' in sys.modules)"
+    code = "import sys, embedml, embedml.observe.drift; print('scipy' in sys.modules)"
     out = _run_child(code, subprocess_env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -351,7 +351,7 @@ def test_explicit_reference_array(store, logreg, iris_like):
 def test_psi_exported_to_prometheus(lin):
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from embedml.metrics import prometheus
+    from embedml.observe.metrics import prometheus
 
     monitor = embedml.DriftMonitor(window=500)
     registry = CollectorRegistry()

@@ -1,4 +1,4 @@
-"""embedml.export: real sklearn models converted with skl2onnx, ONNX versions quantised with
+"""embedml.offline.export: real sklearn models converted with skl2onnx, ONNX versions quantised with
 ONNX Runtime, the reports checked against predictions recomputed here on held-out rows."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import embedml
-from embedml.export import ExportReport, quantize, to_onnx
+from embedml.offline.export import ExportReport, quantize, to_onnx
 from helpers_models import sk_logreg
 
 
@@ -218,10 +218,10 @@ def test_report_round_trip_and_versions_without_one(store):
 
 def test_export_is_a_lazy_submodule(subprocess_env):
     code = (
-        "import sys, embedml; loaded = 'embedml.export' in sys.modules or 'onnx' in sys.modules;"
+        "import sys, embedml; loaded = 'embedml.offline.export' in sys.modules or 'onnx' in sys.modules;"
         "f = embedml.export.to_onnx; print(loaded, f.__module__, 'skl2onnx' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True, check=True
     ).stdout
-    assert out.split() == ["False", "embedml.export", "False"]
+    assert out.split() == ["False", "embedml.offline.export", "False"]

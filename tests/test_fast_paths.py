@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 import embedml
-from embedml.metrics import _EDGES, _N, Histogram, _size_bucket, bucket
-from embedml.schema import SchemaOptions, TensorSchema, TensorSpec, cast_array, check_array
+from embedml.observe.metrics import _EDGES, _N, Histogram, _size_bucket, bucket
+from embedml.schema import (
+    SchemaOptions,
+    TensorSchema,
+    TensorSpec,
+    cast_array,
+    check_array,
+)
 from embedml.tensors import n_rows, take
 
 

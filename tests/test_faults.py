@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import embedml
-from embedml.manifest import MANIFEST_FILE
+from embedml.store.manifest import MANIFEST_FILE
 from helpers_models import child_env, onnx_linear, sk_logreg, torch_scripted
 
 POISON = 13.0

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import embedml
-from embedml.sinks import JsonlSink, read_jsonl
+from embedml.observe.sinks import JsonlSink, read_jsonl
 from helpers_batching import RowSum, expected, linreg
 from helpers_models import child_env
 

@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field
 from sklearn.linear_model import LinearRegression
 
 import embedml
-from embedml import synthetic
 from embedml.cli import main
+from embedml.schema import synthetic
 from helpers_models import dataset, sk_logreg
 
 # ---------------------------------------------------------------- NAME@SPEC

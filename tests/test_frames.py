@@ -117,7 +117,7 @@ def test_rows_stay_with_their_index_under_batching(store):
 
 
 def test_an_output_without_one_entry_per_row_is_refused():
-    from embedml.frames import output_frame
+    from embedml.schema.frames import output_frame
 
     with pytest.raises(embedml.SchemaError, match="'scale'"):
         output_frame({"y": np.zeros(3), "scale": np.float32(2.0)}, 3)

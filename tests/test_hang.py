@@ -48,7 +48,7 @@ def test_close_returns_while_an_abandoned_batch_hangs(store, gate, caplog, threa
     h = store.load("gated", batching=embedml.Batching(inline_ms=0, max_wait_ms=0))
     pipe = h._pipe
     _abandon_an_apredict(h)
-    with caplog.at_level(logging.ERROR, logger="embedml.handle"):
+    with caplog.at_level(logging.ERROR, logger="embedml.serving.handle"):
         h.close(timeout=0.5)
     assert not hr.RETURNED.is_set()  # close did not wait for the model
     assert h.metrics()["abandoned"] == 1
@@ -66,7 +66,7 @@ def test_swap_returns_while_an_abandoned_batch_hangs(store, gate, caplog, thread
     h = store.load("m", "1", batching=embedml.Batching(inline_ms=0, max_wait_ms=0))
     old = h._pipe
     _abandon_an_apredict(h)
-    with caplog.at_level(logging.ERROR, logger="embedml.handle"):
+    with caplog.at_level(logging.ERROR, logger="embedml.serving.handle"):
         assert h.swap("2", timeout=0.5) == "2"
     assert not hr.RETURNED.is_set()
     assert h.metrics()["abandoned"] == 1

@@ -122,7 +122,7 @@ def test_close_drains_at_once_however_long_the_write_interval(lr, iris_like, tmp
     h = lr.load("lr", hooks=[sink])
     for row in X[:40]:
         h.predict(row)
-    with caplog.at_level(logging.ERROR, logger="embedml.hooks"):
+    with caplog.at_level(logging.ERROR, logger="embedml.observe.hooks"):
         h.close()
     assert not sink._thread.is_alive()
     assert not caplog.records  # no "did not finish" on a healthy writer
@@ -135,7 +135,7 @@ def test_hook_exceptions_are_counted_and_logged_once(lr, iris_like, caplog):
     def broken(record):
         raise RuntimeError("sink is broken")
 
-    with caplog.at_level(logging.ERROR, logger="embedml.hooks"):
+    with caplog.at_level(logging.ERROR, logger="embedml.observe.hooks"):
         h = lr.load("lr", hooks=[broken])
         out = [h.predict(X[i]) for i in range(20)]
         h.hooks[0].flush()

@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 import embedml
-from embedml.sinks import read_jsonl
+from embedml.observe.sinks import read_jsonl
 
 NAMES = ["a", "b", "c", "d"]
 BATCHING = embedml.Batching(max_batch_size=16, max_wait_ms=1.0)
@@ -227,7 +227,7 @@ def test_short_lived_handles_called_from_a_long_lived_thread_leave_nothing_behin
     every closed handle's shards, nor a shared sink every version's header."""
     import gc
 
-    from embedml.metrics import _Shard
+    from embedml.observe.metrics import _Shard
 
     sink = embedml.JsonlSink(tmp_path / "p.jsonl")
     keep = store.load("m", "1", hooks=[sink])  # keeps the sink open across the reloads

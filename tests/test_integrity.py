@@ -19,7 +19,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import embedml
-from embedml.manifest import MANIFEST_FILE
+from embedml.store.manifest import MANIFEST_FILE
 from helpers_models import Tagged, dataset, onnx_linear, sk_logreg, torch_scripted
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from sklearn.dummy import DummyRegressor
 
 import embedml
-from embedml.sinks import _encode, _json_arrays
+from embedml.observe.sinks import _encode, _json_arrays
 from helpers_models import onnx_linear, onnx_two_inputs, sk_logreg
 
 

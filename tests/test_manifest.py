@@ -10,7 +10,7 @@ from dataclasses import FrozenInstanceError
 import pytest
 
 import embedml
-from embedml.manifest import MANIFEST_FILE, Manifest
+from embedml.store.manifest import MANIFEST_FILE, Manifest
 from helpers_models import run_python_json, skl2onnx_logreg
 
 REQUIRED = {

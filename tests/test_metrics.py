@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import embedml
-from embedml.metrics import Histogram
+from embedml.observe.metrics import Histogram
 from helpers_models import exercised_pair
 
 
@@ -186,7 +186,7 @@ def test_prometheus_text_output(lr, logreg, iris_like):
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from embedml.metrics import prometheus
+    from embedml.observe.metrics import prometheus
 
     X, y = iris_like
     registry = CollectorRegistry()

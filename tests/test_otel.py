@@ -12,7 +12,7 @@ import embedml
 sdk = pytest.importorskip("opentelemetry.sdk.metrics")
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 
-from embedml.metrics import otel  # noqa: E402
+from embedml.observe.metrics import otel  # noqa: E402
 from helpers_models import exercised_pair  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def test_handles_are_reported_with_their_model_and_version(meter, store, logreg,
     assert 0 < p50 <= val("embedml.latency", stage="total", quantile="p99")
     assert val("embedml.in_flight") == 0 and val("embedml.ready") == 1
     assert val("embedml.model.load_time") == snap["load_seconds"] > 0
-    assert val("embedml.quality", metric="accuracy") == snap["quality"]["accuracy"]
+    assert val("embedml.observe.quality", metric="accuracy") == snap["quality"]["accuracy"]
     sink = snap["hooks"][0]["name"]
     assert val("embedml.hook.records", sink=sink, outcome="written") == 32  # the failed call too
     other_lab = frozenset({("model", "lr2"), ("version", "1")})
@@ -85,7 +85,7 @@ def test_drift_psi_and_no_cost_per_prediction(meter, store):
     h.predict_batch(shifted)
     report = monitor.report()
     points = collect(reader)
-    psi = {dict(k[1])["feature"]: v for k, v in points.items() if k[0] == "embedml.drift.psi"}
+    psi = {dict(k[1])["feature"]: v for k, v in points.items() if k[0] == "embedml.observe.drift.psi"}
     assert psi == pytest.approx({r["feature"]: r["psi"] for r in report.rows})
     assert psi["x[2]"] > 0.2 > psi["x[0]"]
     h.close()

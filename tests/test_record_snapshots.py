@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import embedml
-from embedml.hooks import Sink
+from embedml.observe.hooks import Sink
 from helpers_models import CountingModel
 
 pytestmark = pytest.mark.timeout(60)

@@ -17,8 +17,8 @@ import pytest
 from pydantic import BaseModel
 
 import embedml
-from embedml.manifest import MANIFEST_FILE
-from embedml.signing import SIGNATURE_FILE
+from embedml.store.manifest import MANIFEST_FILE
+from embedml.store.signing import SIGNATURE_FILE
 from helpers_models import CountingModel, RowEcho, dataset, onnx_linear, sk_logreg
 
 KEY = "s3cret-signing-key"

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 import embedml
 import helpers_prepost
-from embedml.manifest import MANIFEST_FILE
+from embedml.store.manifest import MANIFEST_FILE
 from helpers_models import dataset, sk_logreg
 
 

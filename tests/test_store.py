@@ -18,7 +18,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import embedml
-from embedml.manifest import MANIFEST_FILE
+from embedml.store.manifest import MANIFEST_FILE
 from helpers_models import (
     CrashOnPickle,
     FailOnPickle,

@@ -22,8 +22,8 @@ import pytest
 
 import embedml
 from embedml.cli import main
-from embedml.manifest import MANIFEST_FILE
-from embedml.signing import SIGNATURE_FILE
+from embedml.store.manifest import MANIFEST_FILE
+from embedml.store.signing import SIGNATURE_FILE
 from helpers_models import dataset, sk_logreg
 
 KEY = "store-record-key"

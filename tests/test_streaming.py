@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 import embedml
-from embedml.streaming import predict_rows
+from embedml.offline.streaming import predict_rows
 from helpers_models import CALLS, CountingModel, sk_logreg
 
 NAMES = ["a", "b", "c", "d"]

@@ -1,4 +1,4 @@
-"""Names, PEP 440 versions, specifiers and aliases (embedml.versions and their use by the store)."""
+"""Names, PEP 440 versions, specifiers and aliases (embedml.store.versions and their use by the store)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from packaging.version import Version
 
 import embedml
-from embedml import versions as V
+from embedml.store import versions as V
 
 
 class Tiny:

@@ -10,6 +10,7 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any
 
+from . import _compat
 from ._version import __version__
 from .errors import (
     ConfigurationError,
@@ -37,58 +38,60 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .batching import Batching, BatchingStats
-    from .cache import ModelCache, default_cache
-    from .drift import DriftMonitor, DriftReport
     from .formats import FormatOptions, ModelFormat, Runtime, available_formats, register_format
-    from .handle import HandleState, ModelHandle, Prediction
-    from .hooks import PredictionRecord, Sink
     from .jsonable import to_jsonable
-    from .manifest import Manifest
-    from .profile import ReferenceProfile
-    from .promotion import Gate
-    from .routing import ABTest, Canary
+    from .observe.drift import DriftMonitor, DriftReport
+    from .observe.hooks import PredictionRecord, Sink
+    from .observe.sinks import CallableSink, JsonlSink, LoggingSink, read_jsonl
+    from .offline.scoring import ScoreSummary, score
+    from .rollout.promotion import Gate
+    from .rollout.routing import ABTest, Canary
+    from .rollout.shadow import Shadow
     from .schema import RecordSchema, TensorSchema, TensorSpec
-    from .scoring import ScoreSummary, score
-    from .shadow import Shadow
-    from .sinks import CallableSink, JsonlSink, LoggingSink, read_jsonl
+    from .schema.profile import ReferenceProfile
+    from .serving.batching import Batching, BatchingStats
+    from .serving.cache import ModelCache, default_cache
+    from .serving.handle import HandleState, ModelHandle, Prediction
     from .store import ModelStore, ModelVersion
+    from .store.manifest import Manifest
+
+_compat.install()  # old module paths (embedml.handle, embedml.batching, ...) keep working
 
 # Public names served from submodules on first use (PEP 562), so ``import embedml`` does not
 # pay for numpy and pydantic until they are needed.
 _LAZY = {
-    "Batching": "batching",
-    "BatchingStats": "batching",
-    "ModelCache": "cache",
-    "default_cache": "cache",
-    "Gate": "promotion",
-    "ABTest": "routing",
-    "Canary": "routing",
-    "Shadow": "shadow",
+    "Batching": "serving.batching",
+    "BatchingStats": "serving.batching",
+    "ModelCache": "serving.cache",
+    "default_cache": "serving.cache",
+    "Gate": "rollout.promotion",
+    "ABTest": "rollout.routing",
+    "Canary": "rollout.routing",
+    "Shadow": "rollout.shadow",
     "FormatOptions": "formats",
     "ModelFormat": "formats",
     "Runtime": "formats",
     "available_formats": "formats",
     "register_format": "formats",
-    "HandleState": "handle",
-    "ModelHandle": "handle",
-    "Prediction": "handle",
+    "HandleState": "serving.handle",
+    "ModelHandle": "serving.handle",
+    "Prediction": "serving.handle",
     "to_jsonable": "jsonable",
-    "PredictionRecord": "hooks",
-    "Sink": "hooks",
-    "DriftMonitor": "drift",
-    "DriftReport": "drift",
-    "ReferenceProfile": "profile",
-    "CallableSink": "sinks",
-    "JsonlSink": "sinks",
-    "LoggingSink": "sinks",
-    "read_jsonl": "sinks",
-    "Manifest": "manifest",
+    "PredictionRecord": "observe.hooks",
+    "Sink": "observe.hooks",
+    "DriftMonitor": "observe.drift",
+    "DriftReport": "observe.drift",
+    "ReferenceProfile": "schema.profile",
+    "CallableSink": "observe.sinks",
+    "JsonlSink": "observe.sinks",
+    "LoggingSink": "observe.sinks",
+    "read_jsonl": "observe.sinks",
+    "Manifest": "store.manifest",
     "RecordSchema": "schema",
     "TensorSchema": "schema",
     "TensorSpec": "schema",
-    "ScoreSummary": "scoring",
-    "score": "scoring",
+    "ScoreSummary": "offline.scoring",
+    "score": "offline.scoring",
     "ModelStore": "store",
     "ModelVersion": "store",
 }

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, EmbedMLError, StoreError
-from .synthetic import stack_rows, synthetic_rows
-from .versions import parse_ref
+from .schema.synthetic import stack_rows, synthetic_rows
+from .store.versions import parse_ref
 
 if TYPE_CHECKING:
-    from .store import ModelStore
+    from .store.model_store import ModelStore
 
 __all__ = ["main", "parse_ref"]
 
@@ -45,7 +45,7 @@ PROG = "embedml"
 
 
 def _open_store(args: argparse.Namespace) -> ModelStore:
-    from .store import ModelStore, store_root
+    from .store.model_store import ModelStore, store_root
 
     root = store_root(args.store or os.environ.get("EMBEDML_STORE") or "models")
     if not root.is_dir():
@@ -199,7 +199,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .scoring import score
+    from .offline.scoring import score
 
     store = _open_store(args)
     name, spec = parse_ref(args.ref)
@@ -232,7 +232,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .signing import KEY_ENV
+    from .store.signing import KEY_ENV
 
     store = _open_store(args)
     report = store.verify(
@@ -273,7 +273,7 @@ def _cmd_alias(args: argparse.Namespace) -> int:
 
 
 def _synthetic(handle: Any, n: int, seed: int = 0) -> list[Any]:
-    """``n`` valid records made up from the handle's input schema (see embedml.synthetic)."""
+    """``n`` valid records made up from the handle's input schema (see embedml.schema.synthetic)."""
     try:
         return synthetic_rows(handle.input_schema, n, seed)
     except ConfigurationError as exc:
@@ -356,7 +356,7 @@ def _bench_dynamic(
     dynamic batching (``embedml.Batching``), which joins concurrent calls into batches."""
     import numpy as np
 
-    from .batching import Batching
+    from .serving.batching import Batching
 
     batching = Batching(max_batch_size=args.batch_size, max_queue=max(1024, args.batch_size))
     lats: list[list[float]] = [[] for _ in range(args.threads)]
@@ -429,7 +429,7 @@ def _read_sample(path: Path) -> Any:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from .export import ExportReport, quantize
+    from .offline.export import ExportReport, quantize
 
     store = _open_store(args)
     name, spec = parse_ref(args.ref)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..schema import TensorSpec
+from ..schema.core import TensorSpec
 
 __all__ = ["FormatOptions", "ModelFormat", "Runtime"]
 

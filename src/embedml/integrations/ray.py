@@ -42,7 +42,7 @@ class EmbedMLPredictor:
     Built once per actor: opens the store at ``store_uri`` and loads ``name`` at
     ``version`` (kept for the actor's life). Each call takes a pandas batch and returns it
     with the prediction columns added (``prediction`` or ``prediction_0``..., or the output
-    schema's fields; see :func:`embedml.scoring.flatten_output`) and ``error_column``:
+    schema's fields; see :func:`embedml.offline.scoring.flatten_output`) and ``error_column``:
     ``None`` for scored rows, the error message for rows that failed validation or on
     which the model raised (their prediction columns are null). A bad row never fails the
     batch. ``feature_columns`` picks the model's input columns (default: the record
@@ -60,7 +60,7 @@ class EmbedMLPredictor:
         error_column: str = "error",
         load_options: Mapping[str, Any] | None = None,
     ) -> None:
-        from ..store import ModelStore
+        from ..store.model_store import ModelStore
 
         root = _store_path(store_uri)
         if not root.is_dir():
@@ -100,8 +100,8 @@ class EmbedMLPredictor:
     def __call__(self, batch: Any) -> Any:
         import pandas as pd
 
-        from ..scoring import flatten_output, output_columns
-        from ..streaming import predict_batch_or_rows, split_rows
+        from ..offline.scoring import flatten_output, output_columns
+        from ..offline.streaming import predict_batch_or_rows, split_rows
 
         df = batch if isinstance(batch, pd.DataFrame) else pd.DataFrame(batch)
         n = len(df)
@@ -163,7 +163,7 @@ def predict(
     arguments go to ``Dataset.map_batches``. Raises :class:`ConfigurationError` /
     :class:`StoreError` / the store's lookup errors before any work starts.
     """
-    from ..store import ModelStore
+    from ..store.model_store import ModelStore
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")

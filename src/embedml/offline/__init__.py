@@ -1,0 +1,1 @@
+"""The offline layer: scoring files, micro-batched streams, and export to ONNX."""

@@ -1,0 +1,1 @@
+"""The rollout layer: canaries, A/B tests, shadows and promotion gates, built on handles."""
