@@ -109,8 +109,12 @@ def alternate(codes: dict[str, str], repeats: int) -> dict[str, list[float]]:
 # ------------------------------------------------------------------ the models
 
 
-def build(tmp: Path) -> dict[str, Any]:
-    from pydantic import create_model
+def lr_model() -> dict[str, Any]:
+    """The benchmark model: its data ``X``, ``y``, the sklearn model and its ONNX graph.
+
+    ``X`` is the first draw of ``np.random.default_rng(0)``, so a process without sklearn can
+    make the same rows (``bench_compare.py``'s case scripts do).
+    """
     from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
 
@@ -119,6 +123,14 @@ def build(tmp: Path) -> dict[str, Any]:
     y = (X[:, 0] + 0.5 * X[:, 1] - X[:, 3] > 0).astype(np.int64)
     sk = LogisticRegression(max_iter=500).fit(X, y)
     onx = to_onnx(sk, X[:1], options={"zipmap": False}, target_opset=17)
+    return {"X": X, "y": y, "sk": sk, "onx": onx}
+
+
+def build(tmp: Path) -> dict[str, Any]:
+    from pydantic import create_model
+
+    m = lr_model()
+    X, y, sk, onx = m["X"], m["y"], m["sk"], m["onx"]
     onnx_path = tmp / "model.onnx"
     onnx_path.write_bytes(onx.SerializeToString())
 
