@@ -467,6 +467,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as d:
         tmp = Path(d)
+        # What a child leaves behind when it is killed (Ctrl-C, SIGTERM, timeout) goes with
+        # this directory: children inherit TMPDIR (this process has already read it).
+        (tmp / "children").mkdir()
+        os.environ["TMPDIR"] = str(tmp / "children")
         log(f"extracting {args.before} (before)")
         trees = {"before": extract(args.before, tmp / "before", "before")}
         if args.after is None:
