@@ -19,6 +19,8 @@ before-after, after-before, ... so that load from other processes hits both alik
 * ``percall``: bench_foundation's per-call figures (cases/case_percall.py);
 * ``batching``: bench_batching's 64 threads and 64 asyncio tasks on the MLP at --hidden
   (cases/case_batching.py);
+* ``hooks``: bench_observability's CPU per call with a JSONL sink and a drift monitor
+  against no hooks (cases/case_hooks.py);
 * ``startup``: ``import embedml`` + the first ``ModelStore.load`` of an ONNX model against
   ``import onnxruntime`` + ``InferenceSession``, each in a fresh interpreter with bytecode
   compiled (cases/case_startup.py).
@@ -50,7 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 CASES = BENCHMARKS / "cases"
-ALL_CASES = ("percall", "batching", "startup")
+ALL_CASES = ("percall", "batching", "hooks", "startup")
 SIDES = ("before", "after")
 CHILD_TIMEOUT_S = 900  # a hung child fails the run instead of hanging it
 
@@ -188,6 +190,19 @@ def measure_batching(
         log(f"batching round {r + 1}/{rounds}: {tree.side}")
         lines = run_child(tree, "case_batching.py", str(model), "--rows", str(rows))
         results[tree.side].append(json.loads(lines[-1]))
+    return results
+
+
+def measure_hooks(
+    trees: dict[str, Tree], model: Path, rounds: int, quick: bool, log: Progress
+) -> dict:
+    """Per side: CPU microseconds per call of each hooks scenario, one dict per round."""
+    calls = "2000" if quick else "5000"
+    results: dict[str, list[dict[str, list[float]]]] = {side: [] for side in SIDES}
+    for r, tree in alternating(rounds, trees):
+        log(f"hooks round {r + 1}/{rounds}: {tree.side}")
+        lines = run_child(tree, "case_hooks.py", str(model), "--calls", calls)
+        results[tree.side].append(json.loads(lines[-1])["cpu_us"])
     return results
 
 
@@ -330,6 +345,30 @@ def batching_figures(res: dict) -> tuple[list[Figure], list[str]]:
     return figures, lines
 
 
+def hooks_figures(res: dict) -> tuple[list[Figure], list[str]]:
+    from case_hooks import SCENARIOS
+
+    def cpu(r: dict[str, list[float]], name: str) -> float:
+        return statistics.median(r[name])
+
+    figures = [
+        Figure(
+            f"{name}: CPU per call / no hooks",
+            {side: [cpu(r, name) / cpu(r, "no hooks") for r in res[side]] for side in SIDES},
+            "no worse than before",
+        )
+        for name in SCENARIOS[1:]
+    ]
+    lines = [
+        "| scenario | before: CPU us per call | after: CPU us per call | after/before |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in SCENARIOS:
+        med = [statistics.median(cpu(r, name) for r in res[side]) for side in SIDES]
+        lines.append(f"| {name} | {med[0]:.1f} | {med[1]:.1f} | {med[1] / med[0]:.2f} |")
+    return figures, lines
+
+
 def startup_figures(res: dict[str, dict[str, list[float]]]) -> tuple[list[Figure], list[str]]:
     def per_round(clock: str) -> dict[str, list[float]]:
         raw = res[clock]["onnxruntime"]
@@ -410,6 +449,11 @@ def build_models(tmp: Path, hidden: int, cases: set[str]) -> dict[str, Path]:
 
             paths["mlp"] = tmp / f"mlp-{hidden}.onnx"
             paths["mlp"].write_bytes(mlp_bytes(hidden))
+        if "hooks" in cases:
+            from bench_observability import build_mlp
+
+            paths["obs"] = tmp / "mlp-observability.onnx"
+            paths["obs"].write_bytes(build_mlp().SerializeToString())
     finally:
         sys.path[:] = saved
     return paths
@@ -433,13 +477,16 @@ def parse_args() -> argparse.Namespace:
         "--percall-rounds", type=int, help="child processes per side (default 10, quick 4)"
     )
     ap.add_argument(
-        "--batching-rounds", type=int, help="child processes per side (default 6, quick 2)"
+        "--batching-rounds", type=int, help="child processes per side (default 8, quick 2)"
     )
     ap.add_argument(
         "--batching-rows", type=int, help="rows per batching case (default 12288, quick 4096)"
     )
     ap.add_argument(
-        "--startup-runs", type=int, help="fresh processes per kind (default 30, quick 9)"
+        "--hooks-rounds", type=int, help="child processes per side (default 4, quick 2)"
+    )
+    ap.add_argument(
+        "--startup-runs", type=int, help="fresh processes per kind (default 45, quick 9)"
     )
     args = ap.parse_args()
     args.cases = {c.strip() for c in args.cases.split(",") if c.strip()}
@@ -448,9 +495,10 @@ def parse_args() -> argparse.Namespace:
     q = args.quick
     # Even rounds: each side goes first equally often; start-up rotates through 3 kinds.
     args.percall_rounds = args.percall_rounds or (4 if q else 10)
-    args.batching_rounds = args.batching_rounds or (2 if q else 6)
+    args.batching_rounds = args.batching_rounds or (2 if q else 8)
     args.batching_rows = args.batching_rows or (4096 if q else 12288)
-    args.startup_runs = args.startup_runs or (9 if q else 30)
+    args.hooks_rounds = args.hooks_rounds or (2 if q else 4)
+    args.startup_runs = args.startup_runs or (9 if q else 45)
     if args.batching_rows % 64:
         ap.error("--batching-rows must be a multiple of 64 (rows are shared by 64 callers)")
     return args
@@ -501,6 +549,15 @@ def main() -> int:
             f, lines = batching_figures(res)
             title = (f"Batching: MLP 20 -> {args.hidden} -> {args.hidden} -> 2, {args.batching_rows:,} "
                      f"rows per case ({args.batching_rounds} processes per side; medians over them)")  # fmt: skip
+            figures += f
+            sections.append((title, lines))
+        if "hooks" in args.cases:
+            res = raw["hooks"] = measure_hooks(
+                trees, models["obs"], args.hooks_rounds, args.quick, log
+            )
+            f, lines = hooks_figures(res)
+            title = (f"Hooks: CPU per call, 1 caller, MLP 20 -> 256 -> 256 -> 2 with Batching() "
+                     f"({args.hooks_rounds} processes per side; medians over them)")  # fmt: skip
             figures += f
             sections.append((title, lines))
         if "startup" in args.cases:
