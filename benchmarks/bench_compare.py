@@ -64,7 +64,7 @@ class Tree:
     side: str
     src: Path
     describe: str
-    commit: str
+    src_tree: str  # git's hash of the commit's src/ directory
     dirty: bool = False
 
 
@@ -110,7 +110,7 @@ def extract(ref: str, dest: Path, side: str) -> Tree:
     archive.stdout.close()  # type: ignore[union-attr]
     if archive.wait() != 0:
         raise SystemExit(f"git archive {ref} src failed")
-    return Tree(side, dest / "src", describe_commit(ref), git("rev-parse", f"{ref}^{{commit}}"))
+    return Tree(side, dest / "src", describe_commit(ref), git("rev-parse", f"{ref}:src"))
 
 
 def working_tree(side: str) -> Tree:
@@ -118,7 +118,7 @@ def working_tree(side: str) -> Tree:
     changes = f"{len(dirty.splitlines())} uncommitted change(s) under src/" if dirty else "clean"
     branch = git("rev-parse", "--abbrev-ref", "HEAD")
     describe = f"working tree {ROOT} ({branch}, {changes}) at {describe_commit('HEAD')}"
-    return Tree(side, ROOT / "src", describe, git("rev-parse", "HEAD"), bool(dirty))
+    return Tree(side, ROOT / "src", describe, git("rev-parse", "HEAD:src"), bool(dirty))
 
 
 def child_env(tree: Tree) -> dict[str, str]:
@@ -568,13 +568,13 @@ def main() -> int:
         log("done; removing the temporary trees")
 
     ort_version = importlib.metadata.version("onnxruntime")
-    same = trees["before"].commit == trees["after"].commit and not trees["after"].dirty
+    same = trees["before"].src_tree == trees["after"].src_tree and not trees["after"].dirty
     print("## embedml before / after\n")
     print(f"Command (from {Path.cwd()}): `{command}`\n")
     print(f"* before: {trees['before'].describe}")
     print(f"* after: {trees['after'].describe}")
     if same:
-        print("* both sides are the same code: every difference below is noise")
+        print("* both sides have the same src/: every difference below is noise")
     print(
         f"* Python {sys.version.split()[0]}, onnxruntime {ort_version}, numpy {np.__version__}, "
         f"{os.cpu_count()} CPUs; load average {load_start:.1f} at the start, "
