@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_compare.py --before main           # ~4 minutes
+    .venv/bin/python benchmarks/bench_compare.py --before main           # ~3 minutes
     .venv/bin/python benchmarks/bench_compare.py --before 53a79ac --quick  # < 1 minute
     .venv/bin/python benchmarks/bench_compare.py --before main --after HEAD --cases startup
 
@@ -132,13 +132,16 @@ def child_env(tree: Tree) -> dict[str, str]:
 
 def run_child(tree: Tree, script: str, *args: str) -> list[str]:
     """Run ``cases/<script>`` against ``tree``; return its stdout lines."""
-    out = subprocess.run(
-        [sys.executable, str(CASES / script), *args],
-        env=child_env(tree),
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT_S,
-    )
+    try:
+        out = subprocess.run(
+            [sys.executable, str(CASES / script), *args],
+            env=child_env(tree),
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise ChildFailed(f"{script} {' '.join(args)} hung on {tree.side}: killed") from None
     if out.returncode != 0:
         tail = "\n".join(out.stderr.strip().splitlines()[-30:])
         raise ChildFailed(f"{script} {' '.join(args)} failed on {tree.side} ({tree.src}):\n{tail}")
