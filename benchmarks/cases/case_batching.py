@@ -8,7 +8,9 @@ up, then runs bench_batching's own functions once each, in this order:
 
 * ``raw``: 64 threads each calling ``session.run`` on single rows (bench_batching's (a));
 * ``batched``: 64 threads calling ``handle.predict`` on single rows, batching on (b);
-* ``offline``: the same rows in batches of 64 by one thread, the offline limit (c);
+* ``offline``: the same rows in batches of 64 by one thread, the offline limit (c), measured
+  before, between and after the two threaded runs (the median of the three: at 0.2 s each,
+  one run is easily hit by another process);
 * ``async``: 64 asyncio tasks awaiting ``apredict`` on single rows, on a second batched handle
   (as bench_batching does).
 
@@ -58,13 +60,14 @@ def main() -> None:
         bb.run_threads("warm-up", batched.predict, warm)
         bb.run_tasks("warm-up", batched_async.apredict, warm)
 
+        offline = [bb.run_offline(sess, X)]
+        cases = {"raw": bb.run_threads("raw", raw_call, X)}
+        offline.append(bb.run_offline(sess, X))
         before = batched.batching_stats()
-        cases = {
-            "raw": bb.run_threads("raw", raw_call, X),
-            "batched": bb.run_threads("batched", batched.predict, X),
-        }
+        cases["batched"] = bb.run_threads("batched", batched.predict, X)
         after = batched.batching_stats()
-        cases["offline"] = bb.run_offline(sess, X)
+        offline.append(bb.run_offline(sess, X))
+        cases["offline"] = bb.median_run(offline)
         cases["async"] = bb.run_tasks("async", batched_async.apredict, X)
         batched.close()
         batched_async.close()
