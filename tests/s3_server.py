@@ -193,10 +193,14 @@ def _wait_until_ready(server: S3Server, timeout: float) -> bool:
 
 
 @contextlib.contextmanager
-def start_s3_server(log_dir: Path | None = None) -> Iterator[S3Server]:
+def start_s3_server(
+    log_dir: Path | None = None, *, env: dict[str, str] | None = None
+) -> Iterator[S3Server]:
     """Starts ``moto.server`` on a free port of 127.0.0.1; stops it on exit, even on error.
 
-    Raises ``RuntimeError`` (with the server's output) when it cannot be started.
+    ``env`` adds variables to the server's environment, for example
+    ``INITIAL_NO_AUTH_ACTION_COUNT="0"`` to make it check credentials (moto accepts any by
+    default). Raises ``RuntimeError`` (with the server's output) when it cannot be started.
     """
     log_dir = Path(log_dir or tempfile.gettempdir())
     server: S3Server | None = None
@@ -208,6 +212,7 @@ def start_s3_server(log_dir: Path | None = None) -> Iterator[S3Server]:
                 process = subprocess.Popen(
                     [sys.executable, "-c", _LAUNCH, str(os.getpid()), "-H", HOST, "-p", str(port)],
                     stdin=subprocess.DEVNULL,
+                    env={**os.environ, **(env or {})},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own group: stop() signals it and nothing else

@@ -9,7 +9,8 @@ will use. If moto or s3fs change behaviour, these fail first, with a precise mes
 - conditional get (``If-None-Match: ETAG`` -> 304): cheap polling for ``follow=True``;
 - list and delete; endpoint and credentials taken from ``AWS_*`` (an ``http://`` endpoint);
 - a client made in a parent is refused in a forked child, a fresh one works there;
-- a stopped server, a missing key or bucket: the exception types the store must translate.
+- a stopped server, wrong credentials, a missing key or bucket: the exception types the store
+  must translate.
 """
 
 from __future__ import annotations
@@ -210,6 +211,16 @@ def test_a_stopped_server_gives_a_typed_connection_error(tmp_path):
     assert isinstance(read_error.value, botocore_exceptions.BotoCoreError)
     assert not isinstance(read_error.value, OSError)
     assert str(server.port) in str(read_error.value)
+
+
+def test_wrong_credentials_are_a_permission_error(tmp_path):
+    # moto checks signatures only when told to; then unknown keys get 403 InvalidAccessKeyId.
+    with start_s3_server(tmp_path, env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as server:
+        options = {**server.storage_options(), "key": "not-a-key", "secret": "not-a-secret"}
+        fs = _fs(**options)
+        with pytest.raises(PermissionError) as info:
+            fs.pipe_file("bucket/key", b"data")
+    assert _cause_error(info.value)["status"] == 403
 
 
 _RACER = """
