@@ -113,6 +113,22 @@ def test_compare_and_swap_put_refuses_a_stale_etag(s3_bucket: S3Bucket):
         fs.pipe_file(f"{s3_bucket.name}/m/missing.json", b"{}", IfMatch=v2)
 
 
+def test_s3fs_drops_parameters_its_botocore_does_not_know(s3_bucket: S3Bucket):
+    """A precondition botocore's model lacks is dropped silently, and the write is blind.
+
+    So the store must check, when it makes its client, that the model has the conditions it
+    relies on (as here), and refuse to publish otherwise.
+    """
+    fs = _fs()
+    path = f"{s3_bucket.name}/m/aliases.json"
+    fs.pipe_file(path, b"1")
+    fs.pipe_file(path, b"2", IfMatchTypo='"stale"')  # not sent: no 412
+    assert fs.cat_file(path) == b"2"
+    model = fs.s3.meta.service_model
+    assert {"IfMatch", "IfNoneMatch"} <= set(model.operation_model("PutObject").input_shape.members)
+    assert "IfNoneMatch" in model.operation_model("GetObject").input_shape.members
+
+
 def test_conditional_get_answers_304_when_unchanged(s3_bucket: S3Bucket):
     fs = _fs()
     path = f"{s3_bucket.name}/m/index.json"
