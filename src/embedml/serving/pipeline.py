@@ -1,0 +1,413 @@
+"""``Pipeline``: one loaded version behind its fixed stages.
+
+Every call runs, in this order::
+
+    validate input (schema) -> preprocess -> model -> postprocess -> validate output
+
+:func:`build_pipeline` verifies an artifact and loads it with its format into a pipeline;
+handles and batchers call its stages. See :mod:`embedml.serving.handle`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import (
+    ConfigurationError,
+    EmbedMLError,
+    PredictionError,
+    SchemaError,
+    UntrustedArtifactError,
+)
+from ..formats import Runtime, get_format
+from ..formats.signature import input_schema_for
+from ..schema.core import (
+    NoSchema,
+    RecordSchema,
+    Schema,
+    TensorSchema,
+    schema_from_dict,
+)
+from ..store.manifest import Manifest, method_problem
+from ..tensors import ClassProbabilities, n_rows, take
+from .trust import check_before_load
+
+if TYPE_CHECKING:
+    from ..store.model_store import ModelStore, ModelVersion
+    from .batching import Batcher
+
+from .options import LoadOptions
+
+__all__ = ["Pipeline", "build_pipeline", "passes_through"]
+
+_log = logging.getLogger("embedml.serving.pipeline")
+
+# Live pipelines and handles: a forked child gets fresh locks for them (a thread of the
+# parent, such as an alias follower swapping, may have held one at the fork).
+_LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for obj in list(_LIVE):
+        obj._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def passes_through(exc: BaseException) -> bool:
+    """Whether an exception from model code must reach the caller unchanged: Ctrl-C
+    (``KeyboardInterrupt``), ``GeneratorExit`` and asyncio cancellation. Everything else,
+    ``SystemExit`` included, becomes a :class:`PredictionError`."""
+    if isinstance(exc, KeyboardInterrupt | GeneratorExit):
+        return True
+    # looked up, not imported: if asyncio was never imported, nothing was cancelled by it
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+
+
+def _import_callable(path: str, what: str) -> Callable[[Any], Any]:
+    module, _, attr = path.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"cannot import {what} {path!r}: {exc}") from exc
+    if not callable(fn):
+        raise ConfigurationError(f"{what} {path!r} is not callable")
+    return fn
+
+
+class Pipeline:
+    """One loaded version: validates, runs the stages, and shapes results. Thread-safe.
+
+    ``prepare_one`` / ``prepare_many`` validate input into a batch; ``run`` takes a batch of
+    ``n`` rows to raw outputs (checking one output per row); ``rows`` / ``row`` turn raw
+    outputs into what callers get. Batchers call ``run`` on joined batches.
+
+    ``row_wise`` (see ``docs/concepts.md``): ``False`` when the model's outputs are not one
+    per input row (``row_wise_reason`` says why). Calls then take ``prepare_whole``: the
+    tensors go to the model whole and its outputs come back whole, and batching is refused.
+    """
+
+    def __init__(
+        self, mv: ModelVersion, runtime: Runtime, options: LoadOptions, load_seconds: float
+    ) -> None:
+        self.mv = mv
+        self.runtime = runtime
+        self.label = f"{mv.name}@{mv.version}"
+        self.load_seconds = load_seconds
+        m = mv.manifest
+        signature = m.signature or {}
+        pre = options.preprocess if options.preprocess is not None else m.preprocess
+        post = options.postprocess if options.postprocess is not None else m.postprocess
+        declared = schema_from_dict(m.input_schema)  # type: ignore[arg-type]
+        output_schema = schema_from_dict(m.output_schema)  # type: ignore[arg-type]
+        self.row_wise_reason = _not_row_wise(runtime, m, declared, output_schema)
+        self.row_wise = rows = not self.row_wise_reason
+        # by the model's own names (signature.input_schema_for); refuses a schema naming others
+        self.input_schema: Schema = _rows(
+            input_schema_for(declared, runtime, signature, self.label, preprocessed=pre is not None),
+            rows,
+        )
+        # Record or schemaless inputs still meet the model's own dtypes (e.g. float32 ONNX);
+        # column inputs are cast per column already.
+        runtime_specs = runtime.input_specs
+        self._cast = (
+            TensorSchema(runtime_specs, rows=rows)
+            if runtime_specs and type(self.input_schema) in (RecordSchema, NoSchema)
+            else None
+        )
+        self.output_schema = _rows(output_schema, rows)
+        if options.batching is not None and not rows:
+            raise ConfigurationError(
+                f"{self.label} cannot be loaded with batching=: it is not row-wise "
+                f"({self.row_wise_reason}). Batching joins the rows of concurrent calls into "
+                "one model call and splits its outputs back by row, which is only right when "
+                "each output row comes from its input row alone; load it without batching="
+            )
+        if options.batching is not None and signature.get("batch_invariant") is False:
+            raise ConfigurationError(
+                f"{self.label} cannot be loaded with batching=: its outputs for a row depend on the"
+                " other rows of the batch (checked on the input example at save: predicting the"
+                " rows one at a time gave other outputs), so joining callers' rows would change"
+                " their answers"
+            )
+        self.schema_options = options.schema_options()
+        self.preprocess = _import_callable(pre, "preprocess") if isinstance(pre, str) else pre
+        self.postprocess = _import_callable(post, "postprocess") if isinstance(post, str) else post
+        # A classifier's probabilities come with its class labels (see Pipeline.rows), unless
+        # a postprocess step or an output schema says what the outputs are.
+        probabilities = runtime.method in ("predict_proba", "predict_log_proba")
+        self.classes = (
+            list(runtime.classes)
+            if probabilities and runtime.classes and self.output_schema is None and post is None
+            else None
+        )
+        #: Raw outputs are what callers get (no output schema, no class labels to attach).
+        self.plain = self.output_schema is None and self.classes is None
+        # field names of a validated matrix, for prediction records (hooks)
+        names = self.input_schema.names if type(self.input_schema) is RecordSchema else None
+        self.source = (mv.name, mv.version, names)  # a hooks.Source
+        # Dynamic batching (embedml.serving.batching): joins concurrent calls on this pipeline.
+        self.batcher: Batcher | None = None
+        if options.batching is not None:
+            from .batching import Batcher
+
+            self.batcher = Batcher(self, options.batching)  # type: ignore[arg-type]
+
+        # Uses: one for the owner (a handle or the cache) plus one per call in flight. The
+        # pipeline closes when the count drops to zero; no lock is held around the model.
+        self._uses = 1
+        self._uses_lock = threading.Lock()
+        self._released = threading.Event()  # set once the runtime is released (see close)
+        _LIVE.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._uses_lock = threading.Lock()
+
+    # acquire/release run on every call: the lock's methods are called directly (half the
+    # cost of ``with``), with try/finally so that it is released whatever happens.
+    def acquire(self) -> bool:
+        """Take one use; ``False`` if the pipeline has already been released for good."""
+        lock = self._uses_lock
+        lock.acquire()
+        try:
+            uses = self._uses
+            if uses <= 0:
+                return False
+            self._uses = uses + 1
+            return True
+        finally:
+            lock.release()
+
+    def release(self) -> bool:
+        """Give back one use; the last one closes the pipeline (after its calls finished)
+        and returns ``True``."""
+        lock = self._uses_lock
+        lock.acquire()
+        try:
+            uses = self._uses = self._uses - 1
+        finally:
+            lock.release()
+        if uses == 0:
+            self.close()
+            return True
+        return False
+
+    @property
+    def unused(self) -> bool:
+        """Whether the last use was given back: the pipeline is closed, or closing."""
+        return self._uses <= 0
+
+    def _context(self, exc: SchemaError) -> SchemaError:
+        exc.model, exc.version = self.mv.name, self.mv.version
+        return exc
+
+    def prepare_one(self, record: Any) -> Any:
+        """Validate one record into a batch of one row; raises :class:`SchemaError`."""
+        try:
+            batch = self.input_schema.one(record, self.schema_options)
+            return batch if self._cast is None else self._cast.many(batch, self.schema_options)
+        except SchemaError as exc:
+            raise self._context(exc) from None
+
+    def quick_one(self, record: Any) -> Any:
+        """``record`` as a batch of one row *without* the NaN/inf check, when it is exactly
+        one float row of the single input tensor (shape and dtype); else ``None``. The
+        batcher then checks the rows of a whole batch at once (:meth:`rows_ok`) and gives
+        a call whose row fails the error :meth:`prepare_one` gives."""
+        schema = self.input_schema
+        return schema.unchecked_one(record) if type(schema) is TensorSchema else None
+
+    def rows_ok(self, batch: Any) -> bool:
+        """Whether a batch of rows from :meth:`quick_one` passes the NaN/inf check."""
+        return TensorSchema.rows_finite(batch, self.schema_options)
+
+    def prepare_many(self, records: Any) -> Any:
+        """Validate a batch of records; raises :class:`SchemaError` naming the bad record."""
+        try:
+            batch = self.input_schema.many(records, self.schema_options)
+            return batch if self._cast is None else self._cast.many(batch, self.schema_options)
+        except SchemaError as exc:
+            raise self._context(exc) from None
+
+    def prepare_whole(self, inputs: Any, one: bool) -> tuple[Any, bool]:
+        """Validate the inputs of a model that is not row-wise; returns the model's feed and
+        whether it is whole (``False``: ``predict`` got one example, to which a batch axis of
+        1 was added; take row 0 of the outputs). Raises :class:`SchemaError`."""
+        opts = self.schema_options
+        schema = self.input_schema
+        try:
+            if isinstance(schema, TensorSchema):
+                return schema.whole(inputs, opts, one=one)
+            # records and schemaless arrays are validated as always (predict: a batch of one)
+            batch = schema.one(inputs, opts) if one else schema.many(inputs, opts)
+            if self._cast is not None:
+                batch = self._cast.whole(batch, opts)[0]
+            return batch, not one
+        except SchemaError as exc:
+            raise self._context(exc) from None
+
+    def run(self, batch: Any, n: int, whole: bool = False) -> Any:
+        """preprocess -> model -> postprocess on a validated batch of ``n`` rows (``whole``:
+        on tensors passed whole, whose outputs are not counted in rows).
+
+        Whatever those stages raise becomes :class:`PredictionError` (``SystemExit`` too),
+        except the interrupts of :func:`passes_through`, which propagate as they are."""
+        stage = "preprocess"
+        try:
+            if self.preprocess is not None:
+                batch = self.preprocess(batch)
+            stage = "model"
+            out = self.runtime.predict(batch)
+            if self.postprocess is not None:
+                stage = "postprocess"
+                out = self.postprocess(out)
+        except BaseException as exc:
+            if passes_through(exc):
+                raise
+            what = f"model {self.label}" if stage == "model" else f"{stage} of {self.label}"
+            raise PredictionError(
+                f"{what} raised {type(exc).__name__}: {exc}", stage=stage
+            ) from exc
+        if whole:
+            return out
+        got = n_rows(out)
+        if got != n:
+            raise PredictionError(
+                f"model {self.label} returned {got} output rows for {n} input rows", stage="output"
+            )
+        if not self.row_wise:  # one example with a batch axis added: every output needs it
+            for name, part in _parts(out):
+                if n_rows(part) != n:
+                    raise PredictionError(
+                        f"model {self.label} returned output {name} of shape "
+                        f"{getattr(part, 'shape', None)} for one example: no first axis of 1 to take its "
+                        "row from; pass the tensors whole with predict_batch",
+                        stage="output",
+                    )
+        return out
+
+    def rows(self, out: Any, n: int) -> Any:
+        """Raw batch outputs -> the caller's result (output-schema instances when declared;
+        ``{"probabilities": (n, k) array, "classes": [k labels]}`` for a classifier's
+        probabilities)."""
+        if self.classes is not None:
+            return ClassProbabilities(out, list(self.classes))
+        schema = self.output_schema
+        if schema is None:
+            return out
+        try:
+            if isinstance(schema, RecordSchema):
+                return schema.outputs(out, n, self.schema_options)
+            return schema.check_output(out, n)
+        except SchemaError as exc:
+            raise self._context(exc) from None
+
+    def row(self, out: Any, i: int = 0) -> Any:
+        """Row ``i`` of raw batch outputs, as the caller's result for one record."""
+        if self.classes is not None:
+            return ClassProbabilities(take(out, i), list(self.classes))
+        if self.output_schema is None:
+            return take(out, i)
+        if isinstance(self.output_schema, RecordSchema):
+            return self.rows(take(out, slice(i, i + 1)), 1)[0]
+        if self.output_schema is not None:
+            self.rows(out, n_rows(out))
+        return take(out, i)
+
+    def close(self) -> None:
+        """Close the batcher (queued calls still run, new ones raise HandleClosedError) and
+        release the runtime once it is idle. Never waits for the model: a batch still
+        running (one whose callers stopped waiting, in a model that hangs) releases the
+        runtime from its own thread when the model returns; :meth:`wait_closed` waits for
+        that. Safe to call more than once (e.g. by a hot swap)."""
+        if self.batcher is None or self.batcher.close(self._release_runtime):
+            self._release_runtime()
+
+    def _release_runtime(self) -> None:
+        self.runtime.close()
+        self._released.set()
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` seconds) until a closed pipeline released its runtime
+        and its batcher's worker thread ended; returns whether it did."""
+        end = None if timeout is None else time.monotonic() + timeout
+        if not self._released.wait(timeout):
+            return False
+        left = None if end is None else max(0.0, end - time.monotonic())
+        return self.batcher is None or self.batcher.join(left)
+
+
+def _not_row_wise(runtime: Runtime, m: Manifest, inputs: Any, outputs: Any) -> str:
+    """Why a version is not row-wise ("" when it is): its runtime (an ONNX graph's declared
+    shapes), ``row_wise=False`` at save, or a declared tensor schema without a batch axis."""
+    if not runtime.row_wise:
+        return runtime.row_wise_reason or "its runtime says so"
+    if m.row_wise is False:
+        return "it was saved with row_wise=False"
+    for what, schema in (("input", inputs), ("output", outputs)):
+        if isinstance(schema, TensorSchema) and not schema.rows:
+            flat = next(s.name for s in schema.specs if not s.shape)
+            return f"the {what} schema's tensor {flat!r} has no first dimension"
+    return ""
+
+
+def _rows(schema: Any, rows: bool) -> Any:
+    """A tensor schema taken whole when the version is not row-wise."""
+    if isinstance(schema, TensorSchema) and schema.rows and not rows:
+        return TensorSchema(schema.specs, rows=False)
+    return schema
+
+
+def _parts(out: Any) -> list[tuple[str, Any]]:
+    """The named parts of raw outputs (an array, a list, a dict or a tuple of them)."""
+    if isinstance(out, dict):
+        return [(repr(k), v) for k, v in out.items()]
+    if isinstance(out, tuple):
+        return [(str(i), v) for i, v in enumerate(out)]
+    return [("0", out)]
+
+
+def build_pipeline(store: ModelStore, mv: ModelVersion, options: LoadOptions) -> Pipeline:
+    """Verify the artifact of ``mv`` and load it with its format into a new :class:`Pipeline`.
+
+    The method called is ``options.method``, else the one saved with the version; under
+    ``options.restricted`` a saved method outside ``STANDARD_METHODS`` raises
+    :class:`UntrustedArtifactError`."""
+    start = time.perf_counter()
+    # signature, import paths and framework versions: before any byte is read
+    check_before_load(mv, options)
+    format_options = options.format_options()
+    if options.method is None and mv.manifest.method is not None:  # the caller's method wins
+        problem = method_problem(mv.manifest) if options.restricted else None
+        if problem is not None:
+            raise UntrustedArtifactError(problem)
+        format_options = dataclasses.replace(format_options, method=mv.manifest.method)
+    fmt = get_format(mv.manifest.format)
+    data = store.read_artifact(mv)  # hash checked before any byte is deserialised
+    try:
+        runtime = fmt.load(data, format_options)
+    except EmbedMLError:
+        raise
+    except Exception as exc:
+        from ..errors import UnsupportedFormatError
+
+        raise UnsupportedFormatError(
+            f"could not load {mv} as {fmt.name}: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        return Pipeline(mv, runtime, options, time.perf_counter() - start)
+    except BaseException:  # e.g. batching refused: the runtime (an ORT session) is released
+        runtime.close()
+        raise
