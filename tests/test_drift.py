@@ -18,6 +18,7 @@ from scipy.spatial.distance import jensenshannon
 import embedml
 from embedml.observe.drift import jensen_shannon, ks_2samp, psi
 from embedml.schema.profile import PROFILE_FILE
+from embedml.testing import FakeClock
 
 
 class Visit(BaseModel):
@@ -261,6 +262,88 @@ def test_detector_fires_on_shifted_data_only_for_that_feature(lin, reference):
     assert frame.loc["x[1]", "status"] == "drift"
     assert rep.to_dict()["features"]["x[0]"]["status"] == "ok"
     h.close()
+
+
+def _written(monitor: embedml.DriftMonitor) -> None:
+    """Wait until the monitor's thread wrote every accepted row, without forcing the check
+    that :meth:`DriftMonitor.flush` would run (a check allowed by the interval runs inside
+    that write)."""
+    assert embedml.Sink.flush(monitor, timeout=60)
+
+
+def test_checks_wait_for_the_interval_on_the_monitors_clock(lin, threads_checked):
+    clock = FakeClock()
+    fired: list[str] = []
+    drifted = threading.Event()
+
+    def on_drift(feature: str, row: dict) -> None:
+        fired.append(feature)
+        drifted.set()
+
+    monitor = embedml.DriftMonitor(
+        window=500, check_interval=60, clock=clock, on_drift=on_drift
+    )
+    rng = np.random.default_rng(21)
+    shifted = rng.normal(size=(500, 3)) + [0.0, 0.0, 3.0]
+    with lin.load("lin", hooks=[monitor]) as h:
+        h.predict_batch(rng.normal(size=(500, 3)))
+        _written(monitor)  # the first check runs at once: nothing drifted
+        assert fired == [] and set(monitor.last_psi()) == {"x[0]", "x[1]", "x[2]", "output"}
+        h.predict_batch(shifted)  # a check is due, but the last one was 0 s ago
+        _written(monitor)
+        clock.advance(59.9)
+        h.predict(shifted[0])  # the monitor looks again at 59.9 s: still too soon
+        _written(monitor)
+        assert fired == []
+        clock.advance(0.1)  # 60 s: the monitor's next look (within its write interval) checks
+        assert drifted.wait(60)
+        assert "x[2]" in fired and "x[0]" not in fired
+
+
+def test_flush_waits_for_a_check_that_is_running(lin, threads_checked):
+    clock = FakeClock()
+    entered, release = threading.Event(), threading.Event()
+
+    def on_drift(feature: str, row: dict) -> None:
+        entered.set()
+        release.wait(60)  # the check stays running until the test lets it go
+
+    monitor = embedml.DriftMonitor(window=500, check_interval=60, clock=clock, on_drift=on_drift)
+    rng = np.random.default_rng(22)
+    with lin.load("lin", hooks=[monitor]) as h:
+        h.predict_batch(rng.normal(size=(500, 3)))
+        _written(monitor)
+        h.predict_batch(rng.normal(size=(500, 3)) + [0.0, 3.0, 0.0])
+        _written(monitor)
+        clock.advance(60)  # the monitor's thread runs the check, and stays in on_drift
+        assert entered.wait(60)
+        try:
+            # every row is written but the check has not finished: not flushed yet
+            assert monitor.flush(timeout=0.2) is False
+        finally:
+            release.set()
+        assert monitor.flush(timeout=60) is True
+
+
+def test_flush_runs_a_due_check_whatever_the_interval(lin, threads_checked):
+    fired: list[str] = []
+    clock = FakeClock()
+    monitor = embedml.DriftMonitor(
+        window=500, check_interval=3600, clock=clock, on_drift=lambda f, row: fired.append(f)
+    )
+    rng = np.random.default_rng(23)
+    with lin.load("lin", hooks=[monitor]) as h:
+        h.predict_batch(rng.normal(size=(500, 3)))
+        assert monitor.flush(timeout=60)
+        h.predict_batch(rng.normal(size=(500, 3)) + [3.0, 0.0, 0.0])
+        assert monitor.flush(timeout=60)  # the clock never moved: flush asked for the check
+        assert "x[0]" in fired
+        assert monitor.flush(timeout=60)  # nothing due: returns at once
+
+
+def test_a_clock_must_be_a_clock():
+    with pytest.raises(embedml.ConfigurationError, match="clock must have monotonic"):
+        embedml.DriftMonitor(np.zeros((10, 2)), clock=object())
 
 
 def test_false_alarm_rate_on_same_distribution(lin):

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..clock import SYSTEM_CLOCK, Clock, check_clock
 from ..errors import ConfigurationError, MissingExtraError
 from ..schema.profile import FeatureProfile, ReferenceProfile, feature_matrix
 from ..tensors import concat
@@ -254,7 +255,9 @@ class DriftMonitor(Sink):
     feature's status gets worse (ok -> warn -> drift); statuses are checked every
     ``check_every`` rows (default: ``window``), but not more often than every
     ``check_interval`` seconds (default 1.0; ``0``: no limit): a check due sooner runs once
-    that time has passed, or at :meth:`flush` / :meth:`report`. Sink options (``sample``, ``max_queue``,
+    that time has passed, or at :meth:`flush` / :meth:`report`. ``clock``: what measures
+    that interval (an :class:`embedml.clock.Clock`; tests pass an
+    :class:`embedml.testing.FakeClock`). Sink options (``sample``, ``max_queue``,
     ``policy``) as for any sink. Raises :class:`MissingExtraError` when scipy is not installed
     (``pip install 'embedml[drift]'``), :class:`ConfigurationError` for bad options, or
     when attached to a handle whose version has no reference profile and none is given.
@@ -278,6 +281,7 @@ class DriftMonitor(Sink):
         sample: float = 1.0,
         max_queue: int = 10_000,
         policy: str = "drop",
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         _scipy()  # here, where a missing extra is the caller's error, not in the monitor's thread
         if int(window) < 2:
@@ -290,6 +294,7 @@ class DriftMonitor(Sink):
             raise ConfigurationError(f"p_value must be in (0, 1), got {p_value!r}")
         if not 0 <= float(check_interval) < math.inf:
             raise ConfigurationError(f"check_interval must be >= 0 seconds, got {check_interval!r}")
+        self._clock = check_clock(clock)
         super().__init__(sample=sample, max_queue=max_queue, policy=policy, name="drift")
         self.window = int(window)
         self.psi_warn, self.psi_drift, self.p_value = psi_warn, psi_drift, p_value
@@ -300,6 +305,10 @@ class DriftMonitor(Sink):
         self._last_check = -math.inf
         self._check_due = False
         self._force_check = False
+        self._checks = 0  # checks run, so that flush() knows when the one it asked for ran
+        self._checking = False
+        self._stopped = False
+        self._checked = threading.Condition()
         self.on_drift = on_drift
         self._features = None if features is None else list(features)
         self._reference: ReferenceProfile | None = None
@@ -357,7 +366,9 @@ class DriftMonitor(Sink):
 
     def _after_fork_in_child(self) -> None:
         super()._after_fork_in_child()
-        self._window_lock = threading.Lock()  # the parent's writer may have held it
+        # the parent's writer or a flush() may have held them
+        self._window_lock = threading.Lock()
+        self._checked = threading.Condition()
 
     @property
     def reference(self) -> ReferenceProfile | None:
@@ -407,26 +418,48 @@ class DriftMonitor(Sink):
         """On the writer thread: run a due check unless the last one was too recent."""
         if not self._check_due:
             return
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if self._force_check or now - self._last_check >= self.check_interval:
-            self._check_due = self._force_check = False
+            with self._checked:
+                self._check_due = self._force_check = False
+                self._checking = True
             self._last_check = now
-            self._check()
+            try:
+                self._check()
+            finally:
+                with self._checked:
+                    self._checking = False
+                    self._checks += 1
+                    self._checked.notify_all()
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until every accepted call's rows are in the window and a check that is due
-        has run (on the monitor's thread); ``False`` on timeout."""
+        has run (on the monitor's thread), at most ``timeout`` seconds; ``False`` on
+        timeout or when the monitor was closed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if not super().flush(timeout):
             return False
-        if self._check_due:
-            self._force_check = True
-            self._wake.set()
-            while self._check_due and self._thread is not None and self._thread.is_alive():
-                if deadline is not None and time.monotonic() > deadline:
-                    return False
-                time.sleep(0.002)
-        return True
+        with self._checked:
+            if not (self._check_due or self._checking):
+                return True
+            # the check running now, if any, then the one due, if any
+            target = self._checks + self._checking + self._check_due
+            if self._check_due:
+                self._force_check = True
+                self._wake.set()  # the writer runs due checks when it wakes with nothing to write
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._checked.wait_for(lambda: self._checks >= target or self._stopped, left)
+            return self._checks >= target
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Close the sink (see :meth:`Sink.close`) and release a :meth:`flush` waiting for a
+        check that will not run."""
+        try:
+            super().close(timeout)
+        finally:
+            with self._checked:
+                self._stopped = True
+                self._checked.notify_all()
 
     def _check(self) -> None:
         order = {"ok": 0, "warn": 1, "drift": 2}
