@@ -20,6 +20,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
+from ..clock import SYSTEM_CLOCK, Clock, check_clock, wait_for
 from ..errors import ConfigurationError, HandleClosedError
 
 if TYPE_CHECKING:
@@ -47,12 +48,22 @@ class Follower:
     """The polling thread behind ``follow=True``; see the module docstring.
 
     ``swaps`` counts the swaps made, ``errors`` the failed polls or swaps, ``last_error``
-    holds the latest one (as text).
+    holds the latest one (as text). ``clock`` measures the ``poll_s`` seconds between polls
+    (an :class:`embedml.clock.Clock`; a :class:`embedml.testing.FakeClock` in tests).
     """
 
-    def __init__(self, handle: ModelHandle, store: ModelStore, spec: str, poll_s: float) -> None:
+    def __init__(
+        self,
+        handle: ModelHandle,
+        store: ModelStore,
+        spec: str,
+        poll_s: float,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         if not isinstance(poll_s, int | float) or not poll_s > 0:
             raise ConfigurationError(f"poll_s must be a number of seconds > 0, got {poll_s!r}")
+        self._clock = check_clock(clock)
         self.spec = spec
         self.poll_s = float(poll_s)
         self.swaps = 0
@@ -61,7 +72,8 @@ class Follower:
         self._store = store
         self._name = handle.name
         self._handle = weakref.ref(handle)
-        self._stop = threading.Event()
+        self._stopping = False
+        self._wake = threading.Condition()  # notified by stop()
         self._failed: str | None = None
         self._start()
         _LIVE.add(self)
@@ -76,11 +88,17 @@ class Follower:
         """In a forked child the polling thread does not exist: start it again (unless
         stopped), so that a ``follow=True`` handle loaded before the fork keeps following."""
         handle = self._handle()
-        if not self._stop.is_set() and handle is not None:
+        self._wake = threading.Condition()  # the parent's stop() may have held it
+        if not self._stopping and handle is not None:
             self._start()
 
+    def _stopped_after_interval(self) -> bool:
+        """Wait ``poll_s`` seconds on the clock, or until :meth:`stop`; whether stopped."""
+        with self._wake:
+            return wait_for(self._clock, self._wake, lambda: self._stopping, self.poll_s)
+
     def _run(self) -> None:
-        while not self._stop.wait(self.poll_s):
+        while not self._stopped_after_interval():
             handle = self._handle()
             if handle is None:
                 return
@@ -120,7 +138,9 @@ class Follower:
         """Stop polling and wait for the thread (and a swap it is doing) to end, at most
         ``timeout`` seconds (``None``: as long as it takes). Returns whether it ended; a
         swap stuck in loading or warming up a version is abandoned (logged) on timeout."""
-        self._stop.set()
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
         if self._thread is threading.current_thread():
             return True
         self._thread.join(timeout)
