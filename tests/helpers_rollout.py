@@ -18,6 +18,8 @@ from embedml.formats.pickle import JoblibFormat
 
 # Events that Blocking models wait on, by tag (the loaded copy is another object).
 EVENTS: dict[str, threading.Event] = {}
+# FakeClocks that Ticking models move, by tag.
+CLOCKS: dict[str, Any] = {}
 # Runtimes of the tracked format that were closed, by the artifact's tag.
 CLOSED: list[str] = []
 
@@ -41,6 +43,19 @@ class Blocking(Affine):
 
     def predict(self, X: Any) -> Any:
         EVENTS.setdefault(self.tag, threading.Event()).wait()
+        return super().predict(X)
+
+
+class Ticking(Affine):
+    """Like ``Affine`` but each call moves ``CLOCKS[tag]`` (a FakeClock set by the test)
+    forward by ``seconds``: a model call that "takes" that long on the test's clock."""
+
+    def __init__(self, k: float, tag: str, seconds: float) -> None:
+        super().__init__(k)
+        self.tag, self.seconds = tag, seconds
+
+    def predict(self, X: Any) -> Any:
+        CLOCKS[self.tag].advance(self.seconds)
         return super().predict(X)
 
 

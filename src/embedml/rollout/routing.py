@@ -16,11 +16,11 @@ import itertools
 import numbers
 import random
 import threading
-import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..clock import SYSTEM_CLOCK, Clock, check_clock
 from ..errors import ConfigurationError, PredictionError, SchemaError
 from ..tensors import ClassProbabilities
 
@@ -33,7 +33,6 @@ _GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: spreads CRC-32 values over 64
 _MASK = (1 << 64) - 1
 _MEMO = 100_000
 _REAL_TYPES: dict[type, bool] = {}  # type -> is it a real number type (an ABC check is slow)
-_now = time.perf_counter
 
 
 def key_fraction(value: Any, salt: str = "") -> float:
@@ -97,7 +96,8 @@ class ABTest:
     arm name; default equal), normalised to fractions. ``key``: a field name or a callable
     ``record -> value`` for sticky routing, ``None`` for random. ``salt`` changes the split
     (use a different one per experiment so users are not always grouped alike).
-    :meth:`metrics` gives per-arm counts and latencies. Raises :class:`ConfigurationError`
+    :meth:`metrics` gives per-arm counts and latencies, measured on ``clock`` (an
+    :class:`embedml.clock.Clock`). Raises :class:`ConfigurationError`
     for bad arms or weights, and :class:`SchemaError` when a record lacks the key field.
     """
 
@@ -108,6 +108,7 @@ class ABTest:
         *,
         key: Key = None,
         salt: str = "",
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if not isinstance(arms, Mapping) or not arms:
             raise ConfigurationError("arms must be a non-empty mapping of name -> handle")
@@ -118,6 +119,7 @@ class ABTest:
             raise ConfigurationError(f"key must be a field name, a callable or None, got {key!r}")
         self.arms: dict[str, Any] = dict(arms)
         self.key = key
+        self._now = check_clock(clock).monotonic  # the system clock's is time.monotonic itself
         self.salt = salt
         # key value -> hash fraction, for returning users: bounded LRUs (see _fraction). The
         # standard library's (C, thread-safe) costs 43 ns per hit of an int key; cachetools'
@@ -230,27 +232,28 @@ class ABTest:
 
     # -- calls
     def _call(self, arm: str, fn: Callable[[], Any], rows: int) -> Any:
-        start = time.perf_counter()
+        start = self._now()
         failed = True
         try:
             out = fn()
             failed = False
             return out
         finally:
-            self._stats[arm].add(rows, time.perf_counter() - start, failed)
+            self._stats[arm].add(rows, self._now() - start, failed)
 
     def predict(self, record: Any, *, details: bool = False) -> Any:
         """Predict one record on the arm it routes to (see ``ModelHandle.predict``)."""
         arm = self.arm_for(record)
-        start = _now()
+        now = self._now
+        start = now()
         try:
             out = self.arms[arm].predict(record, details=details)
         except BaseException:
-            self._stats[arm].add(1, _now() - start, True, batch=False)
+            self._stats[arm].add(1, now() - start, True, batch=False)
             raise
         stats = self._stats[arm]
         next(stats.requests_counter)  # ArmStats.one, inlined
-        stats.recent.append(_now() - start)
+        stats.recent.append(now() - start)
         return out
 
     def predict_batch(self, records: Any, *, details: bool = False) -> Any:
@@ -295,14 +298,14 @@ class ABTest:
     async def apredict(self, record: Any, *, details: bool = False) -> Any:
         """``predict`` for asyncio code (awaits the chosen arm's ``apredict``)."""
         arm = self.arm_for(record)
-        start = time.perf_counter()
+        start = self._now()
         failed = True
         try:
             out = await self.arms[arm].apredict(record, details=details)
             failed = False
             return out
         finally:
-            self._stats[arm].add(1, time.perf_counter() - start, failed, batch=False)
+            self._stats[arm].add(1, self._now() - start, failed, batch=False)
 
     def metrics(self) -> dict[str, dict[str, float]]:
         """Per arm: ``requests``, ``rows``, ``errors`` (since the start), and ``mean_ms``,
@@ -338,11 +341,22 @@ class Canary(ABTest):
     """
 
     def __init__(
-        self, primary: Any, candidate: Any, fraction: float = 0.1, *, key: Key = None, salt: str = ""
+        self,
+        primary: Any,
+        candidate: Any,
+        fraction: float = 0.1,
+        *,
+        key: Key = None,
+        salt: str = "",
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         fraction = self._check(fraction)
         super().__init__(
-            {"candidate": candidate, "primary": primary}, [fraction, 1.0 - fraction], key=key, salt=salt
+            {"candidate": candidate, "primary": primary},
+            [fraction, 1.0 - fraction],
+            key=key,
+            salt=salt,
+            clock=clock,
         )
 
     @staticmethod

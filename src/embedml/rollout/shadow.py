@@ -12,7 +12,6 @@ import logging
 import os
 import queue
 import threading
-import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -143,13 +142,13 @@ class Shadow:
                 self._queue.task_done()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until every submitted item has been compared; ``False`` on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)
-        return True
+        """Wait until every submitted item has been compared, at most ``timeout`` seconds
+        (``None``: as long as it takes); ``False`` on timeout."""
+        # Queue.join() without its missing timeout: the same condition, which task_done()
+        # notifies when the last unfinished item is done.
+        q = self._queue
+        with q.all_tasks_done:
+            return q.all_tasks_done.wait_for(lambda: not q.unfinished_tasks, timeout)
 
     def stats(self) -> dict[str, float]:
         """``submitted``, ``dropped``, ``errors`` (items); ``compared``, ``disagreements``
