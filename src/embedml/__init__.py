@@ -156,12 +156,14 @@ __all__ = [
     "read_jsonl",
     "register_format",
     "score",
+    "testing",
     "to_jsonable",
 ]
 
 
-# Public submodules, imported on first attribute access (``embedml.export.to_onnx``).
-_SUBMODULES = ("export",)
+# Public submodules, imported on first attribute access (``embedml.export.to_onnx``);
+# ``embedml.testing`` holds test helpers (FakeClock, the format conformance kit).
+_SUBMODULES = ("export", "testing")
 
 
 def __getattr__(name: str) -> Any:
