@@ -6,10 +6,7 @@ every declared name is documented in docs/api.md."""
 from __future__ import annotations
 
 import importlib
-import json
 import re
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import pytest
 
 import embedml
 from embedml._compat import MOVED
+from helpers_models import run_python_json
 
 API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
@@ -67,14 +65,7 @@ print(json.dumps({"missing": missing, "undeclared": undeclared}))
 def test_every_declared_name_resolves_and_nothing_public_is_undeclared(subprocess_env):
     # A fresh process: the lazy names are resolved here for the first time, as in an
     # application (in this one, other tests have imported most modules already).
-    out = subprocess.run(
-        [sys.executable, "-c", _FRESH],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=subprocess_env,
-    ).stdout
-    found = json.loads(out)
+    found = run_python_json(_FRESH, env=subprocess_env)
     assert found["missing"] == [], "names in embedml.__all__ that do not resolve"
     assert found["undeclared"] == [], "embedml objects bound in the package but not in __all__"
     assert embedml.__all__ == sorted(set(embedml.__all__)), "__all__ is sorted, without repeats"
@@ -152,18 +143,12 @@ def test_every_declared_name_is_documented(path):
 
 def test_import_is_light(subprocess_env):
     code = (
-        "import sys, embedml; print(sorted(m for m in ('onnxruntime', 'torch', 'numpy', "
-        "'pydantic', 'embedml.testing', 'pytest') if m in sys.modules))"
+        "import json, sys, embedml; print(json.dumps(sorted(m for m in ('onnxruntime', 'torch', "
+        "'numpy', 'pydantic', 'embedml.testing', 'pytest') if m in sys.modules)))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=subprocess_env
-    ).stdout
-    assert out.strip() == "[]"
+    assert run_python_json(code, env=subprocess_env) == []
 
 
 def test_the_testing_module_does_not_need_pytest(subprocess_env):
-    code = "import sys, embedml; embedml.testing.FakeClock(); print('pytest' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=subprocess_env
-    ).stdout
-    assert out.strip() == "False"
+    code = "import json, sys, embedml; embedml.testing.FakeClock(); print(json.dumps('pytest' in sys.modules))"
+    assert run_python_json(code, env=subprocess_env) is False

@@ -18,12 +18,11 @@ from embedml.testing import FakeClock
 from helpers_models import child_env
 from helpers_rollout import Affine
 
-K = {"1": 1.0, "2": -2.0, "3": 3.0}
-
 
 @pytest.fixture
 def affine(store):
-    for version, k in K.items():
+    """Versions 1, 2 and 3 of ``m``: ``k * row sum`` with k = 1, -2 and 3."""
+    for k, version in ((1.0, "1"), (-2.0, "2"), (3.0, "3")):
         store.save("m", Affine(k), version=version, format="tracked")
     return store
 

@@ -28,6 +28,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -260,9 +261,10 @@ class FormatContract:
             def make_inputs(self, n):
                 return np.random.default_rng(n).normal(size=(n, 3))
 
-    Set ``load_options`` to the options that apply (see :func:`check_format`) and override
-    :meth:`expected` to compare with the in-memory model. Works under pytest and, mixed
-    with ``unittest.TestCase``, under unittest.
+    It has a ``test_format_<rule>`` method per rule of :data:`RULES` (``test_format_batch``,
+    ``test_format_thread_safety``...). Set ``load_options`` to the options that apply (see
+    :func:`check_format`) and override :meth:`expected` to compare with the in-memory
+    model. Works under pytest and, mixed with ``unittest.TestCase``, under unittest.
     """
 
     format: ClassVar[type[ModelFormat] | ModelFormat]
@@ -290,35 +292,21 @@ class FormatContract:
             expected=expected, options=self.load_options, rules=[rule],
         )  # fmt: skip
 
-    def test_format_name(self) -> None:
-        self.check_rule("name")
 
-    def test_format_registry(self) -> None:
-        self.check_rule("registry")
+def _rule_test(rule: str) -> Callable[[FormatContract], None]:
+    def test(self: FormatContract) -> None:
+        self.check_rule(rule)
 
-    def test_format_dump_load(self) -> None:
-        self.check_rule("dump-load")
+    test.__name__ = "test_format_" + rule.replace("-", "_")
+    test.__qualname__ = f"FormatContract.{test.__name__}"
+    test.__doc__ = f"Rule {rule!r}: {RULES[rule]}."
+    return test
 
-    def test_format_batch(self) -> None:
-        self.check_rule("batch")
 
-    def test_format_interface(self) -> None:
-        self.check_rule("interface")
-
-    def test_format_options(self) -> None:
-        self.check_rule("options")
-
-    def test_format_thread_safety(self) -> None:
-        self.check_rule("thread-safety")
-
-    def test_format_close(self) -> None:
-        self.check_rule("close")
-
-    def test_format_store(self) -> None:
-        self.check_rule("store")
-
-    def test_format_unsafe_to_load(self) -> None:
-        self.check_rule("unsafe-to-load")
+# One test per rule: test_format_name, test_format_registry, ..., test_format_unsafe_to_load.
+for _rule in RULES:
+    _test = _rule_test(_rule)
+    setattr(FormatContract, _test.__name__, _test)
 
 
 @contextmanager
@@ -342,29 +330,21 @@ def _registered(cls: type[ModelFormat], name: str) -> Iterator[ModelFormat]:
         unregister_format(name)
 
 
+@dataclass
 class _Kit:
-    """The checks of one :func:`check_format` call (each method is a rule)."""
+    """The checks of one :func:`check_format` call (each ``check_*`` method is a rule)."""
 
-    THREADS = 8
-    CALLS_PER_THREAD = 25
+    THREADS: ClassVar[int] = 8
+    CALLS_PER_THREAD: ClassVar[int] = 25
 
-    def __init__(
-        self,
-        fmt: ModelFormat,
-        make_model: Callable[[], Any],
-        make_inputs: Callable[[int], Any],
-        expected: Callable[[Any, Any], Any] | None,
-        options: dict[str, Any],
-        tmp: Path,
-    ) -> None:
-        self.fmt = fmt
-        self.make_model = make_model
-        self.make_inputs = make_inputs
-        self.expected = expected
-        self.options = options
-        self.tmp = tmp
-        self._data: bytes | None = None
-        self._count = 0
+    fmt: ModelFormat
+    make_model: Callable[[], Any]
+    make_inputs: Callable[[int], Any]
+    expected: Callable[[Any, Any], Any] | None
+    options: dict[str, Any]
+    tmp: Path
+    _data: bytes | None = None  # the artifact's bytes, dumped once
+    _count: int = 0  # folders made
 
     # -- helpers
     def fail(self, rule: str, detail: str) -> FormatContractError:
