@@ -84,4 +84,6 @@ _FINDER = _Finder()
 def install() -> None:
     """Put the finder on ``sys.meta_path`` (once)."""
     if _FINDER not in sys.meta_path:
-        sys.meta_path.append(_FINDER)
+        # first: the path finder would otherwise load a moved package's submodules (through
+        # the aliased parent's __path__) a second time, as new module objects
+        sys.meta_path.insert(0, _FINDER)
