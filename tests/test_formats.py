@@ -398,3 +398,10 @@ def test_onnxruntime_and_torch_are_imported_on_first_use(tmp_path, subprocess_en
     # a TorchScript *file* is not run at save (like a pickle file): torch waits for the load
     assert seen["ts-save"] == ["onnxruntime"]
     assert seen["ts-load"] == ["onnxruntime", "torch"]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "torch_export"])
+def test_saving_an_object_a_format_cannot_write_is_a_typed_error(store, fmt):
+    with pytest.raises(embedml.UnsupportedFormatError, match=fmt):
+        store.save("m", object(), format=fmt)
+    assert store.models() == []

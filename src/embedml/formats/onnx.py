@@ -213,6 +213,10 @@ class OnnxFormat(ModelFormat):
         )
 
     def dump(self, obj: Any, path: Path) -> None:
+        if not self.claims(obj):
+            raise UnsupportedFormatError(
+                f"the onnx format writes an onnx.ModelProto or ONNX bytes, not a {type(obj).__name__}"
+            )
         data = bytes(obj) if isinstance(obj, bytes | bytearray) else obj.SerializeToString()
         path.write_bytes(data)
 

@@ -91,6 +91,10 @@ class TorchScriptFormat(ModelFormat):
         return torch is not None and isinstance(obj, torch.jit.ScriptModule)
 
     def dump(self, obj: Any, path: Path) -> None:
+        if not self.claims(obj):
+            raise UnsupportedFormatError(
+                f"the torchscript format writes a torch.jit.ScriptModule, not a {type(obj).__name__}"
+            )
         _torch().jit.save(obj, str(path))
 
     def load(self, data: bytes, options: FormatOptions) -> Runtime:
@@ -150,6 +154,10 @@ class TorchExportFormat(ModelFormat):
         return torch is not None and isinstance(obj, torch.export.ExportedProgram)
 
     def dump(self, obj: Any, path: Path) -> None:
+        if not self.claims(obj):
+            raise UnsupportedFormatError(
+                f"the torch_export format writes a torch.export.ExportedProgram, not a {type(obj).__name__}"
+            )
         _torch().export.save(obj, str(path))
 
     def load(self, data: bytes, options: FormatOptions) -> Runtime:
