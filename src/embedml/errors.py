@@ -15,6 +15,14 @@ builtin so that generic code keeps working (``LookupError``, ``ValueError``,
     │   └── RequestNotFoundError             log_outcome: no remembered prediction has that id
     ├── VersionExistsError                   versions are immutable
     ├── StoreError                           the store refused an operation
+    │   └── RemoteStoreError                 an object-store operation failed (url, operation, key)
+    │       ├── StoreUnavailableError        network, timeout, throttling (after retries)
+    │       ├── StoreAccessError (PermissionError)  credentials refused, access denied
+    │       ├── StoreNotFoundError (NotFoundError)  the bucket or root folder does not exist
+    │       ├── ObjectNotFoundError (NotFoundError) no object at that key
+    │       ├── PreconditionFailedError      a compare-and-swap write lost (the ETag changed)
+    │       │   └── ObjectExistsError (FileExistsError)  a create-only write lost
+    │       └── CacheMissError (NotFoundError)  offline: the local cache does not hold it
     ├── IntegrityError                       artifact hash or signature mismatch
     │   ├── SignatureError                   unsigned or wrongly signed version
     │   └── UntrustedArtifactError           pickle bytes nobody vouched for / type refused
@@ -48,6 +56,14 @@ __all__ = [
     "RequestNotFoundError",
     "VersionExistsError",
     "StoreError",
+    "RemoteStoreError",
+    "StoreUnavailableError",
+    "StoreAccessError",
+    "StoreNotFoundError",
+    "ObjectNotFoundError",
+    "PreconditionFailedError",
+    "ObjectExistsError",
+    "CacheMissError",
     "IntegrityError",
     "SignatureError",
     "UntrustedArtifactError",
@@ -120,6 +136,61 @@ class VersionExistsError(EmbedMLError, FileExistsError):
 
 class StoreError(EmbedMLError):
     """The store refused an operation (for example deleting a version an alias points to)."""
+
+
+class RemoteStoreError(StoreError):
+    """An operation on an object store (``s3://``, ``file://``) failed.
+
+    ``url`` is the store, ``operation`` what was being done (``"get"``, ``"put"``,
+    ``"list"``, ...), ``key`` the object (``None`` for the store itself). The message starts
+    with all three; the backend's own exception is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, url: str, operation: str, key: str | None = None) -> None:
+        where = f"{url}/{key}" if key else url
+        super().__init__(f"{operation} {where}: {message}")
+        self.url = url
+        self.operation = operation
+        self.key = key
+        self.reason = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = (self.reason, self.url, self.operation, self.key)
+        return (_rebuild_remote_store_error, (type(self), *state))
+
+
+def _rebuild_remote_store_error(
+    cls: type[RemoteStoreError], message: str, url: str, operation: str, key: str | None
+) -> RemoteStoreError:
+    return cls(message, url=url, operation=operation, key=key)
+
+
+class StoreUnavailableError(RemoteStoreError):
+    """The store did not answer, timed out or kept throttling, after the retries."""
+
+
+class StoreAccessError(RemoteStoreError, PermissionError):
+    """The store refused the credentials, or they do not allow the operation."""
+
+
+class StoreNotFoundError(RemoteStoreError, NotFoundError):
+    """The bucket (or the root folder of a ``file://`` store) does not exist."""
+
+
+class ObjectNotFoundError(RemoteStoreError, NotFoundError):
+    """No object exists at that key."""
+
+
+class PreconditionFailedError(RemoteStoreError):
+    """A conditional write lost: the object changed (or vanished) since its ETag was read."""
+
+
+class ObjectExistsError(PreconditionFailedError, FileExistsError):
+    """A create-only write lost: an object already exists at that key."""
+
+
+class CacheMissError(RemoteStoreError, NotFoundError):
+    """Offline mode: the local cache does not hold what was asked for."""
 
 
 class IntegrityError(EmbedMLError):
