@@ -34,6 +34,7 @@ import hashlib
 import os
 import random
 import re
+import stat
 import threading
 import time
 import uuid
@@ -157,8 +158,8 @@ class ObjectStore(abc.ABC):
     def put_new(self, key: str, data: bytes) -> str:
         """Creates the object only if no object has that key; returns its ETag.
 
-        Of any number of concurrent writers exactly one succeeds; the others get
-        :class:`ObjectExistsError` and the object holds the winner's bytes, whole.
+        Of any number of concurrent writers of different bytes exactly one succeeds; the
+        others get :class:`ObjectExistsError` and the object holds the winner's bytes, whole.
         """
 
     @abc.abstractmethod
@@ -344,18 +345,16 @@ class LocalObjectStore(ObjectStore):
         try:
             with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
                 return f.read()
-        except FileNotFoundError:
-            if self.root.exists() and not self.root.is_dir():
-                raise self._error(
-                    StoreNotFoundError, op, key, "the store's path is not a folder"
-                ) from None
-            raise self._error(ObjectNotFoundError, op, key, "no such object") from None
-        except IsADirectoryError:
-            raise self._error(ObjectNotFoundError, op, key, "no such object (a folder)") from None
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise self._missing(op, key) from None
         except OSError as exc:
-            if exc.errno == errno.ENOTDIR:
-                raise self._error(ObjectNotFoundError, op, key, "no such object") from None
             raise self._os_error(op, key, exc) from exc
+
+    def _missing(self, op: str, key: str | None) -> Exception:
+        """The error for a key that names no object: is it the key, or the whole store?"""
+        if self.root.exists() and not self.root.is_dir():
+            return self._error(StoreNotFoundError, op, key, "the store's path is not a folder")
+        return self._error(ObjectNotFoundError, op, key, "no such object")
 
     def get(self, key: str) -> StoredObject:
         data = self._read("get", key)
@@ -377,6 +376,8 @@ class LocalObjectStore(ObjectStore):
                 f.flush()
                 os.fsync(f.fileno())
         except (FileExistsError, NotADirectoryError) as exc:
+            if self.root.exists() and not self.root.is_dir():
+                raise self._missing(op, key) from exc
             raise self._error(RemoteStoreError, op, key, f"a file is in the way ({exc})") from exc
         except OSError as exc:
             raise self._os_error(op, key, exc) from exc
@@ -419,17 +420,17 @@ class LocalObjectStore(ObjectStore):
         try:
             with self._locked("put", key):
                 try:
-                    current = _etag_of(self._read("put", key))
+                    current = self._read("put", key)
                 except ObjectNotFoundError:
                     raise self._error(
                         PreconditionFailedError, "put", key, f"expected ETag {etag}; it is gone"
                     ) from None
-                if current != etag:
+                if _etag_of(current) != etag:
                     raise self._error(
                         PreconditionFailedError,
                         "put",
                         key,
-                        f"expected ETag {etag}, found {current}: it changed since it was read",
+                        f"expected ETag {etag}; it changed since it was read",
                     )
                 os.replace(tmp, path)
         except OSError as exc:
@@ -456,9 +457,7 @@ class LocalObjectStore(ObjectStore):
                     found.append(ObjectInfo(key, info.st_size))
         except (FileNotFoundError, NotADirectoryError):
             if self.root.exists() and not self.root.is_dir():
-                raise self._error(
-                    StoreNotFoundError, "list", prefix, "the store's path is not a folder"
-                ) from None
+                raise self._missing("list", prefix or None) from None
             return []
         except OSError as exc:
             raise self._os_error("list", prefix or None, exc) from exc
@@ -482,14 +481,17 @@ class LocalObjectStore(ObjectStore):
         what = f"download of {self.url}/{key}"
         try:
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise self._error(ObjectNotFoundError, "download", key, "no such object") from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing("download", key) from None
         except OSError as exc:
             raise self._os_error("download", key, exc) from exc
-        with open(fd, "rb") as src, _hashing_file(Path(dest)) as out:
-            while chunk := src.read(CHUNK_BYTES):
-                out.write(chunk)
-            return out.commit(what, sha256, size)
+        with open(fd, "rb") as src:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise self._missing("download", key)
+            with _hashing_file(Path(dest)) as out:
+                while chunk := src.read(CHUNK_BYTES):
+                    out.write(chunk)
+                return out.commit(what, sha256, size)
 
 
 def _raise(exc: OSError) -> None:
@@ -505,6 +507,9 @@ _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExce
               "ServiceUnavailable", "ConditionalRequestConflict", "TooManyRequests"}  # fmt: skip
 _ACCESS = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
            "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "Forbidden"}  # fmt: skip
+
+# User metadata on every object written: a random id per put, to recognise our own write.
+_WRITE_ID = "embedml-write"
 
 # One lock guards client creation in every S3ObjectStore; re-made in a forked child, where
 # a copy held by another thread of the parent would never be released.
@@ -703,7 +708,7 @@ class S3ObjectStore(ObjectStore):
                 "no credentials found (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a"
                 " profile, or pass storage_options={'key': ..., 'secret': ...})",
             )
-        if isinstance(exc, bex.EndpointConnectionError | bex.ConnectTimeoutError):
+        if isinstance(exc, bex.ConnectTimeoutError) or _connect_failed(exc, bex):
             return _Failure("unsent", f"cannot connect ({exc})")
         if isinstance(exc, bex.BotoCoreError):
             return _Failure("ambiguous", f"{type(exc).__name__}: {exc}")
@@ -762,45 +767,61 @@ class S3ObjectStore(ObjectStore):
         self, key: str, data: bytes, condition: dict[str, str], expected_etag: str | None
     ) -> str:
         path = self._key(key)
+        # Tells our own write apart from another writer's when an answer was lost.
+        write_id = uuid.uuid4().hex
 
         async def call(s3: Any) -> str:
-            response = await s3.put_object(Bucket=self.bucket, Key=path, Body=data, **condition)
+            response = await s3.put_object(
+                Bucket=self.bucket, Key=path, Body=data, Metadata={_WRITE_ID: write_id}, **condition
+            )
             return response["ETag"]
 
-        try:
-            return self._run("put", key, call, idempotent=False)
-        except _Ambiguous as ambiguous:
-            # The request may have been applied: the object says whether it was ours.
+        for attempt in range(2):
             try:
-                current = self.get(key)
-            except ObjectNotFoundError:
-                current = None
-            if current is not None and current.data == data:
-                return current.etag
-            still = current is None if expected_etag is None else (
-                current is not None and current.etag == expected_etag
-            )  # fmt: skip
-            if still:  # not applied, and nobody else moved it: one clean retry
                 return self._run("put", key, call, idempotent=False)
-            failure = ambiguous.failure
-            raise self._translate("put", key, failure) from ambiguous.__cause__
-        except PreconditionFailedError as exc:
-            if expected_etag is None:
-                raise ObjectExistsError(
-                    "an object already exists", url=self.url, operation="put", key=key
-                ) from exc.__cause__
-            raise PreconditionFailedError(
-                f"expected ETag {expected_etag}: it changed since it was read",
-                url=self.url,
-                operation="put",
-                key=key,
-            ) from exc.__cause__
-        except ObjectNotFoundError as exc:
-            if expected_etag is None:
+            except _Ambiguous as ambiguous:
+                # The request may have been applied: the object's write id says whether.
+                etag, ours = self._written_by(key, write_id)
+                if ours:
+                    return etag  # type: ignore[return-value]
+                untouched = etag == expected_etag  # (None for put_new: still missing)
+                if attempt == 0 and untouched:  # not applied, nobody moved it: try again
+                    continue
+                raise self._translate("put", key, ambiguous.failure) from ambiguous.__cause__
+            except (PreconditionFailedError, ObjectNotFoundError) as exc:
+                # The conflict may be with our own write: aiohttp resends a PUT once when its
+                # connection breaks after sending (measured), and the resend of an applied
+                # conditional put fails its condition.
+                etag, ours = self._written_by(key, write_id)
+                if ours:
+                    return etag  # type: ignore[return-value]
+                raise self._conflict(key, expected_etag, etag is None) from exc.__cause__
+        raise AssertionError("unreachable")
+
+    def _written_by(self, key: str, write_id: str) -> tuple[str | None, bool]:
+        """The object's ETag (``None`` if missing), and whether ``write_id`` wrote it."""
+        path = self._key(key)
+
+        async def call(s3: Any) -> tuple[str | None, bool]:
+            try:
+                head = await s3.head_object(Bucket=self.bucket, Key=path)
+            except Exception as exc:
+                if self._classify(exc).kind == "missing-key":
+                    return None, False
                 raise
-            raise PreconditionFailedError(
-                f"expected ETag {expected_etag}; it is gone", url=self.url, operation="put", key=key
-            ) from exc.__cause__
+            return head["ETag"], head.get("Metadata", {}).get(_WRITE_ID) == write_id
+
+        return self._run("put", key, call)
+
+    def _conflict(self, key: str, expected_etag: str | None, gone: bool) -> RemoteStoreError:
+        if expected_etag is None:
+            return ObjectExistsError(
+                "an object already exists", url=self.url, operation="put", key=key
+            )
+        why = "it is gone" if gone else "it changed since it was read"
+        return PreconditionFailedError(
+            f"expected ETag {expected_etag}; {why}", url=self.url, operation="put", key=key
+        )
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         prefix = _check_prefix(prefix)
@@ -850,6 +871,21 @@ class _Ambiguous(Exception):
     def __init__(self, failure: _Failure) -> None:
         super().__init__(failure.detail)
         self.failure = failure
+
+
+def _connect_failed(exc: BaseException, bex: Any) -> bool:
+    """True if no connection was made, so the request surely did not reach the server.
+
+    aiobotocore raises ``EndpointConnectionError`` for a refused connection, but also for a
+    connection reset after the whole request was sent (measured: a create-only PUT applied
+    by the server, its answer cut); only the first is safe to retry.
+    """
+    if not isinstance(exc, bex.EndpointConnectionError):
+        return False
+    cause = getattr(exc, "kwargs", {}).get("error")
+    return type(cause).__name__ in ("ClientConnectorError", "ClientConnectorDNSError") or (
+        isinstance(cause, OSError) and type(cause).__module__ == "socket"  # gaierror
+    )
 
 
 def _is_aiohttp_error(exc: BaseException) -> bool:
