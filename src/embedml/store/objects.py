@@ -65,6 +65,7 @@ __all__ = [
     "S3ObjectStore",
     "StoredObject",
     "check_key",
+    "check_sha256",
     "open_object_store",
 ]
 
@@ -128,7 +129,8 @@ def _check_prefix(prefix: str) -> str:
     return check_key(prefix) if prefix else ""
 
 
-def _check_sha256(sha256: str | None) -> None:
+def check_sha256(sha256: str | None) -> None:
+    """Raises :class:`ConfigurationError` unless ``sha256`` is 64 lowercase hex digits (or None)."""
     if sha256 is not None and not (isinstance(sha256, str) and _SHA256_HEX.fullmatch(sha256)):
         raise ConfigurationError(f"expected a SHA-256 as 64 lowercase hex digits, got {sha256!r}")
 
@@ -476,7 +478,7 @@ class LocalObjectStore(ObjectStore):
     def download(
         self, key: str, dest: Path | str, *, sha256: str | None = None, size: int | None = None
     ) -> Download:
-        _check_sha256(sha256)
+        check_sha256(sha256)
         source = self._path(key)
         what = f"download of {self.url}/{key}"
         try:
@@ -850,7 +852,7 @@ class S3ObjectStore(ObjectStore):
     def download(
         self, key: str, dest: Path | str, *, sha256: str | None = None, size: int | None = None
     ) -> Download:
-        _check_sha256(sha256)
+        check_sha256(sha256)
         path = self._key(key)
         with _hashing_file(Path(dest)) as out:
 
