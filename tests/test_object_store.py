@@ -477,3 +477,28 @@ def test_every_store_error_names_the_store(objects: ObjectStore):
     with pytest.raises(RemoteStoreError) as info:
         objects.get("missing")
     assert objects.url in str(info.value)
+
+
+def test_no_credentials_at_all_is_a_clear_access_error(s3_bucket: S3Bucket, monkeypatch):
+    pytest.importorskip("s3fs")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with S3ObjectStore(f"{s3_bucket.url}/p") as store, pytest.raises(StoreAccessError) as info:
+        store.get("k")
+    assert "no credentials found" in str(info.value) and s3_bucket.url in str(info.value)
+
+
+_WITHOUT_S3FS = """
+import sys
+sys.modules["s3fs"] = None  # as if the s3 extra were not installed
+import embedml.store.objects as objects
+assert "botocore" not in sys.modules and "fsspec" not in sys.modules  # nothing eager
+try:
+    objects.open_object_store("s3://bucket/prefix")
+except objects.MissingExtraError as exc:
+    print(exc.extra, exc.name, isinstance(exc, ImportError))
+"""
+
+
+def test_s3_without_the_extra_is_a_missing_extra_error():
+    assert _run_children(_WITHOUT_S3FS, [[]]) == ["s3 s3fs True\n"]
