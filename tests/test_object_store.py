@@ -491,11 +491,12 @@ def test_no_credentials_at_all_is_a_clear_access_error(s3_bucket: S3Bucket, monk
 _WITHOUT_S3FS = """
 import sys
 sys.modules["s3fs"] = None  # as if the s3 extra were not installed
-import embedml.store.objects as objects
+from embedml.errors import MissingExtraError
+from embedml.store.objects import open_object_store
 assert "botocore" not in sys.modules and "fsspec" not in sys.modules  # nothing eager
 try:
-    objects.open_object_store("s3://bucket/prefix")
-except objects.MissingExtraError as exc:
+    open_object_store("s3://bucket/prefix")
+except MissingExtraError as exc:
     print(exc.extra, exc.name, isinstance(exc, ImportError))
 """
 
