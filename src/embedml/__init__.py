@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from . import _compat
 from ._version import __version__
 from .errors import (
+    AliasMovedError,
     ConfigurationError,
     EmbedMLError,
     FrameworkVersionError,
@@ -52,7 +53,9 @@ if TYPE_CHECKING:
     from .serving.batching import Batching, BatchingStats
     from .serving.cache import ModelCache, default_cache
     from .serving.handle import HandleState, ModelHandle, Prediction
-    from .store import ModelStore, ModelVersion
+    from .serving.load import ModelStore
+    from .serving.options import LoadOptions
+    from .store import ModelVersion
     from .store.manifest import Manifest
 
 _compat.install()  # old module paths (embedml.handle, embedml.batching, ...) keep working
@@ -92,12 +95,14 @@ _LAZY = {
     "TensorSpec": "schema",
     "ScoreSummary": "offline.scoring",
     "score": "offline.scoring",
-    "ModelStore": "store",
+    "ModelStore": "serving.load",
+    "LoadOptions": "serving.options",
     "ModelVersion": "store",
 }
 
 __all__ = [
     "ABTest",
+    "AliasMovedError",
     "Batching",
     "BatchingStats",
     "CallableSink",
@@ -116,6 +121,7 @@ __all__ = [
     "IntegrityError",
     "InvalidNameError",
     "JsonlSink",
+    "LoadOptions",
     "LoggingSink",
     "Manifest",
     "MissingExtraError",
@@ -181,28 +187,35 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
+# The two functions below are the lazy face of the serving layer: they import it when called.
 def default_store(store: ModelStore | str | os.PathLike[str] | None = None) -> ModelStore:
-    """The store to use: the argument, else ``$EMBEDML_STORE``, else ``./models``."""
-    from .store import ModelStore
+    """The store to use: the argument, else ``$EMBEDML_STORE``, else ``./models``.
 
-    if isinstance(store, ModelStore):
-        return store
+    A store layer :class:`embedml.store.Store` is given as a :class:`ModelStore` on the
+    same folder."""
+    from .serving.load import ModelStore, as_model_store
+    from .store import Store
+
+    if isinstance(store, Store):
+        return as_model_store(store)
     return ModelStore(store if store is not None else os.environ.get("EMBEDML_STORE", "models"))
 
 
 def load(
     name: str,
     version: str | int = "latest",
+    options: LoadOptions | None = None,
     *,
     store: ModelStore | str | os.PathLike[str] | None = None,
     cache: ModelCache | bool = True,
-    **options: Any,
+    **kwargs: Any,
 ) -> ModelHandle:
     """Load ``name`` at ``version`` from ``store`` (see :func:`default_store`).
 
-    The loaded model comes from the process-wide :func:`default_cache` (``cache=False`` loads
-    a private copy; or pass a :class:`ModelCache`), so loading the same version again is
-    nearly free. ``options`` are those of :meth:`ModelStore.load`; an unknown one is a
-    ``TypeError``.
+    The same as :meth:`ModelStore.load` (the same :class:`LoadOptions`, as keywords or as
+    ``options``; an unknown one is a ``TypeError``) with one other default: the loaded
+    model comes from the process-wide :func:`default_cache` (``cache=True``), so loading
+    the same version again is nearly free; ``cache=False`` loads a private copy, or pass a
+    :class:`ModelCache`. See ``docs/concepts.md`` for both entry points' defaults.
     """
-    return default_store(store).load(name, version, cache=cache, **options)
+    return default_store(store).load(name, version, options, cache=cache, **kwargs)

@@ -30,14 +30,19 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ._version import __version__
 from .errors import ConfigurationError, EmbedMLError, StoreError
+from .offline.export import ExportReport, quantize
+from .offline.scoring import score
 from .schema.synthetic import stack_rows, synthetic_rows
+from .serving.batching import Batching
+from .serving.load import ModelStore
+from .serving.options import LoadOptions
+from .store.model_store import store_root
+from .store.signing import KEY_ENV
 from .store.versions import parse_ref
-
-if TYPE_CHECKING:
-    from .store.model_store import ModelStore
 
 __all__ = ["main", "parse_ref"]
 
@@ -45,8 +50,6 @@ PROG = "embedml"
 
 
 def _open_store(args: argparse.Namespace) -> ModelStore:
-    from .store.model_store import ModelStore, store_root
-
     root = store_root(args.store or os.environ.get("EMBEDML_STORE") or "models")
     if not root.is_dir():
         raise StoreError(
@@ -198,13 +201,20 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from .offline.scoring import score
+def _load_options(args: argparse.Namespace, **more: Any) -> LoadOptions:
+    """The load options the command line sets (``--method``, ``--allow-extra``)."""
+    return LoadOptions(
+        method=getattr(args, "method", None),
+        allow_extra=getattr(args, "allow_extra", False),
+        **more,
+    )
 
+
+def _cmd_predict(args: argparse.Namespace) -> int:
     store = _open_store(args)
     name, spec = parse_ref(args.ref)
     progress = None if args.progress is None else args.progress
-    with store.load(name, spec, allow_extra=args.allow_extra, method=args.method) as handle:
+    with store.load(name, spec, _load_options(args)) as handle:
         summary = score(
             handle,
             args.input,
@@ -232,8 +242,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .store.signing import KEY_ENV
-
     store = _open_store(args)
     report = store.verify(
         args.name,
@@ -289,7 +297,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     store = _open_store(args)
     name, spec = parse_ref(args.ref)
-    with store.load(name, spec, method=args.method) as handle:
+    with store.load(name, spec, _load_options(args)) as handle:
         handle.check_row_wise("embedml bench (it times rows, batches of them and batching)")
         records = _synthetic(handle, max(args.batch_size, 256))
         handle.predict(records[0])  # warm-up, and a schema check of the synthetic inputs
@@ -356,12 +364,10 @@ def _bench_dynamic(
     dynamic batching (``embedml.Batching``), which joins concurrent calls into batches."""
     import numpy as np
 
-    from .serving.batching import Batching
-
     batching = Batching(max_batch_size=args.batch_size, max_queue=max(1024, args.batch_size))
     lats: list[list[float]] = [[] for _ in range(args.threads)]
     errors: list[BaseException] = []
-    with store.load(name, spec, batching=batching, method=args.method) as handle:
+    with store.load(name, spec, _load_options(args, batching=batching)) as handle:
         handle.predict(records[0])  # warm-up
         start = threading.Barrier(args.threads + 1)
         deadline = 0.0
@@ -429,8 +435,6 @@ def _read_sample(path: Path) -> Any:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from .offline.export import ExportReport, quantize
-
     store = _open_store(args)
     name, spec = parse_ref(args.ref)
     if args.sample is not None:
@@ -491,8 +495,6 @@ _METHOD_HELP = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``embedml`` command."""
-    from ._version import __version__
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--store",

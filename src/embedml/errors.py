@@ -15,6 +15,7 @@ builtin so that generic code keeps working (``LookupError``, ``ValueError``,
     │   └── RequestNotFoundError             log_outcome: no remembered prediction has that id
     ├── VersionExistsError                   versions are immutable
     ├── StoreError                           the store refused an operation
+    │   ├── AliasMovedError                  an alias moved while a promotion gate ran
     │   └── RemoteStoreError                 an object-store operation failed (url, operation, key)
     │       ├── StoreUnavailableError        network, timeout, throttling (after retries)
     │       ├── StoreAccessError (PermissionError)  credentials refused, access denied
@@ -56,6 +57,7 @@ __all__ = [
     "RequestNotFoundError",
     "VersionExistsError",
     "StoreError",
+    "AliasMovedError",
     "RemoteStoreError",
     "StoreUnavailableError",
     "StoreAccessError",
@@ -191,6 +193,16 @@ class ObjectExistsError(PreconditionFailedError, FileExistsError):
 
 class CacheMissError(RemoteStoreError, NotFoundError):
     """Offline mode: the local cache does not hold what was asked for."""
+class AliasMovedError(StoreError):
+    """:meth:`ModelStore.promote <embedml.ModelStore.promote>` did not move the alias: another
+    move changed it while the gate was scoring (against the version it pointed to before).
+    ``expected`` is that version, ``found`` the one it points to now (``None``: removed).
+    Promote again to score against the new one."""
+
+    def __init__(self, message: str, *, expected: str | None = None, found: str | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.found = found
 
 
 class IntegrityError(EmbedMLError):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..errors import UnsupportedFormatError
 from ..schema.core import TensorSpec
 
 __all__ = ["FormatOptions", "ModelFormat", "Runtime"]
@@ -149,8 +150,6 @@ class ModelFormat(ABC):
 
 def reject_options(fmt: str, options: FormatOptions, *allowed: str) -> None:
     """Raise if an option was set that the format ``fmt`` does not use."""
-    from ..errors import UnsupportedFormatError
-
     for opt in ("method", "session_options", "outputs"):
         if opt not in allowed and getattr(options, opt) is not None:
             raise UnsupportedFormatError(f"load option {opt}= does not apply to {fmt} models")

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import UnsupportedFormatError
 from .base import FormatOptions, ModelFormat, Runtime, reject_options
+from .restricted import restricted_joblib_loads, restricted_pickle_loads
 
 __all__ = ["JoblibFormat", "ObjectRuntime", "PickleFormat"]
 
@@ -111,8 +112,6 @@ class JoblibFormat(ModelFormat):
 
         reject_options(self.name, options, "method")
         if options.extra.get("restricted"):
-            from .restricted import restricted_joblib_loads
-
             obj = restricted_joblib_loads(
                 data, options.extra.get("trusted_types"), options.extra.get("trusted_callables")
             )
@@ -143,8 +142,6 @@ class PickleFormat(ModelFormat):
     def load(self, data: bytes, options: FormatOptions) -> Runtime:
         reject_options(self.name, options, "method")
         if options.extra.get("restricted"):
-            from .restricted import restricted_pickle_loads
-
             obj = restricted_pickle_loads(
                 data, options.extra.get("trusted_types"), options.extra.get("trusted_callables")
             )

@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, EmbedMLError, StoreError
+from ..offline.scoring import flatten_output, output_columns
+from ..serving.load import ModelStore
+from ..serving.options import LoadOptions
+from ..serving.stream import predict_batch_or_rows, split_rows
 
 __all__ = ["EmbedMLPredictor", "predict"]
 
@@ -58,16 +62,14 @@ class EmbedMLPredictor:
         *,
         feature_columns: Sequence[str] | None = None,
         error_column: str = "error",
-        load_options: Mapping[str, Any] | None = None,
+        load_options: LoadOptions | Mapping[str, Any] | None = None,
     ) -> None:
-        from ..store.model_store import ModelStore
-
         root = _store_path(store_uri)
         if not root.is_dir():
             raise StoreError(
                 f"no model store at {root} on this worker; the store must be on a filesystem every Ray node mounts at the same path"
             )
-        self.handle = ModelStore(root).load(name, version, **dict(load_options or {}))
+        self.handle = ModelStore(root).load(name, version, LoadOptions.of(load_options))
         try:
             self.handle.check_row_wise("the Ray integration (a dataset is predicted in row batches)")
         except ConfigurationError:
@@ -99,9 +101,6 @@ class EmbedMLPredictor:
 
     def __call__(self, batch: Any) -> Any:
         import pandas as pd
-
-        from ..offline.scoring import flatten_output, output_columns
-        from ..offline.streaming import predict_batch_or_rows, split_rows
 
         df = batch if isinstance(batch, pd.DataFrame) else pd.DataFrame(batch)
         n = len(df)
@@ -150,7 +149,7 @@ def predict(
     num_cpus: float = 1.0,
     feature_columns: Sequence[str] | None = None,
     error_column: str = "error",
-    load_options: Mapping[str, Any] | None = None,
+    load_options: LoadOptions | Mapping[str, Any] | None = None,
     **map_batches_kwargs: Any,
 ) -> Any:
     """Score a ``ray.data.Dataset``: returns a lazy Dataset with the prediction columns and
@@ -161,23 +160,18 @@ def predict(
     saved mid-job. ``concurrency`` actors (an int, or ``(min, max)`` for autoscaling) each
     reserve ``num_cpus`` CPUs and get batches of ``batch_size`` rows. Other keyword
     arguments go to ``Dataset.map_batches``. Raises :class:`ConfigurationError` /
-    :class:`StoreError` / the store's lookup errors before any work starts.
+    :class:`StoreError` / the store's lookup errors before any work starts;
+    ``load_options`` (a :class:`~embedml.serving.options.LoadOptions` or a dict of its
+    fields) are checked here too (``TypeError`` for an unknown one).
     """
-    from ..store.model_store import ModelStore
-
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     root = _store_path(store_uri)
     if not root.is_dir():
         raise StoreError(f"no model store at {root}")
-    options = dict(load_options or {})
+    options = LoadOptions.of(load_options)
     # an alias or "latest" goes through the signed store record when the loads will
-    mv = ModelStore(root).resolve(
-        name,
-        version,
-        require_signature=bool(options.get("require_signature")),
-        signing_key=options.get("signing_key"),
-    )
+    mv = ModelStore(root).resolve(name, version, **options.resolve_options())
     return dataset.map_batches(
         EmbedMLPredictor,
         fn_constructor_kwargs={

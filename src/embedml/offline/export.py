@@ -21,20 +21,22 @@ package, ``embedml[onnx]``) are imported when a function is called, not with thi
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import pickle
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import ConfigurationError, PredictionError, UnsupportedFormatError
-from ..schema.core import FieldSpec, RecordSchema, name_difference, schema_from_dict, schema_to_dict
-
-if TYPE_CHECKING:
-    from ..serving.handle import Pipeline
-    from ..store.model_store import ModelStore, ModelVersion
+from ..formats import FormatOptions, get_format
+from ..schema import FieldSpec, RecordSchema, name_difference, schema_from_dict, schema_to_dict
+from ..serving.options import LoadOptions
+from ..serving.pipeline import LoadedModel, Pipeline, build_pipeline, pipeline_on
+from ..store import ModelVersion, Store
+from ..store.manifest import Manifest
 
 __all__ = ["ExportReport", "quantize", "to_onnx"]
 
@@ -185,21 +187,27 @@ def _run(pipe: Pipeline, sample: Any, n: int) -> list[tuple[str, Any]]:
     return _outputs(pipe.run(pipe.prepare_many(sample), n), pipe.runtime)
 
 
+@dataclass(frozen=True)
+class _Unsaved:
+    """A candidate version not saved yet (a :class:`~embedml.serving.pipeline.Versioned`):
+    its name, a label for messages, and the manifest it would be saved with."""
+
+    name: str
+    version: str
+    manifest: Manifest
+
+
 def _candidate(
     name: str, data: bytes, manifest_fields: dict[str, Any], label: str
 ) -> Pipeline:
     """An in-memory pipeline on ONNX bytes not saved yet, to measure it before saving."""
-    from ..formats import FormatOptions, get_format
-    from ..serving.handle import LoadOptions, Pipeline
-    from ..store.manifest import Manifest
-    from ..store.model_store import ModelVersion
-
     runtime = get_format("onnx").load(data, FormatOptions())
     manifest = Manifest(
-        name=name, version=label, format="onnx", artifact="model.onnx", sha256="",
-        size=len(data), **manifest_fields,
+        name=name, version=label, format="onnx", artifact="model.onnx",
+        sha256=hashlib.sha256(data).hexdigest(), size=len(data), **manifest_fields,
     )  # fmt: skip
-    return Pipeline(ModelVersion(name, label, Path("."), manifest), runtime, LoadOptions(), 0.0)
+    options = LoadOptions()
+    return pipeline_on(LoadedModel(_Unsaved(name, label, manifest), runtime, options, 0.0), options)
 
 
 def _sklearn_reference(model: Any, sample: Any) -> list[Any]:
@@ -215,7 +223,7 @@ def _sklearn_reference(model: Any, sample: Any) -> list[Any]:
 
 
 def to_onnx(
-    store: ModelStore,
+    store: Store,
     name: str,
     sklearn_model: Any,
     sample: Any,
@@ -342,7 +350,7 @@ def _schema_object(d: dict[str, Any] | None) -> Any:
 
 
 def quantize(
-    store: ModelStore,
+    store: Store,
     name: str,
     version: str | int,
     sample: Any,
@@ -395,8 +403,6 @@ def quantize(
             raise UnsupportedFormatError(
                 f"ONNX Runtime could not quantise {src}: {type(exc).__name__}: {exc}"
             ) from exc
-
-    from ..serving.handle import LoadOptions, build_pipeline
 
     m = src.manifest
     steps = {

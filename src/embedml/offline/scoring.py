@@ -25,16 +25,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigurationError, EmbedMLError, PredictionError, SchemaError
+from ..serving.handle import ModelHandle
+from ..serving.stream import predict_batch_or_rows, split_rows
 from ..tensors import ClassProbabilities
-from .streaming import predict_batch_or_rows, split_rows
-
-if TYPE_CHECKING:
-    from ..serving.handle import ModelHandle
 
 __all__ = ["ScoreSummary", "flatten_output", "score"]
 

@@ -9,14 +9,14 @@ than 0.01 worse"). A failing gate raises :class:`GateFailedError` carrying the s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConfigurationError, GateFailedError
-
-if TYPE_CHECKING:
-    from ..store.model_store import ModelStore, ModelVersion
+from ..serving.load import open_handle
+from ..serving.options import LoadOptions
+from ..store import ModelVersion, Store
 
 __all__ = ["Gate"]
 
@@ -25,9 +25,11 @@ __all__ = ["Gate"]
 class Gate:
     """A promotion check: ``Gate(metric, X, y, min_score=None, max_drop=None)``.
 
-    ``y_pred`` is what ``handle.predict_batch(X)`` returns. ``load_options`` are passed to
-    :meth:`ModelStore.load` for both versions (e.g. ``{"method": "predict"}``).
-    Raises :class:`ConfigurationError` for a non-callable metric or negative ``max_drop``.
+    ``y_pred`` is what ``handle.predict_batch(X)`` returns. ``load_options`` (a
+    :class:`~embedml.serving.options.LoadOptions`, or a dict of its fields such as
+    ``{"method": "predict"}``) load both versions; a dict is turned into ``LoadOptions``
+    when the gate is made. Raises :class:`ConfigurationError` for a non-callable metric,
+    a negative ``max_drop`` or a bad load option, ``TypeError`` for an unknown one.
     """
 
     metric: Callable[[Any, Any], float]
@@ -35,23 +37,25 @@ class Gate:
     y: Any
     min_score: float | None = None
     max_drop: float | None = None
-    load_options: dict[str, Any] = field(default_factory=dict)
+    load_options: LoadOptions | Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        self.load_options = LoadOptions.of(self.load_options)
         if not callable(self.metric):
             raise ConfigurationError(f"metric must be a callable (y_true, y_pred) -> float, got {self.metric!r}")
         if self.max_drop is not None and not self.max_drop >= 0:
             raise ConfigurationError(f"max_drop must be >= 0 (a tolerated drop), got {self.max_drop!r}")
 
-    def score(self, store: ModelStore, mv: ModelVersion) -> float:
+    def score(self, store: Store, mv: ModelVersion) -> float:
         """Load ``mv``, predict the holdout set and return the metric."""
-        with store.load(mv.name, mv.version, **self.load_options) as handle:
+        options = LoadOptions.of(self.load_options)
+        with open_handle(store, mv.name, mv.version, options) as handle:
             value = float(self.metric(self.y, handle.predict_batch(self.X)))
         if math.isnan(value):
             raise GateFailedError(f"metric of {mv} is NaN", scores={"candidate": value})
         return value
 
-    def evaluate(self, store: ModelStore, candidate: ModelVersion, current: str | None) -> dict[str, Any]:
+    def evaluate(self, store: Store, candidate: ModelVersion, current: str | None) -> dict[str, Any]:
         """Score ``candidate`` (and ``current``, the version the alias points to, if any).
 
         Returns the scores; raises :class:`GateFailedError` with them if a bound is missed.

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError, IntegrityError, SchemaError
+from .core import RecordSchema, SchemaOptions, schema_from_dict
 
 __all__ = ["PROFILE_FILE", "FeatureProfile", "ReferenceProfile", "feature_matrix"]
 
@@ -195,8 +196,6 @@ def profile_for_schema(
 ) -> ReferenceProfile:
     """Validate ``data`` with the version's input schema (so columns line up with live
     inputs) and profile it. Raises :class:`SchemaError` naming the bad record."""
-    from .core import RecordSchema, SchemaOptions, schema_from_dict
-
     schema = schema_from_dict(input_schema)  # type: ignore[arg-type]
     names = None
     if schema is not None:

@@ -16,20 +16,21 @@ import math
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from cachetools import LRUCache
 
 from ..errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from ..store.model_store import ModelStore, ModelVersion
-    from .handle import LoadOptions, Pipeline
+from ..store import ModelVersion, Store
+from .options import LoadOptions
+from .pipeline import LoadedModel, Pipeline, load_model, pipeline_on
 
 __all__ = ["ModelCache", "default_cache"]
 
 
-def artifact_size(pipe: Pipeline) -> int:
+def artifact_size(model: LoadedModel) -> int:
     """The default size estimate of a loaded model: its artifact's bytes on disk."""
-    return max(1, int(pipe.mv.manifest.size))
+    return max(1, int(model.mv.manifest.size))
 
 
 class _Pending:
@@ -37,7 +38,7 @@ class _Pending:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.pipe: Pipeline | None = None
+        self.model: LoadedModel | None = None
         self.error: BaseException | None = None
 
 
@@ -45,7 +46,9 @@ class ModelCache:
     """A thread-safe LRU of loaded models; see the module docstring.
 
     ``max_models``: most models kept loaded; ``max_bytes``: most approximate bytes (``None``:
-    no byte bound); ``sizeof(pipeline) -> int``: the estimate (default: artifact size).
+    no byte bound); ``sizeof(model) -> int``: the estimate for a
+    :class:`~embedml.serving.pipeline.LoadedModel` (its ``mv`` and ``runtime``; default:
+    the artifact's size).
     Counters ``hits``, ``misses`` and ``evictions`` and :meth:`stats` show how it does.
     Raises :class:`ConfigurationError` for bounds below 1.
     """
@@ -55,10 +58,8 @@ class ModelCache:
         max_models: int = 32,
         max_bytes: int | None = None,
         *,
-        sizeof: Callable[[Pipeline], int] = artifact_size,
+        sizeof: Callable[[LoadedModel], int] = artifact_size,
     ) -> None:
-        from cachetools import LRUCache
-
         if not isinstance(max_models, int) or max_models < 1:
             raise ConfigurationError(f"max_models must be an integer >= 1, got {max_models!r}")
         if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 1):
@@ -68,14 +69,14 @@ class ModelCache:
         self.hits = self.misses = self.evictions = 0
         self._lock = threading.Lock()
         self._loading: dict[Any, _Pending] = {}
-        self._evicted: list[Pipeline] = []
+        self._evicted: list[LoadedModel] = []
         evicted = self._evicted
 
         class _LRU(LRUCache):  # type: ignore[misc,type-arg]
             def popitem(self) -> tuple[Any, Any]:
-                key, pipe = super().popitem()
-                evicted.append(pipe)
-                return key, pipe
+                key, model = super().popitem()
+                evicted.append(model)
+                return key, model
 
         self._lru = _LRU(maxsize=max_bytes if max_bytes is not None else math.inf, getsizeof=sizeof)
 
@@ -98,21 +99,27 @@ class ModelCache:
                 "misses": self.misses, "evictions": self.evictions,
             }  # fmt: skip
 
-    def _take_evicted(self) -> list[Pipeline]:
+    def _take_evicted(self) -> list[LoadedModel]:
         out = list(self._evicted)
         self._evicted.clear()
         self.evictions += len(out)
         return out
 
-    def pipeline(self, store: ModelStore, mv: ModelVersion, options: LoadOptions) -> Pipeline | None:
-        """The loaded pipeline of ``mv`` with one use taken for the caller (release it).
+    def pipeline(self, store: Store, mv: ModelVersion, options: LoadOptions) -> Pipeline | None:
+        """A new pipeline with ``options`` on the loaded model of ``mv`` (see
+        :meth:`model`), or ``None`` when the options cannot be a cache key (e.g. a
+        ``session_options`` dict): load it yourself. Raises what loading raises."""
+        model = self.model(store, mv, options)
+        return None if model is None else pipeline_on(model, options)
+
+    def model(self, store: Store, mv: ModelVersion, options: LoadOptions) -> LoadedModel | None:
+        """The loaded model of ``mv`` with one use taken for the caller (give it back with
+        ``release()``, or hand it to a pipeline). The key leaves out the per-handle options.
 
         Loads it on a miss (once, however many threads ask). Returns ``None`` when the
-        options cannot be a cache key (e.g. a ``session_options`` dict): load it yourself.
-        Raises what loading raises.
+        options cannot be a cache key. Raises what loading raises.
         """
-        from .handle import build_pipeline
-
+        options = options.for_model()
         key = (str(store.root), mv.name, mv.version, mv.manifest.sha256, options)
         try:
             hash(key)
@@ -120,10 +127,10 @@ class ModelCache:
             return None
         while True:
             with self._lock:
-                pipe = self._lru.get(key)
-                if pipe is not None and pipe.acquire():
+                model = self._lru.get(key)
+                if model is not None and model.acquire():
                     self.hits += 1
-                    return pipe
+                    return model
                 pending = self._loading.get(key)
                 loader = pending is None
                 if loader:
@@ -133,38 +140,40 @@ class ModelCache:
                 pending.done.wait()
                 if pending.error is not None:
                     raise pending.error
-                if pending.pipe is not None and pending.pipe.acquire():
+                if pending.model is not None and pending.model.acquire():
                     with self._lock:
                         self.hits += 1
-                    return pending.pipe
+                    return pending.model
                 continue  # evicted and closed before we got it: look again
-            return self._load(key, pending, build_pipeline, store, mv, options)
+            return self._load(key, pending, store, mv, options)
 
-    def _load(self, key: Any, pending: _Pending, build: Any, store: Any, mv: Any, options: Any) -> Pipeline:
+    def _load(
+        self, key: Any, pending: _Pending, store: Store, mv: ModelVersion, options: LoadOptions
+    ) -> LoadedModel:
         try:
-            pipe = build(store, mv, options)
+            model = load_model(store, mv, options)
         except BaseException as exc:
             with self._lock:
                 del self._loading[key]
             pending.error = exc
             pending.done.set()
             raise
-        pipe.acquire()  # the caller's use; the cache keeps the one the pipeline was born with
+        model.acquire()  # the caller's use; the cache keeps the one the model was born with
         with self._lock:
             del self._loading[key]
             self.misses += 1
             try:
-                self._lru[key] = pipe
+                self._lru[key] = model
             except ValueError:  # larger than max_bytes on its own: serve it uncached
-                self._evicted.append(pipe)
+                self._evicted.append(model)
             while len(self._lru) > self.max_models:
                 self._lru.popitem()
             evicted = self._take_evicted()
-            pending.pipe = pipe
+            pending.model = model
         pending.done.set()
         for old in evicted:
-            old.release()  # closes it now, or when its last handle / call lets go
-        return pipe
+            old.release()  # closes it now, or when its last pipeline lets go
+        return model
 
     def clear(self) -> None:
         """Drop every model; each closes once no handle or call uses it."""

@@ -18,18 +18,28 @@ import logging
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ..clock import SYSTEM_CLOCK, Clock, check_clock, wait_for
 from ..errors import ConfigurationError, HandleClosedError
-
-if TYPE_CHECKING:
-    from ..store.model_store import ModelStore
-    from .handle import ModelHandle
+from ..store import ModelVersion, Store
 
 __all__ = ["Follower"]
 
 log = logging.getLogger("embedml.serving.follow")
+
+class Followed(Protocol):
+    """What a follower needs of its handle (:class:`~embedml.ModelHandle` is one; it owns
+    its follower, so this module does not import it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    def _swap_to(self, mv: ModelVersion) -> str: ...
+
 
 # Live followers, for the fork handler below.
 _LIVE: weakref.WeakSet[Follower] = weakref.WeakSet()
@@ -54,11 +64,12 @@ class Follower:
 
     def __init__(
         self,
-        handle: ModelHandle,
-        store: ModelStore,
+        handle: Followed,
+        store: Store,
         spec: str,
         poll_s: float,
         *,
+        resolve_options: dict[str, Any] | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if not isinstance(poll_s, int | float) or not poll_s > 0:
@@ -70,6 +81,7 @@ class Follower:
         self.errors = 0
         self.last_error: str | None = None
         self._store = store
+        self._resolve_options = dict(resolve_options or {})  # e.g. require_signature
         self._name = handle.name
         self._handle = weakref.ref(handle)
         self._stopping = False
@@ -109,9 +121,9 @@ class Follower:
             finally:
                 del handle
 
-    def _poll(self, handle: ModelHandle) -> None:
+    def _poll(self, handle: Followed) -> None:
         try:
-            mv = self._store.resolve(self._name, self.spec, **handle._options.resolve_options())
+            mv = self._store.resolve(self._name, self.spec, **self._resolve_options)
         except Exception as exc:
             self._error(f"cannot resolve {self._name}{self.spec}: {exc}")
             return

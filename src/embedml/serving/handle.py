@@ -24,29 +24,27 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import (
     ConfigurationError,
     HandleClosedError,
 )
 from ..observe.hooks import Observer, Sink, new_request_id
-from ..schema.core import (
-    Schema,
-)
+from ..observe.sinks import as_sink
+from ..schema import Schema
 from ..schema.frames import is_frame, output_frame
+from ..schema.profile import PROFILE_FILE, ReferenceProfile
 from ..schema.synthetic import synthetic_batch
+from ..store import ModelVersion, Store
 from ..store.manifest import Manifest
 from ..tensors import n_rows, take
-
-if TYPE_CHECKING:
-    from ..store.model_store import ModelStore, ModelVersion
-    from .batching import BatchingStats
-    from .cache import ModelCache
-    from .follow import Follower
-
+from .batching import BatchingStats
+from .cache import ModelCache
+from .follow import Follower
 from .options import LoadOptions
 from .pipeline import _LIVE, Pipeline, build_pipeline
+from .stream import apredict_stream, predict_stream
 
 __all__ = ["HandleState", "LoadOptions", "ModelHandle", "Pipeline", "Prediction", "new_request_id"]
 
@@ -88,9 +86,13 @@ class ModelHandle:
         pipeline: Pipeline,
         options: LoadOptions,
         *,
-        store: ModelStore | None = None,
+        store: Store | None = None,
         cache: ModelCache | None = None,
+        follow: str | None = None,
     ) -> None:
+        """A handle owning ``pipeline`` (made by :mod:`embedml.serving.load`); with
+        ``follow`` (a version spec such as ``"@production"``) and a ``store``, it follows
+        that spec (see :class:`~embedml.serving.follow.Follower`)."""
         self._pipe = pipeline  # this handle owns one use of it (see Pipeline.acquire)
         self._options = options
         self._state = HandleState.OPEN
@@ -106,26 +108,16 @@ class ModelHandle:
         try:
             for hook in options.hooks:
                 self.add_hook(hook)
+            if follow is not None and store is not None:
+                self._follower = Follower(
+                    self, store, follow, options.poll_s, resolve_options=options.resolve_options()
+                )
         except BaseException:
             self.close()
             raise
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
-
-    @classmethod
-    def open(
-        cls,
-        store: ModelStore,
-        mv: ModelVersion,
-        options: LoadOptions,
-        cache: ModelCache | None = None,
-    ) -> ModelHandle:
-        """Open ``mv`` (from ``cache`` when given, else loaded now) and wrap it in a handle."""
-        pipe = cache.pipeline(store, mv, options) if cache is not None else None
-        if pipe is None:
-            pipe = build_pipeline(store, mv, options)
-        return cls(pipe, options, store=store, cache=cache)
 
     # -- identity
     @property
@@ -384,8 +376,6 @@ class ModelHandle:
         (run on a background thread). Returns the sink. Raises :class:`ConfigurationError`
         for anything else, :class:`HandleClosedError` on a closed handle.
         """
-        from ..observe.sinks import as_sink
-
         if self._state is not HandleState.OPEN:
             raise HandleClosedError(f"the handle for {self._pipe.label} is closed")
         if not callable(hook) and not isinstance(hook, Sink):
@@ -486,8 +476,6 @@ class ModelHandle:
     def reference_profile(self) -> Any:
         """The reference profile saved with this version (``store.save(...,
         reference_data=X)``), verified against the manifest's SHA-256, or ``None``."""
-        from ..schema.profile import PROFILE_FILE, ReferenceProfile
-
         mv = self._pipe.mv
         if self._store is None or PROFILE_FILE not in mv.manifest.extra_files:
             return None
@@ -595,7 +583,7 @@ class ModelHandle:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- streaming (see embedml.offline.streaming)
+    # -- streaming (see embedml.serving.stream)
     def predict_stream(
         self,
         records: Any,
@@ -608,8 +596,6 @@ class ModelHandle:
 
         See :func:`embedml.offline.streaming.predict_stream` (bounded memory, ``on_error``).
         """
-        from ..offline.streaming import predict_stream
-
         return predict_stream(
             self, records, batch_size=batch_size, max_wait_ms=max_wait_ms, on_error=on_error  # type: ignore[arg-type]
         )
@@ -626,8 +612,6 @@ class ModelHandle:
 
         See :func:`embedml.offline.streaming.apredict_stream`.
         """
-        from ..offline.streaming import apredict_stream
-
         return apredict_stream(
             self, records, batch_size=batch_size, max_wait_ms=max_wait_ms, on_error=on_error  # type: ignore[arg-type]
         )

@@ -4,8 +4,10 @@ Every call runs, in this order::
 
     validate input (schema) -> preprocess -> model -> postprocess -> validate output
 
-:func:`build_pipeline` verifies an artifact and loads it with its format into a pipeline;
-handles and batchers call its stages. See :mod:`embedml.serving.handle`.
+:func:`load_model` verifies an artifact and loads it with its format into a
+:class:`LoadedModel` (what a :class:`~embedml.ModelCache` shares between handles);
+:func:`build_pipeline` puts a pipeline of one handle on it. Handles and batchers call the
+pipeline's stages. See :mod:`embedml.serving.handle`.
 """
 
 from __future__ import annotations
@@ -19,35 +21,41 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import (
     ConfigurationError,
     EmbedMLError,
     PredictionError,
     SchemaError,
+    UnsupportedFormatError,
     UntrustedArtifactError,
 )
 from ..formats import Runtime, get_format
 from ..formats.signature import input_schema_for
-from ..schema.core import (
+from ..schema import (
     NoSchema,
     RecordSchema,
     Schema,
     TensorSchema,
     schema_from_dict,
 )
+from ..store import ModelVersion, Store
 from ..store.manifest import Manifest, method_problem
 from ..tensors import ClassProbabilities, n_rows, take
+from .batching import Batcher
+from .options import LoadOptions
 from .trust import check_before_load
 
-if TYPE_CHECKING:
-    from ..store.model_store import ModelStore, ModelVersion
-    from .batching import Batcher
-
-from .options import LoadOptions
-
-__all__ = ["Pipeline", "build_pipeline", "passes_through"]
+__all__ = [
+    "LoadedModel",
+    "Pipeline",
+    "Versioned",
+    "build_pipeline",
+    "load_model",
+    "passes_through",
+    "pipeline_on",
+]
 
 _log = logging.getLogger("embedml.serving.pipeline")
 
@@ -87,6 +95,61 @@ def _import_callable(path: str, what: str) -> Callable[[Any], Any]:
     return fn
 
 
+class Versioned(Protocol):
+    """What a pipeline reads of its version: a stored :class:`~embedml.store.ModelVersion`,
+    or a candidate not saved yet (:mod:`embedml.offline.export` measures one before it
+    saves it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+
+class LoadedModel:
+    """One version's runtime, loaded once: the thing a :class:`~embedml.ModelCache` keeps and
+    shares between the pipelines of several handles. Counted uses (one for its owner, one
+    per pipeline on it); the runtime is closed when the last use is given back.
+
+    ``options`` are the load options it was loaded with, without the per-handle ones
+    (:meth:`LoadOptions.for_model`)."""
+
+    def __init__(
+        self, mv: Versioned, runtime: Runtime, options: LoadOptions, load_seconds: float
+    ) -> None:
+        self.mv = mv
+        self.runtime = runtime
+        self.options = options.for_model()
+        self.load_seconds = load_seconds
+        self._uses = 1
+        self._uses_lock = threading.Lock()
+        _LIVE.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._uses_lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        """Take one use; ``False`` if the runtime has already been closed for good."""
+        with self._uses_lock:
+            if self._uses <= 0:
+                return False
+            self._uses += 1
+            return True
+
+    def release(self) -> bool:
+        """Give back one use; the last one closes the runtime and returns ``True``."""
+        with self._uses_lock:
+            self._uses -= 1
+            last = self._uses == 0
+        if last:
+            self.runtime.close()
+        return last
+
+
 class Pipeline:
     """One loaded version: validates, runs the stages, and shapes results. Thread-safe.
 
@@ -99,13 +162,14 @@ class Pipeline:
     tensors go to the model whole and its outputs come back whole, and batching is refused.
     """
 
-    def __init__(
-        self, mv: ModelVersion, runtime: Runtime, options: LoadOptions, load_seconds: float
-    ) -> None:
-        self.mv = mv
-        self.runtime = runtime
+    def __init__(self, model: LoadedModel, options: LoadOptions) -> None:
+        """A pipeline on ``model`` with the handle's ``options``; it owns one use of
+        ``model`` (taken by the caller), given back when the pipeline closes."""
+        self.model = model
+        self.mv = mv = model.mv
+        self.runtime = runtime = model.runtime
         self.label = f"{mv.name}@{mv.version}"
-        self.load_seconds = load_seconds
+        self.load_seconds = model.load_seconds
         m = mv.manifest
         signature = m.signature or {}
         pre = options.preprocess if options.preprocess is not None else m.preprocess
@@ -161,8 +225,6 @@ class Pipeline:
         # Dynamic batching (embedml.serving.batching): joins concurrent calls on this pipeline.
         self.batcher: Batcher | None = None
         if options.batching is not None:
-            from .batching import Batcher
-
             self.batcher = Batcher(self, options.batching)  # type: ignore[arg-type]
 
         # Uses: one for the owner (a handle or the cache) plus one per call in flight. The
@@ -336,7 +398,7 @@ class Pipeline:
             self._release_runtime()
 
     def _release_runtime(self) -> None:
-        self.runtime.close()
+        self.model.release()
         self._released.set()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
@@ -379,12 +441,14 @@ def _parts(out: Any) -> list[tuple[str, Any]]:
     return [("0", out)]
 
 
-def build_pipeline(store: ModelStore, mv: ModelVersion, options: LoadOptions) -> Pipeline:
-    """Verify the artifact of ``mv`` and load it with its format into a new :class:`Pipeline`.
+def load_model(store: Store, mv: ModelVersion, options: LoadOptions) -> LoadedModel:
+    """Verify the artifact of ``mv`` and load it with its format.
 
     The method called is ``options.method``, else the one saved with the version; under
     ``options.restricted`` a saved method outside ``STANDARD_METHODS`` raises
-    :class:`UntrustedArtifactError`."""
+    :class:`UntrustedArtifactError`. Raises the errors of :func:`check_before_load` and
+    :meth:`Store.read_artifact <embedml.store.Store.read_artifact>`, and
+    :class:`UnsupportedFormatError` when the format cannot load the bytes."""
     start = time.perf_counter()
     # signature, import paths and framework versions: before any byte is read
     check_before_load(mv, options)
@@ -401,13 +465,23 @@ def build_pipeline(store: ModelStore, mv: ModelVersion, options: LoadOptions) ->
     except EmbedMLError:
         raise
     except Exception as exc:
-        from ..errors import UnsupportedFormatError
-
         raise UnsupportedFormatError(
             f"could not load {mv} as {fmt.name}: {type(exc).__name__}: {exc}"
         ) from exc
+    return LoadedModel(mv, runtime, options, time.perf_counter() - start)
+
+
+def pipeline_on(model: LoadedModel, options: LoadOptions) -> Pipeline:
+    """A new pipeline on ``model``, which gives it the use the caller took; the use is
+    given back if the pipeline is refused (e.g. ``batching=`` on a model that is not
+    row-wise: :class:`ConfigurationError`)."""
     try:
-        return Pipeline(mv, runtime, options, time.perf_counter() - start)
-    except BaseException:  # e.g. batching refused: the runtime (an ORT session) is released
-        runtime.close()
+        return Pipeline(model, options)
+    except BaseException:
+        model.release()
         raise
+
+
+def build_pipeline(store: Store, mv: ModelVersion, options: LoadOptions) -> Pipeline:
+    """Load ``mv`` (:func:`load_model`) into a pipeline of its own."""
+    return pipeline_on(load_model(store, mv, options), options)

@@ -1,6 +1,7 @@
 """What is checked about a version before its artifact is opened.
 
-:func:`check_before_load` runs first in :meth:`ModelHandle.open`: the manifest signature
+:func:`check_before_load` runs first when a version is loaded
+(:func:`~embedml.serving.pipeline.load_model`): the manifest signature
 (see :mod:`embedml.store.signing`) and the framework versions recorded in the manifest against
 the installed ones. The artifact's hash is checked afterwards, by
 :meth:`ModelStore.read_artifact`, on the very bytes that get deserialised.
@@ -10,21 +11,22 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     FrameworkVersionError,
     FrameworkVersionWarning,
     SignatureError,
-    UntrustedArtifactError,
 )
-from ..formats.restricted import callable_names, callable_trusted
-from ..store.manifest import MANIFEST_FILE, Manifest
+from ..store.manifest import (
+    IMPORT_PATH_FIELDS,
+    MANIFEST_FILE,
+    Manifest,
+    import_paths_error,
+    refused_import_paths,
+)
+from ..store.model_store import ModelVersion
 from ..store.signing import resolve_key, verify_signature
-
-if TYPE_CHECKING:
-    from ..store.model_store import ModelVersion
-    from .handle import LoadOptions
+from .options import LoadOptions
 
 __all__ = [
     "IMPORT_PATH_FIELDS",
@@ -34,9 +36,6 @@ __all__ = [
     "import_paths_error",
     "refused_import_paths",
 ]
-
-#: Manifest fields that name code (``"package.module:function"``) a load imports and calls.
-IMPORT_PATH_FIELDS = ("preprocess", "postprocess")
 
 #: Distributions whose version must match the manifest's for a model to behave the same.
 WATCHED_FRAMEWORKS = ("scikit-learn", "torch", "onnxruntime")
@@ -74,36 +73,6 @@ def framework_skew(manifest: Manifest) -> dict[str, tuple[str, str | None]]:
         if installed is None or not _same_release(saved, installed):
             skew[dist] = (saved, installed)
     return skew
-
-
-def refused_import_paths(
-    manifest: Manifest, trusted_callables: Any = (), skip: tuple[str, ...] = ()
-) -> dict[str, str]:
-    """``{field: import path}`` of the manifest's import paths that a ``restricted=True``
-    load refuses: those not on ``trusted_callables`` (see
-    :func:`~embedml.formats.restricted.callable_names`). Fields in ``skip`` are not
-    read (the caller overrides them)."""
-    trusted = callable_names(trusted_callables)
-    refused = {}
-    for field in IMPORT_PATH_FIELDS:
-        path = getattr(manifest, field)
-        if field in skip or path is None:
-            continue
-        module, _, attr = path.partition(":")
-        if not callable_trusted(module, attr, trusted):
-            refused[field] = path
-    return refused
-
-
-def import_paths_error(label: str, refused: dict[str, str]) -> UntrustedArtifactError:
-    """The error (and ``verify()`` report) for :func:`refused_import_paths`' findings."""
-    fields = ", ".join(f"{field}={path!r}" for field, path in refused.items())
-    paths = ", ".join(repr(p) for p in refused.values())
-    return UntrustedArtifactError(
-        f"{label}: the manifest names code to import and call ({fields}); a restricted load "
-        f"only runs callables on its allow-list. If you trust it, pass trusted_callables=[{paths}]",
-        type_name=next(iter(refused.values())),
-    )
 
 
 def check_before_load(mv: ModelVersion, options: LoadOptions) -> None:

@@ -13,11 +13,24 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, UntrustedArtifactError
+from ..formats.restricted import callable_names, callable_trusted
 
-__all__ = ["MANIFEST_FILE", "STANDARD_METHODS", "Manifest", "environment", "method_problem"]
+__all__ = [
+    "IMPORT_PATH_FIELDS",
+    "MANIFEST_FILE",
+    "STANDARD_METHODS",
+    "Manifest",
+    "environment",
+    "import_paths_error",
+    "method_problem",
+    "refused_import_paths",
+]
 
 MANIFEST_FILE = "manifest.json"
+
+#: Manifest fields that name code (``"package.module:function"``) a load imports and calls.
+IMPORT_PATH_FIELDS = ("preprocess", "postprocess")
 
 #: The methods a version saved with ``method=`` may name and still load with
 #: ``restricted=True``: the artifact's owner chose the name, so anything else is refused.
@@ -202,3 +215,33 @@ def environment(distributions: list[str]) -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
+
+
+def refused_import_paths(
+    manifest: Manifest, trusted_callables: Any = (), skip: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """``{field: import path}`` of the manifest's import paths that a ``restricted=True``
+    load refuses: those not on ``trusted_callables`` (see
+    :func:`~embedml.formats.restricted.callable_names`). Fields in ``skip`` are not
+    read (the caller overrides them)."""
+    trusted = callable_names(trusted_callables)
+    refused = {}
+    for field in IMPORT_PATH_FIELDS:
+        path = getattr(manifest, field)
+        if field in skip or path is None:
+            continue
+        module, _, attr = path.partition(":")
+        if not callable_trusted(module, attr, trusted):
+            refused[field] = path
+    return refused
+
+
+def import_paths_error(label: str, refused: dict[str, str]) -> UntrustedArtifactError:
+    """The error (and ``verify()`` report) for :func:`refused_import_paths`' findings."""
+    fields = ", ".join(f"{field}={path!r}" for field, path in refused.items())
+    paths = ", ".join(repr(p) for p in refused.values())
+    return UntrustedArtifactError(
+        f"{label}: the manifest names code to import and call ({fields}); a restricted load "
+        f"only runs callables on its allow-list. If you trust it, pass trusted_callables=[{paths}]",
+        type_name=next(iter(refused.values())),
+    )

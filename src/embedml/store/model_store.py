@@ -1,5 +1,6 @@
-"""``ModelStore``: versioned model artifacts in a directory. It never serves a model: at
-save it only reads the model's declared interface (and runs an ``input_example`` once).
+"""``Store``: versioned model artifacts in a directory. It never loads or serves a model (at
+save it only reads the model's declared interface and runs an ``input_example`` once);
+:class:`embedml.ModelStore` (:mod:`embedml.serving.load`) is this class plus ``load``.
 
 Layout::
 
@@ -44,14 +45,16 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from packaging.version import Version
 
 from .._version import __version__
 from ..errors import (
+    AliasMovedError,
     ConfigurationError,
     EmbedMLError,
+    GateFailedError,
     IntegrityError,
     InvalidNameError,
     ModelNotFoundError,
@@ -71,10 +74,18 @@ from ..formats import (
     get_format,
 )
 from ..formats.signature import signature_at_save
-from ..schema.core import TensorSchema, schema_from_dict, schema_to_dict
-from ..serving.trust import import_paths_error, refused_import_paths
+from ..schema import TensorSchema, schema_from_dict, schema_to_dict
+from ..schema.profile import PROFILE_FILE, profile_for_schema
 from . import versions as V
-from .manifest import MANIFEST_FILE, STANDARD_METHODS, Manifest, environment, method_problem
+from .manifest import (
+    MANIFEST_FILE,
+    STANDARD_METHODS,
+    Manifest,
+    environment,
+    import_paths_error,
+    method_problem,
+    refused_import_paths,
+)
 from .record import (
     RECORD_FILE,
     ModelRecord,
@@ -87,12 +98,7 @@ from .record import (
 from .safe_io import append_line, fsync_dir, locked, read_metadata, write_atomic
 from .signing import KEY_ENV, SIGNATURE_FILE, resolve_key, signature_document, verify_signature
 
-if TYPE_CHECKING:
-    from ..rollout.promotion import Gate
-    from ..serving.cache import ModelCache
-    from ..serving.handle import ModelHandle
-
-__all__ = ["ModelStore", "ModelVersion"]
+__all__ = ["ModelStore", "ModelVersion", "PromotionGate", "Store"]
 
 _ALIASES = "aliases.json"
 _HISTORY = "history.jsonl"
@@ -100,7 +106,7 @@ _LOCK = ".lock"
 _MOVES = ("set_alias", "promote")
 log = logging.getLogger("embedml.store")
 _CHUNK = 1 << 20
-# The model lock files each thread holds (by path, whatever ModelStore object took them):
+# The model lock files each thread holds (by path, whatever Store object took them):
 # flock locks belong to open files, so taking one again in the same thread would deadlock.
 _held = threading.local()
 
@@ -309,10 +315,21 @@ def _inspect(
         return None
 
 
-class ModelStore:
+class PromotionGate(Protocol):
+    """What :meth:`Store.promote` needs of a gate (:class:`embedml.Gate` is one)."""
+
+    def evaluate(self, store: Any, candidate: ModelVersion, current: str | None) -> dict[str, Any]:
+        """Score ``candidate`` against ``current`` (the version the alias points to, if
+        any); return the scores, or raise :class:`GateFailedError` carrying them."""
+        ...
+
+
+class Store:
     """A directory of models, each with immutable PEP 440 versions and movable aliases.
 
-    ``ModelStore(root)`` creates the folder if needed. Alias updates are serialised with
+    This is the store without loading: :class:`embedml.ModelStore` adds
+    :meth:`~embedml.ModelStore.load` (use that one; it is this class too, so
+    ``isinstance(s, embedml.store.Store)`` holds for it). ``Store(root)`` creates the folder if needed. Alias updates are serialised with
     an advisory file lock (POSIX ``flock``), so several processes may share one store.
     ``root`` is a local folder (``file:///path`` is read as that path); a URL such as
     ``s3://bucket/models`` raises :class:`ConfigurationError`: remote stores do not exist yet.
@@ -334,7 +351,7 @@ class ModelStore:
         self._generation = -1
 
     def __repr__(self) -> str:
-        return f"ModelStore({str(self.root)!r})"
+        return f"{type(self).__name__}({str(self.root)!r})"
 
     # -- paths
     def _model_dir(self, name: str) -> Path:
@@ -653,8 +670,6 @@ class ModelStore:
             raise InvalidNameError(f"metadata must be JSON-serialisable: {exc}") from None
         profile = None
         if reference_data is not None:
-            from ..schema.profile import profile_for_schema
-
             profile = profile_for_schema(reference_data, reference_outputs, in_schema).to_json()
 
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -689,8 +704,6 @@ class ModelStore:
                     runtime.close()
             extra_files = {}
             if profile is not None:
-                from ..schema.profile import PROFILE_FILE
-
                 write_atomic(tmp / PROFILE_FILE, profile.encode())
                 extra_files[PROFILE_FILE] = sha256_file(tmp / PROFILE_FILE)
             os.chmod(tmp, stat.S_IMODE(os.stat(model_dir).st_mode))
@@ -925,7 +938,7 @@ class ModelStore:
         version: str | int,
         alias: str = "production",
         *,
-        gate: Gate | None = None,
+        gate: PromotionGate | None = None,
         who: str | None = None,
         signing_key: str | bytes | None = None,
     ) -> ModelVersion:
@@ -935,34 +948,53 @@ class ModelStore:
         holdout set; the outcome and scores are appended to :meth:`history` either way
         (an ``action="gate"`` entry, then the ``"promote"`` move when it passed). With a
         key the move is signed as in :meth:`set_alias`.
-        Raises :class:`GateFailedError` (carrying the scores; the alias is not moved), and
-        the errors of :meth:`resolve`, :meth:`load` and :meth:`set_alias`.
+
+        The gate runs outside the store's lock (it loads and runs models: other processes
+        may move aliases meanwhile); the alias is then moved only if it still points where
+        it did when the gate started (compare-and-set under the lock). If it moved,
+        :class:`AliasMovedError` is raised and nothing is moved: promote again to score
+        against the new version.
+        Raises :class:`GateFailedError` (carrying the scores; the alias is not moved),
+        :class:`AliasMovedError`, and the errors of :meth:`resolve`, the gate's loads and
+        :meth:`set_alias`.
         """
         alias = V.check_alias(alias)
         key = resolve_key(signing_key)
+        target = self.resolve(name, V.canonical_version(version))
+        previous = self.aliases(name).get(alias)
+        gate_entry: dict[str, Any] | None = None
+        extra: dict[str, Any] = {}
+        if gate is not None:
+            gate_entry = {
+                "action": "gate", "alias": alias, "from": previous, "to": target.version,
+                "who": who or current_user(),
+            }  # fmt: skip
+            try:
+                scores = gate.evaluate(self, target, previous)
+            except GateFailedError as exc:
+                with self._lock(name):
+                    self._append_history(name, {**gate_entry, "passed": False, "scores": exc.scores})
+                raise
+            gate_entry.update(passed=True, scores=scores)
+            extra = {"gate": scores}
         with self._lock(name):
-            # Scored under the lock so that the version compared against cannot move meanwhile.
-            target = self.resolve(name, V.canonical_version(version))
-            previous = self.aliases(name).get(alias)
-            extra: dict[str, Any] = {}
-            if gate is not None:
-                from ..errors import GateFailedError
-
-                try:
-                    scores = gate.evaluate(self, target, previous)
-                except GateFailedError as exc:
-                    self._append_history(name, {
-                        "action": "gate", "alias": alias, "from": previous, "to": target.version,
-                        "passed": False, "scores": exc.scores, "who": who or current_user(),
-                    })  # fmt: skip
-                    raise
-                self._append_history(name, {
-                    "action": "gate", "alias": alias, "from": previous, "to": target.version,
-                    "passed": True, "scores": scores, "who": who or current_user(),
-                })  # fmt: skip
-                extra = {"gate": scores}
-            self._move_alias(name, alias, target, "promote", who, key, **extra)
-        return target
+            if gate_entry is not None:
+                self._append_history(name, gate_entry)
+            now = self.aliases(name).get(alias)
+            if gate is not None and not _same_version(now, previous):
+                raise AliasMovedError(
+                    f"{name}@{alias} moved from {previous or 'nothing'} to {now or 'nothing'} "
+                    f"while the gate scored {target}; not promoting it (promote again to "
+                    "score against the new version)",
+                    expected=previous,
+                    found=now,
+                )
+            # the version may have been deleted (or replaced) while the gate ran
+            current = self.resolve(name, target.version)
+            if current.manifest.sha256 != target.manifest.sha256:
+                raise IntegrityError(f"{target} changed while its gate ran; not promoting it")
+            self._move_alias(name, alias, current, "promote", who, key, **extra)
+        return current
 
     def rollback(
         self,
@@ -1323,101 +1355,6 @@ class ModelStore:
         except EmbedMLError as exc:
             report[f"{model}/{_HISTORY}"] = str(exc)
 
-    # -- loading (delegated: the store itself never loads a model)
-    def load(
-        self,
-        name: str,
-        version: str | int = "latest",
-        *,
-        method: str | None = None,
-        session_options: Any = None,
-        outputs: str | list[str] | None = None,
-        preprocess: Any = None,
-        postprocess: Any = None,
-        strict: bool = True,
-        allow_extra: bool = False,
-        batching: Any = None,
-        hooks: list[Any] | tuple[Any, ...] = (),
-        follow: bool = False,
-        poll_s: float = 1.0,
-        cache: ModelCache | bool = False,
-        allow_nan: bool = False,
-        max_batch_rows: int | None = None,
-        max_string_length: int | None = None,
-        require_signature: bool = False,
-        signing_key: str | bytes | None = None,
-        restricted: bool = False,
-        trusted_types: list[Any] | tuple[Any, ...] = (),
-        trusted_callables: list[Any] | tuple[Any, ...] = (),
-        strict_versions: bool = False,
-    ) -> ModelHandle:
-        """Resolve ``version`` and open a :class:`~embedml.ModelHandle` on it.
 
-        ``follow=True`` keeps the handle on whatever ``version`` resolves to (typically an
-        alias such as ``"@production"``): every ``poll_s`` seconds a background thread
-        re-resolves it and hot-swaps the handle when it changed (see
-        :meth:`ModelHandle.swap`); ``close()`` stops the thread. ``cache=True`` takes the
-        loaded model from the process-wide :func:`~embedml.default_cache` (or pass a
-        :class:`~embedml.ModelCache`), so loading the same version again costs nothing.
-
-        Options: ``method`` (sklearn-style objects: ``"predict"``, ``"predict_proba"``...),
-        ``session_options`` (ONNX Runtime, dict or ``SessionOptions``), ``outputs`` (ONNX
-        output name or names), ``preprocess`` / ``postprocess`` (callables on a batch;
-        override the manifest's), ``strict`` (only lossless casts), ``allow_extra`` (ignore
-        unknown fields), ``batching`` (an :class:`~embedml.Batching`, or ``True`` for its
-        defaults: concurrent calls are joined into batched model calls), ``hooks`` (sinks or
-        callables that receive a :class:`~embedml.PredictionRecord` per call, see
-        ``docs/observability.md``). An unknown option is a ``TypeError``. Raises the errors of
-        :meth:`resolve` and :meth:`read_artifact`, :class:`UnsupportedFormatError`, and
-        :class:`ConfigurationError` for a bad option.
-        Hardening (``docs/security.md``): ``allow_nan`` (default ``False``: NaN/inf in
-        numeric inputs is a :class:`SchemaError`), ``max_batch_rows``, ``max_string_length``;
-        ``require_signature`` with ``signing_key`` (or ``$EMBEDML_SIGNING_KEY``) resolves
-        ``version`` through the signed store record and refuses unsigned or wrongly signed
-        versions, aliases and version sets (:class:`SignatureError`) before the artifact is
-        read; ``restricted=True`` unpickles pickle/joblib with an allow-list plus
-        ``trusted_types``, refuses callables held by the model and manifest import paths
-        not in ``trusted_callables`` (:class:`UntrustedArtifactError` names what it
-        refused; the ``skops`` format always checks ``trusted_types``);
-        ``strict_versions=True`` turns a framework version skew warning into
-        :class:`FrameworkVersionError`.
-
-        ``name`` may carry its spec as the command line does (``"churn@production"``,
-        ``"churn@1.2"``); then ``version`` must be left out.
-        """
-        from ..serving.handle import LoadOptions, ModelHandle
-
-        if isinstance(name, str) and "@" in name:
-            if version != "latest":
-                raise InvalidNameError(
-                    f"{name!r} already says which version to load; do not pass version={version!r} too"
-                )
-            name, version = V.parse_ref(name)
-
-        options = LoadOptions(
-            method=method, session_options=session_options, outputs=outputs, preprocess=preprocess,
-            postprocess=postprocess, strict=strict, allow_extra=allow_extra, batching=batching,
-            hooks=tuple(hooks), allow_nan=allow_nan,
-            max_batch_rows=max_batch_rows, max_string_length=max_string_length,
-            require_signature=require_signature, signing_key=signing_key, restricted=restricted,
-            trusted_types=trusted_types, trusted_callables=trusted_callables,
-            strict_versions=strict_versions,
-        )  # fmt: skip
-        if cache is True:
-            from ..serving.cache import default_cache
-
-            cache = default_cache()
-        # Not `cache or None`: an empty ModelCache has len() 0.
-        mv = self.resolve(
-            name, version, require_signature=require_signature, signing_key=signing_key
-        )
-        handle = ModelHandle.open(self, mv, options, None if cache is False else cache)
-        if follow:
-            from ..serving.follow import Follower
-
-            try:
-                handle._follower = Follower(handle, self, str(version), poll_s)
-            except BaseException:
-                handle.close()
-                raise
-        return handle
+#: The name this class had before :mod:`embedml.serving.load` added loading to it.
+ModelStore = Store
