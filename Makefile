@@ -21,10 +21,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/mkdocs build --strict --site-dir .site
+	# the layers of docs/architecture.md ([tool.importlinter] in pyproject.toml)
+	PYTHONPATH=src $(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
+	PYTHONPATH=src $(VENV)/bin/lint-imports
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir .site

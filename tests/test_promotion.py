@@ -138,3 +138,41 @@ def test_two_processes_moving_aliases_at_once_keep_a_whole_history(models, subpr
         assert [e["from"] for e in moves] == [None] + [e["to"] for e in moves[:-1]]
         assert {e["who"] for e in moves} == {alias}
     assert store.aliases("clf") == {"production": "1", "blue": "1", "green": "1"}
+
+
+def test_the_gate_runs_outside_the_lock_and_a_move_meanwhile_fails_the_promotion(
+    models, subprocess_env
+):
+    # While the gate scores, another process moves the alias (it can: the gate runs
+    # outside the store lock). The promotion then refuses to move it (compare-and-set),
+    # and promoting again scores against the version the alias points to now.
+    import subprocess
+    import sys
+
+    from helpers_models import child_env
+
+    store, (X, y), _ = models
+    code = (
+        "import sys, embedml\n"
+        "embedml.ModelStore(sys.argv[1]).set_alias('clf', 'production', '3', who='other')\n"
+    )
+    moved: list[int] = []
+
+    def metric(y_true, y_pred):
+        if not moved:  # the first score of the first promotion
+            args = [sys.executable, "-c", code, str(store.root)]
+            done = subprocess.run(args, env=child_env(subprocess_env), timeout=120)
+            moved.append(done.returncode)
+        return accuracy_score(y_true, y_pred)
+
+    gate = embedml.Gate(metric, X, y, max_drop=1.0)
+    with pytest.raises(embedml.AliasMovedError) as info:
+        store.promote("clf", "2", gate=gate, who="ci")
+    assert moved == [0] and (info.value.expected, info.value.found) == ("1", "3")
+    assert isinstance(info.value, embedml.StoreError)
+    assert store.aliases("clf")["production"] == "3"  # the other process's move stands
+    gate_entry = store.history("clf")[-1]
+    assert (gate_entry["action"], gate_entry["from"], gate_entry["passed"]) == ("gate", "1", True)
+    mv = store.promote("clf", "2", gate=gate, who="ci")
+    assert mv.version == "2" and store.history("clf")[-1]["from"] == "3"
+    assert store.history("clf")[-1]["gate"]["current_version"] == "3"
