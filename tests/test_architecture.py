@@ -61,7 +61,7 @@ def _imports() -> list[tuple[str, str, str, int]]:
         module = _module_name(path)
         tree = ast.parse(path.read_text(encoding="utf-8"))
 
-        def visit(node: ast.AST, where: str) -> None:
+        def visit(node: ast.AST, where: str, module: str = module, path: Path = path) -> None:
             for child in ast.iter_child_nodes(node):
                 inner = where
                 if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
@@ -72,7 +72,7 @@ def _imports() -> list[tuple[str, str, str, int]]:
                     for target in _targets(module, path.name == "__init__.py", child, modules):
                         if target != module:
                             found.append((module, target, where, child.lineno))
-                visit(child, inner)
+                visit(child, inner, module, path)
 
         visit(tree, "module")
     return found
@@ -153,3 +153,58 @@ def test_lower_layers_never_import_serving(layer):
         if a.startswith(f"embedml.{layer}") and b.startswith("embedml.serving")
     ]
     assert bad == []
+
+
+SCHEMA_NAMES = [
+    "ColumnInputs", "FieldSpec", "NamedRecords", "NamedTensors", "NoSchema", "RecordSchema",
+    "SchemaOptions", "Schema", "TensorSchema", "TensorSpec", "cast_array", "check_array",
+    "dynamic", "not_row_wise", "check_rows", "is_column_input", "name_difference",
+    "record_schema_for", "schema_from_dict", "schema_to_dict",
+]  # fmt: skip
+
+
+def test_schema_names_survive_the_split():
+    import embedml.schema
+    import embedml.schema.core
+    from embedml.schema import limits, record, tensor
+
+    assert sorted(embedml.schema.__all__) == sorted(SCHEMA_NAMES)
+    for name in SCHEMA_NAMES:
+        value = getattr(embedml.schema, name)
+        homes = [m for m in (limits, record, tensor) if getattr(m, name, None) is value]
+        assert homes and getattr(embedml.schema.core, name) is value, name
+    assert limits.SchemaOptions is embedml.schema.SchemaOptions
+    assert tensor.TensorSpec is embedml.schema.TensorSpec
+    assert record.RecordSchema is embedml.schema.RecordSchema
+
+
+def test_old_module_paths_are_the_new_modules():
+    import importlib
+    import warnings
+
+    from embedml._compat import MOVED
+
+    for old, (new, deprecated) in MOVED.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module(old)
+        assert module is importlib.import_module(new), old
+        assert any(w.category is DeprecationWarning for w in caught) == deprecated, old
+    from embedml.offline import streaming
+    from embedml.serving import stream
+
+    assert streaming.predict_stream is stream.predict_stream
+
+
+def test_model_store_is_the_store_plus_load(tmp_path):
+    import embedml
+    import embedml.store
+
+    store = embedml.ModelStore(tmp_path / "s")
+    assert isinstance(store, embedml.store.Store) and isinstance(store, embedml.store.ModelStore)
+    assert embedml.store.ModelStore is embedml.store.Store and not hasattr(embedml.store.Store, "load")
+    plain = embedml.store.Store(tmp_path / "s")
+    again = embedml.default_store(plain)  # a store layer object gets load
+    assert isinstance(again, embedml.ModelStore) and again.root == plain.root
+    assert embedml.default_store(store) is store
+    assert repr(store) == f"ModelStore({str(store.root)!r})"

@@ -165,9 +165,11 @@ def test_per_handle_options_are_not_part_of_the_cache_key(tenants):
 def test_embedml_load_caches_by_default_and_the_store_does_not(tenants):
     embedml.default_cache().clear()
     before = embedml.default_cache().stats()
-    with embedml.load("tenant2", store=tenants, hooks=[lambda r: None]):
-        with embedml.load("tenant2", store=tenants, batching=True):
-            pass
+    with (
+        embedml.load("tenant2", store=tenants, hooks=[lambda r: None]),
+        embedml.load("tenant2", store=tenants, batching=True),
+    ):
+        pass
     after = embedml.default_cache().stats()
     assert after["misses"] - before["misses"] == 1 and after["hits"] - before["hits"] == 1
     with tenants.load("tenant2"), tenants.load("tenant2"):  # private copies

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import UnsupportedFormatError
-from ..schema.core import TensorSpec
+from ..schema.tensor import TensorSpec
 
 __all__ = ["FormatOptions", "ModelFormat", "Runtime"]
 

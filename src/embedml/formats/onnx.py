@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UnsupportedFormatError
-from ..schema.core import TensorSpec, not_row_wise
+from ..schema.tensor import TensorSpec, not_row_wise
 from .base import FormatOptions, ModelFormat, Runtime, reject_options
 
 __all__ = ["OnnxFormat", "OnnxRuntime", "declared_shapes"]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError, EmbedMLError, PredictionError, SchemaError
-from ..schema.core import (
+from ..schema import (
     ColumnInputs,
     FieldSpec,
     NamedRecords,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UnsupportedFormatError
-from ..schema.core import TensorSpec
+from ..schema.tensor import TensorSpec
 from .base import FormatOptions, ModelFormat, Runtime, reject_options
 
 __all__ = ["TorchExportFormat", "TorchRuntime", "TorchScriptFormat"]

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError, IntegrityError, SchemaError
-from .core import RecordSchema, SchemaOptions, schema_from_dict
+from .limits import SchemaOptions
+from .record import RecordSchema, schema_from_dict
 
 __all__ = ["PROFILE_FILE", "FeatureProfile", "ReferenceProfile", "feature_matrix"]
 

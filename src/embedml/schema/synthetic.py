@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
-from .core import FieldSpec, NoSchema, RecordSchema, TensorSchema, TensorSpec
+from .record import FieldSpec, RecordSchema
+from .tensor import NoSchema, TensorSchema, TensorSpec
 
 __all__ = ["stack_rows", "synthetic_batch", "synthetic_rows"]
 
