@@ -11,7 +11,6 @@ object, so classes and ``isinstance`` agree). The documented submodules
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import sys
 import warnings
@@ -51,7 +50,9 @@ MOVED: dict[str, tuple[str, bool]] = {
 }
 
 
-class _Alias(importlib.abc.Loader):
+# Plain classes with the loader and finder protocols (importlib.abc would cost every
+# `import embedml` a few milliseconds).
+class _Alias:
     def __init__(self, old: str, new: str, deprecated: bool) -> None:
         self.old, self.new, self.deprecated = old, new, deprecated
 
@@ -68,14 +69,14 @@ class _Alias(importlib.abc.Loader):
         """Nothing to run: the module is the one already imported under its new name."""
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:
     def find_spec(
         self, fullname: str, path: object = None, target: object = None
     ) -> importlib.machinery.ModuleSpec | None:
         moved = MOVED.get(fullname)
         if moved is None:
             return None
-        return importlib.machinery.ModuleSpec(fullname, _Alias(fullname, *moved))
+        return importlib.machinery.ModuleSpec(fullname, _Alias(fullname, *moved))  # type: ignore[arg-type]
 
 
 _FINDER = _Finder()

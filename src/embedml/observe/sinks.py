@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic_core import to_json as _to_json
 
 try:
     import fcntl
@@ -41,8 +40,11 @@ def _encode(value: Any) -> str:
     formats floats about 10x faster than the ``json`` module, which calls ``float.__repr__``
     per number; values it cannot serialise go through ``json`` with ``default=str``. NaN and
     infinity are written as ``NaN`` / ``Infinity``, as ``json`` writes them."""
+    # imported here: a process whose handles write no JSON never pays for pydantic-core
+    from pydantic_core import to_json
+
     try:
-        return _to_json(value).decode()
+        return to_json(value).decode()
     except Exception:  # PydanticSerializationError: an unknown type; json handles it
         return _json_encode(value)
 

@@ -10,7 +10,10 @@ the installed ones. The artifact's hash is checked afterwards, by
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
+
+from packaging.version import InvalidVersion, Version
 
 from ..errors import (
     FrameworkVersionError,
@@ -40,10 +43,13 @@ __all__ = [
 #: Distributions whose version must match the manifest's for a model to behave the same.
 WATCHED_FRAMEWORKS = ("scikit-learn", "torch", "onnxruntime")
 
+# The module of each watched distribution, whose ``__version__`` is the installed version.
+# A version lists only the frameworks its format loads with, so the load imports the module
+# anyway; importlib.metadata would add ~20 ms to a fresh process's first load.
+_MODULES = {"scikit-learn": "sklearn", "torch": "torch", "onnxruntime": "onnxruntime"}
+
 
 def _same_release(saved: str, installed: str) -> bool:
-    from packaging.version import InvalidVersion, Version
-
     try:  # "2.13.0+cpu" and "2.13.0" are the same release
         return Version(saved).release == Version(installed).release and (
             Version(saved).pre == Version(installed).pre
@@ -54,13 +60,13 @@ def _same_release(saved: str, installed: str) -> bool:
 
 @functools.cache
 def _installed(dist: str) -> str | None:
-    """Installed version of ``dist`` (looked up once per process: it scans every path entry)."""
-    from importlib.metadata import PackageNotFoundError, version
-
+    """Installed version of ``dist``, ``None`` when it cannot be imported (once per process)."""
     try:
-        return version(dist)
-    except PackageNotFoundError:
+        module = importlib.import_module(_MODULES[dist])
+    except Exception:  # not installed, or broken: the load says how
         return None
+    version = getattr(module, "__version__", None)
+    return version if isinstance(version, str) else None
 
 
 def framework_skew(manifest: Manifest) -> dict[str, tuple[str, str | None]]:

@@ -40,8 +40,6 @@ import stat
 import threading
 import time
 import urllib.parse
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,7 +295,8 @@ def store_root(root: str | os.PathLike[str]) -> Path:
                 f"model store {text!r} is a URL; embedml stores live in a local folder "
                 "(remote stores are not supported yet): give a path such as './models'"
             )
-        text = urllib.request.url2pathname(parsed.path)
+        # what urllib.request.url2pathname does on POSIX, without importing http.client
+        text = urllib.parse.unquote(parsed.path)
     return Path(text).expanduser().absolute()
 
 
@@ -673,7 +672,7 @@ class Store:
             profile = profile_for_schema(reference_data, reference_outputs, in_schema).to_json()
 
         model_dir.mkdir(parents=True, exist_ok=True)
-        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+        tmp = model_dir / f".tmp-{os.urandom(16).hex()}"
         # Private while it is filled, so that nobody else can plant a symlink in it for a
         # format's writer to follow; given the model folder's permissions before publishing.
         tmp.mkdir(mode=0o700)
@@ -1092,7 +1091,7 @@ class Store:
                 )
             if key is not None:
                 self._update_record(key, lambda r: r.model(name).drop_version(target.version))
-            trash = target.path.with_name(f".trash-{uuid.uuid4().hex}")
+            trash = target.path.with_name(f".trash-{os.urandom(16).hex()}")
             os.rename(target.path, trash)
             shutil.rmtree(trash, ignore_errors=True)
 
