@@ -199,17 +199,18 @@ def test_drift_monitor_counts_rows_not_batch_rows(store):
     np.testing.assert_array_equal(np.sort(window, axis=0), np.sort(sent, axis=0))
 
 
-def test_handles_sharing_a_batched_pipeline_offer_each_row_once(store):
-    # Handles loaded with equal options from one ModelCache share a pipeline and its
-    # batcher, so one model call can join calls of both: each handle offers its own calls'
-    # rows to its row sinks, here the same monitor, which must see every row exactly once.
+def test_handles_sharing_a_loaded_model_offer_each_row_once(store):
+    # Handles loaded from one ModelCache share the loaded model; each has its own pipeline
+    # and batcher (batching is a per-handle option) and offers its own calls' rows to its
+    # row sinks, here the same monitor, which must see every row exactly once.
     cache = embedml.ModelCache(max_models=2)
     store.save("probe", Probe(delay=0.003))
     monitor = embedml.DriftMonitor(rows(500, seed=9), window=10_000)
     batching = embedml.Batching()
     first = store.load("probe", batching=batching, cache=cache, hooks=[monitor])
     second = store.load("probe", batching=batching, cache=cache, hooks=[monitor])
-    assert first._pipe is second._pipe and first._obs is not second._obs
+    assert first._pipe.runtime is second._pipe.runtime and first._obs is not second._obs
+    assert cache.stats()["misses"] == 1
     X1, X2 = rows(240, seed=1), rows(240, seed=2)
 
     def work(handle, X):
