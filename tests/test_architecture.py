@@ -35,7 +35,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _targets(module: str, is_package: bool, node: ast.Import | ast.ImportFrom, modules: set[str]) -> list[str]:
+def _targets(
+    module: str, is_package: bool, node: ast.Import | ast.ImportFrom, modules: set[str]
+) -> list[str]:
     """The embedml modules an import statement imports."""
     if isinstance(node, ast.Import):
         names = [alias.name for alias in node.names]
@@ -47,7 +49,9 @@ def _targets(module: str, is_package: bool, node: ast.Import | ast.ImportFrom, m
         else:
             source = node.module or ""
         # `from package import submodule` imports the submodule
-        names = [f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names]
+        names = [
+            f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names
+        ]
     return sorted({n for n in names if n.split(".")[0] == "embedml"})
 
 
@@ -202,7 +206,9 @@ def test_model_store_is_the_store_plus_load(tmp_path):
 
     store = embedml.ModelStore(tmp_path / "s")
     assert isinstance(store, embedml.store.Store) and isinstance(store, embedml.store.ModelStore)
-    assert embedml.store.ModelStore is embedml.store.Store and not hasattr(embedml.store.Store, "load")
+    assert embedml.store.ModelStore is embedml.store.Store and not hasattr(
+        embedml.store.Store, "load"
+    )
     plain = embedml.store.Store(tmp_path / "s")
     again = embedml.default_store(plain)  # a store layer object gets load
     assert isinstance(again, embedml.ModelStore) and again.root == plain.root

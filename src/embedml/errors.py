@@ -199,7 +199,9 @@ class AliasMovedError(StoreError):
     ``expected`` is that version, ``found`` the one it points to now (``None``: removed).
     Promote again to score against the new one."""
 
-    def __init__(self, message: str, *, expected: str | None = None, found: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, expected: str | None = None, found: str | None = None
+    ) -> None:
         super().__init__(message)
         self.expected = expected
         self.found = found

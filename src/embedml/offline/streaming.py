@@ -4,20 +4,5 @@ The engine lives in :mod:`embedml.serving.stream` (below the handle, whose
 ``predict_stream`` / ``apredict_stream`` call it); this module keeps its documented names.
 """
 
-from ..serving.stream import (
-    apredict_stream,
-    predict_batch_or_rows,
-    predict_rows,
-    predict_stream,
-    row_error,
-    split_rows,
-)
-
-__all__ = [
-    "apredict_stream",
-    "predict_batch_or_rows",
-    "predict_rows",
-    "predict_stream",
-    "row_error",
-    "split_rows",
-]
+from ..serving.stream import *  # noqa: F403
+from ..serving.stream import __all__  # noqa: F401

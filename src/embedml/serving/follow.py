@@ -28,6 +28,7 @@ __all__ = ["Follower"]
 
 log = logging.getLogger("embedml.serving.follow")
 
+
 class Followed(Protocol):
     """What a follower needs of its handle (:class:`~embedml.ModelHandle` is one; it owns
     its follower, so this module does not import it)."""

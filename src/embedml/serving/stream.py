@@ -51,7 +51,6 @@ class Predictor(Protocol):
     def check_row_wise(self, what: str) -> None: ...
 
 
-
 OnError = Literal["raise", "yield"]
 _END = object()
 _EMPTY = object()
