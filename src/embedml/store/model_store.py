@@ -326,10 +326,12 @@ class PromotionGate(Protocol):
 class Store:
     """A directory of models, each with immutable PEP 440 versions and movable aliases.
 
-    This is the store without loading: :class:`embedml.ModelStore` adds
-    :meth:`~embedml.ModelStore.load` (use that one; it is this class too, so
-    ``isinstance(s, embedml.store.Store)`` holds for it). ``Store(root)`` creates the folder if needed. Alias updates are serialised with
-    an advisory file lock (POSIX ``flock``), so several processes may share one store.
+    This is the store layer's class, which never loads a model; :class:`embedml.ModelStore`
+    (use that one) subclasses it and adds :meth:`~embedml.ModelStore.load`, so
+    ``isinstance(s, embedml.store.Store)`` holds for every store.
+
+    ``Store(root)`` creates the folder if needed. Alias updates are serialised with an
+    advisory file lock (POSIX ``flock``), so several processes may share one store.
     ``root`` is a local folder (``file:///path`` is read as that path); a URL such as
     ``s3://bucket/models`` raises :class:`ConfigurationError`: remote stores do not exist yet.
 
