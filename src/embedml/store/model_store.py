@@ -40,6 +40,7 @@ import stat
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -674,7 +675,7 @@ class Store:
             profile = profile_for_schema(reference_data, reference_outputs, in_schema).to_json()
 
         model_dir.mkdir(parents=True, exist_ok=True)
-        tmp = model_dir / f".tmp-{os.urandom(16).hex()}"
+        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
         # Private while it is filled, so that nobody else can plant a symlink in it for a
         # format's writer to follow; given the model folder's permissions before publishing.
         tmp.mkdir(mode=0o700)
@@ -1093,7 +1094,7 @@ class Store:
                 )
             if key is not None:
                 self._update_record(key, lambda r: r.model(name).drop_version(target.version))
-            trash = target.path.with_name(f".trash-{os.urandom(16).hex()}")
+            trash = target.path.with_name(f".trash-{uuid.uuid4().hex}")
             os.rename(target.path, trash)
             shutil.rmtree(trash, ignore_errors=True)
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,7 +120,7 @@ class StoreRecord:
     @classmethod
     def new(cls, store_id: str | None = None) -> StoreRecord:
         """An empty record for a store named ``store_id`` (default: a random one)."""
-        return cls(check_store_id(store_id) if store_id is not None else os.urandom(16).hex())
+        return cls(check_store_id(store_id) if store_id is not None else uuid.uuid4().hex)
 
     def model(self, name: str) -> ModelRecord:
         """The record of ``name`` (an empty one if the store has none yet)."""

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import os
 import stat
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     or symlink of the same name is an error, never written through; the rename replaces a
     symlink at ``path`` itself rather than following it. Raises :class:`StoreError`.
     """
-    tmp = path.with_name(f".{path.name}.{os.urandom(16).hex()}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         fd = os.open(tmp, _CREATE, 0o644)
     except OSError as exc:
