@@ -47,7 +47,7 @@ from .formats import (
     unregister_format,
 )
 from .schema import TensorSpec
-from .store import ModelStore
+from .serving.load import ModelStore
 from .tensors import ClassProbabilities, split
 
 __all__ = [
