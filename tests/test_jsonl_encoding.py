@@ -1,8 +1,10 @@
-"""JsonlSink (``arrays="list"``) encodes the arrays of a whole write batch at once: the text
-must be exactly what encoding each record on its own writes, for every kind of record."""
+"""JsonlSink (``arrays="list"``) turns the arrays of a whole write batch into lists at once:
+the text must be exactly what encoding each record's ``to_dict()`` on its own writes, for
+every kind of record."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +13,7 @@ from pydantic import BaseModel
 from sklearn.dummy import DummyRegressor
 
 import embedml
-from embedml.observe.sinks import _encode, _json_arrays
+from embedml.observe.records import encode_json, prepare_json
 from helpers_models import onnx_linear, onnx_two_inputs, sk_logreg
 
 
@@ -28,7 +30,9 @@ def mixed_records(store) -> list[embedml.PredictionRecord]:
     store.save("lr", sk_logreg())
     store.save("lin", onnx_linear())
     store.save("two", onnx_two_inputs())
-    store.save("visits", DummyRegressor().fit(np.zeros((3, 2)), [1.0, 2.0, 3.0]), input_schema=Visit)
+    store.save(
+        "visits", DummyRegressor().fit(np.zeros((3, 2)), [1.0, 2.0, 3.0]), input_schema=Visit
+    )
     rng = np.random.default_rng(0)
     with store.load("lr", hooks=[records.append], allow_nan=True) as lr:
         lr.predict(rng.normal(size=4))
@@ -50,12 +54,13 @@ def mixed_records(store) -> list[embedml.PredictionRecord]:
 def test_batch_encoding_writes_the_same_text_as_one_record_at_a_time(store, tmp_path):
     records = mixed_records(store)
     assert len(records) == 9 and sum(r.error is not None for r in records) == 1
+    # the reference: each record on its own (copies, which have built no JSON values yet)
+    alone = [encode_json(dataclasses.replace(r).to_dict()) + "\n" for r in records]
     sink = embedml.JsonlSink(tmp_path / "p.jsonl")
     sink.write(records)  # on the test thread: the writer thread is not started
     sink.close()
     batched = (tmp_path / "p.jsonl").read_text().splitlines(keepends=True)
-    # the per-record path (what redaction still uses) is the reference
-    assert batched == [sink._line(r) for r in records]
+    assert batched == alone
     for line, r in zip(batched, records):
         d = json.loads(line)
         # (compared as JSON text: NaN != NaN)
@@ -63,26 +68,12 @@ def test_batch_encoding_writes_the_same_text_as_one_record_at_a_time(store, tmp_
         assert d["rows"] == r.rows and d["error"] == r.error
 
 
-def test_json_arrays_matches_encoding_each_array_and_leaves_other_values_alone():
-    rng = np.random.default_rng(1)
-    values = [
-        rng.normal(size=(1, 3)),
-        rng.normal(size=(4, 3)),
-        np.zeros((0, 3)),
-        np.arange(5),
-        np.array([np.nan, -np.inf, 1e-300]),
-        np.zeros((2, 0)),
-        rng.normal(size=(2, 2, 2)),  # 3-D: left to the per-record path
-        np.array(["a, b"]),  # strings: left alone
-        {"a": np.ones(2)},
-        None,
-    ]
-    got = _json_arrays(values)
-    for v, text in zip(values[:6], got[:6]):
-        assert text == _encode(v.tolist())
-        # the same numbers as the json module writes (compared as text: NaN != NaN)
-        assert json.dumps(json.loads(text)) == json.dumps(v.tolist())
-    assert got[6:] == [None] * 4
+def test_prepare_json_gives_each_record_the_lists_of_its_own_arrays(store):
+    records = [dataclasses.replace(r) for r in mixed_records(store)]
+    prepare_json(records)  # one concatenate and tolist per array shape
+    for r, alone in zip(records, mixed_records(store)):
+        # the same values as each record builds alone (compared as JSON text: NaN != NaN)
+        assert json.dumps([r.inputs, r.outputs]) == json.dumps([alone.inputs, alone.outputs])
 
 
 def test_encode_falls_back_to_json_for_values_pydantic_core_cannot_write():
@@ -91,5 +82,8 @@ def test_encode_falls_back_to_json_for_values_pydantic_core_cannot_write():
             return "odd"
 
     value = {"a": [1.5, float("nan"), 2**70], "b": Odd()}
-    assert json.loads(_encode(value), parse_constant=str) == {"a": [1.5, "NaN", 2**70], "b": "odd"}
-    assert _encode([0.1, 1e-300, -float("inf")]) == "[0.1,1e-300,-Infinity]"
+    assert json.loads(encode_json(value), parse_constant=str) == {
+        "a": [1.5, "NaN", 2**70],
+        "b": "odd",
+    }
+    assert encode_json([0.1, 1e-300, -float("inf")]) == "[0.1,1e-300,-Infinity]"

@@ -33,7 +33,8 @@ from ..clock import SYSTEM_CLOCK, Clock, check_clock
 from ..errors import ConfigurationError, MissingExtraError
 from ..schema.profile import FeatureProfile, ReferenceProfile, feature_matrix
 from ..tensors import concat
-from .hooks import Sink
+from .hooks import RowSink
+from .records import RowBatch
 
 __all__ = [
     "DriftMonitor",
@@ -243,7 +244,7 @@ class _Window:
         return self.data[: self.filled]
 
 
-class DriftMonitor(Sink):
+class DriftMonitor(RowSink):
     """A hook that watches live inputs (and outputs) for drift against a reference profile.
 
     ``reference``: a :class:`~embedml.ReferenceProfile`, reference data (array / DataFrame
@@ -262,9 +263,6 @@ class DriftMonitor(Sink):
     (``pip install 'embedml[drift]'``), :class:`ConfigurationError` for bad options, or
     when attached to a handle whose version has no reference profile and none is given.
     """
-
-    shows_ids = False  # nobody reads request ids from a monitor: no outputs kept for them
-    wants_records = False  # only rows: write() gets (input_names, inputs, outputs, rows)
 
     def __init__(
         self,
@@ -390,20 +388,21 @@ class DriftMonitor(Sink):
             cols = self._columns[key] = [index[w] for w in wanted]
         return m[:, cols]
 
-    def write(self, records: list[Any]) -> None:
-        """Push the rows of successful calls into the windows (``records``: the
-        ``(input_names, inputs, outputs, rows)`` tuples of :attr:`Sink.wants_records`)."""
-        if not records or self._reference is None:
+    def write_rows(self, batches: list[RowBatch]) -> None:
+        """Push the rows of successful calls into the windows."""
+        if not batches or self._reference is None:
             return
         for group, (window, _, _) in self._windows.items():
-            k = 1 if group == "x" else 2
+            parts = [b.inputs if group == "x" else b.outputs for b in batches]
             try:  # one vectorised pass over the whole write batch when the arrays allow it
-                block = self._block(group, concat([r[k] for r in records]), records[0][0])
+                block = self._block(group, concat(parts), batches[0].input_names)
             except (ValueError, TypeError):
-                block = np.concatenate([self._block(group, r[k], r[0]) for r in records])
+                block = np.concatenate(
+                    [self._block(group, p, b.input_names) for p, b in zip(parts, batches)]
+                )
             with self._window_lock:
                 window.push(block)
-        n = sum(r[3] for r in records)
+        n = sum(b.rows for b in batches)
         self.rows_seen += n
         self._since_check += n
         if self._since_check >= self.check_every:

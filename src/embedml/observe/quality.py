@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,19 @@ import numpy as np
 from ..errors import ConfigurationError, RequestNotFoundError, SchemaError
 
 __all__ = ["QualityTracker"]
+
+# Live trackers: a forked child gets fresh locks for them (a thread of the parent, such as
+# a sink's writer remembering outputs, may have held one at the fork).
+_LIVE: weakref.WeakSet[QualityTracker] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for tracker in list(_LIVE):
+        tracker._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _predicted(out: Any) -> np.ndarray:
@@ -57,6 +72,7 @@ class QualityTracker:
         self._sum_sq = 0.0
         self.outcomes = 0
         self.unknown = 0
+        _LIVE.add(self)
 
     def _after_fork_in_child(self) -> None:
         # a thread of the parent may have held the lock at the fork; it does not exist here

@@ -8,7 +8,6 @@ or ``handle.add_hook(...)``; a plain callable given there is wrapped in a
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -17,36 +16,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no fork, no other process rotating
     fcntl = None  # type: ignore[assignment]
 
 from ..errors import ConfigurationError
-from .hooks import PredictionRecord, Sink
+from .hooks import Sink
+from .records import PredictionRecord, encode_json, prepare_json, unpacked
 
 __all__ = ["CallableSink", "JsonlSink", "LoggingSink", "as_sink", "read_jsonl"]
 
 log = logging.getLogger("embedml.observe.sinks")
-# Built once: ``json.dumps(value, default=str)`` builds a new encoder on every call, which
-# costs as much as encoding a short list.
-_json_encode = json.JSONEncoder(default=str).encode
-
-
-def _encode(value: Any) -> str:
-    """Compact JSON text of a JSON-ready value. pydantic-core (a pydantic dependency)
-    formats floats about 10x faster than the ``json`` module, which calls ``float.__repr__``
-    per number; values it cannot serialise go through ``json`` with ``default=str``. NaN and
-    infinity are written as ``NaN`` / ``Infinity``, as ``json`` writes them."""
-    # imported here: a process whose handles write no JSON never pays for pydantic-core
-    from pydantic_core import to_json
-
-    try:
-        return to_json(value).decode()
-    except Exception:  # PydanticSerializationError: an unknown type; json handles it
-        return _json_encode(value)
 
 
 class JsonlSink(Sink):
@@ -55,10 +36,12 @@ class JsonlSink(Sink):
     ``rotate_bytes``: when the file reaches this size it is renamed ``path.1`` (older ones
     shift to ``path.2`` ...) and a new file is started; ``keep`` rotated files are kept.
     The file is flushed after every write batch, on :meth:`close` and at interpreter exit.
+    Each line is :meth:`PredictionRecord.to_dict` encoded by pydantic-core's encoder
+    (:func:`~embedml.observe.records.encode_json`: about 0.05 µs per number, a tenth of
+    the ``json`` module's cost).
     ``arrays="list"`` writes inputs and outputs as compact JSON lists (readable; the arrays
-    of a write batch are encoded together, without redaction, by pydantic-core's encoder:
-    about 0.05 µs per number, a tenth of the ``json`` module's cost; float32 values are
-    written as the doubles they widen to); ``arrays="base64"`` writes numeric arrays
+    of a write batch are turned into lists together; float32 values are written as the
+    doubles they widen to); ``arrays="base64"`` writes numeric arrays
     as ``{"dtype", "shape", "base64"}`` objects (lossless and much cheaper; :func:`read_jsonl`
     turns them back into arrays). Other options are those of :class:`~embedml.observe.hooks.Sink`. Raises
     :class:`ConfigurationError` for invalid options.
@@ -97,7 +80,6 @@ class JsonlSink(Sink):
         self.keep = int(keep)
         self.arrays = arrays
         self._file: Any = None
-        self._heads: dict[Any, str] = {}  # by Source (model, version, input names)
 
     def write(self, records: list[PredictionRecord]) -> None:
         if self._file is None:
@@ -109,14 +91,11 @@ class JsonlSink(Sink):
                 # A process killed mid-write left a torn last line: end it, or the first
                 # record appended now would be glued to it and lost with it.
                 _write_all(self._file, b"\n")
-        if self.arrays == "list" and self._redact is None:
-            ins = _json_arrays([r._raw_inputs for r in records], records)
-            outs = _json_arrays([r._raw_outputs for r in records])
-            lines = [self._line(r, i, o) for r, i, o in zip(records, ins, outs)]
-        else:
-            lines = [self._line(r) for r in records]
+        if self.arrays == "list":
+            prepare_json(records)  # the lists of a whole batch at once (see there)
+        data = "".join([encode_json(self.record_dict(r, self.arrays)) + "\n" for r in records])
         try:
-            _write_all(self._file, "".join(lines).encode())
+            _write_all(self._file, data.encode())
         except OSError:
             # Disk full, file gone...: drop the file object and what its buffer holds
             # (these records are counted as errors), and reopen on the next write.
@@ -124,35 +103,6 @@ class JsonlSink(Sink):
             raise
         if self.rotate_bytes is not None and self._file.tell() >= self.rotate_bytes:
             self._rotate()
-
-    def _payload(self, record: PredictionRecord, which: str) -> str:
-        raw = record.raw_inputs if which == "inputs" else record.raw_outputs
-        if self.arrays == "base64" and not (which == "inputs" and self._redact is not None):
-            packed = _pack_json(raw)
-            if packed is not None:
-                return packed
-        value = record.inputs if which == "inputs" else record.outputs
-        return _encode(self.redact(value))
-
-    def _line(self, r: PredictionRecord, inputs: str | None = None, outputs: str | None = None) -> str:
-        # The envelope is formatted directly: json.dumps of a whole dict costs more than
-        # the record's other work. Only strings that may need escaping go through json.
-        source = r._source
-        head = self._heads.get(source)
-        if head is None:
-            head = self._heads[source] = (
-                f'"model":{json.dumps(source[0])},"version":{json.dumps(source[1])}'
-            )
-        t = r._timings
-        error = "null" if r._error is None else json.dumps(r.error)
-        return (
-            f'{{"request_id":"{r.request_id}",{head},"timestamp":{r.timestamp!r},'
-            f'"rows":{r.rows},"batch_size":{r.batch_size},"latency_ms":{t[3] * 1e3:.4f},'
-            f'"validation_ms":{t[0] * 1e3:.4f},"queue_ms":{t[1] * 1e3:.4f},'
-            f'"model_ms":{t[2] * 1e3:.4f},"error":{error},'
-            f'"inputs":{inputs or self._payload(r, "inputs")},'
-            f'"outputs":{outputs or self._payload(r, "outputs")}}}\n'
-        )
 
     def _rotate(self) -> None:
         file, self._file = self._file, None
@@ -197,7 +147,6 @@ class JsonlSink(Sink):
         # The parent's file object holds no buffered bytes (unbuffered): closing the
         # child's copy of the descriptor loses nothing; the next write opens the path.
         self._discard_file()
-        self._heads = {}
 
 
 def _write_all(file: Any, data: bytes) -> None:
@@ -223,68 +172,6 @@ def _ends_with_newline(path: Path) -> bool:
     with open(path, "rb") as f:
         f.seek(-1, os.SEEK_END)
         return f.read(1) == b"\n"
-
-
-def _json_arrays(
-    values: list[Any], records: list[PredictionRecord] | None = None
-) -> list[str | None]:
-    """JSON text of each 1-D or 2-D numeric array in ``values`` (``None`` for other values,
-    and for inputs that a record schema turns into ``{field: value}`` rows), as
-    ``_encode(array.tolist())`` writes it, but with one ``concatenate``, one ``tolist``
-    and one encoder call for all the arrays of the same row shape: the per-call overhead of
-    those is most of the cost for the small arrays of single predictions. Numbers never
-    contain ``"["``, ``"]"`` or ``","``, so the joined text splits back into rows safely.
-    """
-    out: list[str | None] = [None] * len(values)
-    groups: dict[Any, list[int]] = {}
-    for i, v in enumerate(values):
-        if (
-            type(v) is np.ndarray and 1 <= v.ndim <= 2 and v.dtype.kind in "iuf"
-            and (records is None or records[i]._source[2] is None)
-        ):  # fmt: skip
-            groups.setdefault((v.shape[1:], v.dtype), []).append(i)
-    for (trailing, _), idx in groups.items():
-        arrays = [values[i] for i in idx]
-        text = _encode(np.concatenate(arrays).tolist())
-        two_d = len(trailing) == 1
-        parts = (text[2:-2].split("],[") if two_d else text[1:-1].split(",")) if len(text) > 2 else []
-        sep, head, tail = ("],[", "[[", "]]") if two_d else (",", "[", "]")
-        start = 0
-        for i, a in zip(idx, arrays):
-            end = start + len(a)
-            out[i] = head + sep.join(parts[start:end]) + tail if end > start else "[]"
-            start = end
-    return out
-
-
-def _pack_json(value: Any) -> str | None:
-    """A numeric array (or a dict of them) as the JSON of ``{"dtype", "shape", "base64"}``
-    objects, formatted directly; ``None`` if not applicable."""
-    dtype = getattr(value, "dtype", None)
-    if dtype is not None and dtype.kind in "biuf" and hasattr(value, "tobytes"):
-        shape = ",".join(map(str, value.shape))
-        data = base64.b64encode(value.tobytes()).decode("ascii")
-        return f'{{"dtype":"{dtype.str}","shape":[{shape}],"base64":"{data}"}}'
-    if isinstance(value, dict):
-        parts = []
-        for k, v in value.items():
-            packed = _pack_json(v)
-            if packed is None:
-                return None
-            parts.append(f"{json.dumps(str(k))}:{packed}")
-        return "{" + ",".join(parts) + "}"
-    return None
-
-
-def _unpack(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, dict):
-        if set(value) == {"dtype", "shape", "base64"}:
-            raw = base64.b64decode(value["base64"])
-            return np.frombuffer(raw, dtype=np.dtype(value["dtype"])).reshape(value["shape"])
-        return {k: _unpack(v) for k, v in value.items()}
-    return value
 
 
 def read_jsonl(path: str | os.PathLike[str], *, rotated: bool = True) -> list[dict[str, Any]]:
@@ -317,11 +204,15 @@ def iter_jsonl(path: str | os.PathLike[str], *, rotated: bool = True) -> Iterato
                 try:
                     d = json.loads(line)
                 except json.JSONDecodeError:
-                    log.warning("%s line %d is not a complete JSON record (torn by a crash?); skipped", p, number)
+                    log.warning(
+                        "%s line %d is not a complete JSON record (torn by a crash?); skipped",
+                        p,
+                        number,
+                    )
                     continue
                 for key in ("inputs", "outputs"):
                     if isinstance(d.get(key), dict):
-                        d[key] = _unpack(d[key])
+                        d[key] = unpacked(d[key])
                 yield d
 
 
@@ -356,7 +247,7 @@ class LoggingSink(Sink):
             return
         for r in records:
             d = self.record_dict(r)
-            self.logger.log(self.level, _encode(d), extra={"prediction": d})
+            self.logger.log(self.level, encode_json(d), extra={"prediction": d})
 
 
 class CallableSink(Sink):

@@ -12,10 +12,12 @@ import bisect
 import math
 import os
 import threading
-import time
 import weakref
 from collections import Counter
 from typing import Any
+
+from ...clock import SYSTEM_CLOCK, Clock
+from ..records import FinishedCall
 
 __all__ = ["STAGES", "HandleSet", "Histogram", "Metrics"]
 
@@ -91,7 +93,7 @@ class Histogram:
         return out
 
     def summary(self) -> dict[str, float | int | None]:
-        ms = (lambda s: None if s is None else round(s * 1e3, 4))  # noqa: E731
+        ms = lambda s: None if s is None else round(s * 1e3, 4)  # noqa: E731
         return {
             "count": self.n,
             "mean": ms(self.total / self.n) if self.n else None,
@@ -183,13 +185,14 @@ if hasattr(os, "register_at_fork"):  # POSIX
 
 class Metrics:
     """Counters and histograms of one handle (kept across hot swaps; reset in a forked
-    child).
+    child). ``clock`` measures the uptime and the one-minute throughput window.
 
     Each thread updates its own shard without locking (a shared lock makes 64 threads
     queue behind each other and the GIL); :meth:`snapshot` adds the shards up.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         # Per-thread finalizers hold their shard until the thread ends; a long-lived thread
         # calling many short-lived handles would keep every handle's shards alive, so they
         # are detached when these metrics go away.
@@ -206,9 +209,8 @@ class Metrics:
         self._retired: _Shard | None = None
         _detach_all(self._finalizers)
         self._finalizers.clear()  # in place: the finalizer above holds this list
-        self.started = time.time()
-        # wall clock = perf_counter + offset: a call's end stamp gives its second for free
-        self._wall = self.started - time.perf_counter()
+        self.started = self.clock.time()  # Unix seconds
+        self._started = self.clock.monotonic()
         self.last_error: dict[str, Any] | None = None
 
     def _shard(self) -> _Shard:
@@ -259,45 +261,36 @@ class Metrics:
         except AttributeError:
             self._shard().begun += 1
 
-    def end(
-        self,
-        n: int,
-        timings: tuple[float, float, float, float],
-        error: BaseException | None,
-        size: int | None = None,
-        at: float | None = None,
-    ) -> None:
-        """Record one finished call: ``n`` rows, stage timings in seconds, its error if any.
-        ``size``: rows of a model call to count in the batch-size distribution (``None``:
-        ``n``; ``0``: none, another call of the same joined batch counts it). ``at``: the
-        ``time.perf_counter()`` at the call's end, if the caller has it (saves a clock read)."""
+    def end(self, call: FinishedCall) -> None:
+        """Count one finished call: its rows, stage timings, error, and the rows of its
+        model call in the batch-size distribution (only when ``call.counts_batch``: each
+        joined batch is counted once, by the call whose rows came first)."""
         # Called on every prediction: histogram updates are inlined (no Histogram.add call).
         try:
             sh = self._local.shard
         except AttributeError:
             sh = self._shard()
-        now = (time.perf_counter() if at is None else at) + self._wall
-        sec = int(now)
+        sec = int(self.clock.monotonic())
         slot = sec % _WINDOW
         sh.requests += 1
         if sh.sec[slot] != sec:
             sh.sec[slot], sh.req[slot], sh.rows_at[slot] = sec, 0, 0
         sh.req[slot] += 1
-        v, q, m, t = timings
+        v, q, m, t = call.durations()
         hv, hq, hm, ht = sh.hists
+        error = call.error
         if error is not None:
             sh.errors += 1
             name = type(error).__name__
             sh.errors_by_type[name] += 1
-            self.last_error = {"type": name, "message": str(error), "time": time.time()}
+            self.last_error = {"type": name, "message": str(error), "time": self.clock.time()}
             ht.add(t)
             return
+        n = call.rows
         sh.rows += n
         sh.rows_at[slot] += n
-        if size is None:
-            size = n
-        if size:
-            sh.sizes[size.bit_length()] += 1
+        if call.counts_batch:
+            sh.sizes[(call.batch_size or n).bit_length()] += 1
         edges, find = _EDGES, _bisect
         hv.counts[find(edges, v)] += 1
         hv.total += v
@@ -311,6 +304,12 @@ class Metrics:
         ht.counts[find(edges, t)] += 1
         ht.total += t
 
+    @property
+    def in_flight(self) -> int:
+        """Calls begun and not yet ended."""
+        shards = list(self._shards)
+        return max(sum(sh.begun for sh in shards) - sum(sh.requests for sh in shards), 0)
+
     def _merged(self) -> dict[str, Any]:
         with self._lock:
             shards = list(self._shards)
@@ -318,7 +317,7 @@ class Metrics:
         out: dict[str, Any] = {"begun": 0, "requests": 0, "rows": 0, "errors": 0}
         sizes: Counter[str] = Counter()
         kinds: Counter[str] = Counter()
-        now = time.time()
+        now = self.clock.monotonic()
         recent_req = recent_rows = 0
         for sh in shards:
             for key in ("begun", "requests", "rows", "errors"):
@@ -353,10 +352,10 @@ class Metrics:
     def snapshot(self) -> dict[str, Any]:
         """Counts, per-stage latency summaries (ms), throughput and batch sizes."""
         m = self._merged()
-        now = m["now"]
-        span = min(_WINDOW, max(now - self.started, 1e-9))
+        uptime = m["now"] - self._started
+        span = min(_WINDOW, max(uptime, 1e-9))
         return {
-            "uptime_seconds": round(now - self.started, 3),
+            "uptime_seconds": round(uptime, 3),
             "requests": m["requests"],
             "rows": m["rows"],
             "errors": m["errors"],
