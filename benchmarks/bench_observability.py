@@ -119,6 +119,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=3, help="rounds; the median is reported")
+    ap.add_argument(
+        "--only", help="comma-separated scenarios to run (default: all; 'no hooks' always runs)"
+    )
+    ap.add_argument("--skip-cpu", action="store_true", help="only the many-threads table")
     args = ap.parse_args()
     seconds = 1.0 if args.quick else args.seconds
     repeats = 1 if args.quick else args.repeats
@@ -170,31 +174,37 @@ def main() -> None:
         return store.load("mlp", session_options=so, hooks=hooks, **batching)
 
     # -- 1. CPU cost per call, one caller thread (no contention: the cleanest overhead figure)
+    only = None if args.only is None else {"no hooks", *args.only.split(",")}
+
+    def chosen(names: list[str]) -> list[str]:
+        return [n for n in names if only is None or n in only or n == "raw onnxruntime"]
+
     n_cpu = 5_000 if args.quick else 30_000
     cpu: dict[str, list[float]] = {}
-    for _ in range(repeats):
+    for _ in range(0 if args.skip_cpu else repeats):
         cpu.setdefault("raw onnxruntime", []).append(cpu_per_call(raw, [], rows, n_cpu))
-        for name in ("no hooks", "no-op sink", "JsonlSink 100%", "JsonlSink 100% base64",
-                     "JsonlSink 10%", "DriftMonitor"):  # fmt: skip
+        for name in chosen(["no hooks", "no-op sink", "JsonlSink 100%", "JsonlSink 100% base64",
+                            "JsonlSink 10%", "DriftMonitor"]):  # fmt: skip
             h = scenario(name, max_queue=10**7)
             h.warmup(10)
             cpu.setdefault(name, []).append(cpu_per_call(h.predict, h.hooks, rows, n_cpu))
             h.close()
-    base_cpu = float(np.median(cpu["no hooks"]))
-    print(f"# CPU per call, 1 thread, {n_cpu} calls x {repeats} rounds (median)")
-    print("| scenario | CPU µs/call | vs no hooks | throughput vs no hooks |")
-    print("|---|---:|---:|---:|")
-    for name, vals in cpu.items():
-        us = float(np.median(vals))
-        print(f"| {name} | {us:.1f} | {us / base_cpu:.3f} | {base_cpu / us:.3f} |")
-    print()
+    if cpu:
+        base_cpu = float(np.median(cpu["no hooks"]))
+        print(f"# CPU per call, 1 thread, {n_cpu} calls x {repeats} rounds (median)")
+        print("| scenario | CPU µs/call | vs no hooks | throughput vs no hooks |")
+        print("|---|---:|---:|---:|")
+        for name, vals in cpu.items():
+            us = float(np.median(vals))
+            print(f"| {name} | {us:.1f} | {us / base_cpu:.3f} | {base_cpu / us:.3f} |")
+        print()
 
     # -- 2. throughput under many threads
-    names = [
+    names = chosen([
         "raw onnxruntime", "no hooks", "no-op sink", "JsonlSink 100%", "JsonlSink 100% block",
         "JsonlSink 100% base64", "JsonlSink 100% base64 block", "JsonlSink 10%",
         "DriftMonitor", "DriftMonitor block", "JsonlSink + DriftMonitor",
-    ]  # fmt: skip
+    ])  # fmt: skip
     results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     extra: dict[str, dict] = {}
     batch: dict[str, list[tuple[float, float]]] = {}

@@ -115,7 +115,9 @@ def test_nothing_lost_on_clean_close_with_many_threads(lr, iris_like, tmp_path, 
         assert stats["dropped"] == 0 and sorted(logged) == sorted(ids)
 
 
-def test_close_drains_at_once_however_long_the_write_interval(lr, iris_like, tmp_path, caplog):
+def test_close_drains_at_once_however_long_the_write_interval(
+    lr, iris_like, tmp_path, caplog, threads_checked
+):
     X, _ = iris_like
     sink = JsonlSink(tmp_path / "slow.jsonl")
     sink.interval = 3600.0  # the writer would otherwise sleep an hour between batches
@@ -123,8 +125,7 @@ def test_close_drains_at_once_however_long_the_write_interval(lr, iris_like, tmp
     for row in X[:40]:
         h.predict(row)
     with caplog.at_level(logging.ERROR, logger="embedml.observe.hooks"):
-        h.close()
-    assert not sink._thread.is_alive()
+        h.close()  # (threads_checked: the writer thread ended)
     assert not caplog.records  # no "did not finish" on a healthy writer
     assert sink.stats()["written"] == 40 == len(read_jsonl(tmp_path / "slow.jsonl"))
 

@@ -164,19 +164,18 @@ def test_log_outcome_regression_window(store):
     from sklearn.linear_model import LinearRegression
 
     rng = np.random.default_rng(4)
-    X = rng.normal(size=(500, 3))
-    y = X @ [1.0, -2.0, 0.5] + rng.normal(scale=0.3, size=500)
+    X = rng.normal(size=(1300, 3))
+    y = X @ [1.0, -2.0, 0.5] + rng.normal(scale=0.3, size=1300)
     store.save("reg", LinearRegression().fit(X, y))
     h = store.load("reg")
-    h._obs.quality.window = 100  # a short window to see old outcomes leave it
     errs = []
-    for i in range(300):
+    for i in range(1300):  # more outcomes than the window (1,000): the old ones leave it
         p = h.predict(X[i], details=True)
         h.log_outcome(p.request_id, y[i])
         errs.append(float(p.output) - y[i])
-    last = np.asarray(errs[-100:])
+    last = np.asarray(errs[-1000:])
     q = h.metrics()["quality"]
-    assert q["task"] == "regression" and q["window"] == 100
+    assert q["task"] == "regression" and q["window"] == 1000
     assert q["mae"] == pytest.approx(np.abs(last).mean(), abs=1e-6)
     assert q["rmse"] == pytest.approx(np.sqrt((last**2).mean()), abs=1e-6)
     h.close()
@@ -231,16 +230,15 @@ def test_prometheus_text_output(lr, logreg, iris_like):
 def test_outcome_memory_is_bounded_by_rows_not_calls(lr, iris_like):
     X, y = iris_like
     with lr.load("lr") as h:
-        memory = h._obs.quality
         ids = [h.predict_batch(X[:1], details=True).request_id for _ in range(10_050)]
-        assert len(memory._outputs) == memory.pending == 10_000  # bounded, never more
         for rid in ids[:50]:  # the 50 oldest are forgotten
             with pytest.raises(embedml.RequestNotFoundError, match="last 10000 rows"):
                 h.log_outcome(rid, y[:1])
         h.log_outcome(ids[50], y[:1])  # the oldest remembered one still joins
+        assert h.metrics()["quality"]["pending"] == 10_000 - 1  # bounded, never more
         # 100-row batches: 100 of them fill the memory, whatever came before
         big = [h.predict_batch(X[:100], details=True).request_id for _ in range(120)]
-        assert len(memory._outputs) == 100 and memory._rows <= memory.pending
+        assert h.metrics()["quality"]["pending"] == 100
         h.log_outcome(big[-100], y[:100])
         with pytest.raises(embedml.RequestNotFoundError):
             h.log_outcome(big[0], y[:100])
@@ -254,16 +252,16 @@ def test_outcome_memory_is_bounded_by_rows_not_calls(lr, iris_like):
 def test_outputs_are_remembered_only_when_the_request_id_can_be_known(lr, iris_like):
     X, y = iris_like
     with lr.load("lr") as h:
-        memory = h._obs.quality
         h.predict(X[0])
         h.predict_batch(X[:10])
-        assert memory._outputs == {}  # nobody can join an outcome to these: nothing kept
         p = h.predict(X[0], details=True)
-        assert list(memory._outputs) == [p.request_id]
+        h.log_outcome(p.request_id, y[0])
+        # nobody can join an outcome to the plain calls: nothing was kept for them
+        assert h.metrics()["quality"]["pending"] == 0
         records = []
         h.add_hook(records.append)
         h.predict(X[1])  # a hook sees the id: kept, by the sink's thread before it writes
         assert h.hooks[0].flush()
-        assert len(memory._outputs) == 2
+        assert h.metrics()["quality"]["pending"] == 1
         h.close()
         h.log_outcome(records[0].request_id, y[1])
