@@ -57,6 +57,9 @@ class Observer:
     def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
         self.metrics = Metrics(clock)
+        #: A call started (it is in flight until its :meth:`end`): the metrics count it
+        #: (bound here rather than wrapped: one Python frame less per call).
+        self.begin = self.metrics.begin
         self.quality = QualityTracker()
         self.sinks: tuple[Sink, ...] = ()
         # the same sinks split by what they take
@@ -87,9 +90,6 @@ class Observer:
         sink.detach(handle)
         return True
 
-    def begin(self) -> None:
-        """A call started (it is in flight until its :meth:`end`)."""
-        self.metrics.begin()
 
     def end(self, call: FinishedCall) -> None:
         """Report one finished call to the sinks, the outcome memory and the metrics (in

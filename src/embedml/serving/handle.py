@@ -245,16 +245,17 @@ class ModelHandle:
         frame = output_frame(raw, len(index) if index is not None else n_rows(raw), index)
         return dataclasses.replace(out, output=frame) if details else frame
 
-    # The call path: one FinishedCall per call, filled in stage by stage and handed to the
-    # observer when the call is over. _call (sync) and apredict (async) are its two thin
-    # wrappers; they differ only in how they wait for the model or the batcher.
-    # Stamps are time.perf_counter() (4 reads per call) rather than the injectable clock:
-    # going through SYSTEM_CLOCK.monotonic costs ~20 ns more per read (Python 3.11).
+    # The call path: one FinishedCall per call, filled in stage by stage (_validate,
+    # _joined, _shape) and handed to the observer when the call is over (_end). _call (sync)
+    # and apredict (async) are its two thin wrappers; they differ only in how they wait for
+    # the model or the batcher. Stamps are time.perf_counter() (4 reads per call), not the
+    # injectable clock: SYSTEM_CLOCK.monotonic costs ~20 ns more per read (Python 3.11).
     def _call(
         self, pipe: Pipeline, records: Any, one: bool, timeout_ms: float | None, details: bool
     ) -> Any:
         """validate -> (batcher or model) -> shape, on the caller's thread."""
-        call = self._begin(pipe)
+        self._obs.begin()
+        call = FinishedCall(pipe.source, time.perf_counter())
         try:
             batch, whole = self._validate(pipe, call, records, one)
             if pipe.batcher is None:
@@ -271,7 +272,10 @@ class ModelHandle:
             pipe.release()
         if one:
             self._sample = records  # only records that worked: a bad one must not break swap
-        return self._answer(pipe, call, out, details)
+        if details:  # the request id is made only when someone can see it
+            call.request_id = new_request_id()
+        self._end(call)
+        return Prediction(out, call.request_id, pipe.mv.name, pipe.mv.version) if details else out  # type: ignore[arg-type]
 
     async def apredict(
         self, record: Any, *, details: bool = False, timeout_ms: float | None = None
@@ -291,7 +295,8 @@ class ModelHandle:
             return await asyncio.to_thread(
                 self.predict, record, details=details, timeout_ms=timeout_ms
             )
-        call = self._begin(pipe)
+        self._obs.begin()
+        call = FinishedCall(pipe.source, time.perf_counter())
         try:
             batch = pipe.quick_one(record)  # its NaN/inf check is made per batch
             unchecked = batch is not None
@@ -308,11 +313,10 @@ class ModelHandle:
         finally:
             pipe.release()
         self._sample = record
-        return self._answer(pipe, call, out, details)
-
-    def _begin(self, pipe: Pipeline) -> FinishedCall:
-        self._obs.begin()
-        return FinishedCall(pipe.source, time.perf_counter())
+        if details:
+            call.request_id = new_request_id()
+        self._end(call)
+        return Prediction(out, call.request_id, pipe.mv.name, pipe.mv.version) if details else out  # type: ignore[arg-type]
 
     @staticmethod
     def _validate(pipe: Pipeline, call: FinishedCall, records: Any, one: bool) -> tuple[Any, bool]:
@@ -342,16 +346,6 @@ class ModelHandle:
         if pipe.plain:  # Pipeline.row / rows without a schema, inlined
             return take(raw, 0) if row else raw
         return pipe.row(raw, 0) if row else pipe.rows(raw, call.rows)
-
-    def _answer(self, pipe: Pipeline, call: FinishedCall, out: Any, details: bool) -> Any:
-        """Report a successful call and return its result (a :class:`Prediction` with
-        ``details``: the request id is made only when someone can see it)."""
-        if details:
-            call.request_id = new_request_id()
-        self._end(call)
-        if details:
-            return Prediction(out, call.request_id, pipe.mv.name, pipe.mv.version)  # type: ignore[arg-type]
-        return out
 
     def _end(self, call: FinishedCall, error: BaseException | None = None) -> None:
         """Hand a finished call to the observer. Never raises."""

@@ -12,11 +12,12 @@ import bisect
 import math
 import os
 import threading
+import time
 import weakref
 from collections import Counter
 from typing import Any
 
-from ...clock import SYSTEM_CLOCK, Clock
+from ...clock import SYSTEM_CLOCK, Clock, SystemClock
 from ..records import FinishedCall
 
 __all__ = ["STAGES", "HandleSet", "Histogram", "Metrics"]
@@ -193,6 +194,8 @@ class Metrics:
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
+        # read once per call: the system clock's own function saves its Python frame
+        self._monotonic = time.monotonic if type(clock) is SystemClock else clock.monotonic
         # Per-thread finalizers hold their shard until the thread ends; a long-lived thread
         # calling many short-lived handles would keep every handle's shards alive, so they
         # are detached when these metrics go away.
@@ -270,13 +273,18 @@ class Metrics:
             sh = self._local.shard
         except AttributeError:
             sh = self._shard()
-        sec = int(self.clock.monotonic())
+        sec = int(self._monotonic())
         slot = sec % _WINDOW
         sh.requests += 1
         if sh.sec[slot] != sec:
             sh.sec[slot], sh.req[slot], sh.rows_at[slot] = sec, 0, 0
         sh.req[slot] += 1
-        v, q, m, t = call.durations()
+        # call.durations(), inlined: a Python frame (~0.1 µs) on every prediction
+        start, q = call.started, call.queue
+        validated = call.validated or start
+        v, m, t = validated - start, (call.answered or validated) - validated - q, call.ended - start
+        if m < 0.0:
+            m = 0.0
         hv, hq, hm, ht = sh.hists
         error = call.error
         if error is not None:
