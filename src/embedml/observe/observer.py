@@ -90,7 +90,6 @@ class Observer:
         sink.detach(handle)
         return True
 
-
     def end(self, call: FinishedCall) -> None:
         """Report one finished call to the sinks, the outcome memory and the metrics (in
         that order, see the module docstring). Its outputs are kept for ``log_outcome``

@@ -282,7 +282,8 @@ class Metrics:
         # call.durations(), inlined: a Python frame (~0.1 µs) on every prediction
         start, q = call.started, call.queue
         validated = call.validated or start
-        v, m, t = validated - start, (call.answered or validated) - validated - q, call.ended - start
+        v, t = validated - start, call.ended - start
+        m = (call.answered or validated) - validated - q
         if m < 0.0:
             m = 0.0
         hv, hq, hm, ht = sh.hists
