@@ -171,22 +171,24 @@ class PredictionRecord:
         v, q, m, t = call.durations()
         model, version, names = call.source
         error = call.error
+        # positional: this runs once per record on the sink's thread, and keywords cost
+        # about a third more for 15 fields (Python 3.11)
         return cls(
-            request_id=call.request_id,  # type: ignore[arg-type]
-            model=model,
-            version=version,
-            timestamp=call.timestamp,
-            rows=call.rows,
-            batch_size=(call.batch_size or call.rows) if error is None else call.rows,
-            latency_ms=t * 1e3,
-            validation_ms=v * 1e3,
-            queue_ms=q * 1e3,
-            model_ms=m * 1e3,
-            error=None if error is None else f"{type(error).__name__}: {error}",
-            error_type=None if error is None else type(error).__name__,
-            raw_inputs=call.inputs,
-            raw_outputs=call.outputs,
-            input_names=names,
+            call.request_id,  # type: ignore[arg-type]
+            model,
+            version,
+            call.timestamp,
+            call.rows,
+            (call.batch_size or call.rows) if error is None else call.rows,
+            t * 1e3,  # latency_ms
+            v * 1e3,  # validation_ms
+            q * 1e3,  # queue_ms
+            m * 1e3,  # model_ms
+            None if error is None else f"{type(error).__name__}: {error}",
+            None if error is None else type(error).__name__,
+            call.inputs,
+            call.outputs,
+            names,
         )
 
     @property

@@ -272,10 +272,12 @@ class ModelHandle:
             pipe.release()
         if one:
             self._sample = records  # only records that worked: a bad one must not break swap
-        if details:  # the request id is made only when someone can see it
-            call.request_id = new_request_id()
+        if not details:
+            self._end(call)
+            return out
+        call.request_id = rid = new_request_id()  # made only when someone can see it
         self._end(call)
-        return Prediction(out, call.request_id, pipe.mv.name, pipe.mv.version) if details else out  # type: ignore[arg-type]
+        return Prediction(out, rid, pipe.mv.name, pipe.mv.version)
 
     async def apredict(
         self, record: Any, *, details: bool = False, timeout_ms: float | None = None
@@ -313,10 +315,12 @@ class ModelHandle:
         finally:
             pipe.release()
         self._sample = record
-        if details:
-            call.request_id = new_request_id()
+        if not details:
+            self._end(call)
+            return out
+        call.request_id = rid = new_request_id()  # made only when someone can see it
         self._end(call)
-        return Prediction(out, call.request_id, pipe.mv.name, pipe.mv.version) if details else out  # type: ignore[arg-type]
+        return Prediction(out, rid, pipe.mv.name, pipe.mv.version)
 
     @staticmethod
     def _validate(pipe: Pipeline, call: FinishedCall, records: Any, one: bool) -> tuple[Any, bool]:
