@@ -170,3 +170,21 @@ def test_metrics_measure_uptime_and_the_throughput_window_on_their_clock():
     snap = metrics.snapshot()
     assert snap["throughput"]["window_seconds"] == 60.0
     assert snap["throughput"]["requests_per_second"] == 0.0 and snap["requests"] == 31
+
+
+class RaisingAtSubmit(Sink):
+    def submit(self, item) -> bool:
+        raise RuntimeError("a broken sink")
+
+    def write(self, records) -> None:
+        pass
+
+
+def test_a_sink_that_raises_when_offered_a_call_costs_only_itself(lr, iris_like, caplog):
+    X, _ = iris_like
+    records = Records()
+    with lr.load("lr", hooks=[RaisingAtSubmit(), records]) as h:
+        assert h.predict(X[0]) in (0, 1, 2)
+        assert records.flush()
+    assert len(records.records) == 1 and h.metrics()["requests"] == 1
+    assert any("broken sink" in r.getMessage() or r.exc_info for r in caplog.records)

@@ -133,7 +133,12 @@ class Observer:
             if keeper is not None:
                 call.kept_by, call.memory = keeper, self.quality
         for sink in takers:
-            sink.submit(call)
+            try:
+                sink.submit(call)
+            except Exception:  # submit() never raises; an override that does costs only itself
+                log.exception(
+                    "sink %r raised in submit(); the other sinks still get the call", sink
+                )
 
     def rows(self, source: Source, batch: Any, outputs: Any, n: int, copy: bool) -> None:
         """Offer the ``n`` rows of successful calls to the row sinks, each sampling per
@@ -145,7 +150,10 @@ class Observer:
                     if offer is None:
                         inputs = _snapshot(batch) if copy else batch
                         offer = RowBatch(source[2], inputs, _snapshot(outputs), n)
-                    sink.submit(offer)
+                    try:
+                        sink.submit(offer)
+                    except Exception:  # as in _hand_over
+                        log.exception("sink %r raised in submit()", sink)
         except Exception:  # pragma: no cover - observability must not break a prediction
             log.exception("offering rows to the row sinks failed")
 
