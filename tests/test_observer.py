@@ -20,22 +20,22 @@ def lr(store, logreg):
     return store
 
 
-class Rows(RowSink):
+class Kept:
+    """Keeps what its sink was given, in ``got``."""
+
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        self.batches: list[RowBatch] = []
+        self.got: list = []
 
+
+class Rows(Kept, RowSink):
     def write_rows(self, batches: list[RowBatch]) -> None:
-        self.batches.extend(batches)
+        self.got.extend(batches)
 
 
-class Records(Sink):
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        self.records: list[PredictionRecord] = []
-
+class Records(Kept, Sink):
     def write(self, records: list[PredictionRecord]) -> None:
-        self.records.extend(records)
+        self.got.extend(records)
 
 
 def test_a_row_sink_gets_the_rows_of_successful_calls_and_a_record_sink_every_call(
@@ -49,12 +49,12 @@ def test_a_row_sink_gets_the_rows_of_successful_calls_and_a_record_sink_every_ca
         with pytest.raises(embedml.SchemaError):
             h.predict(np.zeros(3))
         assert rows.flush() and records.flush()
-    assert [type(b) for b in rows.batches] == [RowBatch, RowBatch]  # not the failed call
-    assert [b.rows for b in rows.batches] == [1, 3]
-    np.testing.assert_array_equal(np.concatenate([b.inputs for b in rows.batches]), X[:4])
-    assert [type(r) for r in records.records] == [PredictionRecord] * 3
-    assert [r.rows for r in records.records] == [1, 3, 0]  # validation failed: no rows
-    assert records.records[2].error_type == "SchemaError" and records.records[2].inputs is None
+    assert [type(b) for b in rows.got] == [RowBatch, RowBatch]  # not the failed call
+    assert [b.rows for b in rows.got] == [1, 3]
+    np.testing.assert_array_equal(np.concatenate([b.inputs for b in rows.got]), X[:4])
+    assert [type(r) for r in records.got] == [PredictionRecord] * 3
+    assert [r.rows for r in records.got] == [1, 3, 0]  # validation failed: no rows
+    assert records.got[2].error_type == "SchemaError" and records.got[2].inputs is None
     assert rows.stats()["written"] == 2 and records.stats()["written"] == 3
 
 
@@ -124,7 +124,7 @@ def test_close_waits_until_a_finished_call_has_reached_its_sinks(lr, iris_like, 
     closer.join(60)
     assert sink.closed
     assert sink.stats()["dropped"] == 0 and sink.stats()["written"] == 1
-    assert [r.rows for r in sink.records] == [1]
+    assert [r.rows for r in sink.got] == [1]
 
 
 class StepClock:
@@ -186,5 +186,5 @@ def test_a_sink_that_raises_when_offered_a_call_costs_only_itself(lr, iris_like,
     with lr.load("lr", hooks=[RaisingAtSubmit(), records]) as h:
         assert h.predict(X[0]) in (0, 1, 2)
         assert records.flush()
-    assert len(records.records) == 1 and h.metrics()["requests"] == 1
+    assert len(records.got) == 1 and h.metrics()["requests"] == 1
     assert any("broken sink" in r.getMessage() or r.exc_info for r in caplog.records)

@@ -15,26 +15,13 @@ import math
 import os
 import threading
 import weakref
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import ConfigurationError, RequestNotFoundError, SchemaError
 
 __all__ = ["QualityTracker"]
-
-# Live trackers: a forked child gets fresh locks for them (a thread of the parent, such as
-# a sink's writer remembering outputs, may have held one at the fork).
-_LIVE: weakref.WeakSet[QualityTracker] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for tracker in list(_LIVE):
-        tracker._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _predicted(out: Any) -> np.ndarray:
@@ -52,6 +39,9 @@ def _predicted(out: Any) -> np.ndarray:
 
 class QualityTracker:
     """Joins outcomes with remembered predictions; keeps a sliding window of per-row scores."""
+
+    #: The trackers alive in this process (see :meth:`after_fork`).
+    live: ClassVar[weakref.WeakSet[QualityTracker]] = weakref.WeakSet()
 
     def __init__(self, window: int = 1000, pending: int = 10_000) -> None:
         if int(window) < 1 or int(pending) < 0:
@@ -72,11 +62,14 @@ class QualityTracker:
         self._sum_sq = 0.0
         self.outcomes = 0
         self.unknown = 0
-        _LIVE.add(self)
+        QualityTracker.live.add(self)
 
-    def _after_fork_in_child(self) -> None:
-        # a thread of the parent may have held the lock at the fork; it does not exist here
-        self._lock = threading.Lock()
+    @classmethod
+    def after_fork(cls) -> None:
+        """In a forked child: every tracker gets a fresh lock (a thread of the parent, such
+        as a sink's writer remembering outputs, may have held one at the fork)."""
+        for tracker in list(cls.live):
+            tracker._lock = threading.Lock()
 
     def remember(self, request_id: str, outputs: Any, rows: int = 1) -> None:
         """Keep the outputs of one call of ``rows`` rows for a later :meth:`join`."""
@@ -149,3 +142,7 @@ class QualityTracker:
                 return {**base, "accuracy": round(acc, 6), "error_rate": round(1 - acc, 6)}
             return {**base, "mae": round(self._sum / n, 6),
                     "rmse": round(math.sqrt(max(self._sum_sq, 0.0) / n), 6)}  # fmt: skip
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=QualityTracker.after_fork)

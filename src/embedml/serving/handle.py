@@ -272,12 +272,10 @@ class ModelHandle:
             pipe.release()
         if one:
             self._sample = records  # only records that worked: a bad one must not break swap
+        self._end(call, show_id=details)
         if not details:
-            self._end(call)
             return out
-        call.request_id = rid = new_request_id()  # made only when someone can see it
-        self._end(call)
-        return Prediction(out, rid, pipe.mv.name, pipe.mv.version)
+        return Prediction(out, call.request_id, pipe.mv.name, pipe.mv.version)  # type: ignore[arg-type]
 
     async def apredict(
         self, record: Any, *, details: bool = False, timeout_ms: float | None = None
@@ -315,12 +313,10 @@ class ModelHandle:
         finally:
             pipe.release()
         self._sample = record
+        self._end(call, show_id=details)
         if not details:
-            self._end(call)
             return out
-        call.request_id = rid = new_request_id()  # made only when someone can see it
-        self._end(call)
-        return Prediction(out, rid, pipe.mv.name, pipe.mv.version)
+        return Prediction(out, call.request_id, pipe.mv.name, pipe.mv.version)  # type: ignore[arg-type]
 
     @staticmethod
     def _validate(pipe: Pipeline, call: FinishedCall, records: Any, one: bool) -> tuple[Any, bool]:
@@ -351,8 +347,14 @@ class ModelHandle:
             return take(raw, 0) if row else raw
         return pipe.row(raw, 0) if row else pipe.rows(raw, call.rows)
 
-    def _end(self, call: FinishedCall, error: BaseException | None = None) -> None:
-        """Hand a finished call to the observer. Never raises."""
+    def _end(
+        self, call: FinishedCall, error: BaseException | None = None, show_id: bool = False
+    ) -> None:
+        """Hand a finished call to the observer. ``show_id``: the caller sees the request
+        id (made here, only then; a record sink that takes the call gets one anyway).
+        Never raises."""
+        if show_id:
+            call.request_id = new_request_id()
         call.error, call.ended = error, time.perf_counter()
         try:
             self._obs.end(call)
