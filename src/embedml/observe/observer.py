@@ -129,9 +129,10 @@ class Observer:
             call.request_id = new_request_id()
         call.timestamp = self.clock.time() - (call.ended - call.started)
         if call.error is None and not remember:
-            keeper = next((s for s in takers if s.shows_ids), None)
-            if keeper is not None:
-                call.kept_by, call.memory = keeper, self.quality
+            for sink in takers:
+                if sink.shows_ids:  # the first taker that shows ids keeps the outputs
+                    call.kept_by, call.memory = sink, self.quality
+                    break
         for sink in takers:
             try:
                 sink.submit(call)

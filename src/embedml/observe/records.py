@@ -35,6 +35,7 @@ __all__ = [
     "RowBatch",
     "Source",
     "encode_json",
+    "json_bytes",
     "jsonable",
     "new_request_id",
 ]
@@ -325,11 +326,17 @@ _json_encode = json.JSONEncoder(default=str).encode
 
 
 def encode_json(value: Any) -> str:
-    """Compact JSON text of a JSON-ready value. pydantic-core (a pydantic dependency)
-    formats floats about 10x faster than the ``json`` module, which calls ``float.__repr__``
-    per number; values it cannot serialise go through ``json`` with ``default=str``. NaN and
-    infinity are written as ``NaN`` / ``Infinity``, as ``json`` writes them."""
+    """Compact JSON text of a JSON-ready value (see :func:`json_bytes`)."""
+    return json_bytes(value).decode()
+
+
+def json_bytes(value: Any) -> bytes:
+    """Compact JSON of a JSON-ready value, UTF-8 encoded. pydantic-core (a pydantic
+    dependency) formats floats about 10x faster than the ``json`` module, which calls
+    ``float.__repr__`` per number; values it cannot serialise go through ``json`` with
+    ``default=str``. NaN and infinity are written as ``NaN`` / ``Infinity``, as ``json``
+    writes them."""
     try:
-        return _to_json(value).decode()
+        return _to_json(value)
     except Exception:  # PydanticSerializationError: an unknown type; json handles it
-        return _json_encode(value)
+        return _json_encode(value).encode()

@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - Windows: no fork, no other process rot
 
 from ..errors import ConfigurationError
 from .hooks import Sink
-from .records import PredictionRecord, encode_json, prepare_json, unpacked
+from .records import PredictionRecord, encode_json, json_bytes, prepare_json, unpacked
 
 __all__ = ["CallableSink", "JsonlSink", "LoggingSink", "as_sink", "read_jsonl"]
 
@@ -93,9 +93,9 @@ class JsonlSink(Sink):
                 _write_all(self._file, b"\n")
         if self.arrays == "list":
             prepare_json(records)  # the lists of a whole batch at once (see there)
-        data = "".join([encode_json(self.record_dict(r, self.arrays)) + "\n" for r in records])
+        data = b"".join([json_bytes(self.record_dict(r, self.arrays)) + b"\n" for r in records])
         try:
-            _write_all(self._file, data.encode())
+            _write_all(self._file, data)
         except OSError:
             # Disk full, file gone...: drop the file object and what its buffer holds
             # (these records are counted as errors), and reopen on the next write.
