@@ -122,8 +122,9 @@ class Observer:
         # numbers and arrays they replaced were untracked at its first look, so that up to
         # max_queue waiting entries would not be promoted and bring full collections
         # sooner). Measured, that did not matter: with a JsonlSink taking every call, 64
-        # threads, batched MLP (bench_observability), throughput vs no hooks was 0.37-0.56
-        # with the tuples and 0.44-0.54 with these objects (3 interleaved rounds each).
+        # threads, batched MLP (bench_observability), throughput vs no hooks was 0.40
+        # (0.22-0.56) with the tuples and 0.52 (0.44-0.54) with these objects (medians of 5
+        # alternating rounds; docs/observability.md, "The typed call path").
         call.inputs = _snapshot(call.inputs)  # the validated inputs may be the caller's array
         if call.request_id is None:
             call.request_id = new_request_id()
