@@ -248,8 +248,9 @@ class ModelHandle:
     # The call path: one FinishedCall per call, filled in stage by stage (_validate,
     # _joined, _shape) and handed to the observer when the call is over (_end). _call (sync)
     # and apredict (async) are its two thin wrappers; they differ only in how they wait for
-    # the model or the batcher. Stamps are time.perf_counter() (4 reads per call), not the
-    # injectable clock: SYSTEM_CLOCK.monotonic costs ~20 ns more per read (Python 3.11).
+    # the model or the batcher. Stamps are time.perf_counter() (4 reads per call): stage
+    # timings need its resolution, and nothing here waits or keeps a window (the metrics'
+    # window and uptime are on the observer's injectable clock).
     # The record and these helpers cost a 1-row numpy predict ~0.6 µs (11.0 -> 11.6 µs,
     # bench_compare percall; docs/observability.md, "The typed call path").
     def _call(

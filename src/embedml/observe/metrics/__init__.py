@@ -12,12 +12,11 @@ import bisect
 import math
 import os
 import threading
-import time
 import weakref
 from collections import Counter
 from typing import Any
 
-from ...clock import SYSTEM_CLOCK, Clock, SystemClock
+from ...clock import SYSTEM_CLOCK, Clock
 from ..records import FinishedCall
 
 __all__ = ["STAGES", "HandleSet", "Histogram", "Metrics"]
@@ -194,8 +193,6 @@ class Metrics:
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
-        # read once per call: the system clock's own function saves its Python frame
-        self._monotonic = time.monotonic if type(clock) is SystemClock else clock.monotonic
         # Per-thread finalizers hold their shard until the thread ends; a long-lived thread
         # calling many short-lived handles would keep every handle's shards alive, so they
         # are detached when these metrics go away.
@@ -273,7 +270,7 @@ class Metrics:
             sh = self._local.shard
         except AttributeError:
             sh = self._shard()
-        sec = int(self._monotonic())
+        sec = int(self.clock.monotonic())
         slot = sec % _WINDOW
         sh.requests += 1
         if sh.sec[slot] != sec:
