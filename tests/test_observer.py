@@ -12,6 +12,7 @@ import embedml
 from embedml.observe.hooks import RowSink, Sink
 from embedml.observe.metrics import Metrics
 from embedml.observe.records import FinishedCall, PredictionRecord, RowBatch
+from embedml.testing import FakeClock
 
 
 @pytest.fixture
@@ -127,19 +128,6 @@ def test_close_waits_until_a_finished_call_has_reached_its_sinks(lr, iris_like, 
     assert [r.rows for r in sink.got] == [1]
 
 
-class StepClock:
-    """A clock that moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return 1.8e9 + self.now
-
-
 def _call(rows: int, error: BaseException | None = None) -> FinishedCall:
     return FinishedCall(
         ("m", "1", None), 1.0, rows, validated=1.001, answered=1.003, ended=1.004, error=error
@@ -147,7 +135,7 @@ def _call(rows: int, error: BaseException | None = None) -> FinishedCall:
 
 
 def test_metrics_measure_uptime_and_the_throughput_window_on_their_clock():
-    clock = StepClock()
+    clock = FakeClock(1000.0, wall=1.8e9)
     metrics = Metrics(clock)
     for _ in range(30):
         metrics.begin()
@@ -155,18 +143,18 @@ def test_metrics_measure_uptime_and_the_throughput_window_on_their_clock():
     metrics.begin()
     metrics.end(_call(1, ValueError("bad")))
     metrics.begin()  # still running
-    clock.now += 10.0
+    clock.advance(10.0)
     snap = metrics.snapshot()
     assert snap["uptime_seconds"] == 10.0 and snap["in_flight"] == 1 == metrics.in_flight
     assert snap["requests"] == 31 and snap["rows"] == 60 and snap["errors"] == 1
     assert snap["throughput"] == {
         "window_seconds": 10.0, "requests_per_second": 3.1, "rows_per_second": 6.0
     }  # fmt: skip
-    assert snap["last_error"]["time"] == 1.8e9 + 1000.0
+    assert snap["last_error"]["time"] == 1.8e9
     assert snap["latency_ms"]["validation"]["mean"] == pytest.approx(1.0)
     assert snap["latency_ms"]["model"]["mean"] == pytest.approx(2.0)
     assert snap["latency_ms"]["total"]["count"] == 31
-    clock.now += 61.0  # the calls left the one-minute window
+    clock.advance(61.0)  # the calls left the one-minute window
     snap = metrics.snapshot()
     assert snap["throughput"]["window_seconds"] == 60.0
     assert snap["throughput"]["requests_per_second"] == 0.0 and snap["requests"] == 31
