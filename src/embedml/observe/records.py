@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic_core import to_json as _to_json
 
 from .quality import QualityTracker
 
@@ -336,7 +335,10 @@ def json_bytes(value: Any) -> bytes:
     ``float.__repr__`` per number; values it cannot serialise go through ``json`` with
     ``default=str``. NaN and infinity are written as ``NaN`` / ``Infinity``, as ``json``
     writes them."""
+    # imported here: a process whose handles write no JSON never pays for pydantic-core
+    from pydantic_core import to_json
+
     try:
-        return _to_json(value)
+        return to_json(value)
     except Exception:  # PydanticSerializationError: an unknown type; json handles it
         return _json_encode(value).encode()
