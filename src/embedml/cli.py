@@ -10,6 +10,7 @@
     embedml alias NAME ALIAS VERSION
     embedml bench NAME[@SPEC] [--method NAME]
     embedml quantize NAME[@SPEC] [--sample FILE] [--new-version V]
+    embedml import-mlflow MODEL_URI [--name NAME] [--new-version V] [--tracking-uri URI]
 
 The store is ``--store DIR``, else ``$EMBEDML_STORE``, else ``./models``. ``NAME@SPEC``
 takes a version (``fraud@1.2``), a specifier (``'fraud@>=1,<2'``) or an alias
@@ -277,6 +278,23 @@ def _cmd_alias(args: argparse.Namespace) -> int:
     store = _open_store(args)
     mv = store.set_alias(args.name, args.alias, args.version)
     _out(f"{mv.name}@{args.alias.lstrip('@')} -> {mv.version}")
+    return 0
+
+
+def _cmd_import_mlflow(args: argparse.Namespace) -> int:
+    # imported here: the integration needs the optional mlflow extra (loaded on first use)
+    from .integrations.mlflow import import_model
+    from .store.model_store import ModelStore
+
+    # importing, like saving, may start a new store (ModelStore creates its folder)
+    store = ModelStore(args.store or os.environ.get("EMBEDML_STORE") or "models")
+    mv = import_model(
+        args.model_uri, store, name=args.name, version=args.new_version,
+        use_signature=args.signature, tracking_uri=args.tracking_uri,
+        registry_uri=args.registry_uri,
+    )  # fmt: skip
+    prov = mv.manifest.metadata["mlflow"]
+    _out(f"imported {args.model_uri} ({prov['flavor']}, run {prov['run_id']}) as {mv} ({mv.manifest.format})")
     return 0
 
 
@@ -616,6 +634,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-version", metavar="V", help="version to save as (default: next major)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser(
+        "import-mlflow",
+        parents=[common],
+        help="import an MLflow model (models:/NAME@ALIAS, models:/NAME/V, runs:/ID/PATH) as a new version",
+        description="Load an MLflow model (sklearn, onnx or pytorch flavour) with MLflow's own "
+        "loader and save it as a new version, its MLflow signature as the input schema and its "
+        "provenance in the metadata. Needs the mlflow extra. Trusts the registry: see "
+        "docs/security.md. The signing key comes from $EMBEDML_SIGNING_KEY.",
+    )
+    p.add_argument("model_uri", metavar="MODEL_URI")
+    p.add_argument("--name", help="embedml model name (default: the registered model's name)")
+    p.add_argument("--new-version", metavar="V", help="version to save as (default: next major)")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: MLflow's configuration)")
+    p.add_argument("--registry-uri", metavar="URI", help="MLflow registry URI (default: MLflow's configuration)")
+    p.add_argument(
+        "--no-signature", dest="signature", action="store_false",
+        help="ignore the MLflow signature: keep only what the model declares",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_import_mlflow)
     return parser
 
 

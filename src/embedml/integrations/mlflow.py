@@ -1,0 +1,444 @@
+"""Import a model from an MLflow registry or run into an embedml store.
+
+:func:`import_model` resolves ``models:/churn@champion``, ``models:/churn/3``,
+``models:/churn/latest`` or ``runs:/<run_id>/model`` (pinning an alias to the version it
+points to *now*), downloads that one MLflow model, loads it through MLflow's own flavour
+loader, and saves it as a new embedml version:
+
+=========  =====================================================  ==============
+flavour    what MLflow's loader returns                           embedml format
+=========  =====================================================  ==============
+sklearn    the estimator or pipeline                              joblib
+onnx       the ``onnx.ModelProto``                                onnx
+pytorch    a ``torch.export`` archive (MLflow's default, ``pt2``) torch_export
+pytorch    a scripted module (``torch.jit.script`` logged)        torchscript
+pytorch    a pickled ``nn.Module`` that ``torch.jit.script``       torchscript
+           compiles
+=========  =====================================================  ==============
+
+The MLflow signature becomes the input schema: a column-based signature a record schema
+(its columns, in its order, with their types), a tensor-based one ``TensorSpec`` s. embedml's
+save then checks it against what the model itself declares (scikit-learn's feature names,
+the ONNX graph's or the module's inputs) and a disagreement is refused: the model's own
+interface is the contract. Provenance (source URI, registered name, version, alias, run
+id, model id, flavour, MLflow version, the MLflow signature) goes in the version's
+metadata under ``"mlflow"``.
+
+Importing loads the artifact with MLflow's loader, which may unpickle it: it trusts the
+registry you point to (see ``docs/security.md``). Install with ``pip install
+'embedml[mlflow]'`` (mlflow-skinny; the flavour's own framework is needed as well).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    ConfigurationError,
+    EmbedMLError,
+    InvalidNameError,
+    MissingExtraError,
+    ModelNotFoundError,
+    NotFoundError,
+    StoreError,
+    UnsupportedFormatError,
+    UntrustedArtifactError,
+    VersionNotFoundError,
+)
+from ..formats.torch import _script_arguments
+from ..schema.core import FieldSpec, RecordSchema, TensorSpec
+from ..store.model_store import ModelStore, ModelVersion
+
+__all__ = ["import_model", "SUPPORTED_FLAVORS"]
+
+#: MLflow flavours :func:`import_model` takes, in the order it picks them when a model has
+#: several.
+SUPPORTED_FLAVORS = ("onnx", "sklearn", "pytorch")
+
+# MLflow column types -> record field kinds. Binary, datetime, arrays, objects and maps have
+# no record-field kind: such a signature is refused, naming the column.
+_COLUMN_KINDS = {
+    "boolean": "boolean",
+    "integer": "integer",
+    "long": "integer",
+    "float": "number",
+    "double": "number",
+    "string": "string",
+}
+_REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))$")
+_RUN = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
+_URI_FORMS = (
+    "models:/<name>/<version>, models:/<name>@<alias>, models:/<name>/latest or "
+    "runs:/<run_id>/<artifact path>"
+)
+
+
+@dataclass
+class _Source:
+    """Where the model comes from: what was asked for and what it resolved to."""
+
+    uri: str  # as the caller gave it
+    download_uri: str  # pinned: an alias or "latest" replaced by the version number
+    name: str | None = None  # registered model name
+    version: str | None = None
+    alias: str | None = None
+    run_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _import_mlflow() -> Any:
+    try:
+        import mlflow
+        import mlflow.artifacts
+        import mlflow.exceptions
+        import mlflow.models
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"importing from MLflow needs mlflow-skinny, which cannot be imported ({exc}): "
+            "pip install 'embedml[mlflow]'",
+            extra="mlflow",
+            name="mlflow",
+        ) from exc
+    return mlflow
+
+
+def _flavour_loader(flavour: str) -> Any:
+    """MLflow's loader module of ``flavour``; a missing framework names its embedml extra."""
+    extra, package = {"sklearn": ("sklearn", "sklearn"), "onnx": ("onnx", "onnx"), "pytorch": ("torch", "torch")}[flavour]  # fmt: skip
+    try:
+        __import__(package)
+        if flavour == "sklearn":
+            import mlflow.sklearn as loader
+        elif flavour == "onnx":
+            import mlflow.onnx as loader
+        else:
+            import mlflow.pytorch as loader
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"the MLflow {flavour} flavour needs {package}, which cannot be imported ({exc}): "
+            f"pip install 'embedml[{extra}]'",
+            extra=extra,
+            name=package,
+        ) from exc
+    return loader
+
+
+def _safe_uri(uri: str | None) -> str | None:
+    """A tracking or registry URI without credentials or query (safe to keep in metadata)."""
+    if not uri:
+        return uri
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _registry_error(exc: Exception, source: str, what: str) -> EmbedMLError:
+    """An MLflow client failure as an embedml error (not found vs. anything else)."""
+    code = getattr(exc, "error_code", None)
+    message = f"{source}: {what}: {getattr(exc, 'message', None) or exc}"
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return NotFoundError(message)
+    return StoreError(f"{message} (MLflow error {code or type(exc).__name__})")
+
+
+def _resolve(model_uri: str, client: Any) -> _Source:
+    """Pin ``model_uri`` to one model: the version an alias or ``latest`` points to now."""
+    if m := _RUN.match(model_uri):
+        run_id = m["run_id"]
+        try:
+            client.get_run(run_id)
+        except Exception as exc:  # noqa: BLE001 - MLflow's client raises MlflowException or network errors
+            raise _registry_error(exc, model_uri, f"no run {run_id!r} in the tracking store") from exc
+        return _Source(model_uri, model_uri, run_id=run_id, extra={"artifact_path": m["path"]})
+    m = _REGISTERED.match(model_uri)
+    if m is None:
+        raise InvalidNameError(f"{model_uri!r} is not an MLflow model URI embedml imports; use {_URI_FORMS}")
+    name = m["name"]
+    try:
+        registered = client.get_registered_model(name)
+    except Exception as exc:  # noqa: BLE001
+        err = _registry_error(exc, model_uri, f"no registered model {name!r}")
+        if isinstance(err, NotFoundError):
+            raise ModelNotFoundError(str(err)) from exc
+        raise err from exc
+    aliases = dict(getattr(registered, "aliases", None) or {})
+    spec = m["alias"] or m["version"]
+    if m["alias"] is not None:
+        if spec not in aliases:
+            raise VersionNotFoundError(
+                f"{model_uri}: registered model {name!r} has no alias {spec!r}"
+                f" (its aliases: {aliases or 'none'})"
+            )
+        version = str(aliases[spec])
+    elif spec == "latest":
+        found = client.search_model_versions(f"name='{name}'")
+        if not found:
+            raise VersionNotFoundError(f"{model_uri}: registered model {name!r} has no versions")
+        version = str(max(int(v.version) for v in found))
+    elif spec.isdigit():
+        version = spec
+    else:
+        raise InvalidNameError(
+            f"{model_uri!r}: {spec!r} is neither a version number, 'latest' nor '@alias'"
+            " (MLflow stages are deprecated: point an alias at the version); use " + _URI_FORMS
+        )
+    try:
+        mv = client.get_model_version(name, version)
+    except Exception as exc:  # noqa: BLE001
+        err = _registry_error(exc, model_uri, f"no version {version} of {name!r}")
+        if isinstance(err, NotFoundError):
+            raise VersionNotFoundError(str(err)) from exc
+        raise err from exc
+    return _Source(
+        model_uri,
+        f"models:/{name}/{version}",
+        name=name,
+        version=version,
+        alias=m["alias"],
+        run_id=mv.run_id,
+        extra={
+            "aliases": sorted(a for a, v in aliases.items() if str(v) == version),
+            "model_version_source": mv.source,
+        },
+    )
+
+
+def _column_schema(inputs: Any, where: str) -> RecordSchema:
+    """A column-based MLflow signature as a record schema: its columns in its order."""
+    fields = []
+    for col in inputs.inputs:
+        type_name = getattr(col.type, "name", None)
+        if col.name is None:
+            raise ConfigurationError(
+                f"{where}: the MLflow signature has an unnamed column; embedml matches inputs by"
+                " name: log the model with a signature inferred from a DataFrame"
+            )
+        kind = _COLUMN_KINDS.get(type_name) if isinstance(type_name, str) else None
+        if kind is None:
+            raise ConfigurationError(
+                f"{where}: column {col.name!r} of the MLflow signature has type {col.type!r},"
+                f" which a record schema cannot hold (it takes {sorted(_COLUMN_KINDS)})"
+            )
+        # MLflow lets an optional column be left out and the model sees a missing value;
+        # embedml takes null for it (a record must still name the column).
+        fields.append(FieldSpec(col.name, kind, nullable=not getattr(col, "required", True)))  # type: ignore[arg-type]
+    return RecordSchema(fields, title="MLflowSignature")
+
+
+def _tensor_schema(inputs: Any, model_inputs: tuple[str, ...] | None, where: str) -> list[TensorSpec]:
+    """A tensor-based MLflow signature as TensorSpecs. An unnamed tensor (MLflow's usual
+    single input) takes the name of the model's one input; several unnamed ones are
+    refused, as matching them would be by position."""
+    specs = list(inputs.inputs)
+    unnamed = [s for s in specs if not s.name]
+    if unnamed and len(specs) > 1:
+        raise ConfigurationError(
+            f"{where}: the MLflow signature has {len(specs)} tensors, some unnamed; embedml"
+            " matches tensors by name: log the model with named tensor specs"
+        )
+    if unnamed and model_inputs is not None and len(model_inputs) != 1:
+        raise ConfigurationError(
+            f"{where}: the MLflow signature declares one unnamed tensor, but the model takes"
+            f" {len(model_inputs)} inputs {list(model_inputs)}: log named tensor specs"
+        )
+    out = []
+    for s in specs:
+        name = s.name or (model_inputs[0] if model_inputs else "input")
+        try:
+            out.append(TensorSpec(name, str(s.type), tuple(s.shape)))
+        except ValueError as exc:
+            raise ConfigurationError(f"{where}: MLflow tensor {name!r}: {exc}") from None
+    return out
+
+
+def _onnx_inputs(model: Any) -> tuple[str, ...]:
+    initializers = {i.name for i in model.graph.initializer}
+    return tuple(i.name for i in model.graph.input if i.name not in initializers)
+
+
+def _load_pytorch(loader: Any, path: Path, where: str) -> tuple[Any, str]:
+    """The logged PyTorch model as an object embedml can save without pickling code:
+    a ``torch.export`` program or a TorchScript module."""
+    import torch
+
+    module = loader.load_model(str(path))  # MLflow's loader: its checks, its pickle policy
+    pt2 = path / "data" / "model.pt2"
+    if pt2.is_file():
+        # MLflow loaded (and, unless pickles are allowed, checked) this archive above; the
+        # program itself, not MLflow's unlifted module, is what keeps its input specs.
+        return torch.export.load(str(pt2)), "torch_export"
+    if isinstance(module, torch.jit.ScriptModule):
+        return module, "torchscript"
+    try:
+        return torch.jit.script(module), "torchscript"
+    except Exception as exc:  # noqa: BLE001 - TorchScript's compiler raises many types
+        raise UnsupportedFormatError(
+            f"{where}: the PyTorch model was logged as a pickled {type(module).__name__}, which"
+            " embedml does not store (pickled code), and torch.jit.script cannot compile it"
+            f" ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Log it"
+            " with mlflow.pytorch.log_model(model, serialization_format='pt2',"
+            " input_example=...) (torch.export, MLflow's default) or log"
+            " torch.jit.script(model) / torch.jit.trace(model, example)"
+        ) from exc
+
+
+def _load(flavour: str, path: Path, where: str) -> tuple[Any, str]:
+    loader = _flavour_loader(flavour)
+    try:
+        if flavour == "pytorch":
+            return _load_pytorch(loader, path, where)
+        model = loader.load_model(str(path))
+    except EmbedMLError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - translate MLflow/framework failures at the boundary
+        text = str(exc)
+        if "pickle" in text.lower() and "disallowed" in text.lower():
+            raise UntrustedArtifactError(f"{where}: MLflow refused to load it: {text}") from exc
+        raise UnsupportedFormatError(
+            f"{where}: MLflow's {flavour} loader could not load it: {type(exc).__name__}: {text}"
+        ) from exc
+    return model, "onnx" if flavour == "onnx" else "joblib"
+
+
+def _model_inputs(fmt: str, model: Any) -> tuple[str, ...] | None:
+    """The input names the model declares, where they decide how a tensor is named."""
+    if fmt == "onnx":
+        return _onnx_inputs(model)
+    if fmt == "torchscript":
+        return _script_arguments(model)
+    if fmt == "torch_export":
+        from ..formats import get_format
+
+        specs, _ = get_format("torch_export").tensor_specs(model)
+        return tuple(s.name for s in specs) if specs else None
+    return None
+
+
+def import_model(
+    model_uri: str,
+    store: ModelStore | str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    version: str | int | None = None,
+    signing_key: str | bytes | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    use_signature: bool = True,
+    tracking_uri: str | None = None,
+    registry_uri: str | None = None,
+) -> ModelVersion:
+    """Bring one MLflow model into ``store`` as a new embedml version and return it.
+
+    ``model_uri`` is ``models:/<name>/<version>``, ``models:/<name>@<alias>``,
+    ``models:/<name>/latest`` or ``runs:/<run_id>/<artifact path>``; an alias or
+    ``latest`` is resolved once and the version it points to is what is imported (and
+    recorded). ``name`` is the embedml model name (default: the registered model's name;
+    required for ``runs:/``); ``version`` the embedml version (default: the next one);
+    ``signing_key`` signs the new version as :meth:`ModelStore.save` does. ``metadata`` is
+    added to the version's metadata beside ``"mlflow"``: the provenance (``source_uri``,
+    ``registered_model``, ``version``, ``alias``, ``aliases``, ``run_id``, ``model_id``,
+    ``flavor``, ``mlflow_version``, ``signature``, ``registry_uri`` without credentials).
+
+    The MLflow signature becomes the input schema (columns -> record schema in the
+    signature's order; tensors -> :class:`TensorSpec`); ``use_signature=False`` ignores it
+    and keeps only what the model declares. A logged input example is passed to save as
+    ``input_example``. ``tracking_uri`` / ``registry_uri`` default to MLflow's own
+    configuration (``MLFLOW_TRACKING_URI``, ``mlflow.set_tracking_uri``); MLflow's global
+    state is not changed.
+
+    Loading runs MLflow's flavour loader, which may unpickle the artifact: call this only on
+    a registry you trust (``docs/security.md``).
+
+    Raises :class:`MissingExtraError` (``mlflow`` extra, or the flavour's framework),
+    :class:`InvalidNameError` (a URI of another form), :class:`ModelNotFoundError` /
+    :class:`VersionNotFoundError` (no such registered model, version or alias),
+    :class:`NotFoundError` (no such run or artifact), :class:`StoreError` (the tracking or
+    registry server failed), :class:`UnsupportedFormatError` (no supported flavour, a
+    PyTorch model that is neither exported nor scriptable, a loader failure),
+    :class:`UntrustedArtifactError` (MLflow's pickle policy refused it),
+    :class:`ConfigurationError` (the signature disagrees with the model, or cannot be
+    expressed), and whatever :meth:`ModelStore.save` raises.
+    """
+    mlflow = _import_mlflow()
+    if not isinstance(store, ModelStore):
+        store = ModelStore(store)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    source = _resolve(model_uri, client)
+    embedml_name = name or source.name
+    if embedml_name is None:
+        raise ConfigurationError(f"{model_uri}: pass name= (the embedml model name) for a runs:/ URI")
+    with tempfile.TemporaryDirectory(prefix="embedml-mlflow-") as tmp:
+        try:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=source.download_uri, dst_path=tmp,
+                    tracking_uri=tracking_uri, registry_uri=registry_uri,
+                )  # fmt: skip
+            )
+            info = mlflow.models.Model.load(str(local))
+        except Exception as exc:  # noqa: BLE001 - MLflow raises MlflowException, OSError...
+            raise _registry_error(exc, model_uri, "cannot download the MLflow model") from exc
+        where = f"{model_uri} ({source.download_uri})" if source.download_uri != model_uri else model_uri
+        flavours = [f for f in SUPPORTED_FLAVORS if f in info.flavors]
+        if not flavours:
+            raise UnsupportedFormatError(
+                f"{where}: MLflow flavours {sorted(info.flavors)}; embedml imports"
+                f" {list(SUPPORTED_FLAVORS)} (a custom python_function model runs arbitrary"
+                " code: log the underlying model with one of those flavours)"
+            )
+        flavour = flavours[0]
+        model, fmt = _load(flavour, local, where)
+        signature = info.signature if use_signature else None
+        input_schema: Any = None
+        if signature is not None and signature.inputs is not None:
+            if signature.inputs.is_tensor_spec():
+                input_schema = _tensor_schema(signature.inputs, _model_inputs(fmt, model), where)
+            else:
+                input_schema = _column_schema(signature.inputs, where)
+        example = None
+        if use_signature and info.saved_input_example_info:
+            try:
+                example = info.load_input_example(str(local))
+            except Exception:  # noqa: BLE001 - an unreadable example only costs the extra checks
+                example = None
+        method = None
+        if flavour == "sklearn":
+            predict_fn = info.flavors.get("python_function", {}).get("predict_fn", "predict")
+            method = None if predict_fn == "predict" else predict_fn
+        provenance = {
+            "source_uri": model_uri,
+            "registered_model": source.name,
+            "version": source.version,
+            "alias": source.alias,
+            "run_id": source.run_id or info.run_id,
+            "model_id": getattr(info, "model_id", None),
+            "flavor": flavour,
+            "mlflow_version": info.mlflow_version,
+            "signature": info.signature.to_dict() if info.signature is not None else None,
+            "registry_uri": _safe_uri(registry_uri or mlflow.get_registry_uri()),
+            **source.extra,
+        }
+        try:
+            return store.save(
+                embedml_name, model, version=version, format=fmt, input_schema=input_schema,
+                metadata={**dict(metadata or {}), "mlflow": provenance},
+                signing_key=signing_key, method=method, input_example=example,
+            )  # fmt: skip
+        except ConfigurationError as exc:
+            if input_schema is None or isinstance(exc, MissingExtraError):
+                raise
+            raise ConfigurationError(
+                f"{where}: the MLflow signature does not agree with the model, so embedml"
+                f" refuses it (the model's own interface is the contract): {exc}. Log the"
+                " model with a signature inferred from its training input"
+                " (mlflow.models.infer_signature), or import with use_signature=False to"
+                " take only what the model declares"
+            ) from exc
