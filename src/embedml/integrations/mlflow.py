@@ -85,7 +85,7 @@ class _Source:
     """Where the model comes from: what was asked for and what it resolved to."""
 
     uri: str  # as the caller gave it
-    download_uri: str  # pinned: an alias or "latest" replaced by the version number
+    download_uri: str  # pinned: the artifact location of the version an alias points to now
     name: str | None = None  # registered model name
     version: str | None = None
     alias: str | None = None
@@ -150,15 +150,40 @@ def _registry_error(exc: Exception, source: str, what: str) -> EmbedMLError:
     return StoreError(f"{message} (MLflow error {code or type(exc).__name__})")
 
 
+def _run_model_location(client: Any, run: Any, path: str) -> str:
+    """Where ``runs:/<run>/<path>`` keeps its files, resolved with this client: the
+    artifacts of the model logged under that name by the run (MLflow 3), else the run's own
+    artifact folder (MLflow 2). MLflow's downloader would resolve the first with the global
+    tracking URI, not this client's."""
+    name, _, rest = path.partition("/")
+    search = getattr(client, "search_logged_models", None)
+    if search is not None:
+        token = None
+        while True:
+            page = search(
+                experiment_ids=[run.info.experiment_id], filter_string=f"name = '{name}'",
+                page_token=token,
+            )  # fmt: skip
+            for logged in page:
+                if logged.source_run_id == run.info.run_id:
+                    location = logged.artifact_location.rstrip("/")
+                    return f"{location}/{rest}" if rest else location
+            token = page.token
+            if not token:
+                break
+    return f"{run.info.artifact_uri.rstrip('/')}/{path}"
+
+
 def _resolve(model_uri: str, client: Any) -> _Source:
     """Pin ``model_uri`` to one model: the version an alias or ``latest`` points to now."""
     if m := _RUN.match(model_uri):
-        run_id = m["run_id"]
+        run_id, path = m["run_id"], m["path"]
         try:
-            client.get_run(run_id)
+            run = client.get_run(run_id)
         except Exception as exc:  # noqa: BLE001 - MLflow's client raises MlflowException or network errors
             raise _registry_error(exc, model_uri, f"no run {run_id!r} in the tracking store") from exc
-        return _Source(model_uri, model_uri, run_id=run_id, extra={"artifact_path": m["path"]})
+        location = _run_model_location(client, run, path)
+        return _Source(model_uri, location, run_id=run_id, extra={"artifact_path": path})
     m = _REGISTERED.match(model_uri)
     if m is None:
         raise InvalidNameError(f"{model_uri!r} is not an MLflow model URI embedml imports; use {_URI_FORMS}")
@@ -198,9 +223,15 @@ def _resolve(model_uri: str, client: Any) -> _Source:
         if isinstance(err, NotFoundError):
             raise VersionNotFoundError(str(err)) from exc
         raise err from exc
+    try:
+        # the version's own artifact location: a models:/ URI handed to MLflow's downloader
+        # is resolved with the global tracking URI, not this client's
+        location = client.get_model_version_download_uri(name, version)
+    except Exception as exc:  # noqa: BLE001
+        raise _registry_error(exc, model_uri, f"no artifacts for version {version} of {name!r}") from exc
     return _Source(
         model_uri,
-        f"models:/{name}/{version}",
+        location,
         name=name,
         version=version,
         alias=m["alias"],
@@ -258,6 +289,16 @@ def _tensor_schema(inputs: Any, model_inputs: tuple[str, ...] | None, where: str
         except ValueError as exc:
             raise ConfigurationError(f"{where}: MLflow tensor {name!r}: {exc}") from None
     return out
+
+
+def _signature_json(signature: Any) -> dict[str, Any] | None:
+    """The MLflow signature as plain JSON (MLflow's own ``to_dict`` nests JSON strings)."""
+    if signature is None:
+        return None
+    return {
+        part: getattr(signature, part).to_dict() if getattr(signature, part) is not None else None
+        for part in ("inputs", "outputs")
+    }
 
 
 def _onnx_inputs(model: Any) -> tuple[str, ...]:
@@ -371,7 +412,12 @@ def import_model(
     if not isinstance(store, ModelStore):
         store = ModelStore(store)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
-    source = _resolve(model_uri, client)
+    try:
+        source = _resolve(model_uri, client)
+    except EmbedMLError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the registry's own failures, translated here
+        raise _registry_error(exc, model_uri, "cannot resolve it in the MLflow registry") from exc
     embedml_name = name or source.name
     if embedml_name is None:
         raise ConfigurationError(f"{model_uri}: pass name= (the embedml model name) for a runs:/ URI")
@@ -386,7 +432,7 @@ def import_model(
             info = mlflow.models.Model.load(str(local))
         except Exception as exc:  # noqa: BLE001 - MLflow raises MlflowException, OSError...
             raise _registry_error(exc, model_uri, "cannot download the MLflow model") from exc
-        where = f"{model_uri} ({source.download_uri})" if source.download_uri != model_uri else model_uri
+        where = model_uri if source.version is None else f"{model_uri} (version {source.version})"
         flavours = [f for f in SUPPORTED_FLAVORS if f in info.flavors]
         if not flavours:
             raise UnsupportedFormatError(
@@ -422,8 +468,8 @@ def import_model(
             "model_id": getattr(info, "model_id", None),
             "flavor": flavour,
             "mlflow_version": info.mlflow_version,
-            "signature": info.signature.to_dict() if info.signature is not None else None,
-            "registry_uri": _safe_uri(registry_uri or mlflow.get_registry_uri()),
+            "signature": _signature_json(info.signature),
+            "registry_uri": _safe_uri(registry_uri or tracking_uri or mlflow.get_registry_uri()),
             **source.extra,
         }
         try:
