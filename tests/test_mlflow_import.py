@@ -16,10 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-mlflow = pytest.importorskip("mlflow")  # the mlflow extra is in the dev extra
+pytest.importorskip("mlflow")  # the mlflow extra is in the dev extra
 
+import mlflow  # noqa: E402
 import mlflow.onnx  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
+import mlflow.pytorch  # noqa: E402
 import mlflow.sklearn  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
 
@@ -199,8 +201,16 @@ def test_sklearn_champion_predicts_as_mlflow_pyfunc(registry, tmp_path) -> None:
     assert prov["registered_model"] == "churn" and prov["alias"] == "champion"
     assert prov["version"] == "1"  # the alias pinned to the version it points at
     assert prov["source_uri"] == "models:/churn@champion" and prov["flavor"] == "sklearn"
-    assert prov["run_id"] == mlflow.MlflowClient(registry["uri"]).get_model_version("churn", "1").run_id
-    assert [c["name"] for c in prov["signature"]["inputs"]] == ["tenure", "charges", "calls", "plan"]
+    assert (
+        prov["run_id"]
+        == mlflow.MlflowClient(registry["uri"]).get_model_version("churn", "1").run_id
+    )
+    assert [c["name"] for c in prov["signature"]["inputs"]] == [
+        "tenure",
+        "charges",
+        "calls",
+        "plan",
+    ]
 
     X, _ = _churn_frame(50, seed=7)
     with mlflow_globals(registry["uri"]):
@@ -223,6 +233,16 @@ def test_version_and_latest_uris_and_no_global_change(registry, tmp_path) -> Non
     assert latest.manifest.metadata["mlflow"]["version"] == "2"
     assert (pinned.version, pinned.manifest.metadata["mlflow"]["version"]) == ("7", "1")
     assert (mlflow.get_tracking_uri(), dict(os.environ)) == before
+
+
+def test_logged_model_id_uri(registry, tmp_path) -> None:
+    version = mlflow.MlflowClient(registry["uri"]).get_model_version("churn", "2")
+    mv = _import(registry, f"models:/{version.model_id}", tmp_path / "models", name="by_id")
+    prov = mv.manifest.metadata["mlflow"]
+    assert (prov["model_id"], prov["run_id"]) == (version.model_id, version.run_id)
+    X, _ = _churn_frame(20, seed=3)
+    with embedml.ModelStore(tmp_path / "models").load("by_id") as handle:
+        np.testing.assert_array_equal(handle.predict_batch(X), _churn_model(0.01).predict(X))
 
 
 def test_default_is_mlflows_own_configuration(registry, tmp_path) -> None:
@@ -250,7 +270,9 @@ def test_onnx_from_a_run_predicts_as_mlflow_pyfunc(registry, tmp_path) -> None:
     mv = _import(registry, uri, store, name="lr_onnx")
 
     assert mv.manifest.format == "onnx"
-    assert mv.manifest.input_schema["tensors"] == [{"name": "X", "dtype": "float32", "shape": [-1, 4]}]
+    assert mv.manifest.input_schema["tensors"] == [
+        {"name": "X", "dtype": "float32", "shape": [-1, 4]}
+    ]
     assert mv.manifest.metadata["mlflow"]["run_id"] == registry["onnx"]
     X = registry["X4"]
     with mlflow_globals(registry["uri"]):
@@ -300,6 +322,7 @@ def test_custom_pyfunc_flavour_is_refused(registry, tmp_path) -> None:
         ("models:/churn@nope", VersionNotFoundError, "champion"),
         ("models:/churn/99", VersionNotFoundError, "no version 99"),
         ("runs:/0123456789abcdef/model", NotFoundError, "no run"),
+        ("models:/m-0123456789abcdef", NotFoundError, "no logged model"),
     ],
 )
 def test_bad_uris_are_typed_errors(registry, tmp_path, uri, error, text) -> None:
@@ -328,7 +351,14 @@ def test_cli_import_mlflow(registry, tmp_path, capsys) -> None:
     args += ["--tracking-uri", registry["uri"], "--registry-uri", registry["uri"]]
     assert cli_main(args) == 0
     assert "as c@1 (joblib)" in capsys.readouterr().out
-    bad = ["import-mlflow", "models:/nope/1", "--store", str(store), "--tracking-uri", registry["uri"]]
+    bad = [
+        "import-mlflow",
+        "models:/nope/1",
+        "--store",
+        str(store),
+        "--tracking-uri",
+        registry["uri"],
+    ]
     assert cli_main(bad) == 1
     assert "no registered model 'nope'" in capsys.readouterr().err
 
@@ -345,6 +375,10 @@ def test_without_mlflow_the_error_names_the_extra(subprocess_env, tmp_path) -> N
         "    print(exc.extra, exc.name, 'embedml[mlflow]' in str(exc))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True, timeout=100
+        [sys.executable, "-c", code],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=100,
     )
     assert done.stdout.split() == ["mlflow", "mlflow", "True"], done.stderr

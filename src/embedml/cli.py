@@ -294,7 +294,8 @@ def _cmd_import_mlflow(args: argparse.Namespace) -> int:
         registry_uri=args.registry_uri,
     )  # fmt: skip
     prov = mv.manifest.metadata["mlflow"]
-    _out(f"imported {args.model_uri} ({prov['flavor']}, run {prov['run_id']}) as {mv} ({mv.manifest.format})")
+    source = f"{args.model_uri} ({prov['flavor']}, run {prov['run_id']})"
+    _out(f"imported {source} as {mv} ({mv.manifest.format})")
     return 0
 
 
@@ -647,8 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_uri", metavar="MODEL_URI")
     p.add_argument("--name", help="embedml model name (default: the registered model's name)")
     p.add_argument("--new-version", metavar="V", help="version to save as (default: next major)")
-    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: MLflow's configuration)")
-    p.add_argument("--registry-uri", metavar="URI", help="MLflow registry URI (default: MLflow's configuration)")
+    for flag in ("tracking", "registry"):
+        text = f"MLflow {flag} URI (default: MLflow's configuration)"
+        p.add_argument(f"--{flag}-uri", metavar="URI", help=text)
     p.add_argument(
         "--no-signature", dest="signature", action="store_false",
         help="ignore the MLflow signature: keep only what the model declares",

@@ -1,8 +1,8 @@
 """Import a model from an MLflow registry or run into an embedml store.
 
 :func:`import_model` resolves ``models:/churn@champion``, ``models:/churn/3``,
-``models:/churn/latest`` or ``runs:/<run_id>/model`` (pinning an alias to the version it
-points to *now*), downloads that one MLflow model, loads it through MLflow's own flavour
+``models:/churn/latest``, ``models:/<model_id>`` (an MLflow 3 logged model) or
+``runs:/<run_id>/model`` (pinning an alias to the version it points to *now*), downloads that one MLflow model, loads it through MLflow's own flavour
 loader, and saves it as a new embedml version:
 
 =========  =====================================================  ==============
@@ -73,10 +73,11 @@ _COLUMN_KINDS = {
     "string": "string",
 }
 _REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))$")
+_LOGGED = re.compile(r"^models:/(?P<model_id>[^/@]+)$")
 _RUN = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
 _URI_FORMS = (
-    "models:/<name>/<version>, models:/<name>@<alias>, models:/<name>/latest or "
-    "runs:/<run_id>/<artifact path>"
+    "models:/<name>/<version>, models:/<name>@<alias>, models:/<name>/latest, "
+    "models:/<model_id> or runs:/<run_id>/<artifact path>"
 )
 
 
@@ -181,12 +182,23 @@ def _resolve(model_uri: str, client: Any) -> _Source:
         try:
             run = client.get_run(run_id)
         except Exception as exc:  # noqa: BLE001 - MLflow's client raises MlflowException or network errors
-            raise _registry_error(exc, model_uri, f"no run {run_id!r} in the tracking store") from exc
+            raise _registry_error(
+                exc, model_uri, f"no run {run_id!r} in the tracking store"
+            ) from exc
         location = _run_model_location(client, run, path)
         return _Source(model_uri, location, run_id=run_id, extra={"artifact_path": path})
+    if m := _LOGGED.match(model_uri):
+        model_id = m["model_id"]
+        try:
+            logged = client.get_logged_model(model_id)
+        except Exception as exc:  # noqa: BLE001
+            raise _registry_error(exc, model_uri, f"no logged model {model_id!r}") from exc
+        return _Source(model_uri, logged.artifact_location, run_id=logged.source_run_id)
     m = _REGISTERED.match(model_uri)
     if m is None:
-        raise InvalidNameError(f"{model_uri!r} is not an MLflow model URI embedml imports; use {_URI_FORMS}")
+        raise InvalidNameError(
+            f"{model_uri!r} is not an MLflow model URI embedml imports; use {_URI_FORMS}"
+        )
     name = m["name"]
     try:
         registered = client.get_registered_model(name)
@@ -204,7 +216,7 @@ def _resolve(model_uri: str, client: Any) -> _Source:
                 f" (its aliases: {aliases or 'none'})"
             )
         version = str(aliases[spec])
-    elif spec == "latest":
+    elif spec.lower() == "latest":
         found = client.search_model_versions(f"name='{name}'")
         if not found:
             raise VersionNotFoundError(f"{model_uri}: registered model {name!r} has no versions")
@@ -228,7 +240,9 @@ def _resolve(model_uri: str, client: Any) -> _Source:
         # is resolved with the global tracking URI, not this client's
         location = client.get_model_version_download_uri(name, version)
     except Exception as exc:  # noqa: BLE001
-        raise _registry_error(exc, model_uri, f"no artifacts for version {version} of {name!r}") from exc
+        raise _registry_error(
+            exc, model_uri, f"no artifacts for version {version} of {name!r}"
+        ) from exc
     return _Source(
         model_uri,
         location,
@@ -265,7 +279,9 @@ def _column_schema(inputs: Any, where: str) -> RecordSchema:
     return RecordSchema(fields, title="MLflowSignature")
 
 
-def _tensor_schema(inputs: Any, model_inputs: tuple[str, ...] | None, where: str) -> list[TensorSpec]:
+def _tensor_schema(
+    inputs: Any, model_inputs: tuple[str, ...] | None, where: str
+) -> list[TensorSpec]:
     """A tensor-based MLflow signature as TensorSpecs. An unnamed tensor (MLflow's usual
     single input) takes the name of the model's one input; several unnamed ones are
     refused, as matching them would be by position."""
@@ -379,10 +395,10 @@ def import_model(
     """Bring one MLflow model into ``store`` as a new embedml version and return it.
 
     ``model_uri`` is ``models:/<name>/<version>``, ``models:/<name>@<alias>``,
-    ``models:/<name>/latest`` or ``runs:/<run_id>/<artifact path>``; an alias or
-    ``latest`` is resolved once and the version it points to is what is imported (and
-    recorded). ``name`` is the embedml model name (default: the registered model's name;
-    required for ``runs:/``); ``version`` the embedml version (default: the next one);
+    ``models:/<name>/latest``, ``models:/<model_id>`` (an MLflow 3 logged model) or
+    ``runs:/<run_id>/<artifact path>``; an alias or ``latest`` is resolved once and the
+    version it points to is what is imported (and recorded). ``name`` is the embedml model
+    name (default: the registered model's name; required for the other forms); ``version`` the embedml version (default: the next one);
     ``signing_key`` signs the new version as :meth:`ModelStore.save` does. ``metadata`` is
     added to the version's metadata beside ``"mlflow"``: the provenance (``source_uri``,
     ``registered_model``, ``version``, ``alias``, ``aliases``, ``run_id``, ``model_id``,
@@ -420,13 +436,17 @@ def import_model(
         raise _registry_error(exc, model_uri, "cannot resolve it in the MLflow registry") from exc
     embedml_name = name or source.name
     if embedml_name is None:
-        raise ConfigurationError(f"{model_uri}: pass name= (the embedml model name) for a runs:/ URI")
+        raise ConfigurationError(
+            f"{model_uri}: pass name= (the embedml model name): the URI names no registered model"
+        )
     with tempfile.TemporaryDirectory(prefix="embedml-mlflow-") as tmp:
         try:
             local = Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=source.download_uri, dst_path=tmp,
-                    tracking_uri=tracking_uri, registry_uri=registry_uri,
+                    artifact_uri=source.download_uri,
+                    dst_path=tmp,
+                    tracking_uri=tracking_uri,
+                    registry_uri=registry_uri,
                 )  # fmt: skip
             )
             info = mlflow.models.Model.load(str(local))
