@@ -33,6 +33,7 @@ from embedml.errors import (  # noqa: E402
     ModelNotFoundError,
     NotFoundError,
     UnsupportedFormatError,
+    UntrustedArtifactError,
     VersionNotFoundError,
 )
 from embedml.integrations.mlflow import import_model  # noqa: E402
@@ -306,6 +307,18 @@ def test_unscriptable_pickled_pytorch_says_what_to_log(registry, tmp_path) -> No
     with pytest.raises(UnsupportedFormatError, match="serialization_format='pt2'"):
         _import(registry, f"runs:/{registry['unscriptable']}/model", store, name="u")
     assert store.models() == []
+
+
+def test_mlflows_code_execution_policy_is_respected(registry, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_MODEL_CODE_EXECUTION", "false")
+    store = embedml.ModelStore(tmp_path / "models")
+    with pytest.raises(UntrustedArtifactError, match="MLFLOW_ALLOW_MODEL_CODE_EXECUTION"):
+        _import(registry, "models:/churn@champion", store)
+    with pytest.raises(UntrustedArtifactError):
+        _import(registry, f"runs:/{registry['pickled_scriptable']}/model", store, name="p")
+    # a torch.export archive holds no pickle: MLflow checks it and lets it through
+    mv = _import(registry, f"runs:/{registry['pt2']}/model", store, name="lin")
+    assert mv.manifest.format == "torch_export"
 
 
 def test_custom_pyfunc_flavour_is_refused(registry, tmp_path) -> None:

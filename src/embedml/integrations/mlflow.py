@@ -358,7 +358,8 @@ def _load(flavour: str, path: Path, where: str) -> tuple[Any, str]:
         raise
     except Exception as exc:  # noqa: BLE001 - translate MLflow/framework failures at the boundary
         text = str(exc)
-        if "pickle" in text.lower() and "disallowed" in text.lower():
+        # MLflow's policy refusal (MLFLOW_ALLOW_MODEL_CODE_EXECUTION=false) names its switch
+        if "disallowed" in text and "MLFLOW_ALLOW_MODEL_CODE_EXECUTION" in text:
             raise UntrustedArtifactError(f"{where}: MLflow refused to load it: {text}") from exc
         raise UnsupportedFormatError(
             f"{where}: MLflow's {flavour} loader could not load it: {type(exc).__name__}: {text}"
