@@ -149,6 +149,14 @@ def registry(tmp_path_factory) -> dict[str, Any]:
             )  # fmt: skip
         runs["onnx"] = run.info.run_id
 
+        array_model = LogisticRegression().fit(Xi, yi)  # no feature names: a tensor signature
+        with mlflow.start_run() as run:
+            mlflow.sklearn.log_model(
+                array_model, name="model", signature=infer_signature(Xi, yi),
+                pip_requirements=[],
+            )  # fmt: skip
+        runs["sklearn_array"] = run.info.run_id
+
         torch.manual_seed(0)
         linear = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
         out = linear(torch.from_numpy(Xi)).detach().numpy()
@@ -300,6 +308,20 @@ def test_pytorch_predicts_as_mlflow_pyfunc(registry, tmp_path, run, fmt) -> None
         expected = mlflow.pyfunc.load_model(uri).predict(X)
     with store.load("lin") as handle:
         np.testing.assert_allclose(handle.predict_batch(X), expected, rtol=1e-6)
+
+
+def test_sklearn_fitted_on_an_array_takes_the_tensor_signature(registry, tmp_path) -> None:
+    store = embedml.ModelStore(tmp_path / "models")
+    uri = f"runs:/{registry['sklearn_array']}/model"
+    mv = _import(registry, uri, store, name="arr")
+    assert mv.manifest.input_schema["tensors"] == [
+        {"name": "input", "dtype": "float32", "shape": [-1, 4]}
+    ]
+    X = registry["X4"]
+    with mlflow_globals(registry["uri"]):
+        expected = mlflow.pyfunc.load_model(uri).predict(X)
+    with store.load("arr") as handle:
+        np.testing.assert_array_equal(handle.predict_batch(X), expected)
 
 
 def test_unscriptable_pickled_pytorch_says_what_to_log(registry, tmp_path) -> None:

@@ -31,6 +31,7 @@ registry you point to (see ``docs/security.md``). Install with ``pip install
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import tempfile
@@ -61,6 +62,12 @@ __all__ = ["import_model", "SUPPORTED_FLAVORS"]
 #: MLflow flavours :func:`import_model` takes, in the order it picks them when a model has
 #: several.
 SUPPORTED_FLAVORS = ("onnx", "sklearn", "pytorch")
+# each flavour's framework: (the embedml extra that installs it, the package it imports)
+_FRAMEWORKS = {
+    "onnx": ("onnx", "onnx"),
+    "sklearn": ("sklearn", "sklearn"),
+    "pytorch": ("torch", "torch"),
+}
 
 # MLflow column types -> record field kinds. Binary, datetime, arrays, objects and maps have
 # no record-field kind: such a signature is refused, naming the column.
@@ -98,7 +105,6 @@ def _import_mlflow() -> Any:
     try:
         import mlflow
         import mlflow.artifacts
-        import mlflow.exceptions
         import mlflow.models
     except ImportError as exc:
         raise MissingExtraError(
@@ -112,15 +118,10 @@ def _import_mlflow() -> Any:
 
 def _flavour_loader(flavour: str) -> Any:
     """MLflow's loader module of ``flavour``; a missing framework names its embedml extra."""
-    extra, package = {"sklearn": ("sklearn", "sklearn"), "onnx": ("onnx", "onnx"), "pytorch": ("torch", "torch")}[flavour]  # fmt: skip
+    extra, package = _FRAMEWORKS[flavour]
     try:
-        __import__(package)
-        if flavour == "sklearn":
-            import mlflow.sklearn as loader
-        elif flavour == "onnx":
-            import mlflow.onnx as loader
-        else:
-            import mlflow.pytorch as loader
+        importlib.import_module(package)
+        return importlib.import_module(f"mlflow.{flavour}")
     except ImportError as exc:
         raise MissingExtraError(
             f"the MLflow {flavour} flavour needs {package}, which cannot be imported ({exc}): "
@@ -128,7 +129,6 @@ def _flavour_loader(flavour: str) -> Any:
             extra=extra,
             name=package,
         ) from exc
-    return loader
 
 
 def _safe_uri(uri: str | None) -> str | None:
