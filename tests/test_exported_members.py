@@ -24,6 +24,7 @@ PUBLIC_MODULES = [
     "embedml.errors",
     "embedml.export",
     "embedml.formats",
+    "embedml.integrations.mlflow",
     "embedml.metrics.otel",
     "embedml.metrics.prometheus",
     "embedml.testing",

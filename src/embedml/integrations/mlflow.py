@@ -59,9 +59,9 @@ from ..store.model_store import ModelStore, ModelVersion
 
 __all__ = ["import_model", "SUPPORTED_FLAVORS"]
 
-#: MLflow flavours :func:`import_model` takes, in the order it picks them when a model has
-#: several.
 SUPPORTED_FLAVORS = ("onnx", "sklearn", "pytorch")
+"""The MLflow flavours :func:`import_model` takes, in the order it picks them when a model
+has several."""
 # each flavour's framework: (the embedml extra that installs it, the package it imports)
 _FRAMEWORKS = {
     "onnx": ("onnx", "onnx"),
@@ -322,13 +322,14 @@ def _onnx_inputs(model: Any) -> tuple[str, ...]:
     return tuple(i.name for i in model.graph.input if i.name not in initializers)
 
 
-def _load_pytorch(loader: Any, path: Path, where: str) -> tuple[Any, str]:
+def _load_pytorch(loader: Any, path: Path, data: str, where: str) -> tuple[Any, str]:
     """The logged PyTorch model as an object embedml can save without pickling code:
-    a ``torch.export`` program or a TorchScript module."""
+    a ``torch.export`` program or a TorchScript module. ``data`` is the flavour's
+    ``model_data`` folder."""
     import torch
 
     module = loader.load_model(str(path))  # MLflow's loader: its checks, its pickle policy
-    pt2 = path / "data" / "model.pt2"
+    pt2 = path / data / "model.pt2"
     if pt2.is_file():
         # MLflow loaded (and, unless pickles are allowed, checked) this archive above; the
         # program itself, not MLflow's unlifted module, is what keeps its input specs.
@@ -348,11 +349,12 @@ def _load_pytorch(loader: Any, path: Path, where: str) -> tuple[Any, str]:
         ) from exc
 
 
-def _load(flavour: str, path: Path, where: str) -> tuple[Any, str]:
+def _load(flavour: str, conf: Mapping[str, Any], path: Path, where: str) -> tuple[Any, str]:
+    """The model, loaded by MLflow's ``flavour`` loader, and the embedml format to save it in."""
     loader = _flavour_loader(flavour)
     try:
         if flavour == "pytorch":
-            return _load_pytorch(loader, path, where)
+            return _load_pytorch(loader, path, str(conf.get("model_data") or "data"), where)
         model = loader.load_model(str(path))
     except EmbedMLError:
         raise
@@ -462,7 +464,7 @@ def import_model(
                 " code: log the underlying model with one of those flavours)"
             )
         flavour = flavours[0]
-        model, fmt = _load(flavour, local, where)
+        model, fmt = _load(flavour, info.flavors[flavour], local, where)
         signature = info.signature if use_signature else None
         input_schema: Any = None
         if signature is not None and signature.inputs is not None:
