@@ -35,6 +35,7 @@ from typing import Any
 
 from ._version import __version__
 from .errors import ConfigurationError, EmbedMLError, StoreError
+from .integrations.mlflow import import_model
 from .offline.export import ExportReport, quantize
 from .offline.scoring import score
 from .schema.synthetic import stack_rows, synthetic_rows
@@ -282,10 +283,6 @@ def _cmd_alias(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_mlflow(args: argparse.Namespace) -> int:
-    # imported here: the integration needs the optional mlflow extra (loaded on first use)
-    from .integrations.mlflow import import_model
-    from .store.model_store import ModelStore
-
     # importing, like saving, may start a new store (ModelStore creates its folder)
     store = ModelStore(args.store or os.environ.get("EMBEDML_STORE") or "models")
     mv = import_model(

@@ -55,7 +55,7 @@ from ..errors import (
 )
 from ..formats.torch import _script_arguments
 from ..schema.core import FieldSpec, RecordSchema, TensorSpec
-from ..store.model_store import ModelStore, ModelVersion
+from ..store import ModelVersion, Store
 
 __all__ = ["import_model", "SUPPORTED_FLAVORS"]
 
@@ -385,7 +385,7 @@ def _model_inputs(fmt: str, model: Any) -> tuple[str, ...] | None:
 
 def import_model(
     model_uri: str,
-    store: ModelStore | str | os.PathLike[str],
+    store: Store | str | os.PathLike[str],
     *,
     name: str | None = None,
     version: str | int | None = None,
@@ -402,7 +402,7 @@ def import_model(
     ``runs:/<run_id>/<artifact path>``; an alias or ``latest`` is resolved once and the
     version it points to is what is imported (and recorded). ``name`` is the embedml model
     name (default: the registered model's name; required for the other forms); ``version`` the embedml version (default: the next one);
-    ``signing_key`` signs the new version as :meth:`ModelStore.save` does. ``metadata`` is
+    ``signing_key`` signs the new version as :meth:`Store.save` does. ``metadata`` is
     added to the version's metadata beside ``"mlflow"``: the provenance (``source_uri``,
     ``registered_model``, ``version``, ``alias``, ``aliases``, ``run_id``, ``model_id``,
     ``flavor``, ``mlflow_version``, ``signature``, ``registry_uri`` without credentials).
@@ -425,11 +425,11 @@ def import_model(
     PyTorch model that is neither exported nor scriptable, a loader failure),
     :class:`UntrustedArtifactError` (MLflow's pickle policy refused it),
     :class:`ConfigurationError` (the signature disagrees with the model, or cannot be
-    expressed), and whatever :meth:`ModelStore.save` raises.
+    expressed), and whatever :meth:`Store.save` raises.
     """
     mlflow = _import_mlflow()
-    if not isinstance(store, ModelStore):
-        store = ModelStore(store)
+    if not isinstance(store, Store):
+        store = Store(store)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
     try:
         source = _resolve(model_uri, client)
