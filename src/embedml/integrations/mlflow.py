@@ -2,8 +2,9 @@
 
 :func:`import_model` resolves ``models:/churn@champion``, ``models:/churn/3``,
 ``models:/churn/latest``, ``models:/<model_id>`` (an MLflow 3 logged model) or
-``runs:/<run_id>/model`` (pinning an alias to the version it points to *now*), downloads that one MLflow model, loads it through MLflow's own flavour
-loader, and saves it as a new embedml version:
+``runs:/<run_id>/model`` (pinning an alias to the version it points to *now*), downloads
+that one MLflow model, loads it through MLflow's own flavour loader, and saves it as a new
+embedml version:
 
 =========  =====================================================  ==============
 flavour    what MLflow's loader returns                           embedml format
@@ -54,7 +55,7 @@ from ..errors import (
     VersionNotFoundError,
 )
 from ..formats.torch import _script_arguments
-from ..schema.core import FieldSpec, RecordSchema, TensorSpec
+from ..schema import FieldSpec, RecordSchema, TensorSpec
 from ..store import ModelVersion, Store
 
 __all__ = ["import_model", "SUPPORTED_FLAVORS"]
@@ -307,6 +308,15 @@ def _tensor_schema(
     return out
 
 
+def _input_schema(signature: Any, fmt: str, model: Any, where: str) -> Any:
+    """The MLflow signature's inputs as the embedml input schema (``None`` without one)."""
+    if signature is None or signature.inputs is None:
+        return None
+    if signature.inputs.is_tensor_spec():
+        return _tensor_schema(signature.inputs, _model_inputs(fmt, model), where)
+    return _column_schema(signature.inputs, where)
+
+
 def _signature_json(signature: Any) -> dict[str, Any] | None:
     """The MLflow signature as plain JSON (MLflow's own ``to_dict`` nests JSON strings)."""
     if signature is None:
@@ -428,8 +438,6 @@ def import_model(
     expressed), and whatever :meth:`Store.save` raises.
     """
     mlflow = _import_mlflow()
-    if not isinstance(store, Store):
-        store = Store(store)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
     try:
         source = _resolve(model_uri, client)
@@ -450,7 +458,7 @@ def import_model(
                     dst_path=tmp,
                     tracking_uri=tracking_uri,
                     registry_uri=registry_uri,
-                )  # fmt: skip
+                )
             )
             info = mlflow.models.Model.load(str(local))
         except Exception as exc:  # noqa: BLE001 - MLflow raises MlflowException, OSError...
@@ -465,13 +473,7 @@ def import_model(
             )
         flavour = flavours[0]
         model, fmt = _load(flavour, info.flavors[flavour], local, where)
-        signature = info.signature if use_signature else None
-        input_schema: Any = None
-        if signature is not None and signature.inputs is not None:
-            if signature.inputs.is_tensor_spec():
-                input_schema = _tensor_schema(signature.inputs, _model_inputs(fmt, model), where)
-            else:
-                input_schema = _column_schema(signature.inputs, where)
+        input_schema = _input_schema(info.signature, fmt, model, where) if use_signature else None
         example = None
         if use_signature and info.saved_input_example_info:
             try:
@@ -495,6 +497,8 @@ def import_model(
             "registry_uri": _safe_uri(registry_uri or tracking_uri or mlflow.get_registry_uri()),
             **source.extra,
         }
+        if not isinstance(store, Store):  # created only now: a failed import leaves no folder
+            store = Store(store)
         try:
             return store.save(
                 embedml_name, model, version=version, format=fmt, input_schema=input_schema,
