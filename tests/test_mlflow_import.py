@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 pytest.importorskip("mlflow")  # the mlflow extra is in the dev extra
 
@@ -64,12 +65,12 @@ def mlflow_globals(uri: str | None) -> Iterator[None]:
                 os.environ[key] = value
 
 
-class Unscriptable(__import__("torch").nn.Module):
+class Unscriptable(torch.nn.Module):
     """A module TorchScript cannot compile (variadic forward)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.lin = __import__("torch").nn.Linear(4, 2)
+        self.lin = torch.nn.Linear(4, 2)
 
     def forward(self, *xs):
         return self.lin(xs[0])
@@ -109,7 +110,6 @@ def _churn_model(C: float) -> Any:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory) -> dict[str, Any]:
     """One MLflow store with every model the tests import (logging costs seconds: once)."""
-    import torch
     from skl2onnx import to_onnx
     from sklearn.linear_model import LinearRegression, LogisticRegression
 
