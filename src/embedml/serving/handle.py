@@ -45,7 +45,7 @@ from .batching import BatchingStats
 from .cache import ModelCache
 from .follow import Follower
 from .options import LoadOptions
-from .pipeline import _LIVE, Pipeline, build_pipeline
+from .pipeline import _LIVE, BatchItem, Pipeline, build_pipeline
 from .stream import apredict_stream, predict_stream
 
 __all__ = ["HandleState", "LoadOptions", "ModelHandle", "Pipeline", "Prediction", "new_request_id"]
@@ -264,9 +264,8 @@ class ModelHandle:
             if pipe.batcher is None:
                 raw = pipe.run(batch, call.rows, whole)
             else:
-                raw = self._joined(
-                    call, pipe.batcher.submit(batch, call.rows, timeout_ms, self._obs)
-                )
+                item = BatchItem(rows=call.rows, batch=batch, obs=self._obs)
+                raw = self._joined(call, pipe.batcher.submit(item, timeout_ms))
             out = self._shape(pipe, call, raw, one and not whole)
         except BaseException as exc:  # interrupted calls too: each begin needs its end
             self._end(call, exc)
@@ -307,7 +306,8 @@ class ModelHandle:
                 call.inputs, call.rows, call.validated = batch, 1, time.perf_counter()
             else:
                 batch, _ = self._validate(pipe, call, record, True)
-            submitted = pipe.batcher.asubmit(batch, 1, timeout_ms, self._obs, unchecked)
+            item = BatchItem(batch=batch, obs=self._obs, unchecked=unchecked)
+            submitted = pipe.batcher.asubmit(item, timeout_ms)
             raw = self._joined(call, await submitted)
             out = self._shape(pipe, call, raw, True)
         except BaseException as exc:  # a cancelled task too: each begin needs its end
@@ -335,9 +335,10 @@ class ModelHandle:
         return batch, whole
 
     @staticmethod
-    def _joined(call: FinishedCall, joined: tuple[Any, int, int, float]) -> Any:
+    def _joined(call: FinishedCall, joined: tuple[BatchItem, float]) -> Any:
         """This call's rows of the outputs of the batch the batcher ran it in."""
-        out, off, size, call.queue = joined
+        item, call.queue = joined
+        out, off, size = item.out, item.offset, item.size
         call.batch_size, call.counts_batch, call.rows_offered = size, off == 0, True
         n = call.rows
         return out if size == n else take(out, slice(off, off + n))  # ran alone: all of it

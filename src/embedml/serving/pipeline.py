@@ -23,6 +23,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
+
 from ..errors import (
     ConfigurationError,
     EmbedMLError,
@@ -42,12 +44,14 @@ from ..schema import (
 )
 from ..store import ModelVersion, Store
 from ..store.manifest import Manifest, method_problem
-from ..tensors import ClassProbabilities, n_rows, take
-from .batching import Batcher
+from ..tensors import ClassProbabilities, concat, n_rows, take
+from .batching import Batcher, Request
+from .isolation import bisect_failures
 from .options import LoadOptions
 from .trust import check_before_load
 
 __all__ = [
+    "BatchItem",
     "LoadedModel",
     "Pipeline",
     "Versioned",
@@ -82,6 +86,45 @@ def passes_through(exc: BaseException) -> bool:
     # looked up, not imported: if asyncio was never imported, nothing was cancelled by it
     asyncio = sys.modules.get("asyncio")
     return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+
+
+@dataclasses.dataclass(slots=True, eq=False, kw_only=True)
+class BatchItem(Request):
+    """One call's validated rows (``rows`` of them), as the batcher queues them for
+    :meth:`Pipeline.run_items`, and, once its model call ran, that call's share of it."""
+
+    rows: int = 1
+    batch: Any = None
+    obs: Any = None  # the caller's hooks.Observer: its row sinks see the rows of each model call
+    unchecked: bool = False  # from Pipeline.quick_one: the NaN/inf check is made on its batch
+    out: Any = None  # the raw outputs of the model call that served it
+    offset: int = 0  # where its rows start in them
+    size: int = 0  # the rows of that model call
+
+
+def _join_key(batch: Any) -> Any:
+    """What must match for batches to be joined: trailing shapes and dtypes (``None``: never)."""
+    if type(batch) is np.ndarray:
+        return (batch.shape[1:], batch.dtype)
+    if isinstance(batch, dict):
+        try:
+            return tuple((k, v.shape[1:], v.dtype) for k, v in batch.items())
+        except AttributeError:
+            return None
+    if isinstance(batch, tuple):
+        try:
+            return tuple((v.shape[1:], v.dtype) for v in batch)
+        except AttributeError:
+            return None
+    if hasattr(batch, "iloc") and hasattr(batch, "dtypes"):  # records by feature name
+        return ("frame", tuple(zip(map(str, batch.columns), map(str, batch.dtypes))))
+    return None
+
+
+def _isolable(exc: Exception) -> Exception | None:
+    """A model call's error that one bad row may explain (bisect to find it); an output of
+    the wrong length is about the whole call, not a row."""
+    return exc if isinstance(exc, PredictionError) and exc.stage != "output" else None
 
 
 def _import_callable(path: str, what: str) -> Callable[[Any], Any]:
@@ -155,7 +198,9 @@ class Pipeline:
 
     ``prepare_one`` / ``prepare_many`` validate input into a batch; ``run`` takes a batch of
     ``n`` rows to raw outputs (checking one output per row); ``rows`` / ``row`` turn raw
-    outputs into what callers get. Batchers call ``run`` on joined batches.
+    outputs into what callers get. With batching, calls go to ``batcher`` as
+    :class:`BatchItem` s, and it runs ``run_items`` (join, run, isolate a bad row) over the
+    calls it joins; each item gets its share of the outputs.
 
     ``row_wise`` (see ``docs/concepts.md``): ``False`` when the model's outputs are not one
     per input row (``row_wise_reason`` says why). Calls then take ``prepare_whole``: the
@@ -222,10 +267,11 @@ class Pipeline:
         # field names of a validated matrix, for prediction records (hooks)
         names = self.input_schema.names if type(self.input_schema) is RecordSchema else None
         self.source = (mv.name, mv.version, names)  # a hooks.Source
-        # Dynamic batching (embedml.serving.batching): joins concurrent calls on this pipeline.
+        # Dynamic batching (embedml.serving.batching): joins concurrent calls on this
+        # pipeline; the batcher runs run_items over the items of the calls it joins.
         self.batcher: Batcher | None = None
         if options.batching is not None:
-            self.batcher = Batcher(self, options.batching)  # type: ignore[arg-type]
+            self.batcher = Batcher(self.run_items, options.batching, self.label)  # type: ignore[arg-type]
 
         # Uses: one for the owner (a handle or the cache) plus one per call in flight. The
         # pipeline closes when the count drops to zero; no lock is held around the model.
@@ -387,6 +433,106 @@ class Pipeline:
         if self.output_schema is not None:
             self.rows(out, n_rows(out))
         return take(out, i)
+
+    # ------------------------------------------------------------------ batched calls
+    def run_items(self, items: list[BatchItem]) -> list[Any]:
+        """The batcher's batch function: one outcome per item, the item with its outputs or the
+        error for that call alone (the batcher raises it to that caller).
+
+        Items whose batches have the same trailing shapes and dtypes are joined into one
+        model call (others run in groups of their own); rows left unchecked by
+        :meth:`quick_one` are checked for NaN/inf a batch at once; when a model call
+        fails, its items are bisected so that only the calls whose rows make the model
+        fail get the :class:`PredictionError`; an output with the wrong number of rows
+        fails every call of that model call (none is given rows that may be another's).
+        """
+        if len(items) == 1 and not items[0].unchecked:  # a call that ran alone
+            try:
+                return self._model_call(items, items[0].batch, False)
+            except PredictionError as exc:
+                return [exc]
+        first_key = _join_key(items[0].batch)
+        if first_key is not None and all(_join_key(i.batch) == first_key for i in items):
+            return self._run_joined(items)
+        groups: dict[Any, list[int]] = {}
+        for k, item in enumerate(items):
+            key = _join_key(item.batch)
+            groups.setdefault(key if key is not None else ("alone", k), []).append(k)
+        results: list[Any] = [None] * len(items)
+        for members in groups.values():
+            for k, outcome in zip(members, self._run_joined([items[k] for k in members])):
+                results[k] = outcome
+        return results
+
+    def _run_joined(self, items: list[BatchItem]) -> list[Any]:
+        """Items of one join key: NaN/inf screening, one model call, bad rows isolated."""
+        batch = items[0].batch if len(items) == 1 else concat([i.batch for i in items])
+        refused: dict[int, SchemaError] = {}
+        if any(i.unchecked for i in items) and not self.rows_ok(batch):
+            for k, item in enumerate(items):  # the rare case: find the bad rows, one by one
+                if item.unchecked:
+                    try:
+                        self.prepare_one(item.batch[0])
+                    except SchemaError as exc:
+                        refused[k] = exc
+            good = [item for k, item in enumerate(items) if k not in refused]
+            outcomes = iter(self._run_isolating(good, None) if good else ())
+            return [refused[k] if k in refused else next(outcomes) for k in range(len(items))]
+        return self._run_isolating(items, batch)
+
+    def _run_isolating(self, items: list[BatchItem], joined: Any) -> list[Any]:
+        """One model call for ``items`` (on ``joined``, their joined batch, if given); if it
+        fails, halves of it again (:func:`~embedml.serving.isolation.bisect_failures`)."""
+        reruns = 0
+
+        def run(part: list[BatchItem]) -> list[BatchItem]:
+            nonlocal reruns
+            rerun, reruns = reruns > 0, reruns + 1
+            if joined is not None and not rerun:
+                return self._model_call(part, joined, False)
+            try:
+                batch = concat([i.batch for i in part])
+            except (ValueError, TypeError):  # not joinable after all: one model call each
+                return [self._model_call([i], i.batch, rerun)[0] for i in part]
+            return self._model_call(part, batch, rerun)
+
+        try:
+            return bisect_failures(items, run, _isolable)
+        except PredictionError as exc:  # the wrong number of output rows: every call fails
+            if len(items) > 1:
+                error = PredictionError(
+                    f"{exc}; the batch joined {len(items)} calls, so all of them fail (no "
+                    "call is given rows that may belong to another)",
+                    stage="output",
+                )
+                error.__cause__ = exc.__cause__ or exc
+                exc = error
+            return [exc] * len(items)
+
+    def _model_call(self, items: list[BatchItem], batch: Any, rerun: bool) -> list[BatchItem]:
+        """Run the model on ``batch``, the joined rows of ``items``; offer the rows to the
+        callers' row sinks (once per model call, not once per call)."""
+        one = len(items) == 1
+        n = items[0].rows if one else sum(i.rows for i in items)
+        self.batcher.count_model_call(n, rerun)  # type: ignore[union-attr]
+        out = self.run(batch, n)
+        obs = items[0].obs
+        if one or all(i.obs is obs for i in items):
+            if obs is not None and obs.row_sinks:
+                # a joined batch is the pipeline's own array; a lone call's is the caller's
+                obs.rows(self.source, batch, out, n, copy=one)
+        else:  # handles sharing this pipeline: each offers its own calls' rows
+            off = 0
+            for i in items:
+                if i.obs is not None and i.obs.row_sinks:
+                    part = slice(off, off + i.rows)
+                    i.obs.rows(self.source, take(batch, part), take(out, part), i.rows, copy=True)
+                off += i.rows
+        off = 0
+        for i in items:
+            i.out, i.offset, i.size = out, off, n
+            off += i.rows
+        return items
 
     def close(self) -> None:
         """Close the batcher (queued calls still run, new ones raise HandleClosedError) and

@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import ConfigurationError, EmbedMLError, PredictionError, SchemaError
 from ..schema import NamedTensors, Schema, TensorSchema
 from ..tensors import take
+from .isolation import bisect_failures
 
 __all__ = [
     "Predictor",
@@ -116,27 +117,14 @@ def predict_rows(handle: Predictor, records: Sequence[Any]) -> list[Any]:
     :class:`SchemaError` (see :func:`row_error`). Other embedml errors (a closed handle,
     ...) are raised.
     """
-    results: list[Any] = [None] * len(records)
 
-    def solve(lo: int, hi: int) -> None:
-        try:
-            out = handle.predict_batch(_as_batch(handle, records[lo:hi]))
-        except Exception as exc:
-            error = row_error(exc)
-            if error is None:
-                raise
-            if hi - lo == 1:
-                error.index = lo  # type: ignore[attr-defined]
-                results[lo] = error
-                return
-            mid = (lo + hi) // 2
-            solve(lo, mid)
-            solve(mid, hi)
-            return
-        results[lo:hi] = split_rows(out, hi - lo)
+    def run(part: Sequence[Any]) -> list[Any]:
+        return split_rows(handle.predict_batch(_as_batch(handle, part)), len(part))
 
-    if records:
-        solve(0, len(records))
+    results = bisect_failures(records, run, row_error)
+    for i, result in enumerate(results):
+        if isinstance(result, EmbedMLError):
+            result.index = i  # type: ignore[attr-defined]
     return results
 
 
