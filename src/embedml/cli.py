@@ -42,7 +42,7 @@ from .schema.synthetic import stack_rows, synthetic_rows
 from .serving.batching import Batching
 from .serving.load import ModelStore
 from .serving.options import LoadOptions
-from .store.model_store import store_root
+from .store.model_store import is_remote_url, store_root
 from .store.signing import KEY_ENV
 from .store.versions import parse_ref
 
@@ -51,8 +51,11 @@ __all__ = ["main", "parse_ref"]
 PROG = "embedml"
 
 
-def _open_store(args: argparse.Namespace) -> ModelStore:
-    root = store_root(args.store or os.environ.get("EMBEDML_STORE") or "models")
+def _open_store(args: argparse.Namespace, option: str = "store") -> ModelStore:
+    where = getattr(args, option, None) or os.environ.get("EMBEDML_STORE") or "models"
+    if is_remote_url(where):  # s3://bucket/prefix (another scheme: ConfigurationError)
+        return ModelStore(where, store_id=getattr(args, "store_id", None))
+    root = store_root(where)
     if not root.is_dir():
         raise StoreError(
             f"no model store at {root} (give --store DIR or set EMBEDML_STORE)"

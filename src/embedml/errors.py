@@ -23,7 +23,8 @@ builtin so that generic code keeps working (``LookupError``, ``ValueError``,
     │       ├── ObjectNotFoundError (NotFoundError) no object at that key
     │       ├── PreconditionFailedError      a compare-and-swap write lost (the ETag changed)
     │       │   └── ObjectExistsError (FileExistsError)  a create-only write lost
-    │       └── CacheMissError (NotFoundError)  offline: the local cache does not hold it
+    │       ├── CacheMissError (NotFoundError)  offline: the local cache does not hold it
+    │       └── NotAStoreError                  the prefix holds something else than a store
     ├── IntegrityError                       artifact hash or signature mismatch
     │   ├── SignatureError                   unsigned or wrongly signed version
     │   └── UntrustedArtifactError           pickle bytes nobody vouched for / type refused
@@ -66,6 +67,7 @@ __all__ = [
     "PreconditionFailedError",
     "ObjectExistsError",
     "CacheMissError",
+    "NotAStoreError",
     "IntegrityError",
     "SignatureError",
     "UntrustedArtifactError",
@@ -193,6 +195,11 @@ class ObjectExistsError(PreconditionFailedError, FileExistsError):
 
 class CacheMissError(RemoteStoreError, NotFoundError):
     """Offline mode: the local cache does not hold what was asked for."""
+
+
+class NotAStoreError(RemoteStoreError):
+    """The URL's prefix holds objects but no embedml store marker: embedml refuses to
+    read or write there (an empty or missing prefix is an empty store)."""
 class AliasMovedError(StoreError):
     """:meth:`ModelStore.promote <embedml.ModelStore.promote>` did not move the alias: another
     move changed it while the gate was scoring (against the version it pointed to before).

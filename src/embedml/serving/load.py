@@ -15,14 +15,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InvalidNameError
-from ..store import Store
+from ..store import RemoteStore, Store
 from ..store.versions import parse_ref
 from .cache import ModelCache, default_cache
 from .handle import ModelHandle
 from .options import LoadOptions
 from .pipeline import build_pipeline
 
-__all__ = ["ModelStore", "as_model_store", "open_handle"]
+__all__ = ["ModelStore", "RemoteModelStore", "as_model_store", "open_handle"]
 
 
 class ModelStore(Store):
@@ -66,10 +66,18 @@ class ModelStore(Store):
         return open_handle(self, name, version, LoadOptions.of(options, **kwargs), cache)
 
 
+class RemoteModelStore(ModelStore, RemoteStore, remote=True):
+    """What ``ModelStore("s3://bucket/prefix")`` makes: the remote store
+    (:class:`~embedml.store.RemoteStore`) with :meth:`~ModelStore.load`. Loads go through
+    the verified local cache (see ``docs/remote-stores.md``)."""
+
+
 def as_model_store(store: Store) -> ModelStore:
-    """``store`` itself if it can load, else a :class:`ModelStore` on the same folder."""
+    """``store`` itself if it can load, else a :class:`ModelStore` on the same store."""
     if isinstance(store, ModelStore):
         return store
+    if isinstance(store, RemoteStore):
+        return store.as_class(RemoteModelStore)  # type: ignore[return-value]
     return ModelStore(store.root, store_id=store.store_id)
 
 

@@ -284,6 +284,12 @@ def _check_method(method: str | None, fmt: Any, model: Any) -> None:
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
+def is_remote_url(root: Any) -> bool:
+    """Whether ``root`` is a URL other than ``file://`` (``s3://bucket/prefix``, or a scheme
+    a remote store refuses with :class:`ConfigurationError`)."""
+    return isinstance(root, str) and bool(_URL.match(root)) and not root.lower().startswith("file://")
+
+
 def store_root(root: str | os.PathLike[str]) -> Path:
     """The absolute local folder ``root`` names. ``file:///path`` is that path; any other
     URL (``s3://``, ``gs://``, ``http://``...) raises :class:`ConfigurationError` instead of
@@ -341,6 +347,33 @@ class Store:
     key) is refused, and a new record is created under this name (default: a random id).
     Raises :class:`InvalidNameError` for an invalid ``store_id``.
     """
+
+    #: The class :meth:`__new__` makes for a remote URL (``s3://``); set by a subclass
+    #: declared with ``remote=True`` (:class:`embedml.store.remote_store.RemoteStore`).
+    _remote_class: type[Store] | None = None
+    _is_remote = False
+
+    def __init_subclass__(cls, remote: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if remote:
+            cls._is_remote = True
+            # the first base that keeps a local folder opens URLs as this class
+            local = next(b for b in cls.__mro__[1:] if issubclass(b, Store) and not b._is_remote)
+            local._remote_class = cls
+
+    def __new__(cls, root: Any = None, *args: Any, **kwargs: Any) -> Store:
+        """A remote URL (anything but a path or ``file://``) opens the remote variant of
+        the class (:class:`~embedml.store.remote_store.RemoteStore` for ``Store``); the
+        same public methods, the same guarantees."""
+        if not cls._is_remote and is_remote_url(root):
+            remote = cls.__dict__.get("_remote_class")
+            if remote is None:
+                raise ConfigurationError(
+                    f"{cls.__name__} keeps models in a local folder; open {root!r} with "
+                    "embedml.ModelStore(url) or embedml.store.Store(url)"
+                )
+            return super().__new__(remote)
+        return super().__new__(cls)
 
     def __init__(self, root: str | os.PathLike[str], *, store_id: str | None = None) -> None:
         self.root = store_root(root)
@@ -643,7 +676,7 @@ class Store:
         before anything is written), or :class:`PredictionError` (the model failed on
         ``input_example``).
         """
-        model_dir = self._model_dir(name)
+        self._model_dir(name)  # an invalid name fails before anything is written
         key = resolve_key(signing_key)
         if key is not None:
             self._read_record(key)  # fail before writing, not after publishing
@@ -674,11 +707,7 @@ class Store:
         if reference_data is not None:
             profile = profile_for_schema(reference_data, reference_outputs, in_schema).to_json()
 
-        model_dir.mkdir(parents=True, exist_ok=True)
-        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
-        # Private while it is filled, so that nobody else can plant a symlink in it for a
-        # format's writer to follow; given the model folder's permissions before publishing.
-        tmp.mkdir(mode=0o700)
+        tmp = self._staging_dir(name)
         try:
             artifact = "model" + fmt.suffixes[0]
             if is_path:
@@ -708,7 +737,6 @@ class Store:
             if profile is not None:
                 write_atomic(tmp / PROFILE_FILE, profile.encode())
                 extra_files[PROFILE_FILE] = sha256_file(tmp / PROFILE_FILE)
-            os.chmod(tmp, stat.S_IMODE(os.stat(model_dir).st_mode))
             fields = {
                 "name": name, "format": fmt.name, "artifact": artifact, "sha256": digest,
                 "size": (tmp / artifact).stat().st_size, "input_schema": in_schema,
@@ -718,13 +746,23 @@ class Store:
                 "extra_files": extra_files, "method": method, "row_wise": row_wise,
                 "signature": signature,
             }  # fmt: skip
-            return self._publish(model_dir, tmp, fields, explicit, key)
+            return self._publish(name, tmp, fields, explicit, key)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def _staging_dir(self, name: str) -> Path:
+        """A new private folder that :meth:`save` fills before :meth:`_publish` (removed after)."""
+        model_dir = self._model_dir(name)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+        # Private while it is filled, so that nobody else can plant a symlink in it for a
+        # format's writer to follow; given the model folder's permissions before publishing.
+        tmp.mkdir(mode=0o700)
+        return tmp
+
     def _publish(
         self,
-        model_dir: Path,
+        name: str,
         tmp: Path,
         fields: dict[str, Any],
         explicit: str | None,
@@ -735,7 +773,8 @@ class Store:
         Under the model's lock, so that a signed reader never sees the version on disk
         before it is in the store record.
         """
-        name = fields["name"]
+        model_dir = self._model_dir(name)
+        os.chmod(tmp, stat.S_IMODE(os.stat(model_dir).st_mode))
         with self._lock(name):
             for _ in range(1000):
                 version = explicit or V.next_major(self._versions(model_dir))

@@ -1,0 +1,1154 @@
+"""``RemoteStore``: the :class:`~embedml.store.Store` API over an object store (``s3://``).
+
+``Store("s3://bucket/prefix")`` (and :class:`embedml.ModelStore` with a URL) makes one of
+these. It keeps the local store's public methods and guarantees with conditional writes
+instead of file locks (see ``docs/remote-stores.md``). Objects under the prefix::
+
+    .embedml-store.json                          marker: create-only by the first writer
+    .embedml-record.json                         the signed store record (compare-and-swap)
+    blobs/sha256/<hex>                           artifacts and extra files, by content
+    models/<name>/versions/<v>/manifest.json     create-only: one publisher wins a version
+    models/<name>/versions/<v>/manifest.sig      its signature
+    models/<name>/index.json                     {"seq", "versions", "aliases"}: compare-and-swap
+    models/<name>/log/<seq, 20 digits>.json      one change per object, create-only slots
+
+Every change of a model's index (a published version, an alias move, a gate outcome, a
+deletion) first takes the next log slot with a create-only write, then moves the index to
+that slot with a compare-and-swap on its ETag. Two writers cannot take one slot, so no
+change is lost and the log is the complete, ordered history; a writer that died between
+its slot and the index is rolled forward by the next writer (the slot holds the whole
+change). A version is visible once the index lists it: its blobs and manifest are written
+before, so a crash mid-save leaves nothing visible.
+
+Reading: aliases and ``latest`` come from the index, fetched with a conditional GET (a
+``304`` when it did not change); manifests (immutable) and artifacts are kept in the
+verified local cache (:class:`~embedml.store.local_cache.LocalCache`), downloaded once
+per machine and hashed before anything is deserialised. ``offline=True`` (or
+``EMBEDML_OFFLINE=1``) serves the last index and the manifests the cache holds, and logs
+that it does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.version import Version
+
+from ..errors import (
+    AliasMovedError,
+    CacheMissError,
+    ConfigurationError,
+    EmbedMLError,
+    GateFailedError,
+    IntegrityError,
+    ModelNotFoundError,
+    NotAStoreError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PreconditionFailedError,
+    SignatureError,
+    StoreError,
+    VersionExistsError,
+    VersionNotFoundError,
+)
+from . import versions as V
+from .local_cache import LocalCache
+from .manifest import (
+    MANIFEST_FILE,
+    Manifest,
+    import_paths_error,
+    method_problem,
+    refused_import_paths,
+)
+from .model_store import (
+    _MOVES,
+    ModelVersion,
+    PromotionGate,
+    Store,
+    _history_entry,
+    _same_version,
+    _stored_version,
+    current_user,
+)
+from .objects import ObjectStore, open_object_store
+from .record import (
+    RECORD_FILE,
+    ModelRecord,
+    StoreRecord,
+    check_store_id,
+    manifest_digest,
+    missing_record,
+    parse_record,
+)
+from .safe_io import read_metadata, write_atomic
+from .signing import KEY_ENV, SIGNATURE_FILE, resolve_key, signature_document, verify_signature
+
+__all__ = ["MARKER_KEY", "RemoteStore"]
+
+log = logging.getLogger("embedml.store")
+
+MARKER_KEY = ".embedml-store.json"
+_MARKER = {"format": "embedml-store", "layout": 1}
+_INDEX_FORMAT = 1
+# Bounded retries of a compare-and-swap that keeps losing (each loss is another writer's
+# progress, so this is only reached under extreme contention).
+_MAX_ROUNDS = 1000
+_HISTORY_ACTIONS = ("set_alias", "promote", "rollback", "remove_alias", "gate")
+_ANY = object()
+
+
+def _index_key(name: str) -> str:
+    return f"models/{name}/index.json"
+
+
+def _log_key(name: str, seq: int) -> str:
+    return f"models/{name}/log/{seq:020d}.json"
+
+
+def _version_key(name: str, folder: str, file: str) -> str:
+    return f"models/{name}/versions/{folder}/{file}"
+
+
+def _blob_key(sha256: str) -> str:
+    return f"blobs/sha256/{sha256}"
+
+
+def _now() -> dict[str, Any]:
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ts": time.time()}
+
+
+@dataclass
+class _Index:
+    """A model's index: the log position it reflects, its versions and aliases."""
+
+    seq: int = 0
+    versions: dict[str, str] = field(default_factory=dict)  # canonical -> spelling
+    aliases: dict[str, str] = field(default_factory=dict)
+    etag: str | None = None
+
+    @classmethod
+    def parse(cls, data: bytes, etag: str | None, where: str) -> _Index:
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise IntegrityError(f"{where} is not valid JSON: {exc}") from None
+        if (
+            not isinstance(doc, dict)
+            or doc.get("format") != _INDEX_FORMAT
+            or not isinstance(doc.get("seq"), int)
+            or doc["seq"] < 0
+            or not isinstance(doc.get("versions"), list)
+            or not isinstance(doc.get("aliases"), dict)
+        ):
+            raise IntegrityError(f"{where}: not a model index (format {_INDEX_FORMAT})")
+        versions = {}
+        for v in doc["versions"]:
+            spelling = _stored_version(v, f"{where}: versions")
+            versions[V.canonical_version(spelling)] = spelling
+        aliases = {}
+        for alias, target in doc["aliases"].items():
+            entry = _history_entry({"action": "index", "alias": alias, "to": target}, where)
+            aliases[entry["alias"]] = entry["to"]
+        return cls(doc["seq"], versions, aliases, etag)
+
+    def to_bytes(self) -> bytes:
+        ordered = sorted(self.versions.values(), key=V.parse_version)
+        doc = {
+            "format": _INDEX_FORMAT,
+            "seq": self.seq,
+            "versions": ordered,
+            "aliases": self.aliases,
+        }
+        return json.dumps(doc, indent=1, sort_keys=True).encode()
+
+    def parsed(self) -> list[Version]:
+        return sorted(V.parse_version(v) for v in self.versions.values())
+
+    def spelling(self, version: str | Version) -> str | None:
+        return self.versions.get(V.canonical_version(version))
+
+    def applied(self, entry: dict[str, Any]) -> _Index:
+        """A copy with ``entry`` (a log slot) applied, at its ``seq``."""
+        new = _Index(entry["seq"], dict(self.versions), dict(self.aliases), self.etag)
+        action = entry["action"]
+        if action == "publish":
+            new.versions[V.canonical_version(entry["version"])] = entry["version"]
+        elif action == "delete":
+            new.versions.pop(V.canonical_version(entry["version"]), None)
+        elif action == "remove_alias":
+            new.aliases.pop(entry["alias"], None)
+        elif action in (*_MOVES, "rollback"):
+            new.aliases[entry["alias"]] = entry["to"]
+        return new
+
+
+def _log_entry(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        entry = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError(f"{where} is not valid JSON: {exc}") from None
+    entry = _history_entry(entry, where)
+    if not isinstance(entry.get("seq"), int) or entry["seq"] < 1:
+        raise IntegrityError(f"{where}: a log entry needs its 'seq'")
+    if entry["action"] in ("publish", "delete"):
+        _stored_version(entry.get("version"), f"{where}: 'version'")
+    elif entry["action"] in (*_MOVES, "rollback") and (
+        entry.get("to") is None or "alias" not in entry
+    ):
+        raise IntegrityError(f"{where}: an alias move needs 'alias' and 'to'")
+    return entry
+
+
+class RemoteStore(Store, remote=True):
+    """A model store in an object store: ``Store("s3://bucket/prefix")``.
+
+    The same methods as the folder store (:class:`~embedml.store.Store`), with the same
+    guarantees, kept with conditional writes (see the module docstring and
+    ``docs/remote-stores.md``). ``storage_options`` go to the object store (for S3, s3fs's
+    ``key``, ``secret``, ``endpoint_url``, ``client_kwargs``...; by default botocore's
+    chain: ``AWS_*`` variables, profiles, instance roles). ``offline`` (default:
+    ``EMBEDML_OFFLINE``) serves only what the local cache holds; ``cache_dir`` (default
+    ``EMBEDML_CACHE_DIR``) is that cache. ``retries``, ``connect_timeout``,
+    ``read_timeout``, ``backoff`` tune the object store's retries.
+
+    Raises :class:`ConfigurationError` for an unsupported URL scheme,
+    :class:`~embedml.errors.MissingExtraError` without the ``s3`` extra; on first use,
+    :class:`~embedml.errors.NotAStoreError` when the prefix holds something that is not an
+    embedml store, and the :class:`~embedml.errors.RemoteStoreError` family (naming the URL
+    and operation) when the store cannot be reached or refuses the credentials.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        store_id: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        offline: bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        **object_options: Any,
+    ) -> None:
+        if not isinstance(root, str):
+            raise ConfigurationError(f"a remote store takes a URL, got {root!r}")
+        self.objects: ObjectStore = open_object_store(
+            root, storage_options=storage_options, **object_options
+        )
+        self.url = self.objects.url
+        self.root = self.url  # type: ignore[assignment]  (a URL: what errors and caches name)
+        self.storage_options = dict(storage_options or {})
+        self.cache = LocalCache(cache_dir, offline=offline)
+        self.offline = self.cache.offline
+        self.store_id = check_store_id(store_id) if store_id is not None else None
+        self._generation = -1
+        self._meta = self.cache.root / "stores" / hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        self._indexes: dict[str, _Index] = {}
+        self._log_cache: dict[str, dict[str, Any]] = {}
+        self._checked = False
+        self._said_offline: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}{', offline=True' if self.offline else ''})"
+
+    def close(self) -> None:
+        """Closes the object store's connections (they reopen when the store is used)."""
+        self.objects.close()
+
+    def as_class(self, cls: type[RemoteStore]) -> RemoteStore:
+        """This store as an instance of ``cls`` (a subclass, e.g. with ``load``), sharing
+        its object store, cache and caches."""
+        other = object.__new__(cls)
+        other.__dict__.update(self.__dict__)
+        return other
+
+    # -- the marker: an empty prefix is an empty store, anything else must be a store
+    def _check_store(self, *, writing: bool = False) -> None:
+        if self._checked or self.offline:
+            return
+        try:
+            marker = self.objects.get(MARKER_KEY)
+        except ObjectNotFoundError:
+            found = self.objects.list("")
+            if found:
+                raise NotAStoreError(
+                    f"holds {len(found)} object(s) (e.g. {found[0].key!r}) but no "
+                    f"{MARKER_KEY}: not an embedml store; refusing to read or write it "
+                    "(give an empty prefix or an existing store)",
+                    url=self.url,
+                    operation="open",
+                ) from None
+            if not writing:
+                return  # an empty store (until someone saves)
+            try:
+                self.objects.put_new(MARKER_KEY, json.dumps(_MARKER, sort_keys=True).encode())
+            except ObjectExistsError:  # another first writer: check theirs
+                marker = self.objects.get(MARKER_KEY)
+            else:
+                self._checked = True
+                return
+        try:
+            doc = json.loads(marker.data)
+            ok = isinstance(doc, dict) and doc.get("format") == _MARKER["format"]
+        except (ValueError, RecursionError):
+            ok = False
+        if not ok:
+            raise NotAStoreError(
+                f"{MARKER_KEY} is not an embedml store marker", url=self.url, operation="open"
+            )
+        self._checked = True
+
+    # -- paths (names only: nothing is local but the cache)
+    def _model_dir(self, name: str) -> Path:
+        return self._meta / "models" / V.check_name(name)
+
+    def _staging_dir(self, name: str) -> Path:
+        V.check_name(name)
+        return Path(tempfile.mkdtemp(prefix="embedml-save-"))
+
+    # -- the index and the log
+    def _say_offline(self, what: str) -> None:
+        if what not in self._said_offline:
+            self._said_offline.add(what)
+            log.warning(
+                "%s: offline (EMBEDML_OFFLINE / offline=True): serving %s as the local cache "
+                "at %s last saw it; the store may have moved on",
+                self.url, what, self.cache.root,
+            )  # fmt: skip
+
+    def _index(self, name: str) -> _Index:
+        """The model's index from the store (a conditional GET when one is held); offline,
+        the last one this machine saw."""
+        V.check_name(name)
+        cached = self._model_dir(name) / "index.json"
+        if self.offline:
+            try:
+                data = read_metadata(cached)
+            except FileNotFoundError:
+                raise CacheMissError(
+                    f"offline: the cache at {self.cache.root} holds no index of {name!r}",
+                    url=self.url, operation="get", key=_index_key(name),
+                ) from None  # fmt: skip
+            self._say_offline(f"the aliases and versions of {name!r}")
+            return _Index.parse(data, None, str(cached))
+        self._check_store()
+        key = _index_key(name)
+        held = self._indexes.get(name)
+        try:
+            got = (
+                self.objects.get_if_changed(key, held.etag)
+                if held and held.etag
+                else self.objects.get(key)
+            )
+        except ObjectNotFoundError:
+            return _Index()
+        if got is None:
+            assert held is not None
+            return held
+        index = _Index.parse(got.data, got.etag, f"{self.url}/{key}")
+        self._indexes[name] = index
+        with contextlib.suppress(OSError):  # the offline copy is a convenience
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cached, got.data)
+        return index
+
+    def _slot(self, name: str, seq: int) -> dict[str, Any] | None:
+        key = _log_key(name, seq)
+        entry = self._log_cache.get(key)
+        if entry is not None:
+            return entry
+        try:
+            got = self.objects.get(key)
+        except ObjectNotFoundError:
+            return None
+        entry = _log_entry(got.data, f"{self.url}/{key}")
+        if entry["seq"] != seq:
+            raise IntegrityError(f"{self.url}/{key} says seq {entry['seq']}")
+        self._log_cache[key] = entry
+        return entry
+
+    def _advance(self, name: str, index: _Index, entry: dict[str, Any]) -> None:
+        """Moves the index to ``entry``'s slot (compare-and-swap); a lost race means
+        another writer applied that very slot (the only way the index can move)."""
+        new = index.applied(entry)
+        data = new.to_bytes()
+        try:
+            if index.etag is None:
+                new.etag = self.objects.put_new(_index_key(name), data)
+            else:
+                new.etag = self.objects.put_if(_index_key(name), data, index.etag)
+        except PreconditionFailedError:  # ObjectExistsError too
+            self._indexes.pop(name, None)
+            return
+        self._indexes[name] = new
+
+    def _commit(self, name: str, make: Callable[[_Index], dict[str, Any]]) -> dict[str, Any]:
+        """Appends the entry ``make(index)`` returns to the model's log, then moves the index
+        to it. ``make`` sees the current index and may raise to refuse the change."""
+        if self.offline:
+            raise ConfigurationError(f"{self.url} is opened offline: it cannot be changed")
+        self._check_store(writing=True)
+        for _ in range(_MAX_ROUNDS):
+            index = self._index(name)
+            slot = index.seq + 1
+            pending = self._slot(name, slot)
+            if pending is not None:  # taken by a writer that has not moved the index (yet)
+                self._advance(name, index, pending)
+                continue
+            entry = {**_now(), **make(index), "seq": slot}
+            data = json.dumps(entry, sort_keys=True, default=str).encode()
+            try:
+                self.objects.put_new(_log_key(name, slot), data)
+            except ObjectExistsError:
+                continue
+            self._log_cache[_log_key(name, slot)] = entry
+            self._advance(name, index, entry)
+            return entry
+        raise StoreError(
+            f"{self.url}: could not change {name!r}: {_MAX_ROUNDS} writers got in first"
+        )
+
+    # -- listing
+    def models(self) -> list[str]:
+        """Names of the models that have at least one version, sorted."""
+        if self.offline:
+            root = self._meta / "models"
+            names = (
+                sorted(p.name for p in root.iterdir() if (p / "index.json").is_file())
+                if root.is_dir()
+                else []
+            )
+        else:
+            self._check_store()
+            names = sorted(
+                {
+                    o.key.split("/")[1]
+                    for o in self.objects.list("models")
+                    if o.key.endswith("/index.json") and o.key.count("/") == 2
+                }
+            )
+        return [n for n in names if self._index(n).versions]
+
+    def versions(self, name: str) -> list[str]:
+        """Versions of ``name``, ascending by PEP 440, each spelled as it was saved; raises
+        :class:`ModelNotFoundError`."""
+        index = self._index(name)
+        if not index.versions:
+            raise self._no_model(name)
+        return [index.spelling(v) for v in index.parsed()]  # type: ignore[misc]
+
+    def aliases(self, name: str) -> dict[str, str]:
+        """The aliases of ``name`` and the versions they point to (read from the store)."""
+        return dict(self._index(name).aliases)
+
+    def _no_model(self, name: str) -> ModelNotFoundError:
+        try:
+            models = self.models()
+        except EmbedMLError:
+            models = []
+        return ModelNotFoundError(f"no model {name!r} in {self.url}; models: {models or 'none'}")
+
+    def _not_found(self, name: str, spec: str, index: _Index | None = None) -> VersionNotFoundError:  # type: ignore[override]
+        index = index or self._index(name)
+        existing = [index.spelling(v) for v in index.parsed()]
+        alias_text = ", ".join(f"@{a} -> {v}" for a, v in sorted(index.aliases.items())) or "none"
+        return VersionNotFoundError(
+            f"no version of {name!r} matches {spec!r}; versions: {', '.join(existing) or 'none'}; aliases: {alias_text}"  # type: ignore[arg-type]
+        )
+
+    # -- versions: manifests in the cache
+    def _folder(self, name: str, version: str, *, refresh_signature: bool = False) -> Path:
+        """The cache folder holding the version's manifest (and signature, if any),
+        fetched from the store the first time (manifests are immutable)."""
+        folder_name = V.canonical_version(version)
+        folder = self._model_dir(name) / "versions" / folder_name
+        manifest_path = folder / MANIFEST_FILE
+        have = manifest_path.is_file()
+        if have and not refresh_signature:
+            return folder
+        if self.offline:
+            if have:
+                return folder
+            raise CacheMissError(
+                f"offline: the cache at {self.cache.root} does not hold {name}@{version}",
+                url=self.url, operation="get", key=_version_key(name, folder_name, MANIFEST_FILE),
+            )  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            sig = self.objects.get(_version_key(name, folder_name, SIGNATURE_FILE)).data
+            write_atomic(folder / SIGNATURE_FILE, sig)
+        except ObjectNotFoundError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / SIGNATURE_FILE)
+        if not have:
+            try:
+                data = self.objects.get(_version_key(name, folder_name, MANIFEST_FILE)).data
+            except ObjectNotFoundError:
+                raise IntegrityError(
+                    f"{name}@{version} is listed in the index of {self.url} but its manifest is missing"
+                ) from None
+            write_atomic(manifest_path, data)  # last: a folder with a manifest is complete
+        return folder
+
+    def _read_manifest(self, name: str, version: str) -> tuple[Manifest, bytes]:
+        folder = self._folder(name, version)
+        path = folder / MANIFEST_FILE
+        data = read_metadata(path)
+        manifest = Manifest.from_json(
+            data, where=f"{self.url}/{_version_key(name, folder.name, MANIFEST_FILE)}"
+        )
+        if manifest.name != name or V.canonical_version(manifest.version) != folder.name:
+            raise IntegrityError(
+                f"{path} describes {manifest.name}@{manifest.version}, not {name}@{version}"
+            )
+        artifact = Path(manifest.artifact)
+        if artifact.name != manifest.artifact or artifact.name in ("", ".", "..", MANIFEST_FILE):
+            raise IntegrityError(f"{path}: artifact {manifest.artifact!r} must be a file name")
+        return manifest, data
+
+    def _version(self, name: str, version: str, index: _Index) -> ModelVersion:
+        spelling = index.spelling(version)
+        if spelling is None:
+            raise self._not_found(name, version, index)
+        manifest, _ = self._read_manifest(name, spelling)
+        return ModelVersion(name, manifest.version, self._folder(name, spelling), manifest)
+
+    def manifest(self, name: str, version: str) -> Manifest:
+        """The manifest of one exact version (any spelling). Raises
+        :class:`VersionNotFoundError`, :class:`IntegrityError`."""
+        return self._version(name, V.canonical_version(version), self._index(name)).manifest
+
+    def resolve(
+        self,
+        name: str,
+        spec: str | int | Version | None = "latest",
+        *,
+        require_signature: bool = False,
+        signing_key: str | bytes | None = None,
+    ) -> ModelVersion:
+        """As :meth:`Store.resolve <embedml.store.Store.resolve>`: aliases and ``latest``
+        are read from the store's index (one small conditional GET), never from the cache,
+        except offline."""
+        parsed = V.parse_spec(spec)
+        index = self._index(name)
+        if require_signature:
+            return self._resolve_signed(name, parsed, index, signing_key)  # type: ignore[arg-type]
+        if not index.versions:
+            raise self._no_model(name)
+        if parsed.alias is not None:
+            target = index.aliases.get(parsed.alias)
+            if target is None:
+                raise self._not_found(name, parsed.text, index)
+            chosen: Version | None = V.parse_version(target)
+        else:
+            chosen = V.select(parsed, index.parsed())
+        if chosen is None:
+            raise self._not_found(name, parsed.text, index)
+        return self._version(name, V.canonical_version(chosen), index)
+
+    def _resolve_signed(  # type: ignore[override]
+        self, name: str, parsed: V.Spec, index: _Index, signing_key: str | bytes | None
+    ) -> ModelVersion:
+        key = resolve_key(signing_key)
+        if key is None:
+            raise ConfigurationError(
+                f"require_signature=True needs a key: pass signing_key= or set ${KEY_ENV}"
+            )
+        record = self._read_record(key)
+        if record is None:
+            if index.versions:
+                self._signed_manifest(self.resolve(name, parsed.text), key)
+            raise missing_record(f"{self.url}/{RECORD_FILE}")
+        signed = record.models.get(name, ModelRecord())
+        listed = index.parsed()
+        recorded = {V.parse_version(v): digest for v, digest in signed.versions.items()}
+        if not listed and not recorded:
+            raise self._no_model(name)
+        if parsed.alias is not None:
+            target, expected = index.aliases.get(parsed.alias), signed.aliases.get(parsed.alias)
+            if not _same_version(target, expected):
+                raise SignatureError(
+                    f"{name}@{parsed.alias}: the store's index points it at {target or 'nothing'}, "
+                    f"the signed store record at {expected or 'nothing'}; it was moved without "
+                    "the key (or a move is in progress): move it again with signing_key="
+                )
+            chosen = V.parse_version(target) if target is not None else None
+        else:
+            chosen = V.select(parsed, listed)
+            signed_choice = V.select(parsed, recorded)
+            if signed_choice is not None and signed_choice not in listed:
+                raise self._missing(name, signed_choice)
+        if chosen is None:
+            raise self._not_found(name, parsed.text, index)
+        if chosen not in listed:
+            raise self._missing(name, chosen)
+        version = index.spelling(chosen)
+        assert version is not None
+        if chosen not in recorded:
+            raise SignatureError(
+                f"{name}@{version} is not in the signed store record (saved without the key, "
+                "copied from another store, or its save was interrupted); refusing it. If it "
+                "is yours, sign it: store.sign(name, version, signing_key=...)"
+            )
+        folder = self._folder(
+            name,
+            version,
+            refresh_signature=not (
+                self._model_dir(name) / "versions" / V.canonical_version(version) / SIGNATURE_FILE
+            ).is_file(),
+        )
+        manifest, data = self._read_manifest(name, version)
+        mv = ModelVersion(name, manifest.version, folder, manifest)
+        verify_signature(folder, data, key, required=True, label=str(mv))
+        if manifest_digest(data) != recorded[chosen]:
+            raise SignatureError(
+                f"the manifest of {name}@{version} differs from the one in the signed store "
+                "record (replaced, or copied from another store); refusing it"
+            )
+        return mv
+
+    # -- artifacts: through the verified local cache
+    def _cached_bytes(self, mv: ModelVersion, what: str, sha256: str, size: int | None) -> bytes:
+        for attempt in (0, 1):
+            try:
+                path = self.cache.fetch(
+                    self.objects, _blob_key(sha256), sha256, size=size, verify=False
+                )
+            except ObjectNotFoundError:
+                raise IntegrityError(f"{what} of {mv} is missing from {self.url}") from None
+            except IntegrityError as exc:
+                raise IntegrityError(
+                    f"{what} of {mv}: the store holds other bytes: {exc}"
+                ) from None
+            data = read_metadata(path, 1 << 62)
+            if (size is None or len(data) == size) and hashlib.sha256(data).hexdigest() == sha256:
+                return data
+            if attempt == 0 and not self.offline:  # damaged in the cache: fetch it again
+                log.warning(
+                    "%s of %s: the cached copy at %s is damaged; fetching it again", what, mv, path
+                )
+                self.cache.discard(sha256)
+        raise IntegrityError(
+            f"{what} of {mv} does not match its SHA-256 in the manifest; not loading it"
+        )
+
+    def read_artifact(self, mv: ModelVersion) -> bytes:
+        """The artifact's bytes, from the local cache (downloaded once per machine), after
+        checking size and SHA-256 against the manifest. Raises :class:`IntegrityError`,
+        :class:`~embedml.errors.CacheMissError` offline, and the store's errors."""
+        return self._cached_bytes(mv, "artifact", mv.manifest.sha256, mv.manifest.size)
+
+    def read_extra_file(self, mv: ModelVersion, filename: str) -> bytes:
+        """An extra file of the version after checking its SHA-256 against the manifest."""
+        expected = mv.manifest.extra_files.get(filename)
+        if expected is None:
+            raise IntegrityError(f"{mv} lists no extra file {filename!r}")
+        return self._cached_bytes(mv, f"extra file {filename!r}", expected, None)
+
+    # -- saving
+    def _put_blob(self, path: Path, sha256: str) -> None:
+        """Uploads a file under its content address (already there: nothing to do)."""
+        with contextlib.suppress(ObjectExistsError):
+            self.objects.put_new(_blob_key(sha256), path.read_bytes())
+
+    def _publish(
+        self,
+        name: str,
+        tmp: Path,
+        fields: dict[str, Any],
+        explicit: str | None,
+        key: bytes | None = None,
+    ) -> ModelVersion:
+        """Blobs first, then the manifest (create-only: one publisher wins the version),
+        its signature, then the log entry that makes the index list it."""
+        if self.offline:
+            raise ConfigurationError(f"{self.url} is opened offline: it cannot be changed")
+        self._check_store(writing=True)
+        self._put_blob(tmp / fields["artifact"], fields["sha256"])
+        for filename, digest in fields["extra_files"].items():
+            self._put_blob(tmp / filename, digest)
+        for _ in range(_MAX_ROUNDS):
+            index = self._index(name)
+            version = explicit or V.next_major(index.parsed())
+            manifest = Manifest(version=version, **fields)
+            data = manifest.to_json().encode()
+            folder_name = V.canonical_version(version)
+            try:
+                self.objects.put_new(_version_key(name, folder_name, MANIFEST_FILE), data)
+            except ObjectExistsError:
+                if explicit is not None:
+                    raise VersionExistsError(
+                        f"{name}@{explicit} already exists in {self.url} (or an interrupted save "
+                        "took its number); versions are immutable, save a new version"
+                    ) from None
+                self._indexes.pop(name, None)
+                continue
+            if key is not None:
+                self.objects.put_new(
+                    _version_key(name, folder_name, SIGNATURE_FILE), signature_document(data, key)
+                )
+            entry = {"action": "publish", "version": version, "who": current_user()}
+            self._commit(name, lambda _index, entry=entry: entry)
+            if key is not None:
+                digest = manifest_digest(data)
+                self._update_record(
+                    key, lambda r, v=version, d=digest: r.model(name).set_version(v, d)
+                )
+            return ModelVersion(name, version, self._folder(name, version), manifest)
+        raise StoreError(f"could not find a free version number for {name!r}")
+
+    # -- the signed store record (compare-and-swap)
+    def _fetch_record(self, key: bytes) -> tuple[StoreRecord | None, str | None]:
+        cached = self._meta / RECORD_FILE
+        where = f"{self.url}/{RECORD_FILE}"
+        if self.offline:
+            try:
+                data, etag = read_metadata(cached), None
+            except FileNotFoundError:
+                return None, None
+        else:
+            self._check_store()
+            try:
+                got = self.objects.get(RECORD_FILE)
+            except ObjectNotFoundError:
+                return None, None
+            data, etag = got.data, got.etag
+        record = parse_record(data, key, where)
+        if self.store_id is not None and record.store_id != self.store_id:
+            raise SignatureError(
+                f"{where} is the record of store {record.store_id!r}, not of {self.store_id!r} "
+                "(copied from another store signed with the same key?); refusing it"
+            )
+        if record.generation < self._generation:
+            raise SignatureError(
+                f"{where} has generation {record.generation}, older than generation "
+                f"{self._generation} already verified by this store object: an older record "
+                "was put back; refusing it"
+            )
+        self._generation = max(self._generation, record.generation)
+        if not self.offline:
+            with contextlib.suppress(OSError):
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(cached, data)
+        return record, etag
+
+    def _read_record(self, key: bytes) -> StoreRecord | None:
+        return self._fetch_record(key)[0]
+
+    def _update_record(self, key: bytes, change: Callable[[StoreRecord], Any]) -> StoreRecord:
+        """Reads, changes, signs and writes the record with a compare-and-swap (again on a
+        lost race: ``change`` runs on the newer record)."""
+        if self.offline:
+            raise ConfigurationError(f"{self.url} is opened offline: it cannot be changed")
+        for _ in range(_MAX_ROUNDS):
+            record, etag = self._fetch_record(key)
+            record = record or StoreRecord.new(self.store_id)
+            change(record)
+            record.generation += 1
+            data = record.to_bytes(key)
+            try:
+                if etag is None:
+                    self.objects.put_new(RECORD_FILE, data)
+                else:
+                    self.objects.put_if(RECORD_FILE, data, etag)
+            except PreconditionFailedError:
+                continue
+            self._generation = max(self._generation, record.generation)
+            return record
+        raise StoreError(f"{self.url}: could not update the store record: too many writers")
+
+    # -- aliases
+    def _move_alias(  # type: ignore[override]
+        self,
+        name: str,
+        alias: str,
+        target: ModelVersion,
+        action: str,
+        who: str | None,
+        key: bytes | None,
+        *,
+        expected: Any = _ANY,
+        **extra: Any,
+    ) -> None:
+        """Moves ``alias`` to ``target`` through the log (only if it still points at
+        ``expected``, when given); with a key, then signs the alias into the store record
+        if the index still says what this move set (a later move signs its own)."""
+        digest = manifest_digest(self._signed_manifest(target, key)) if key is not None else None
+        who = who or current_user()
+
+        def make(index: _Index) -> dict[str, Any]:
+            if index.spelling(target.version) is None:
+                raise VersionNotFoundError(f"{target} was deleted; not moving @{alias} to it")
+            previous = index.aliases.get(alias)
+            if expected is not _ANY and not _same_version(previous, expected):
+                raise AliasMovedError(
+                    f"{name}@{alias} moved from {expected or 'nothing'} to {previous or 'nothing'} "
+                    f"meanwhile; not moving it to {target.version}",
+                    expected=expected, found=previous,
+                )  # fmt: skip
+            rollback = previous is not None and V.parse_version(target.version) < V.parse_version(
+                previous
+            )
+            return {
+                "action": action, "alias": alias, "from": previous, "to": target.version,
+                "rollback": rollback, "who": who, **extra,
+            }  # fmt: skip
+
+        entry = self._commit(name, make)
+        if key is None:
+            return
+
+        def change(record: StoreRecord) -> None:
+            signed = record.model(name)
+            recorded = signed.digest_of(target.version)
+            if recorded is not None and recorded != digest:
+                raise SignatureError(
+                    f"the manifest of {target} differs from the one in the signed store "
+                    "record (replaced, or copied from another store); not signing the move"
+                )
+            if not _same_version(self._index(name).aliases.get(alias), target.version):
+                return  # moved again since: that move signs its own target
+            signed.set_version(target.version, digest)  # type: ignore[arg-type]
+            if action in _MOVES:
+                signed.move(alias, entry["from"], target.version)
+            signed.aliases[alias] = target.version
+
+        self._update_record(key, change)
+
+    def set_alias(
+        self, name: str, alias: str, version: str | int, *, who: str | None = None,
+        signing_key: str | bytes | None = None,
+    ) -> ModelVersion:  # fmt: skip
+        """As :meth:`Store.set_alias <embedml.store.Store.set_alias>`; the move is a
+        compare-and-swap of the index, so concurrent moves are all recorded, in order."""
+        alias = V.check_alias(alias)
+        key = resolve_key(signing_key)
+        target = self.resolve(name, V.canonical_version(version))
+        self._move_alias(name, alias, target, "set_alias", who, key)
+        return target
+
+    def remove_alias(
+        self,
+        name: str,
+        alias: str,
+        *,
+        who: str | None = None,
+        signing_key: str | bytes | None = None,
+    ) -> None:
+        """Removes an alias; raises :class:`VersionNotFoundError` if it does not exist."""
+        alias = V.check_alias(alias)
+        key = resolve_key(signing_key)
+        who = who or current_user()
+
+        def make(index: _Index) -> dict[str, Any]:
+            previous = index.aliases.get(alias)
+            if previous is None:
+                raise self._not_found(name, f"@{alias}", index)
+            return {
+                "action": "remove_alias",
+                "alias": alias,
+                "from": previous,
+                "to": None,
+                "rollback": False,
+                "who": who,
+            }
+
+        self._commit(name, make)
+        if key is not None:
+
+            def change(record: StoreRecord) -> None:
+                if alias not in self._index(name).aliases:
+                    record.model(name).aliases.pop(alias, None)
+
+            self._update_record(key, change)
+
+    def promote(
+        self,
+        name: str,
+        version: str | int,
+        alias: str = "production",
+        *,
+        gate: PromotionGate | None = None,
+        who: str | None = None,
+        signing_key: str | bytes | None = None,
+    ) -> ModelVersion:
+        """As :meth:`Store.promote <embedml.store.Store.promote>`: the gate runs first, then
+        the alias moves only if it still points where it did (compare-and-swap)."""
+        alias = V.check_alias(alias)
+        key = resolve_key(signing_key)
+        target = self.resolve(name, V.canonical_version(version))
+        previous = self.aliases(name).get(alias)
+        extra: dict[str, Any] = {}
+        if gate is not None:
+            gate_entry = {
+                "action": "gate",
+                "alias": alias,
+                "from": previous,
+                "to": target.version,
+                "who": who or current_user(),
+            }
+            try:
+                scores = gate.evaluate(self, target, previous)
+            except GateFailedError as exc:
+                failed = {**gate_entry, "passed": False, "scores": exc.scores}
+                self._commit(name, lambda _i: failed)
+                raise
+            self._commit(name, lambda _i: {**gate_entry, "passed": True, "scores": scores})
+            extra = {"gate": scores}
+        self._move_alias(
+            name, alias, target, "promote", who, key,
+            expected=previous if gate is not None else _ANY, **extra,
+        )  # fmt: skip
+        return target
+
+    def rollback(
+        self, name: str, alias: str = "production", *, who: str | None = None,
+        signing_key: str | bytes | None = None,
+    ) -> ModelVersion:  # fmt: skip
+        """As :meth:`Store.rollback <embedml.store.Store.rollback>`; the move happens only
+        if the alias still points where it did when the earlier version was chosen."""
+        alias = V.check_alias(alias)
+        key = resolve_key(signing_key)
+        current = self.aliases(name).get(alias)
+        record = self._read_record(key) if key is not None else None
+        if record is not None:
+            signed = record.models.get(name, ModelRecord())
+            if not _same_version(signed.aliases.get(alias), current):
+                raise SignatureError(
+                    f"{name}@{alias}: the store's index points it at {current or 'nothing'}, the "
+                    f"signed store record at {signed.aliases.get(alias) or 'nothing'}; not "
+                    "rolling back from a state the key did not sign"
+                )
+            moves = [(before, to) for before, to in signed.moves.get(alias, [])]
+        else:
+            moves = [
+                (e.get("from"), e.get("to"))
+                for e in self.history(name, alias=alias)
+                if e["action"] in _MOVES
+            ]
+        for before, to in reversed(moves):
+            if to is not None and _same_version(to, current):
+                if before is None:
+                    break
+                target = self.resolve(name, before)
+                self._move_alias(name, alias, target, "rollback", who, key, expected=current)
+                return target
+        raise StoreError(f"the history of {name}@{alias} has no earlier version to roll back to")
+
+    def history(self, name: str, *, alias: str | None = None) -> list[dict[str, Any]]:
+        """As :meth:`Store.history <embedml.store.Store.history>`: the model's log up to
+        the index's position, oldest first (each entry also has its ``seq``)."""
+        index = self._index(name)
+        entries = []
+        if self.offline:
+            keys = [k for k in self._log_cache if k.startswith(f"models/{name}/log/")]
+        else:
+            keys = [o.key for o in self.objects.list(f"models/{name}/log")]
+        for key in sorted(keys):
+            try:
+                seq = int(key.rsplit("/", 1)[1].split(".")[0])
+            except ValueError:
+                raise IntegrityError(f"{self.url}/{key}: not a log entry") from None
+            if seq > index.seq:
+                continue  # a change not applied (yet)
+            entry = self._slot(name, seq)
+            if entry is None or entry["action"] not in _HISTORY_ACTIONS:
+                continue
+            if alias is None or entry.get("alias") == alias:
+                entries.append(entry)
+        return entries
+
+    def delete(
+        self, name: str, version: str | int, *, signing_key: str | bytes | None = None
+    ) -> None:
+        """Deletes one version (its manifest; its blobs may be shared and stay). Refuses
+        (:class:`StoreError`) while an alias points to it."""
+        key = resolve_key(signing_key)
+        target = self.resolve(name, V.canonical_version(version))
+        here = V.parse_version(target.version)
+
+        def make(index: _Index) -> dict[str, Any]:
+            if index.spelling(target.version) is None:
+                raise self._not_found(name, target.version, index)
+            pointing = sorted(a for a, v in index.aliases.items() if V.parse_version(v) == here)
+            if pointing:
+                raise StoreError(
+                    f"{target} is in use by alias(es) {', '.join('@' + a for a in pointing)}; move them first"
+                )
+            return {"action": "delete", "version": target.version, "who": current_user()}
+
+        if key is not None:
+            self._update_record(key, lambda r: r.model(name).drop_version(target.version))
+        self._commit(name, make)
+        folder_name = V.canonical_version(target.version)
+        for file in (SIGNATURE_FILE, MANIFEST_FILE):
+            self.objects.delete(_version_key(name, folder_name, file))
+        shutil.rmtree(self._model_dir(name) / "versions" / folder_name, ignore_errors=True)
+
+    def sign(
+        self, name: str, version: str | int, *, signing_key: str | bytes | None = None
+    ) -> Path:
+        """Signs an existing version's manifest (``manifest.sig`` in the store) and records
+        it in the signed store record; returns the cached signature's path."""
+        key = resolve_key(signing_key)
+        if key is None:
+            raise ConfigurationError(f"sign() needs a key: pass signing_key= or set ${KEY_ENV}")
+        mv = self.resolve(name, V.canonical_version(version))
+        data = read_metadata(mv.path / MANIFEST_FILE)
+        self._read_record(key)  # refuse a record of another key before writing anything
+        sig_key = _version_key(name, mv.path.name, SIGNATURE_FILE)
+        document = signature_document(data, key)
+        try:
+            self.objects.put_new(sig_key, document)
+        except ObjectExistsError:
+            self.objects.put_if(sig_key, document, self.objects.get(sig_key).etag)
+        write_atomic(mv.path / SIGNATURE_FILE, document)
+        self._update_record(
+            key, lambda r: r.model(name).set_version(mv.version, manifest_digest(data))
+        )
+        return mv.path / SIGNATURE_FILE
+
+    def sign_store(self, *, signing_key: str | bytes | None = None) -> dict[str, str | None]:
+        """As :meth:`Store.sign_store <embedml.store.Store.sign_store>`, written with a
+        compare-and-swap."""
+        key = resolve_key(signing_key)
+        if key is None:
+            raise ConfigurationError(
+                f"sign_store() needs a key: pass signing_key= or set ${KEY_ENV}"
+            )
+        report: dict[str, str | None] = {}
+        try:
+            old = self._read_record(key)
+        except IntegrityError:
+            old = None
+        record = StoreRecord.new(self.store_id or (old.store_id if old else None))
+        models = self.models()
+        for model in models:
+            for version in self.versions(model):
+                with contextlib.suppress(EmbedMLError):
+                    self._folder(model, version, refresh_signature=True)
+            self._record_model(model, record.model(model), key, report)
+        for model, signed in old.models.items() if old else ():
+            for version in signed.versions:
+                if (
+                    record.model(model).digest_of(version) is None
+                    and f"{model}@{version}" not in report
+                ):
+                    report[f"{model}@{version}"] = (
+                        "in the old store record but missing from the store: dropped"
+                    )
+
+        def replace(current: StoreRecord) -> None:
+            current.store_id, current.models = record.store_id, record.models
+
+        self._update_record(key, replace)
+        return report
+
+    def verify(
+        self,
+        name: str | None = None,
+        *,
+        signing_key: str | bytes | None = None,
+        require_signature: bool = False,
+        restricted: bool = False,
+        trusted_callables: list[Any] | tuple[Any, ...] = (),
+    ) -> dict[str, str | None]:
+        """As :meth:`Store.verify <embedml.store.Store.verify>`: every artifact is hashed
+        (downloaded into the cache if needed), signatures and the record checked."""
+        key = resolve_key(signing_key)
+        if key is None and require_signature:
+            raise ConfigurationError(
+                f"require_signature=True needs a key: pass signing_key= or set ${KEY_ENV}"
+            )
+        report: dict[str, str | None] = {}
+        callables = tuple(trusted_callables) if restricted else None
+        record: StoreRecord | None = None
+        if key is not None:
+            try:
+                record = self._read_record(key)
+                if record is None and require_signature:
+                    report["(store record)"] = str(missing_record(f"{self.url}/{RECORD_FILE}"))
+            except IntegrityError as exc:
+                report["(store record)"] = str(exc)
+        models = (
+            [name] if name else sorted(set(self.models()) | set(record.models if record else ()))
+        )
+        for model in models:
+            signed = record.models.get(model, ModelRecord()) if record else None
+            self._verify_remote_model(model, key, require_signature, signed, report, callables)
+        return report
+
+    def _verify_remote_model(
+        self,
+        model: str,
+        key: bytes | None,
+        require_signature: bool,
+        signed: ModelRecord | None,
+        report: dict[str, str | None],
+        trusted_callables: tuple[Any, ...] | None,
+    ) -> None:
+        recorded = {V.parse_version(v): v for v in signed.versions} if signed else {}
+        try:
+            index = self._index(model)
+        except EmbedMLError as exc:
+            report[f"{model}/index.json"] = str(exc)
+            return
+        listed = index.parsed()
+        for parsed in listed:
+            version = index.spelling(parsed)
+            label = f"{model}@{version}"
+            try:
+                self._folder(model, version, refresh_signature=key is not None)  # type: ignore[arg-type]
+                mv = self._version(model, version, index)  # type: ignore[arg-type]
+                if key is not None:
+                    data = read_metadata(mv.path / MANIFEST_FILE)
+                    verify_signature(mv.path, data, key, required=require_signature, label=label)
+                    digest = signed.digest_of(version) if signed is not None else None  # type: ignore[arg-type]
+                    if digest is not None and digest != manifest_digest(data):
+                        raise SignatureError(
+                            f"the manifest of {label} differs from the one in the signed store "
+                            "record (replaced, or copied from another store)"
+                        )
+                    if digest is None and signed is not None and require_signature:
+                        raise SignatureError(f"{label} is not in the signed store record")
+                self.read_artifact(mv)
+                for extra in mv.manifest.extra_files:
+                    self.read_extra_file(mv, extra)
+                problem = method_problem(mv.manifest)
+                if trusted_callables is not None:
+                    refused = refused_import_paths(mv.manifest, trusted_callables)
+                    if refused:
+                        paths = str(import_paths_error(label, refused))
+                        problem = paths if problem is None else f"{problem}; {paths}"
+                report[label] = problem
+            except EmbedMLError as exc:
+                report[label] = str(exc)
+        for parsed, spelling in recorded.items():
+            if parsed not in listed:
+                report[f"{model}@{spelling}"] = (
+                    "listed in the signed store record but missing from the store "
+                    "(deleted or hidden without the key)"
+                )
+        if signed is not None:
+            for alias in sorted(set(index.aliases) | set(signed.aliases)):
+                target, expected = index.aliases.get(alias), signed.aliases.get(alias)
+                if not _same_version(target, expected) and (
+                    expected is not None or require_signature
+                ):
+                    report[f"{model}@{alias}"] = (
+                        f"the index points @{alias} at {target or 'nothing'}, the signed "
+                        f"store record at {expected or 'nothing'} (moved without the key?)"
+                    )
+        try:
+            self.history(model)
+        except EmbedMLError as exc:
+            report[f"{model}/log"] = str(exc)
