@@ -13,12 +13,22 @@ import pytest
 
 import embedml
 from embedml.errors import (
+    AliasMovedError,
+    CacheMissError,
+    ConfigurationError,
     ModelNotFoundError,
+    NotAStoreError,
+    SignatureError,
+    StoreError,
+    StoreNotFoundError,
     VersionExistsError,
     VersionNotFoundError,
 )
+from embedml.serving.follow import Follower
 from embedml.store import RemoteStore, Store
+from embedml.testing import FakeClock
 from helpers_models import LINEAR_B, LINEAR_W, onnx_linear
+from helpers_rollout import Affine
 from s3_server import S3Bucket
 
 pytest.importorskip("s3fs", reason="the s3 extra is part of the dev extra")
@@ -77,3 +87,148 @@ def test_save_and_load_over_s3(url: str, s3_bucket: S3Bucket, cache_dir: Path) -
         store.versions("nope")
     with pytest.raises(VersionNotFoundError, match="versions: 1, 2.0"):
         store.resolve("lin", "7")
+
+
+@pytest.fixture
+def three(url: str) -> embedml.ModelStore:
+    """``affine`` versions 1, 2, 3 (``k * row sum``, k = 1, -2, 3) in a fresh S3 store."""
+    store = embedml.ModelStore(url)
+    for k, version in ((1.0, "1"), (-2.0, "2"), (3.0, "3")):
+        store.save("m", Affine(k), version=version, format="tracked")
+    return store
+
+
+def test_aliases_history_promote_rollback_over_s3(three, url: str) -> None:
+    store = three
+    store.set_alias("m", "production", "1", who="ana")
+    store.set_alias("m", "production", "2")
+    other = embedml.ModelStore(url)  # another machine sees the moves at once
+    assert other.aliases("m") == {"production": "2"}
+    assert other.resolve("m", "@production").version == "2"
+    gate = embedml.Gate(_mean, [[1.0, 1.0]], [0.0], min_score=-100, max_drop=100)
+    assert other.promote("m", "3", gate=gate).version == "3"
+    assert store.rollback("m").version == "2"
+    assert store.rollback("m").version == "1"
+    with pytest.raises(StoreError, match="no earlier version"):
+        store.rollback("m")
+    store.set_alias("m", "staging", "3")
+    store.remove_alias("m", "staging")
+    with pytest.raises(VersionNotFoundError):
+        store.remove_alias("m", "staging")
+    history = other.history("m")
+    assert [(e["action"], e["alias"], e["from"], e["to"]) for e in history] == [
+        ("set_alias", "production", None, "1"),
+        ("set_alias", "production", "1", "2"),
+        ("gate", "production", "2", "3"),
+        ("promote", "production", "2", "3"),
+        ("rollback", "production", "3", "2"),
+        ("rollback", "production", "2", "1"),
+        ("set_alias", "staging", None, "3"),
+        ("remove_alias", "staging", "3", None),
+    ]
+    assert history[0]["who"] == "ana" and history[2]["passed"] is True
+    assert [e["seq"] for e in history] == sorted(e["seq"] for e in history)
+    assert len(store.history("m", alias="staging")) == 2
+    with pytest.raises(StoreError, match="in use"):
+        store.delete("m", "1")
+    store.delete("m", "3")
+    assert other.versions("m") == ["1", "2"]
+    with store.load("m", "@production") as handle:
+        assert handle.version == "1" and handle.predict([1.0, 1.0]) == 2.0
+
+
+def _mean(y_true, y_pred) -> float:
+    return float(np.mean(y_pred))
+
+
+def test_a_gate_that_raced_an_alias_move_does_not_promote(three, url: str) -> None:
+    three.set_alias("m", "production", "1")
+
+    class MovingGate:
+        def evaluate(self, store, candidate, current):
+            embedml.ModelStore(url).set_alias("m", "production", "2")  # another process
+            return {"candidate": 1.0}
+
+    with pytest.raises(AliasMovedError):
+        three.promote("m", "3", gate=MovingGate())
+    assert three.aliases("m") == {"production": "2"}
+
+
+def test_signed_remote_store(url: str, s3_bucket: S3Bucket) -> None:
+    store = embedml.ModelStore(url, store_id="prod")
+    store.save("m", Affine(1.0), format="tracked", signing_key=KEY)
+    store.save("m", Affine(2.0), format="tracked")  # unsigned
+    store.set_alias("m", "production", "1", signing_key=KEY)
+    assert "models/.embedml-record.json" in _objects(s3_bucket)
+    signed = dict(require_signature=True, signing_key=KEY)
+    assert store.resolve("m", "@production", **signed).version == "1"
+    with pytest.raises(SignatureError, match="not in the signed store record"):
+        store.resolve("m", "latest", **signed)
+    report = store.verify(signing_key=KEY, require_signature=True)
+    assert report["m@1"] is None and "not signed" in report["m@2"]
+    store.sign("m", "2", signing_key=KEY)
+    fresh = embedml.ModelStore(url, store_id="prod")
+    with fresh.load("m", **signed) as handle:
+        assert handle.version == "2"
+    assert fresh.verify(signing_key=KEY, require_signature=True) == {"m@1": None, "m@2": None}
+    # a move without the key is refused by signed loads, and reported
+    fresh.set_alias("m", "production", "2")
+    with pytest.raises(SignatureError, match="moved without the key"):
+        store.load("m", "@production", **signed)
+    assert "moved without the key" in fresh.verify(signing_key=KEY)["m@production"]
+    # a record of another store is refused
+    with pytest.raises(SignatureError, match="not of 'staging'"):
+        embedml.ModelStore(url, store_id="staging").resolve("m", "1", **signed)
+    assert store.sign_store(signing_key=KEY) == {"m@1": None, "m@2": None, "m@production": None}
+    assert store.resolve("m", "@production", **signed).version == "2"
+
+
+def test_offline_serves_what_the_cache_holds_and_says_so(
+    three, url: str, tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    three.set_alias("m", "production", "2")
+    with three.load("m", "@production") as handle:
+        assert handle.predict([1.0, 1.0]) == -4.0
+    elsewhere = embedml.ModelStore(url, cache_dir=tmp_path / "another-machine")
+    elsewhere.set_alias("m", "production", "3")  # this machine never saw the move
+    monkeypatch.setenv("EMBEDML_OFFLINE", "1")
+    with caplog.at_level("WARNING", logger="embedml.store"):
+        offline = embedml.ModelStore(url)
+        with offline.load("m", "@production") as handle:  # the alias as last seen here
+            assert handle.version == "2"
+    assert "offline" in caplog.text
+    with pytest.raises(CacheMissError):
+        offline.load("m", "1")  # never downloaded here
+    with pytest.raises(ConfigurationError, match="offline"):
+        offline.set_alias("m", "production", "1")
+    monkeypatch.delenv("EMBEDML_OFFLINE")
+    assert embedml.ModelStore(url).resolve("m", "@production").version == "3"
+
+
+def test_urls_that_are_not_stores(s3_bucket: S3Bucket, cache_dir: Path) -> None:
+    admin = s3_bucket.server.admin()
+    admin.put_object(Bucket=s3_bucket.name, Key="data/report.csv", Body=b"a,b\n")
+    store = embedml.ModelStore(f"{s3_bucket.url}/data")
+    with pytest.raises(NotAStoreError, match=f"{s3_bucket.url}/data.*not an embedml store"):
+        store.models()
+    with pytest.raises(NotAStoreError):
+        store.save("m", Affine(1.0), format="tracked")
+    assert _objects(s3_bucket) == ["data/report.csv"]  # nothing written
+    with pytest.raises(ConfigurationError, match="unsupported store URL"):
+        embedml.ModelStore("gs://bucket/models")
+    with pytest.raises(StoreNotFoundError, match="does not exist"):
+        embedml.ModelStore("s3://no-such-bucket-embedml/models").models()
+    assert embedml.ModelStore(f"{s3_bucket.url}/empty").models() == []
+
+
+def test_follow_polls_the_remote_index(three, url: str, threads_checked) -> None:
+    three.set_alias("m", "production", "1")
+    clock = FakeClock()
+    with three.load("m", "@production") as handle:
+        follower = Follower(handle, three, "@production", 30.0, clock=clock)
+        clock.wait_for_sleepers(1)
+        embedml.ModelStore(url).set_alias("m", "production", "3")  # another machine
+        clock.advance(30.0)
+        clock.wait_for_sleepers(1)
+        assert handle.version == "3" and handle.predict([1.0, 1.0]) == 6.0
+        assert follower.stop(60)

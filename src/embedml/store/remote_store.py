@@ -355,11 +355,17 @@ class RemoteStore(Store, remote=True):
             assert held is not None
             return held
         index = _Index.parse(got.data, got.etag, f"{self.url}/{key}")
+        self._keep(name, index, got.data)
+        return index
+
+    def _keep(self, name: str, index: _Index, data: bytes) -> None:
+        """Remembers the index read or written last (in memory: its ETag for the next
+        conditional GET; on disk: for offline mode)."""
         self._indexes[name] = index
         with contextlib.suppress(OSError):  # the offline copy is a convenience
+            cached = self._model_dir(name) / "index.json"
             cached.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(cached, got.data)
-        return index
+            write_atomic(cached, data)
 
     def _slot(self, name: str, seq: int) -> dict[str, Any] | None:
         key = _log_key(name, seq)
@@ -389,7 +395,7 @@ class RemoteStore(Store, remote=True):
         except PreconditionFailedError:  # ObjectExistsError too
             self._indexes.pop(name, None)
             return
-        self._indexes[name] = new
+        self._keep(name, new, data)
 
     def _commit(self, name: str, make: Callable[[_Index], dict[str, Any]]) -> dict[str, Any]:
         """Appends the entry ``make(index)`` returns to the model's log, then moves the index
