@@ -6,12 +6,20 @@ against moto running as a separate process; concurrency with processes, not thre
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import embedml
+from conftest import SRC
 from embedml.errors import (
     AliasMovedError,
     CacheMissError,
@@ -232,3 +240,109 @@ def test_follow_polls_the_remote_index(three, url: str, threads_checked) -> None
         clock.wait_for_sleepers(1)
         assert handle.version == "3" and handle.predict([1.0, 1.0]) == 6.0
         assert follower.stop(60)
+
+
+# ---------------------------------------------------------------- processes at once
+
+_CHILD = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import embedml
+import helpers_rollout  # registers the "tracked" format
+store = embedml.ModelStore(sys.argv[2])
+job = json.loads(sys.argv[3])
+sys.stdin.read(1)  # every process is started: go
+out = []
+if job["do"] == "save":
+    try:
+        v = store.save("m", helpers_rollout.Affine(job["k"]), format="tracked", version=job.get("version"))
+        out.append(v.version)
+    except embedml.VersionExistsError:
+        out.append("exists")
+elif job["do"] == "move":
+    for version in job["versions"]:
+        store.set_alias("m", "production", version, who=job["who"])
+elif job["do"] == "load":
+    with store.load("m", "@production") as handle:
+        out.append(handle.predict([1.0, 1.0]))
+print(json.dumps(out))
+"""
+
+
+def _at_once(url: str, jobs: list[dict], env: dict[str, str]) -> list[list]:
+    """Runs one child per job, releases them together, returns what each printed."""
+    tests = str(Path(__file__).parent)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, tests, url, json.dumps(job)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+        )  # fmt: skip
+        for job in jobs
+    ]
+    for child in children:  # they all wait on stdin: released together
+        child.stdin.write("g")
+        child.stdin.close()
+    results = []
+    for child in children:
+        out = child.stdout.read()
+        assert child.wait(timeout=300) == 0, out
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+@pytest.fixture
+def env(s3_bucket: S3Bucket, cache_dir: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_two_publishers_of_one_version_cannot_both_succeed(url: str, env) -> None:
+    jobs = [{"do": "save", "k": float(k), "version": "5"} for k in range(4)]
+    jobs += [{"do": "save", "k": 10.0 + k} for k in range(3)]  # automatic numbers
+    results = [r[0] for r in _at_once(url, jobs, env)]
+    assert sorted(results[:4]) == ["5", "exists", "exists", "exists"]
+    store = embedml.ModelStore(url)
+    automatic = results[4:]
+    assert len(set(automatic)) == 3 and "5" not in automatic  # each got its own number
+    assert store.versions("m") == sorted({"5", *automatic}, key=float)
+    winner = jobs[results.index("5")]["k"]
+    with store.load("m", "5") as handle:  # the winner's bytes, whole
+        assert handle.predict([1.0, 1.0]) == 2 * winner
+
+
+def test_concurrent_alias_movers_lose_no_move(three, url: str, env) -> None:
+    jobs = [{"do": "move", "who": f"p{i}", "versions": ["1", "2", "3", "2", "1"]} for i in range(4)]
+    _at_once(url, jobs, env)
+    moves = three.history("m", alias="production")
+    assert len(moves) == 20  # every move of every process
+    assert sorted(m["who"] for m in moves) == sorted(f"p{i}" for i in range(4) for _ in range(5))
+    for before, after in zip(moves, moves[1:]):  # one chain: each move saw the one before it
+        assert after["from"] == before["to"] and after["seq"] > before["seq"]
+    for i in range(4):  # each process's moves in its own order
+        assert [m["to"] for m in moves if m["who"] == f"p{i}"] == ["1", "2", "3", "2", "1"]
+    assert three.aliases("m") == {"production": moves[-1]["to"]}
+
+
+def test_processes_starting_at_once_on_an_empty_cache_download_once(
+    three, url: str, env, s3_bucket: S3Bucket, cache_dir: Path
+) -> None:
+    three.set_alias("m", "production", "3")
+    sha = three.resolve("m", "3").manifest.sha256
+    shutil.rmtree(cache_dir)
+    results = _at_once(url, [{"do": "load"}] * 4, env)
+    assert results == [[6.0]] * 4
+    assert _gets(s3_bucket, f"models/blobs/sha256/{sha}") == 1
+    entries = list((cache_dir / "blobs" / "sha256" / sha[:2]).iterdir())
+    assert sorted(p.name for p in entries) == [sha, sha + ".lock"]
+
+
+def _gets(bucket: S3Bucket, key: str) -> int:
+    """GET requests for ``key`` in the server's log, once every earlier request is logged."""
+    server = bucket.server
+    marker = f"marker-{uuid.uuid4().hex}"
+    with pytest.raises(Exception):  # noqa: B017,PT011 (any answer: it is only a marker)
+        server.admin().get_object(Bucket=bucket.name, Key=marker)
+    deadline = time.monotonic() + 60
+    while marker not in server.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the server never logged the marker request"
+        time.sleep(0.05)  # another process writes the log; nothing to wait on instead
+    return server.log_path.read_text(errors="replace").count(f"GET /{bucket.name}/{key} ")

@@ -279,7 +279,9 @@ class RemoteStore(Store, remote=True):
             marker = self.objects.get(MARKER_KEY)
         except ObjectNotFoundError:
             found = self.objects.list("")
-            if found:
+            # The first writer puts the marker before anything else: if objects appeared
+            # since our GET, the marker did too.
+            if found and not any(o.key == MARKER_KEY for o in found):
                 raise NotAStoreError(
                     f"holds {len(found)} object(s) (e.g. {found[0].key!r}) but no "
                     f"{MARKER_KEY}: not an embedml store; refusing to read or write it "
@@ -287,15 +289,18 @@ class RemoteStore(Store, remote=True):
                     url=self.url,
                     operation="open",
                 ) from None
-            if not writing:
-                return  # an empty store (until someone saves)
-            try:
-                self.objects.put_new(MARKER_KEY, json.dumps(_MARKER, sort_keys=True).encode())
-            except ObjectExistsError:  # another first writer: check theirs
+            if found:
                 marker = self.objects.get(MARKER_KEY)
+            elif not writing:
+                return  # an empty store (until someone saves)
             else:
-                self._checked = True
-                return
+                try:
+                    self.objects.put_new(MARKER_KEY, json.dumps(_MARKER, sort_keys=True).encode())
+                except ObjectExistsError:  # another first writer: check theirs
+                    marker = self.objects.get(MARKER_KEY)
+                else:
+                    self._checked = True
+                    return
         try:
             doc = json.loads(marker.data)
             ok = isinstance(doc, dict) and doc.get("format") == _MARKER["format"]
