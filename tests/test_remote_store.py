@@ -27,8 +27,10 @@ from embedml.errors import (
     ModelNotFoundError,
     NotAStoreError,
     SignatureError,
+    StoreAccessError,
     StoreError,
     StoreNotFoundError,
+    StoreUnavailableError,
     VersionExistsError,
     VersionNotFoundError,
 )
@@ -37,7 +39,8 @@ from embedml.store import RemoteStore, Store
 from embedml.testing import FakeClock
 from helpers_models import LINEAR_B, LINEAR_W, onnx_linear
 from helpers_rollout import Affine
-from s3_server import S3Bucket
+from s3_server import S3Bucket, start_s3_server
+from tcp_cut import CuttingRelay
 
 pytest.importorskip("s3fs", reason="the s3 extra is part of the dev extra")
 
@@ -346,3 +349,83 @@ def _gets(bucket: S3Bucket, key: str) -> int:
         assert time.monotonic() < deadline, "the server never logged the marker request"
         time.sleep(0.05)  # another process writes the log; nothing to wait on instead
     return server.log_path.read_text(errors="replace").count(f"GET /{bucket.name}/{key} ")
+
+
+# ---------------------------------------------------------------- faults
+
+
+def _through(relay: CuttingRelay, bucket: S3Bucket, url: str, cache: Path) -> embedml.ModelStore:
+    """The store at ``url`` reached through ``relay``, with its own cache, few retries."""
+    options = {**bucket.server.storage_options(), "endpoint_url": relay.endpoint}
+    return embedml.ModelStore(url, storage_options=options, cache_dir=cache, retries=1, backoff=0.01)
+
+
+def test_a_server_gone_at_any_point_of_a_save_leaves_no_half_version(
+    url: str, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    direct = embedml.ModelStore(url)
+    direct.save("m", Affine(1.0), format="tracked")
+    relay = CuttingRelay(s3_bucket.server.port)  # never cuts: measures a whole save
+    try:
+        _through(relay, s3_bucket, url, tmp_path / "c0").save("m", Affine(2.0), format="tracked")
+    finally:
+        relay.join()
+    total = relay.sent
+    for i, fraction in enumerate((0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95)):
+        relay = CuttingRelay(s3_bucket.server.port, cut_after=int(total * fraction))
+        try:
+            with pytest.raises(StoreUnavailableError) as info:
+                _through(relay, s3_bucket, url, tmp_path / f"c{i + 1}").save(
+                    "m", Affine(10.0 + i), format="tracked"
+                )
+        finally:
+            relay.join()
+        assert info.value.url == url and info.value.operation
+        versions = direct.versions("m")
+        for version in versions:  # whatever is visible is whole
+            with direct.load("m", version) as handle:
+                handle.predict([1.0, 1.0])
+        saved = direct.save("m", Affine(100.0 + i), format="tracked")  # the next save succeeds
+        assert direct.versions("m")[-1] == saved.version
+    assert direct.verify() == {f"m@{v}": None for v in direct.versions("m")}
+
+
+def test_a_download_cut_in_the_middle_leaves_nothing_in_the_cache(
+    url: str, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    big = Affine(3.0)
+    big.padding = np.random.default_rng(0).random(1 << 19)  # 4 MiB of artifact
+    sha = embedml.ModelStore(url).save("m", big, format="tracked").manifest.sha256
+    cache = tmp_path / "fresh"
+    relay = CuttingRelay(s3_bucket.server.port, cut_after=2 << 20)
+    try:
+        store = _through(relay, s3_bucket, url, cache)
+        with pytest.raises(StoreUnavailableError, match="download"):
+            store.load("m")
+    finally:
+        relay.join()
+    blobs = cache / "blobs" / "sha256" / sha[:2]
+    assert [p.name for p in blobs.iterdir()] == [sha + ".lock"]  # no entry, no partial file
+    with embedml.ModelStore(url, cache_dir=cache).load("m") as handle:  # the next load works
+        assert handle.predict([1.0, 1.0]) == 6.0
+
+
+def test_an_unreachable_store_is_a_typed_error_naming_url_and_operation(url: str) -> None:
+    dead = {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s"}
+    store = embedml.ModelStore(url, storage_options=dead, retries=1, backoff=0.01)
+    with pytest.raises(StoreUnavailableError) as info:
+        store.load("m")
+    assert str(info.value).startswith(f"get {url}/") and "after 2 attempts" in str(info.value)
+    assert info.value.__cause__ is not None  # botocore's error, only as the cause
+
+
+def test_wrong_credentials_name_the_store(tmp_path: Path, cache_dir: Path) -> None:
+    with start_s3_server(tmp_path, env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as server:
+        options = {**server.storage_options(), "key": "not-a-key", "secret": "not-a-secret"}
+        store = embedml.ModelStore("s3://bucket/models", storage_options=options)
+        for call in (store.models, lambda: store.load("m@production")):
+            with pytest.raises(StoreAccessError) as info:
+                call()
+            message = str(info.value)
+            assert "s3://bucket/models" in message and "InvalidAccessKeyId" in message
+            assert "\n" not in message

@@ -696,12 +696,13 @@ class RemoteStore(Store, remote=True):
             try:
                 self.objects.put_new(_version_key(name, folder_name, MANIFEST_FILE), data)
             except ObjectExistsError:
+                if index.spelling(version) is None:
+                    self._roll_forward(name, version)
                 if explicit is not None:
                     raise VersionExistsError(
-                        f"{name}@{explicit} already exists in {self.url} (or an interrupted save "
-                        "took its number); versions are immutable, save a new version"
+                        f"{name}@{explicit} already exists in {self.url}; versions are "
+                        "immutable, save a new version"
                     ) from None
-                self._indexes.pop(name, None)
                 continue
             if key is not None:
                 self.objects.put_new(
@@ -716,6 +717,14 @@ class RemoteStore(Store, remote=True):
                 )
             return ModelVersion(name, version, self._folder(name, version), manifest)
         raise StoreError(f"could not find a free version number for {name!r}")
+
+    def _roll_forward(self, name: str, version: str) -> None:
+        """Lists a version whose manifest exists but which the index does not list: its
+        publisher is about to, or stopped after the manifest (written after the blobs, so
+        the version is whole). Listing it twice is harmless."""
+        manifest, _ = self._read_manifest(name, version)
+        entry = {"action": "publish", "version": manifest.version, "who": current_user()}
+        self._commit(name, lambda _index: entry)
 
     # -- the signed store record (compare-and-swap)
     def _fetch_record(self, key: bytes) -> tuple[StoreRecord | None, str | None]:
