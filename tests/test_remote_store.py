@@ -36,6 +36,7 @@ from embedml.errors import (
 )
 from embedml.serving.follow import Follower
 from embedml.store import RemoteStore, Store
+from embedml.store.transfer import copy_versions
 from embedml.testing import FakeClock
 from helpers_models import LINEAR_B, LINEAR_W, onnx_linear
 from helpers_rollout import Affine
@@ -278,7 +279,11 @@ def _at_once(url: str, jobs: list[dict], env: dict[str, str]) -> list[list]:
     children = [
         subprocess.Popen(
             [sys.executable, "-c", _CHILD, tests, url, json.dumps(job)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
         )  # fmt: skip
         for job in jobs
     ]
@@ -357,7 +362,9 @@ def _gets(bucket: S3Bucket, key: str) -> int:
 def _through(relay: CuttingRelay, bucket: S3Bucket, url: str, cache: Path) -> embedml.ModelStore:
     """The store at ``url`` reached through ``relay``, with its own cache, few retries."""
     options = {**bucket.server.storage_options(), "endpoint_url": relay.endpoint}
-    return embedml.ModelStore(url, storage_options=options, cache_dir=cache, retries=1, backoff=0.01)
+    return embedml.ModelStore(
+        url, storage_options=options, cache_dir=cache, retries=1, backoff=0.01
+    )
 
 
 def test_a_server_gone_at_any_point_of_a_save_leaves_no_half_version(
@@ -429,3 +436,73 @@ def test_wrong_credentials_name_the_store(tmp_path: Path, cache_dir: Path) -> No
             message = str(info.value)
             assert "s3://bucket/models" in message and "InvalidAccessKeyId" in message
             assert "\n" not in message
+
+
+# ---------------------------------------------------------------- CLI and copies
+
+
+def test_cli_over_s3(three, url: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    from embedml.cli import main
+
+    three.set_alias("m", "production", "2")
+    assert main(["--store", url, "ls"]) == 0
+    assert "production -> 2" in capsys.readouterr().out
+    assert main(["alias", "m", "production", "3", "--store", url]) == 0
+    assert main(["show", "m@production", "--store", url]) == 0
+    assert main(["verify", "--store", url]) == 0
+    assert "3 version(s) checked, 0 mismatch" in capsys.readouterr().out
+    fresh = tmp_path / "container-cache"
+    monkeypatch.setenv("EMBEDML_CACHE_DIR", str(fresh))
+    assert main(["pull", "m@production", "--store", url]) == 0
+    assert f"in the cache at {fresh}" in capsys.readouterr().out
+    monkeypatch.setenv("EMBEDML_OFFLINE", "1")  # an air-gapped host: what was pulled loads
+    with embedml.ModelStore(url).load("m@production") as handle:
+        assert handle.predict([1.0, 1.0]) == 6.0
+    monkeypatch.delenv("EMBEDML_OFFLINE")
+    monkeypatch.setenv("EMBEDML_STORE", url)
+    rows = tmp_path / "in.jsonl"
+    rows.write_text("[1.0, 1.0]\n[2.0, 0.5]\n")
+    assert (
+        main(
+            ["predict", "m@2", "-i", str(rows), "-o", str(tmp_path / "out.jsonl"), "--no-progress"]
+        )
+        == 0
+    )
+    assert main(["--store", "gs://bucket/x", "ls"]) == 1
+    assert "unsupported store URL" in capsys.readouterr().err
+
+
+def test_copy_local_to_s3_and_back_keeps_bytes_and_signatures(
+    url: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from embedml.cli import main
+
+    local = embedml.ModelStore(tmp_path / "local", store_id="staging")
+    local.save("m", Affine(1.0), format="tracked", signing_key=KEY)
+    local.save("m", Affine(2.0), format="tracked", signing_key=KEY, reference_data=[[1.0, 2.0]] * 5)
+    monkeypatch.setenv("EMBEDML_SIGNING_KEY", KEY)
+    assert main(["copy", str(local.root), url, "m", "--store-id", "prod"]) == 0
+    assert capsys.readouterr().out.split() == ["copied", "m@1", "copied", "m@2"]
+    assert main(["copy", str(local.root), url, "m@2"]) == 0  # again: nothing to do
+    assert capsys.readouterr().out.split() == ["present", "m@2"]
+    remote = embedml.ModelStore(url, store_id="prod")
+    signed = dict(require_signature=True, signing_key=KEY)
+    for version in ("1", "2"):
+        here, there = local.resolve("m", version), remote.resolve("m", version, **signed)
+        assert local.version_documents(here) == remote.version_documents(there)
+    with remote.load("m", "2", **signed) as handle:
+        assert handle.predict([1.0, 1.0]) == 4.0
+        assert handle.reference_profile() is not None
+    assert remote.verify(require_signature=True) == {"m@1": None, "m@2": None}
+    back = tmp_path / "back"
+    assert main(["copy", url, str(back), "m@1"]) == 0
+    restored = embedml.ModelStore(back)
+    assert restored.version_documents(restored.resolve("m", "1")) == local.version_documents(
+        local.resolve("m", "1")
+    )
+    assert restored.verify(signing_key=KEY) == {"m@1": None}
+    monkeypatch.delenv("EMBEDML_SIGNING_KEY")
+    remote.save("m", Affine(9.0), format="tracked", version="3")  # unsigned
+    with pytest.raises(SignatureError, match="not signed"):
+        copy_versions(remote, restored, "m", "3", signing_key=KEY)
+    assert restored.versions("m") == ["1"]

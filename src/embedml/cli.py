@@ -8,11 +8,14 @@
     embedml verify [NAME] [--require-signature] [--store-id ID]
     embedml sign [NAME@VERSION] [--store-id ID]
     embedml alias NAME ALIAS VERSION
+    embedml pull NAME[@SPEC]
+    embedml copy SOURCE DESTINATION NAME[@SPEC]
     embedml bench NAME[@SPEC] [--method NAME]
     embedml quantize NAME[@SPEC] [--sample FILE] [--new-version V]
     embedml import-mlflow MODEL_URI [--name NAME] [--new-version V] [--tracking-uri URI]
 
-The store is ``--store DIR``, else ``$EMBEDML_STORE``, else ``./models``. ``NAME@SPEC``
+The store is ``--store DIR`` (or a URL: ``s3://bucket/prefix``), else ``$EMBEDML_STORE``,
+else ``./models``. ``NAME@SPEC``
 takes a version (``fraud@1.2``), a specifier (``'fraud@>=1,<2'``) or an alias
 (``fraud@production``); a bare ``NAME`` means the latest version. User mistakes end with one
 line on stderr and exit status 1 (2 for a bad command line), never a traceback. The signing
@@ -44,6 +47,7 @@ from .serving.load import ModelStore
 from .serving.options import LoadOptions
 from .store.model_store import is_remote_url, store_root
 from .store.signing import KEY_ENV
+from .store.transfer import copy_versions, pull
 from .store.versions import parse_ref
 
 __all__ = ["main", "parse_ref"]
@@ -51,12 +55,16 @@ __all__ = ["main", "parse_ref"]
 PROG = "embedml"
 
 
-def _open_store(args: argparse.Namespace, option: str = "store") -> ModelStore:
-    where = getattr(args, option, None) or os.environ.get("EMBEDML_STORE") or "models"
+def _open_store(args: argparse.Namespace) -> ModelStore:
+    return _open_at(args.store or os.environ.get("EMBEDML_STORE") or "models", args)
+
+
+def _open_at(where: str, args: argparse.Namespace, *, create: bool = False) -> ModelStore:
+    """The store at a folder or URL; a folder must exist unless ``create``."""
     if is_remote_url(where):  # s3://bucket/prefix (another scheme: ConfigurationError)
         return ModelStore(where, store_id=getattr(args, "store_id", None))
     root = store_root(where)
-    if not root.is_dir():
+    if not create and not root.is_dir():
         raise StoreError(
             f"no model store at {root} (give --store DIR or set EMBEDML_STORE)"
         )
@@ -299,6 +307,24 @@ def _cmd_import_mlflow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pull(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    name, spec = parse_ref(args.ref)
+    mv = pull(store, name, spec)
+    where = getattr(store, "cache", None)
+    _out(f"{mv}: {mv.manifest.size} bytes verified" + (f" in the cache at {where.root}" if where else ""))
+    return 0
+
+
+def _cmd_copy(args: argparse.Namespace) -> int:
+    source = _open_at(args.source, args)
+    destination = _open_at(args.destination, args, create=True)
+    name, spec = parse_ref(args.ref) if "@" in args.ref else (args.ref, None)
+    for copied in copy_versions(source, destination, name, spec):
+        _out(f"{'copied' if copied.added else 'present'}  {copied.name}@{copied.version}")
+    return 0
+
+
 def _synthetic(handle: Any, n: int, seed: int = 0) -> list[Any]:
     """``n`` valid records made up from the handle's input schema (see embedml.schema.synthetic)."""
     try:
@@ -517,16 +543,16 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--store",
-        metavar="DIR",
+        metavar="DIR|URL",
         default=argparse.SUPPRESS,
-        help="model store folder (default: $EMBEDML_STORE, else ./models)",
+        help="model store: a folder or a URL such as s3://bucket/prefix (default: $EMBEDML_STORE, else ./models)",
     )
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Look into an embedml model store, score files, verify artifacts.",
         epilog="NAME@SPEC: fraud (latest), fraud@1.2, 'fraud@>=1,<2', fraud@production",
     )
-    parser.add_argument("--store", metavar="DIR", default=None, help=common._actions[0].help)
+    parser.add_argument("--store", metavar="DIR|URL", default=None, help=common._actions[0].help)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -604,6 +630,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("alias", metavar="ALIAS")
     p.add_argument("version", metavar="VERSION")
     p.set_defaults(func=_cmd_alias)
+
+    p = sub.add_parser(
+        "pull",
+        parents=[common],
+        help="download a version into the local cache ahead of time (and verify it)",
+        description="Resolve NAME@SPEC in the store and download its artifact and files into "
+        "the local cache ($EMBEDML_CACHE_DIR), checking their SHA-256: for container builds "
+        "and hosts that load later, or offline ($EMBEDML_OFFLINE=1).",
+    )
+    p.add_argument("ref", metavar="NAME[@SPEC]")
+    p.set_defaults(func=_cmd_pull)
+
+    p = sub.add_parser(
+        "copy",
+        help="copy versions between stores (folder or s3://), manifests and signatures unchanged",
+        description="Copy the version NAME@SPEC picks (every version of NAME without @SPEC) "
+        "from SOURCE to DESTINATION, each a folder or a URL. Manifests and signatures stay "
+        "byte-identical; with $EMBEDML_SIGNING_KEY the versions are recorded in the "
+        "destination's signed store record. Aliases and history are not copied.",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("destination", metavar="DESTINATION")
+    p.add_argument("ref", metavar="NAME[@SPEC]")
+    p.add_argument("--store-id", metavar="ID", help="the destination's name in a new store record")
+    p.set_defaults(func=_cmd_copy)
 
     p = sub.add_parser(
         "bench",

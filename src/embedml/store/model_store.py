@@ -198,6 +198,23 @@ def _record_version(name: str, version: str, manifest_bytes: bytes, record: Stor
     record.model(name).set_version(version, manifest_digest(manifest_bytes))
 
 
+def check_import(name: str, manifest_bytes: bytes, files: Mapping[str, bytes]) -> Manifest:
+    """The manifest of a version being copied in, once it names ``name`` and ``files``
+    hold exactly the files it lists, with their SHA-256. Raises :class:`IntegrityError`."""
+    manifest = Manifest.from_json(manifest_bytes, where=f"the manifest of {name} being copied")
+    if manifest.name != name:
+        raise IntegrityError(f"the manifest being copied describes {manifest.name!r}, not {name!r}")
+    expected = {manifest.artifact: manifest.sha256, **manifest.extra_files}
+    if set(files) != set(expected):
+        raise IntegrityError(f"{name}@{manifest.version}: expected the files {sorted(expected)}, got {sorted(files)}")
+    for filename, digest in expected.items():
+        if Path(filename).name != filename or filename in ("", ".", "..", MANIFEST_FILE, SIGNATURE_FILE):
+            raise IntegrityError(f"{name}@{manifest.version}: invalid file name {filename!r}")
+        if hashlib.sha256(files[filename]).hexdigest() != digest:
+            raise IntegrityError(f"{name}@{manifest.version}: {filename} does not match its SHA-256")
+    return manifest
+
+
 def _same_version(a: str | None, b: str | None) -> bool:
     """Whether two versions read from store metadata are the same (``"1.0"`` is ``"1"``)."""
     if a is None or b is None:
@@ -1136,6 +1153,76 @@ class Store:
             trash = target.path.with_name(f".trash-{uuid.uuid4().hex}")
             os.rename(target.path, trash)
             shutil.rmtree(trash, ignore_errors=True)
+
+    # -- copying versions between stores (embedml.store.transfer)
+    def version_documents(self, mv: ModelVersion) -> tuple[bytes, bytes | None]:
+        """The version's ``manifest.json`` and ``manifest.sig`` bytes as stored (``None``:
+        unsigned), for a byte-identical copy. Raises :class:`IntegrityError` when the
+        manifest is not the one ``mv`` was resolved from."""
+        data = read_metadata(mv.path / MANIFEST_FILE)
+        if Manifest.from_json(data, where=str(mv.path / MANIFEST_FILE)) != mv.manifest:
+            raise IntegrityError(f"{mv}: the manifest changed since it was resolved")
+        try:
+            signature: bytes | None = read_metadata(mv.path / SIGNATURE_FILE, 1 << 16)
+        except FileNotFoundError:
+            signature = None
+        return data, signature
+
+    def import_version(
+        self,
+        name: str,
+        manifest_bytes: bytes,
+        signature: bytes | None,
+        files: Mapping[str, bytes],
+        *,
+        signing_key: str | bytes | None = None,
+    ) -> bool:
+        """Adds a version copied from another store, keeping its manifest and signature
+        bytes; ``files`` are the artifact and extra files the manifest names (each checked
+        against its SHA-256). Returns ``False`` if the store already holds this very
+        manifest (nothing to do), ``True`` once added.
+
+        With a key the version is recorded in this store's signed record, which needs its
+        signature to verify with that key (:class:`SignatureError` otherwise, before
+        anything is written). Raises :class:`VersionExistsError` when the store holds
+        another manifest under that version, :class:`IntegrityError` for files that do not
+        match the manifest.
+        """
+        manifest = check_import(name, manifest_bytes, files)
+        key = resolve_key(signing_key)
+        folder = V.canonical_version(manifest.version)
+        with self._lock(name):
+            final = self._version_dir(name, folder)
+            if (final / MANIFEST_FILE).is_file():
+                if read_metadata(final / MANIFEST_FILE) == manifest_bytes:
+                    return False
+                raise VersionExistsError(f"{name}@{manifest.version} already exists with another manifest")
+            if key is not None:
+                self._read_record(key)  # refuse a record of another key before writing anything
+            tmp = self._staging_dir(name)
+            try:
+                for filename, data in files.items():
+                    write_atomic(tmp / filename, data)
+                write_atomic(tmp / MANIFEST_FILE, manifest_bytes)
+                if signature is not None:
+                    write_atomic(tmp / SIGNATURE_FILE, signature)
+                if key is not None:
+                    verify_signature(tmp, manifest_bytes, key, required=True, label=f"{name}@{manifest.version}")
+                os.chmod(tmp, stat.S_IMODE(os.stat(self._model_dir(name)).st_mode))
+                try:
+                    os.rename(tmp, final)
+                except OSError as exc:
+                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise VersionExistsError(f"{name}@{manifest.version} already exists") from None
+                    raise StoreError(f"cannot publish {name}@{manifest.version} as {final}: {exc.strerror}") from None
+                fsync_dir(final.parent)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if key is not None:
+                self._update_record(
+                    key, functools.partial(_record_version, name, manifest.version, manifest_bytes)
+                )
+        return True
 
     def sign(self, name: str, version: str | int, *, signing_key: str | bytes | None = None) -> Path:
         """Sign (or re-sign) an existing version's manifest and add it to the signed store

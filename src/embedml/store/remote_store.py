@@ -38,7 +38,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,7 @@ from .model_store import (
     _history_entry,
     _same_version,
     _stored_version,
+    check_import,
     current_user,
 )
 from .objects import ObjectStore, open_object_store
@@ -1013,6 +1014,64 @@ class RemoteStore(Store, remote=True):
         for file in (SIGNATURE_FILE, MANIFEST_FILE):
             self.objects.delete(_version_key(name, folder_name, file))
         shutil.rmtree(self._model_dir(name) / "versions" / folder_name, ignore_errors=True)
+
+    # -- copying versions between stores (embedml.store.transfer)
+    def version_documents(self, mv: ModelVersion) -> tuple[bytes, bytes | None]:
+        """The version's manifest and signature bytes as stored (the signature read from
+        the store: it may have been added since the manifest was cached)."""
+        if not self.offline:
+            self._folder(mv.name, mv.version, refresh_signature=True)
+        return super().version_documents(mv)
+
+    def import_version(
+        self,
+        name: str,
+        manifest_bytes: bytes,
+        signature: bytes | None,
+        files: Mapping[str, bytes],
+        *,
+        signing_key: str | bytes | None = None,
+    ) -> bool:
+        """As :meth:`Store.import_version <embedml.store.Store.import_version>`: the files
+        under their content addresses, then the manifest (create-only), its signature, and
+        the log entry that lists it."""
+        manifest = check_import(name, manifest_bytes, files)
+        key = resolve_key(signing_key)
+        label = f"{name}@{manifest.version}"
+        if key is not None:
+            self._read_record(key)
+            with tempfile.TemporaryDirectory() as tmp:  # the signature must verify with it
+                if signature is not None:
+                    Path(tmp, SIGNATURE_FILE).write_bytes(signature)
+                verify_signature(Path(tmp), manifest_bytes, key, required=True, label=label)
+        if self.offline:
+            raise ConfigurationError(f"{self.url} is opened offline: it cannot be changed")
+        self._check_store(writing=True)
+        for data in files.values():
+            with contextlib.suppress(ObjectExistsError):
+                self.objects.put_new(_blob_key(hashlib.sha256(data).hexdigest()), data)
+        folder_name = V.canonical_version(manifest.version)
+        added = True
+        try:
+            self.objects.put_new(_version_key(name, folder_name, MANIFEST_FILE), manifest_bytes)
+        except ObjectExistsError:
+            stored = self.objects.get(_version_key(name, folder_name, MANIFEST_FILE)).data
+            if stored != manifest_bytes:
+                raise VersionExistsError(
+                    f"{label} already exists in {self.url} with another manifest"
+                ) from None
+            added = False
+        if signature is not None:
+            with contextlib.suppress(ObjectExistsError):
+                self.objects.put_new(_version_key(name, folder_name, SIGNATURE_FILE), signature)
+        if self._index(name).spelling(manifest.version) is None:
+            entry = {"action": "publish", "version": manifest.version, "who": current_user()}
+            self._commit(name, lambda _index: entry)
+            added = True
+        if key is not None:
+            digest = manifest_digest(manifest_bytes)
+            self._update_record(key, lambda r: r.model(name).set_version(manifest.version, digest))
+        return added
 
     def sign(
         self, name: str, version: str | int, *, signing_key: str | bytes | None = None
