@@ -17,6 +17,17 @@ Cases (medians over interleaved rounds, with min-max; ratios are per round, then
 4. eight processes fetching one new entry at once: wall time, and how many GETs of it the
    server logged (the bytes must be downloaded once).
 
+The store (``ModelStore("s3://...")``), with an ONNX model of the same size:
+
+5. cached load: ``store.load(name, "@production")`` of a version already in the cache, from a
+   store object whose client exists (one conditional GET of the index, ``304``), against the
+   same load from a local-folder store. Target: at most 1.2x.
+6. first load (empty cache): against boto3 downloading the same bytes (streamed, SHA-256)
+   plus the cached load: the store's overhead on the download. Target: at most 1.1x.
+7. one-off costs in a fresh process: import embedml, the first ``resolve`` (imports s3fs,
+   makes the client, reads the marker and the index), then the load.
+8. eight processes loading the same new version at once: GETs of its artifact logged.
+
 Needs the ``s3`` extra and ``moto[server]`` (both in the ``dev`` extra) and boto3.
 """
 
@@ -69,9 +80,9 @@ def read_plain(path: Path, verify: bool) -> None:
                 digest.update(chunk)
 
 
-def boto3_download(client, bucket: str, key: str, dest: Path) -> None:
+def boto3_download(client, bucket: str, key: str, dest: Path, prefix: str = "p/") -> None:
     digest = hashlib.sha256()
-    body = client.get_object(Bucket=bucket, Key="p/" + key)["Body"]
+    body = client.get_object(Bucket=bucket, Key=prefix + key)["Body"]
     with open(dest, "wb") as f:
         while chunk := body.read(CHUNK_BYTES):
             f.write(chunk)
@@ -234,6 +245,133 @@ def main() -> None:
                 f" GETs of the entry logged by the server: {gets}, exit codes {set(codes)}"
             )
         store.close()
+        store_cases(server, work, bucket, rounds, size)
+
+
+_COLD_STORE = """
+import json, sys, time
+t0 = time.perf_counter()
+import embedml
+t1 = time.perf_counter()
+store = embedml.ModelStore(sys.argv[1])
+mv = store.resolve("big", "@production")
+t2 = time.perf_counter()
+store.load("big", "@production").close()
+t3 = time.perf_counter()
+print(json.dumps([t1 - t0, t2 - t1, t3 - t2]))
+"""
+
+_LOAD8 = """
+import sys
+import embedml
+sys.stdin.read()
+embedml.ModelStore(sys.argv[1]).load("big", "@production").close()
+"""
+
+
+def big_onnx(size: int):
+    """An ONNX graph whose weights take ``size`` bytes: y = x @ W, W [size / 8, 2] float32."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rows = size // 8
+    w = np.random.default_rng(0).random((rows, 2), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", rows])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def store_cases(server, work: Path, bucket: str, rounds: int, size: int) -> None:
+    import boto3
+
+    import embedml
+
+    url = f"s3://{bucket}/store"
+    env = {**ENV, "EMBEDML_CACHE_DIR": str(work / "store-cache")}
+    os.environ["EMBEDML_CACHE_DIR"] = env["EMBEDML_CACHE_DIR"]
+    model = big_onnx(size)
+    remote = embedml.ModelStore(url)
+    local = embedml.ModelStore(work / "local-store")
+    for store in (remote, local):
+        store.save("big", model, version="1")
+        store.set_alias("big", "production", "1")
+    sha = remote.resolve("big", "1").manifest.sha256
+    blob = f"blobs/sha256/{sha}"
+    raw = boto3.client("s3")
+    remote.load("big", "@production").close()  # in the cache from now on
+    print(f"\nthe store: an ONNX model of {size >> 20} MiB")
+
+    # 5. cached load vs a local-store load
+    res: dict[str, list[float]] = {"local": [], "remote": []}
+    for i in range(rounds):
+        order = ["local", "remote"] if i % 2 else ["remote", "local"]
+        for who in order:
+            store = {"local": local, "remote": remote}[who]
+            res[who].append(timed(lambda s=store: s.load("big", "@production").close()))
+    print("5. load of a cached version (client exists) vs a local-store load")
+    print(f"   local store                    {med(res['local'])}")
+    print(f"   s3 store, cached               {med(res['remote'])}   {ratio(res['remote'], res['local'])}")
+    cached = res["remote"]
+
+    # 6. first load vs boto3 download + cached load
+    first: list[float] = []
+    boto: list[float] = []
+    for i in range(rounds):
+        fresh = embedml.ModelStore(url, cache_dir=work / f"first-{i}")
+        fresh.resolve("big", "1")  # the client exists, as in case 5
+        dest = work / f"boto-{i}"
+        pair = [
+            ("first", lambda f=fresh: f.load("big", "@production").close()),
+            ("boto3", lambda d=dest: boto3_download(raw, bucket, blob, d, "store/")),
+        ]
+        for who, run in pair if i % 2 else pair[::-1]:
+            (first if who == "first" else boto).append(timed(run))
+        dest.unlink()
+    base = [b + c for b, c in zip(boto, cached, strict=True)]
+    print("6. first load (empty cache) vs boto3 download of the same bytes + the cached load")
+    print(f"   boto3 download                 {med(boto)}")
+    print(f"   boto3 download + cached load   {med(base)}")
+    print(f"   s3 store, first load           {med(first)}   {ratio(first, base)}")
+
+    # 7. one-off costs in a fresh process
+    runs = []
+    for _ in range(max(3, rounds // 2)):
+        out = subprocess.run(
+            [PYTHON, "-c", _COLD_STORE, url], env=env, capture_output=True, text=True, check=True
+        )
+        runs.append(json.loads(out.stdout))
+    cols = list(zip(*runs, strict=True))
+    print("7. fresh process: import embedml | first resolve (imports the store and s3fs, client, marker, index) | load")
+    print("   " + " | ".join(med(list(c)) for c in cols))
+
+    # 8. eight processes loading one new version at once
+    remote.save("big", big_onnx(size + 8), version="2")
+    remote.set_alias("big", "production", "2")
+    sha2 = remote.resolve("big", "2").manifest.sha256
+    env8 = {**env, "EMBEDML_CACHE_DIR": str(work / "cache-load8")}
+    start_r, start_w = os.pipe()
+    children = [
+        subprocess.Popen([PYTHON, "-c", _LOAD8, url], env=env8, stdin=start_r) for _ in range(8)
+    ]
+    os.close(start_r)
+    t = time.perf_counter()
+    os.close(start_w)
+    codes = [c.wait(600) for c in children]
+    wall = time.perf_counter() - t
+    remote.objects.list("none")  # a marker request: every earlier one is logged before it
+    gets = server.log_path.read_text(errors="replace").count(f"GET /{bucket}/store/blobs/sha256/{sha2} ")
+    print(
+        f"8. eight processes loading a new version: {wall * 1e3:.0f} ms wall (incl. interpreter"
+        f" start), GETs of its artifact logged: {gets}, exit codes {set(codes)}"
+    )
+    remote.close()
 
 
 if __name__ == "__main__":

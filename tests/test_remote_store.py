@@ -233,12 +233,20 @@ def test_urls_that_are_not_stores(s3_bucket: S3Bucket, cache_dir: Path) -> None:
     assert embedml.ModelStore(f"{s3_bucket.url}/empty").models() == []
 
 
-def test_follow_polls_the_remote_index(three, url: str, threads_checked) -> None:
+def test_follow_polls_the_remote_index(
+    three, url: str, s3_bucket: S3Bucket, threads_checked
+) -> None:
     three.set_alias("m", "production", "1")
     clock = FakeClock()
+    index = f"GET /{s3_bucket.name}/models/models/m/index.json HTTP/1.1"
     with three.load("m", "@production") as handle:
         follower = Follower(handle, three, "@production", 30.0, clock=clock)
         clock.wait_for_sleepers(1)
+        unchanged = _log_lines(s3_bucket, index, '" 304')
+        clock.advance(30.0)  # a poll while nothing moved: a conditional GET, answered 304
+        clock.wait_for_sleepers(1)
+        assert _log_lines(s3_bucket, index, '" 304') == unchanged + 1
+        assert handle.version == "1" and follower.swaps == 0
         embedml.ModelStore(url).set_alias("m", "production", "3")  # another machine
         clock.advance(30.0)
         clock.wait_for_sleepers(1)
@@ -345,6 +353,12 @@ def test_processes_starting_at_once_on_an_empty_cache_download_once(
 
 def _gets(bucket: S3Bucket, key: str) -> int:
     """GET requests for ``key`` in the server's log, once every earlier request is logged."""
+    return _log_lines(bucket, f"GET /{bucket.name}/{key} ")
+
+
+def _log_lines(bucket: S3Bucket, *parts: str) -> int:
+    """Lines of the server's log holding every one of ``parts``, once every earlier request
+    is logged."""
     server = bucket.server
     marker = f"marker-{uuid.uuid4().hex}"
     with pytest.raises(Exception):  # noqa: B017,PT011 (any answer: it is only a marker)
@@ -353,7 +367,8 @@ def _gets(bucket: S3Bucket, key: str) -> int:
     while marker not in server.log_path.read_text(errors="replace"):
         assert time.monotonic() < deadline, "the server never logged the marker request"
         time.sleep(0.05)  # another process writes the log; nothing to wait on instead
-    return server.log_path.read_text(errors="replace").count(f"GET /{bucket.name}/{key} ")
+    lines = server.log_path.read_text(errors="replace").splitlines()
+    return sum(all(p in line for p in parts) for line in lines)
 
 
 # ---------------------------------------------------------------- faults

@@ -316,8 +316,9 @@ def store_root(root: str | os.PathLike[str]) -> Path:
         parsed = urllib.parse.urlsplit(text)
         if parsed.scheme.lower() != "file" or parsed.netloc not in ("", "localhost"):
             raise ConfigurationError(
-                f"model store {text!r} is a URL; embedml stores live in a local folder "
-                "(remote stores are not supported yet): give a path such as './models'"
+                f"model store {text!r} is a URL, not a local folder: a folder store takes a "
+                "path such as './models' or file:///path; a remote store (s3://bucket/prefix) "
+                "opens with embedml.ModelStore(url)"
             )
         # what urllib.request.url2pathname does on POSIX, without importing http.client
         text = urllib.parse.unquote(parsed.path)
@@ -356,8 +357,9 @@ class Store:
 
     ``Store(root)`` creates the folder if needed. Alias updates are serialised with an
     advisory file lock (POSIX ``flock``), so several processes may share one store.
-    ``root`` is a local folder (``file:///path`` is read as that path); a URL such as
-    ``s3://bucket/models`` raises :class:`ConfigurationError`: remote stores do not exist yet.
+    ``root`` is a local folder (``file:///path`` is read as that path); a remote URL such as
+    ``s3://bucket/models`` makes a :class:`~embedml.store.RemoteStore` instead (same methods;
+    another scheme raises :class:`ConfigurationError`).
 
     ``store_id`` pins the identity of the store: with ``require_signature=True``, a signed
     store record naming another store (copied from a staging store that uses the same
