@@ -317,7 +317,9 @@ def store_cases(server, work: Path, bucket: str, rounds: int, size: int) -> None
             res[who].append(timed(lambda s=store: s.load("big", "@production").close()))
     print("5. load of a cached version (client exists) vs a local-store load")
     print(f"   local store                    {med(res['local'])}")
-    print(f"   s3 store, cached               {med(res['remote'])}   {ratio(res['remote'], res['local'])}")
+    print(
+        f"   s3 store, cached               {med(res['remote'])}   {ratio(res['remote'], res['local'])}"
+    )
     cached = res["remote"]
 
     # 6. first load vs boto3 download + cached load
@@ -348,7 +350,9 @@ def store_cases(server, work: Path, bucket: str, rounds: int, size: int) -> None
         )
         runs.append(json.loads(out.stdout))
     cols = list(zip(*runs, strict=True))
-    print("7. fresh process: import embedml | first resolve (imports the store and s3fs, client, marker, index) | load")
+    print(
+        "7. fresh process: import embedml | first resolve (imports the store and s3fs, client, marker, index) | load"
+    )
     print("   " + " | ".join(med(list(c)) for c in cols))
 
     # 8. eight processes loading one new version at once
@@ -366,7 +370,9 @@ def store_cases(server, work: Path, bucket: str, rounds: int, size: int) -> None
     codes = [c.wait(600) for c in children]
     wall = time.perf_counter() - t
     remote.objects.list("none")  # a marker request: every earlier one is logged before it
-    gets = server.log_path.read_text(errors="replace").count(f"GET /{bucket}/store/blobs/sha256/{sha2} ")
+    gets = server.log_path.read_text(errors="replace").count(
+        f"GET /{bucket}/store/blobs/sha256/{sha2} "
+    )
     print(
         f"8. eight processes loading a new version: {wall * 1e3:.0f} ms wall (incl. interpreter"
         f" start), GETs of its artifact logged: {gets}, exit codes {set(codes)}"
