@@ -521,3 +521,32 @@ def test_copy_local_to_s3_and_back_keeps_bytes_and_signatures(
     with pytest.raises(SignatureError, match="not signed"):
         copy_versions(remote, restored, "m", "3", signing_key=KEY)
     assert restored.versions("m") == ["1"]
+
+
+def test_a_store_used_before_fork_works_in_the_child(three) -> None:
+    three.set_alias("m", "production", "3")
+    assert three.resolve("m", "@production").version == "3"  # the parent's client is made
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a client of its own, made on first use
+        code = 1
+        try:
+            with three.load("m", "@production") as handle:
+                os.write(write, json.dumps(handle.predict([1.0, 1.0])).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as f:
+        out = f.read()
+    assert os.waitpid(pid, 0)[1] == 0 and json.loads(out) == 6.0
+    assert three.versions("m") == ["1", "2", "3"]  # the parent's client still works
+
+
+def test_the_store_layer_class_opens_urls_too(url: str) -> None:
+    plain = Store(url)
+    assert type(plain) is RemoteStore and not hasattr(plain, "load")
+    assert embedml.default_store(plain).versions  # turned into a ModelStore on the same store
+    assert isinstance(embedml.default_store(plain), embedml.ModelStore)
+    with pytest.raises(ConfigurationError, match="unsupported store URL"):
+        Store("az://container/models")
