@@ -37,9 +37,7 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +74,7 @@ from .model_store import (
     ModelVersion,
     PromotionGate,
     Store,
-    _history_entry,
     _same_version,
-    _stored_version,
     check_import,
     current_user,
 )
@@ -92,6 +88,17 @@ from .record import (
     missing_record,
     parse_record,
 )
+from .remote_layout import (
+    MARKER,
+    MARKER_KEY,
+    ModelIndex,
+    blob_key,
+    index_key,
+    log_entry,
+    log_key,
+    now_fields,
+    version_key,
+)
 from .safe_io import read_metadata, write_atomic
 from .signing import KEY_ENV, SIGNATURE_FILE, resolve_key, signature_document, verify_signature
 
@@ -99,116 +106,11 @@ __all__ = ["MARKER_KEY", "RemoteStore"]
 
 log = logging.getLogger("embedml.store")
 
-MARKER_KEY = ".embedml-store.json"
-_MARKER = {"format": "embedml-store", "layout": 1}
-_INDEX_FORMAT = 1
 # Bounded retries of a compare-and-swap that keeps losing (each loss is another writer's
 # progress, so this is only reached under extreme contention).
 _MAX_ROUNDS = 1000
 _HISTORY_ACTIONS = ("set_alias", "promote", "rollback", "remove_alias", "gate")
 _ANY = object()
-
-
-def _index_key(name: str) -> str:
-    return f"models/{name}/index.json"
-
-
-def _log_key(name: str, seq: int) -> str:
-    return f"models/{name}/log/{seq:020d}.json"
-
-
-def _version_key(name: str, folder: str, file: str) -> str:
-    return f"models/{name}/versions/{folder}/{file}"
-
-
-def _blob_key(sha256: str) -> str:
-    return f"blobs/sha256/{sha256}"
-
-
-def _now() -> dict[str, Any]:
-    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ts": time.time()}
-
-
-@dataclass
-class _Index:
-    """A model's index: the log position it reflects, its versions and aliases."""
-
-    seq: int = 0
-    versions: dict[str, str] = field(default_factory=dict)  # canonical -> spelling
-    aliases: dict[str, str] = field(default_factory=dict)
-    etag: str | None = None
-
-    @classmethod
-    def parse(cls, data: bytes, etag: str | None, where: str) -> _Index:
-        try:
-            doc = json.loads(data)
-        except (ValueError, RecursionError) as exc:
-            raise IntegrityError(f"{where} is not valid JSON: {exc}") from None
-        if (
-            not isinstance(doc, dict)
-            or doc.get("format") != _INDEX_FORMAT
-            or not isinstance(doc.get("seq"), int)
-            or doc["seq"] < 0
-            or not isinstance(doc.get("versions"), list)
-            or not isinstance(doc.get("aliases"), dict)
-        ):
-            raise IntegrityError(f"{where}: not a model index (format {_INDEX_FORMAT})")
-        versions = {}
-        for v in doc["versions"]:
-            spelling = _stored_version(v, f"{where}: versions")
-            versions[V.canonical_version(spelling)] = spelling
-        aliases = {}
-        for alias, target in doc["aliases"].items():
-            entry = _history_entry({"action": "index", "alias": alias, "to": target}, where)
-            aliases[entry["alias"]] = entry["to"]
-        return cls(doc["seq"], versions, aliases, etag)
-
-    def to_bytes(self) -> bytes:
-        ordered = sorted(self.versions.values(), key=V.parse_version)
-        doc = {
-            "format": _INDEX_FORMAT,
-            "seq": self.seq,
-            "versions": ordered,
-            "aliases": self.aliases,
-        }
-        return json.dumps(doc, indent=1, sort_keys=True).encode()
-
-    def parsed(self) -> list[Version]:
-        return sorted(V.parse_version(v) for v in self.versions.values())
-
-    def spelling(self, version: str | Version) -> str | None:
-        return self.versions.get(V.canonical_version(version))
-
-    def applied(self, entry: dict[str, Any]) -> _Index:
-        """A copy with ``entry`` (a log slot) applied, at its ``seq``."""
-        new = _Index(entry["seq"], dict(self.versions), dict(self.aliases), self.etag)
-        action = entry["action"]
-        if action == "publish":
-            new.versions[V.canonical_version(entry["version"])] = entry["version"]
-        elif action == "delete":
-            new.versions.pop(V.canonical_version(entry["version"]), None)
-        elif action == "remove_alias":
-            new.aliases.pop(entry["alias"], None)
-        elif action in (*_MOVES, "rollback"):
-            new.aliases[entry["alias"]] = entry["to"]
-        return new
-
-
-def _log_entry(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        entry = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise IntegrityError(f"{where} is not valid JSON: {exc}") from None
-    entry = _history_entry(entry, where)
-    if not isinstance(entry.get("seq"), int) or entry["seq"] < 1:
-        raise IntegrityError(f"{where}: a log entry needs its 'seq'")
-    if entry["action"] in ("publish", "delete"):
-        _stored_version(entry.get("version"), f"{where}: 'version'")
-    elif entry["action"] in (*_MOVES, "rollback") and (
-        entry.get("to") is None or "alias" not in entry
-    ):
-        raise IntegrityError(f"{where}: an alias move needs 'alias' and 'to'")
-    return entry
 
 
 class RemoteStore(Store, remote=True):
@@ -253,7 +155,7 @@ class RemoteStore(Store, remote=True):
         self.store_id = check_store_id(store_id) if store_id is not None else None
         self._generation = -1
         self._meta = self.cache.root / "stores" / hashlib.sha256(self.url.encode()).hexdigest()[:16]
-        self._indexes: dict[str, _Index] = {}
+        self._indexes: dict[str, ModelIndex] = {}
         self._log_cache: dict[str, dict[str, Any]] = {}
         self._checked = False
         self._said_offline: set[str] = set()
@@ -296,7 +198,7 @@ class RemoteStore(Store, remote=True):
                 return  # an empty store (until someone saves)
             else:
                 try:
-                    self.objects.put_new(MARKER_KEY, json.dumps(_MARKER, sort_keys=True).encode())
+                    self.objects.put_new(MARKER_KEY, json.dumps(MARKER, sort_keys=True).encode())
                 except ObjectExistsError:  # another first writer: check theirs
                     marker = self.objects.get(MARKER_KEY)
                 else:
@@ -304,7 +206,7 @@ class RemoteStore(Store, remote=True):
                     return
         try:
             doc = json.loads(marker.data)
-            ok = isinstance(doc, dict) and doc.get("format") == _MARKER["format"]
+            ok = isinstance(doc, dict) and doc.get("format") == MARKER["format"]
         except (ValueError, RecursionError):
             ok = False
         if not ok:
@@ -331,7 +233,7 @@ class RemoteStore(Store, remote=True):
                 self.url, what, self.cache.root,
             )  # fmt: skip
 
-    def _index(self, name: str) -> _Index:
+    def _index(self, name: str) -> ModelIndex:
         """The model's index from the store (a conditional GET when one is held); offline,
         the last one this machine saw."""
         V.check_name(name)
@@ -342,12 +244,12 @@ class RemoteStore(Store, remote=True):
             except FileNotFoundError:
                 raise CacheMissError(
                     f"offline: the cache at {self.cache.root} holds no index of {name!r}",
-                    url=self.url, operation="get", key=_index_key(name),
+                    url=self.url, operation="get", key=index_key(name),
                 ) from None  # fmt: skip
             self._say_offline(f"the aliases and versions of {name!r}")
-            return _Index.parse(data, None, str(cached))
+            return ModelIndex.parse(data, None, str(cached))
         self._check_store()
-        key = _index_key(name)
+        key = index_key(name)
         held = self._indexes.get(name)
         try:
             got = (
@@ -356,15 +258,15 @@ class RemoteStore(Store, remote=True):
                 else self.objects.get(key)
             )
         except ObjectNotFoundError:
-            return _Index()
+            return ModelIndex()
         if got is None:
             assert held is not None
             return held
-        index = _Index.parse(got.data, got.etag, f"{self.url}/{key}")
+        index = ModelIndex.parse(got.data, got.etag, f"{self.url}/{key}")
         self._keep(name, index, got.data)
         return index
 
-    def _keep(self, name: str, index: _Index, data: bytes) -> None:
+    def _keep(self, name: str, index: ModelIndex, data: bytes) -> None:
         """Remembers the index read or written last (in memory: its ETag for the next
         conditional GET; on disk: for offline mode)."""
         self._indexes[name] = index
@@ -374,7 +276,7 @@ class RemoteStore(Store, remote=True):
             write_atomic(cached, data)
 
     def _slot(self, name: str, seq: int) -> dict[str, Any] | None:
-        key = _log_key(name, seq)
+        key = log_key(name, seq)
         entry = self._log_cache.get(key)
         if entry is not None:
             return entry
@@ -382,28 +284,28 @@ class RemoteStore(Store, remote=True):
             got = self.objects.get(key)
         except ObjectNotFoundError:
             return None
-        entry = _log_entry(got.data, f"{self.url}/{key}")
+        entry = log_entry(got.data, f"{self.url}/{key}")
         if entry["seq"] != seq:
             raise IntegrityError(f"{self.url}/{key} says seq {entry['seq']}")
         self._log_cache[key] = entry
         return entry
 
-    def _advance(self, name: str, index: _Index, entry: dict[str, Any]) -> None:
+    def _advance(self, name: str, index: ModelIndex, entry: dict[str, Any]) -> None:
         """Moves the index to ``entry``'s slot (compare-and-swap); a lost race means
         another writer applied that very slot (the only way the index can move)."""
         new = index.applied(entry)
         data = new.to_bytes()
         try:
             if index.etag is None:
-                new.etag = self.objects.put_new(_index_key(name), data)
+                new.etag = self.objects.put_new(index_key(name), data)
             else:
-                new.etag = self.objects.put_if(_index_key(name), data, index.etag)
+                new.etag = self.objects.put_if(index_key(name), data, index.etag)
         except PreconditionFailedError:  # ObjectExistsError too
             self._indexes.pop(name, None)
             return
         self._keep(name, new, data)
 
-    def _commit(self, name: str, make: Callable[[_Index], dict[str, Any]]) -> dict[str, Any]:
+    def _commit(self, name: str, make: Callable[[ModelIndex], dict[str, Any]]) -> dict[str, Any]:
         """Appends the entry ``make(index)`` returns to the model's log, then moves the index
         to it. ``make`` sees the current index and may raise to refuse the change."""
         if self.offline:
@@ -416,13 +318,13 @@ class RemoteStore(Store, remote=True):
             if pending is not None:  # taken by a writer that has not moved the index (yet)
                 self._advance(name, index, pending)
                 continue
-            entry = {**_now(), **make(index), "seq": slot}
+            entry = {**now_fields(), **make(index), "seq": slot}
             data = json.dumps(entry, sort_keys=True, default=str).encode()
             try:
-                self.objects.put_new(_log_key(name, slot), data)
+                self.objects.put_new(log_key(name, slot), data)
             except ObjectExistsError:
                 continue
-            self._log_cache[_log_key(name, slot)] = entry
+            self._log_cache[log_key(name, slot)] = entry
             self._advance(name, index, entry)
             return entry
         raise StoreError(
@@ -469,7 +371,9 @@ class RemoteStore(Store, remote=True):
             models = []
         return ModelNotFoundError(f"no model {name!r} in {self.url}; models: {models or 'none'}")
 
-    def _not_found(self, name: str, spec: str, index: _Index | None = None) -> VersionNotFoundError:  # type: ignore[override]
+    def _not_found(
+        self, name: str, spec: str, index: ModelIndex | None = None
+    ) -> VersionNotFoundError:  # type: ignore[override]
         index = index or self._index(name)
         existing = [index.spelling(v) for v in index.parsed()]
         alias_text = ", ".join(f"@{a} -> {v}" for a, v in sorted(index.aliases.items())) or "none"
@@ -492,18 +396,18 @@ class RemoteStore(Store, remote=True):
                 return folder
             raise CacheMissError(
                 f"offline: the cache at {self.cache.root} does not hold {name}@{version}",
-                url=self.url, operation="get", key=_version_key(name, folder_name, MANIFEST_FILE),
+                url=self.url, operation="get", key=version_key(name, folder_name, MANIFEST_FILE),
             )  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            sig = self.objects.get(_version_key(name, folder_name, SIGNATURE_FILE)).data
+            sig = self.objects.get(version_key(name, folder_name, SIGNATURE_FILE)).data
             write_atomic(folder / SIGNATURE_FILE, sig)
         except ObjectNotFoundError:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / SIGNATURE_FILE)
         if not have:
             try:
-                data = self.objects.get(_version_key(name, folder_name, MANIFEST_FILE)).data
+                data = self.objects.get(version_key(name, folder_name, MANIFEST_FILE)).data
             except ObjectNotFoundError:
                 raise IntegrityError(
                     f"{name}@{version} is listed in the index of {self.url} but its manifest is missing"
@@ -516,7 +420,7 @@ class RemoteStore(Store, remote=True):
         path = folder / MANIFEST_FILE
         data = read_metadata(path)
         manifest = Manifest.from_json(
-            data, where=f"{self.url}/{_version_key(name, folder.name, MANIFEST_FILE)}"
+            data, where=f"{self.url}/{version_key(name, folder.name, MANIFEST_FILE)}"
         )
         if manifest.name != name or V.canonical_version(manifest.version) != folder.name:
             raise IntegrityError(
@@ -527,7 +431,7 @@ class RemoteStore(Store, remote=True):
             raise IntegrityError(f"{path}: artifact {manifest.artifact!r} must be a file name")
         return manifest, data
 
-    def _version(self, name: str, version: str, index: _Index) -> ModelVersion:
+    def _version(self, name: str, version: str, index: ModelIndex) -> ModelVersion:
         spelling = index.spelling(version)
         if spelling is None:
             raise self._not_found(name, version, index)
@@ -568,7 +472,7 @@ class RemoteStore(Store, remote=True):
         return self._version(name, V.canonical_version(chosen), index)
 
     def _resolve_signed(  # type: ignore[override]
-        self, name: str, parsed: V.Spec, index: _Index, signing_key: str | bytes | None
+        self, name: str, parsed: V.Spec, index: ModelIndex, signing_key: str | bytes | None
     ) -> ModelVersion:
         key = resolve_key(signing_key)
         if key is None:
@@ -633,7 +537,7 @@ class RemoteStore(Store, remote=True):
         for attempt in (0, 1):
             try:
                 path = self.cache.fetch(
-                    self.objects, _blob_key(sha256), sha256, size=size, verify=False
+                    self.objects, blob_key(sha256), sha256, size=size, verify=False
                 )
             except ObjectNotFoundError:
                 raise IntegrityError(f"{what} of {mv} is missing from {self.url}") from None
@@ -670,7 +574,7 @@ class RemoteStore(Store, remote=True):
     def _put_blob(self, path: Path, sha256: str) -> None:
         """Uploads a file under its content address (already there: nothing to do)."""
         with contextlib.suppress(ObjectExistsError):
-            self.objects.put_new(_blob_key(sha256), path.read_bytes())
+            self.objects.put_new(blob_key(sha256), path.read_bytes())
 
     def _publish(
         self,
@@ -695,7 +599,7 @@ class RemoteStore(Store, remote=True):
             data = manifest.to_json().encode()
             folder_name = V.canonical_version(version)
             try:
-                self.objects.put_new(_version_key(name, folder_name, MANIFEST_FILE), data)
+                self.objects.put_new(version_key(name, folder_name, MANIFEST_FILE), data)
             except ObjectExistsError:
                 if index.spelling(version) is None:
                     self._roll_forward(name, version)
@@ -707,7 +611,7 @@ class RemoteStore(Store, remote=True):
                 continue
             if key is not None:
                 self.objects.put_new(
-                    _version_key(name, folder_name, SIGNATURE_FILE), signature_document(data, key)
+                    version_key(name, folder_name, SIGNATURE_FILE), signature_document(data, key)
                 )
             entry = {"action": "publish", "version": version, "who": current_user()}
             self._commit(name, lambda _index, entry=entry: entry)
@@ -806,7 +710,7 @@ class RemoteStore(Store, remote=True):
         digest = manifest_digest(self._signed_manifest(target, key)) if key is not None else None
         who = who or current_user()
 
-        def make(index: _Index) -> dict[str, Any]:
+        def make(index: ModelIndex) -> dict[str, Any]:
             if index.spelling(target.version) is None:
                 raise VersionNotFoundError(f"{target} was deleted; not moving @{alias} to it")
             previous = index.aliases.get(alias)
@@ -870,7 +774,7 @@ class RemoteStore(Store, remote=True):
         key = resolve_key(signing_key)
         who = who or current_user()
 
-        def make(index: _Index) -> dict[str, Any]:
+        def make(index: ModelIndex) -> dict[str, Any]:
             previous = index.aliases.get(alias)
             if previous is None:
                 raise self._not_found(name, f"@{alias}", index)
@@ -997,7 +901,7 @@ class RemoteStore(Store, remote=True):
         target = self.resolve(name, V.canonical_version(version))
         here = V.parse_version(target.version)
 
-        def make(index: _Index) -> dict[str, Any]:
+        def make(index: ModelIndex) -> dict[str, Any]:
             if index.spelling(target.version) is None:
                 raise self._not_found(name, target.version, index)
             pointing = sorted(a for a, v in index.aliases.items() if V.parse_version(v) == here)
@@ -1012,7 +916,7 @@ class RemoteStore(Store, remote=True):
         self._commit(name, make)
         folder_name = V.canonical_version(target.version)
         for file in (SIGNATURE_FILE, MANIFEST_FILE):
-            self.objects.delete(_version_key(name, folder_name, file))
+            self.objects.delete(version_key(name, folder_name, file))
         shutil.rmtree(self._model_dir(name) / "versions" / folder_name, ignore_errors=True)
 
     # -- copying versions between stores (embedml.store.transfer)
@@ -1049,13 +953,13 @@ class RemoteStore(Store, remote=True):
         self._check_store(writing=True)
         for data in files.values():
             with contextlib.suppress(ObjectExistsError):
-                self.objects.put_new(_blob_key(hashlib.sha256(data).hexdigest()), data)
+                self.objects.put_new(blob_key(hashlib.sha256(data).hexdigest()), data)
         folder_name = V.canonical_version(manifest.version)
         added = True
         try:
-            self.objects.put_new(_version_key(name, folder_name, MANIFEST_FILE), manifest_bytes)
+            self.objects.put_new(version_key(name, folder_name, MANIFEST_FILE), manifest_bytes)
         except ObjectExistsError:
-            stored = self.objects.get(_version_key(name, folder_name, MANIFEST_FILE)).data
+            stored = self.objects.get(version_key(name, folder_name, MANIFEST_FILE)).data
             if stored != manifest_bytes:
                 raise VersionExistsError(
                     f"{label} already exists in {self.url} with another manifest"
@@ -1063,7 +967,7 @@ class RemoteStore(Store, remote=True):
             added = False
         if signature is not None:
             with contextlib.suppress(ObjectExistsError):
-                self.objects.put_new(_version_key(name, folder_name, SIGNATURE_FILE), signature)
+                self.objects.put_new(version_key(name, folder_name, SIGNATURE_FILE), signature)
         if self._index(name).spelling(manifest.version) is None:
             entry = {"action": "publish", "version": manifest.version, "who": current_user()}
             self._commit(name, lambda _index: entry)
@@ -1084,7 +988,7 @@ class RemoteStore(Store, remote=True):
         mv = self.resolve(name, V.canonical_version(version))
         data = read_metadata(mv.path / MANIFEST_FILE)
         self._read_record(key)  # refuse a record of another key before writing anything
-        sig_key = _version_key(name, mv.path.name, SIGNATURE_FILE)
+        sig_key = version_key(name, mv.path.name, SIGNATURE_FILE)
         document = signature_document(data, key)
         try:
             self.objects.put_new(sig_key, document)
