@@ -550,3 +550,16 @@ def test_the_store_layer_class_opens_urls_too(url: str) -> None:
     assert isinstance(embedml.default_store(plain), embedml.ModelStore)
     with pytest.raises(ConfigurationError, match="unsupported store URL"):
         Store("az://container/models")
+
+
+def test_a_version_deleted_and_published_again_is_not_served_from_a_stale_cache(
+    three, url: str, tmp_path: Path
+) -> None:
+    elsewhere = embedml.ModelStore(url, cache_dir=tmp_path / "another-machine")
+    with elsewhere.load("m", "3") as handle:  # its manifest and artifact cached there
+        assert handle.predict([1.0, 1.0]) == 6.0
+    three.delete("m", "3")
+    three.save("m", Affine(7.0), format="tracked", version="3")
+    with elsewhere.load("m", "3") as handle:
+        assert handle.predict([1.0, 1.0]) == 14.0
+    assert elsewhere.verify() == {"m@1": None, "m@2": None, "m@3": None}

@@ -9,7 +9,7 @@ instead of file locks (see ``docs/remote-stores.md``). Objects under the prefix:
     blobs/sha256/<hex>                           artifacts and extra files, by content
     models/<name>/versions/<v>/manifest.json     create-only: one publisher wins a version
     models/<name>/versions/<v>/manifest.sig      its signature
-    models/<name>/index.json                     {"seq", "versions", "aliases"}: compare-and-swap
+    models/<name>/index.json                     seq, versions (with their manifests' SHA-256), aliases
     models/<name>/log/<seq, 20 digits>.json      one change per object, create-only slots
 
 Every change of a model's index (a published version, an alias move, a gate outcome, a
@@ -382,13 +382,32 @@ class RemoteStore(Store, remote=True):
         )
 
     # -- versions: manifests in the cache
-    def _folder(self, name: str, version: str, *, refresh_signature: bool = False) -> Path:
+    def _folder(
+        self,
+        name: str,
+        version: str,
+        digest: str | None = None,
+        *,
+        refresh_signature: bool = False,
+    ) -> Path:
         """The cache folder holding the version's manifest (and signature, if any),
-        fetched from the store the first time (manifests are immutable)."""
+        fetched from the store the first time (a published manifest never changes).
+
+        ``digest`` is the manifest's SHA-256 as the index lists it: a cached manifest of
+        other bytes (the version was deleted and published again) is fetched again, and
+        a stored one of other bytes is an :class:`IntegrityError`.
+        """
         folder_name = V.canonical_version(version)
         folder = self._model_dir(name) / "versions" / folder_name
         manifest_path = folder / MANIFEST_FILE
         have = manifest_path.is_file()
+        if have and digest is not None and manifest_digest(read_metadata(manifest_path)) != digest:
+            if self.offline:
+                raise IntegrityError(
+                    f"offline: the cached manifest of {name}@{version} is not the one the "
+                    "last index seen lists"
+                )
+            have, refresh_signature = False, True  # replaced in the store: fetch it again
         if have and not refresh_signature:
             return folder
         if self.offline:
@@ -412,11 +431,18 @@ class RemoteStore(Store, remote=True):
                 raise IntegrityError(
                     f"{name}@{version} is listed in the index of {self.url} but its manifest is missing"
                 ) from None
+            if digest is not None and manifest_digest(data) != digest:
+                raise IntegrityError(
+                    f"the manifest of {name}@{version} in {self.url} is not the one its index "
+                    "lists (replaced after publishing); refusing it"
+                )
             write_atomic(manifest_path, data)  # last: a folder with a manifest is complete
         return folder
 
-    def _read_manifest(self, name: str, version: str) -> tuple[Manifest, bytes]:
-        folder = self._folder(name, version)
+    def _read_manifest(
+        self, name: str, version: str, digest: str | None = None
+    ) -> tuple[Manifest, bytes]:
+        folder = self._folder(name, version, digest)
         path = folder / MANIFEST_FILE
         data = read_metadata(path)
         manifest = Manifest.from_json(
@@ -435,8 +461,9 @@ class RemoteStore(Store, remote=True):
         spelling = index.spelling(version)
         if spelling is None:
             raise self._not_found(name, version, index)
-        manifest, _ = self._read_manifest(name, spelling)
-        return ModelVersion(name, manifest.version, self._folder(name, spelling), manifest)
+        digest = index.digest(spelling)
+        manifest, _ = self._read_manifest(name, spelling, digest)
+        return ModelVersion(name, manifest.version, self._folder(name, spelling, digest), manifest)
 
     def manifest(self, name: str, version: str) -> Manifest:
         """The manifest of one exact version (any spelling). Raises
@@ -518,11 +545,12 @@ class RemoteStore(Store, remote=True):
         folder = self._folder(
             name,
             version,
+            index.digest(version),
             refresh_signature=not (
                 self._model_dir(name) / "versions" / V.canonical_version(version) / SIGNATURE_FILE
             ).is_file(),
         )
-        manifest, data = self._read_manifest(name, version)
+        manifest, data = self._read_manifest(name, version, index.digest(version))
         mv = ModelVersion(name, manifest.version, folder, manifest)
         verify_signature(folder, data, key, required=True, label=str(mv))
         if manifest_digest(data) != recorded[chosen]:
@@ -613,22 +641,33 @@ class RemoteStore(Store, remote=True):
                 self.objects.put_new(
                     version_key(name, folder_name, SIGNATURE_FILE), signature_document(data, key)
                 )
-            entry = {"action": "publish", "version": version, "who": current_user()}
+            entry = {
+                "action": "publish",
+                "version": version,
+                "manifest": manifest_digest(data),
+                "who": current_user(),
+            }
             self._commit(name, lambda _index, entry=entry: entry)
             if key is not None:
                 digest = manifest_digest(data)
                 self._update_record(
                     key, lambda r, v=version, d=digest: r.model(name).set_version(v, d)
                 )
-            return ModelVersion(name, version, self._folder(name, version), manifest)
+            folder = self._folder(name, version, manifest_digest(data))
+            return ModelVersion(name, version, folder, manifest)
         raise StoreError(f"could not find a free version number for {name!r}")
 
     def _roll_forward(self, name: str, version: str) -> None:
         """Lists a version whose manifest exists but which the index does not list: its
         publisher is about to, or stopped after the manifest (written after the blobs, so
         the version is whole). Listing it twice is harmless."""
-        manifest, _ = self._read_manifest(name, version)
-        entry = {"action": "publish", "version": manifest.version, "who": current_user()}
+        manifest, data = self._read_manifest(name, version)
+        entry = {
+            "action": "publish",
+            "version": manifest.version,
+            "manifest": manifest_digest(data),
+            "who": current_user(),
+        }
         self._commit(name, lambda _index: entry)
 
     # -- the signed store record (compare-and-swap)
@@ -969,7 +1008,12 @@ class RemoteStore(Store, remote=True):
             with contextlib.suppress(ObjectExistsError):
                 self.objects.put_new(version_key(name, folder_name, SIGNATURE_FILE), signature)
         if self._index(name).spelling(manifest.version) is None:
-            entry = {"action": "publish", "version": manifest.version, "who": current_user()}
+            entry = {
+                "action": "publish",
+                "version": manifest.version,
+                "manifest": manifest_digest(manifest_bytes),
+                "who": current_user(),
+            }
             self._commit(name, lambda _index: entry)
             added = True
         if key is not None:
@@ -1016,9 +1060,10 @@ class RemoteStore(Store, remote=True):
         record = StoreRecord.new(self.store_id or (old.store_id if old else None))
         models = self.models()
         for model in models:
+            index = self._index(model)
             for version in self.versions(model):
                 with contextlib.suppress(EmbedMLError):
-                    self._folder(model, version, refresh_signature=True)
+                    self._folder(model, version, index.digest(version), refresh_signature=True)
             self._record_model(model, record.model(model), key, report)
         for model, signed in old.models.items() if old else ():
             for version in signed.versions:
@@ -1090,7 +1135,9 @@ class RemoteStore(Store, remote=True):
             version = index.spelling(parsed)
             label = f"{model}@{version}"
             try:
-                self._folder(model, version, refresh_signature=key is not None)  # type: ignore[arg-type]
+                self._folder(
+                    model, version, index.digest(version), refresh_signature=key is not None
+                )  # type: ignore[arg-type]
                 mv = self._version(model, version, index)  # type: ignore[arg-type]
                 if key is not None:
                     data = read_metadata(mv.path / MANIFEST_FILE)
