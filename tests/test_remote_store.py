@@ -273,7 +273,7 @@ if job["do"] == "save":
         out.append("exists")
 elif job["do"] == "move":
     for version in job["versions"]:
-        store.set_alias("m", "production", version, who=job["who"])
+        store.set_alias("m", "production", version, who=job["who"], signing_key=job.get("key"))
 elif job["do"] == "load":
     with store.load("m", "@production") as handle:
         out.append(handle.predict([1.0, 1.0]))
@@ -336,6 +336,25 @@ def test_concurrent_alias_movers_lose_no_move(three, url: str, env) -> None:
     for i in range(4):  # each process's moves in its own order
         assert [m["to"] for m in moves if m["who"] == f"p{i}"] == ["1", "2", "3", "2", "1"]
     assert three.aliases("m") == {"production": moves[-1]["to"]}
+
+
+def test_concurrent_signed_alias_moves_leave_the_record_agreeing_with_the_index(
+    url: str, env
+) -> None:
+    store = embedml.ModelStore(url)
+    for k in (1.0, 2.0, 3.0):
+        store.save("m", Affine(k), format="tracked", signing_key=KEY)
+    jobs = [
+        {"do": "move", "who": f"p{i}", "versions": ["1", "2", "3"], "key": KEY} for i in range(4)
+    ]
+    _at_once(url, jobs, env)
+    assert len(store.history("m", alias="production")) == 12
+    assert store.verify(signing_key=KEY, require_signature=True) == {
+        "m@1": None, "m@2": None, "m@3": None,
+    }  # fmt: skip
+    final = store.aliases("m")["production"]
+    signed = store.resolve("m", "@production", require_signature=True, signing_key=KEY)
+    assert signed.version == final
 
 
 def test_processes_starting_at_once_on_an_empty_cache_download_once(
@@ -475,6 +494,8 @@ def test_cli_over_s3(three, url: str, tmp_path: Path, capsys, monkeypatch) -> No
         assert handle.predict([1.0, 1.0]) == 6.0
     monkeypatch.delenv("EMBEDML_OFFLINE")
     monkeypatch.setenv("EMBEDML_STORE", url)
+    with embedml.load("m@2") as handle:  # the default store, from the environment
+        assert handle.predict([1.0, 1.0]) == -4.0
     rows = tmp_path / "in.jsonl"
     rows.write_text("[1.0, 1.0]\n[2.0, 0.5]\n")
     assert (
