@@ -5,18 +5,18 @@ builds one, which loads the model once from the store, then scores every batch s
 :func:`predict` wires it up with the usual knobs (``concurrency``, ``batch_size``,
 ``num_cpus``).
 
-The store is opened by path in every actor, so the path must be reachable by every worker
-node: on one machine any local path works; on a cluster put the store on a shared
-filesystem (NFS, EFS, a Lustre or CephFS mount, a ``gcsfuse``/``s3fs`` mount) mounted at the
-same path on every node. Nothing is shipped to the workers except the path, name and
-version. Install with ``pip install 'embedml[ray]'``.
+The store is opened in every actor from its location, so every worker node must reach it:
+an object-store URL (``s3://bucket/prefix``, extra ``s3``; each node downloads the version
+once into its own verified cache), or a path: on one machine any local path works; on a
+cluster a shared filesystem (NFS, EFS, a Lustre or CephFS mount) mounted at the same path on
+every node. Nothing is shipped to the workers except the location, name and version.
+Install with ``pip install 'embedml[ray]'``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, EmbedMLError, StoreError
@@ -24,20 +24,24 @@ from ..offline.scoring import flatten_output, output_columns
 from ..serving.load import ModelStore
 from ..serving.options import LoadOptions
 from ..serving.stream import predict_batch_or_rows, split_rows
+from ..store.model_store import is_remote_url, store_root
 
 __all__ = ["EmbedMLPredictor", "predict"]
 
 
-def _store_path(store_uri: str | os.PathLike[str]) -> Path:
+def _open_store(store_uri: str | os.PathLike[str], where: str) -> ModelStore:
+    """The store at ``store_uri``: an object-store URL as it is, a path (or ``file://``)
+    only when that folder exists ``where`` this runs (driver or worker)."""
     text = os.fspath(store_uri)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    elif "://" in text:
-        raise ConfigurationError(
-            f"store_uri {text!r}: only local or shared-filesystem paths are supported; "
-            "mount the bucket (gcsfuse, s3fs) at the same path on every node"
+    if is_remote_url(text):
+        return ModelStore(text)
+    root = store_root(text)
+    if not root.is_dir():
+        raise StoreError(
+            f"no model store at {root} on {where}; a path must be on a filesystem every "
+            "Ray node mounts at the same path (or give an s3:// store URL)"
         )
-    return Path(text)
+    return ModelStore(root)
 
 
 class EmbedMLPredictor:
@@ -64,12 +68,8 @@ class EmbedMLPredictor:
         error_column: str = "error",
         load_options: LoadOptions | Mapping[str, Any] | None = None,
     ) -> None:
-        root = _store_path(store_uri)
-        if not root.is_dir():
-            raise StoreError(
-                f"no model store at {root} on this worker; the store must be on a filesystem every Ray node mounts at the same path"
-            )
-        self.handle = ModelStore(root).load(name, version, LoadOptions.of(load_options))
+        store = _open_store(store_uri, "this worker")
+        self.handle = store.load(name, version, LoadOptions.of(load_options))
         try:
             self.handle.check_row_wise("the Ray integration (a dataset is predicted in row batches)")
         except ConfigurationError:
@@ -166,16 +166,14 @@ def predict(
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    root = _store_path(store_uri)
-    if not root.is_dir():
-        raise StoreError(f"no model store at {root}")
+    store = _open_store(store_uri, "the driver")
     options = LoadOptions.of(load_options)
     # an alias or "latest" goes through the signed store record when the loads will
-    mv = ModelStore(root).resolve(name, version, **options.resolve_options())
+    mv = store.resolve(name, version, **options.resolve_options())
     return dataset.map_batches(
         EmbedMLPredictor,
         fn_constructor_kwargs={
-            "store_uri": str(root),
+            "store_uri": store_uri if is_remote_url(os.fspath(store_uri)) else str(store.root),
             "name": mv.name,
             "version": mv.version,
             "feature_columns": list(feature_columns) if feature_columns is not None else None,
