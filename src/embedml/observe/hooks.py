@@ -24,14 +24,13 @@ import atexit
 import collections
 import hashlib
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from random import random as _random
 from typing import Any
 
+from .._fork import LiveObjects, after_fork_in_child
 from ..errors import ConfigurationError
 from .records import (
     FinishedCall,
@@ -46,28 +45,16 @@ __all__ = ["PredictionRecord", "RowSink", "Sink", "jsonable", "new_request_id"]
 
 log = logging.getLogger("embedml.observe.hooks")
 
-# Sinks still open, closed (so flushed) at interpreter exit.
-_LIVE: weakref.WeakSet[Sink] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    """A forked child draws its own request-id prefix (ids stay unique across processes)
-    and restarts its sinks (see ``Sink._after_fork_in_child``)."""
-    new_id_prefix()
-    for sink in list(_LIVE):
-        try:
-            sink._after_fork_in_child()
-        except Exception:  # pragma: no cover - the child must go on
-            log.exception("restarting sink %r after fork failed", sink)
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# A forked child draws its own request-id prefix (ids stay unique across processes); then,
+# registered after it, the sinks still open restart (see Sink._after_fork_in_child).
+after_fork_in_child(new_id_prefix)
+# Sinks still open: restarted in a forked child, closed (so flushed) at interpreter exit.
+_LIVE: LiveObjects[Sink] = LiveObjects("sink")
 
 
 @atexit.register
 def _close_all() -> None:
-    for sink in list(_LIVE):
+    for sink in _LIVE:
         try:
             sink.close(timeout=5.0)
         except Exception:  # pragma: no cover - exit must go on

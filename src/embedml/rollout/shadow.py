@@ -9,13 +9,12 @@ item is dropped and counted) and a background thread runs the shadow on it and c
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
+from .._fork import LiveObjects
 from ..errors import ConfigurationError, HandleClosedError
 
 __all__ = ["Shadow"]
@@ -23,17 +22,8 @@ __all__ = ["Shadow"]
 log = logging.getLogger("embedml.rollout.shadow")
 _STOP = object()
 
-# Live shadows, for the fork handler below.
-_LIVE: weakref.WeakSet[Shadow] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for shadow in list(_LIVE):
-        shadow._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# Live shadows: each starts again in a forked child (see Shadow._after_fork_in_child).
+_LIVE: LiveObjects[Shadow] = LiveObjects("shadow")
 
 
 class Shadow:
@@ -48,7 +38,13 @@ class Shadow:
     """
 
     def __init__(
-        self, primary: Any, shadow: Any, *, queue_size: int = 1000, rtol: float = 1e-5, atol: float = 1e-8
+        self,
+        primary: Any,
+        shadow: Any,
+        *,
+        queue_size: int = 1000,
+        rtol: float = 1e-5,
+        atol: float = 1e-8,
     ) -> None:
         if not isinstance(queue_size, int) or queue_size < 1:
             raise ConfigurationError(f"queue_size must be an integer >= 1, got {queue_size!r}")
@@ -123,14 +119,19 @@ class Shadow:
                 many, record, expected = item
                 try:
                     got = self.shadow.predict_batch(record) if many else self.shadow.predict(record)
-                    rows, disagree, abs_sum, abs_count = _compare(expected, got, many, self.rtol, self.atol)
+                    rows, disagree, abs_sum, abs_count = _compare(
+                        expected, got, many, self.rtol, self.atol
+                    )
                 except Exception as exc:
                     with self._lock:
                         self.errors += 1
                         first = self.errors == 1
                     log.log(
                         logging.WARNING if first else logging.DEBUG,
-                        "shadow %r failed: %s: %s", self.shadow, type(exc).__name__, exc,
+                        "shadow %r failed: %s: %s",
+                        self.shadow,
+                        type(exc).__name__,
+                        exc,
                     )
                     continue
                 with self._lock:
@@ -185,7 +186,11 @@ class Shadow:
                 continue
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.error("shadow %r did not stop within %s s (a call that hangs?); abandoning its thread", self.shadow, timeout)
+            log.error(
+                "shadow %r did not stop within %s s (a call that hangs?); abandoning its thread",
+                self.shadow,
+                timeout,
+            )
             return False
         return True
 
@@ -215,7 +220,9 @@ def _parts(output: Any) -> list[Any]:
     return [output]
 
 
-def _compare(expected: Any, got: Any, many: bool, rtol: float, atol: float) -> tuple[int, int, float, int]:
+def _compare(
+    expected: Any, got: Any, many: bool, rtol: float, atol: float
+) -> tuple[int, int, float, int]:
     """(rows, rows that disagree, sum of abs diffs, numeric elements compared)."""
     import numpy as np
 

@@ -15,11 +15,11 @@ the spec resolves to something else.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from typing import Any, Protocol
 
+from .._fork import LiveObjects
 from ..clock import SYSTEM_CLOCK, Clock, check_clock, wait_for
 from ..errors import ConfigurationError, HandleClosedError
 from ..store import ModelVersion, Store
@@ -42,17 +42,8 @@ class Followed(Protocol):
     def _swap_to(self, mv: ModelVersion) -> str: ...
 
 
-# Live followers, for the fork handler below.
-_LIVE: weakref.WeakSet[Follower] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for follower in list(_LIVE):
-        follower._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# Live followers: each starts again in a forked child (see Follower._after_fork_in_child).
+_LIVE: LiveObjects[Follower] = LiveObjects("follower")
 
 
 class Follower:
