@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import pickle
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +92,43 @@ def _object_frameworks(obj: Any) -> list[str]:
     return sorted(set(dists))
 
 
-class JoblibFormat(ModelFormat):
+class _ObjectFormat(ModelFormat):
+    """A Python object serialized whole, called through ``method``: what the joblib and
+    pickle formats share. A subclass says how it unpickles (``_loads``) and how it does
+    so under an allow-list of types (``_restricted_loads``)."""
+
+    unsafe_to_load = True
+    takes_method = True
+
+    @abstractmethod
+    def _loads(self, data: bytes) -> Any:
+        """The object in ``data``."""
+
+    @abstractmethod
+    def _restricted_loads(self, data: bytes, trusted_types: Any, trusted_callables: Any) -> Any:
+        """The object in ``data``, refusing types and callables outside the allow-list."""
+
+    def load(self, data: bytes, options: FormatOptions) -> Runtime:
+        reject_options(self.name, options, "method")
+        extra = options.extra
+        if extra.get("restricted"):
+            obj = self._restricted_loads(
+                data, extra.get("trusted_types"), extra.get("trusted_callables")
+            )
+        else:
+            obj = self._loads(data)  # the store verified the hash first
+        return ObjectRuntime(obj, options.method)
+
+    def inspect(self, obj: Any, path: Path, options: FormatOptions) -> Runtime | None:
+        # the object is already in memory; a file given by path is not unpickled at save
+        return None if obj is None else ObjectRuntime(obj, options.method)
+
+
+class JoblibFormat(_ObjectFormat):
     """Python objects saved with ``joblib.dump`` (the default for in-memory objects)."""
 
     name = "joblib"
     suffixes = (".joblib",)
-    unsafe_to_load = True
-    takes_method = True
 
     def claims(self, obj: Any) -> bool:
         return True  # the fallback for any Python object; checked last
@@ -107,50 +138,33 @@ class JoblibFormat(ModelFormat):
 
         joblib.dump(obj, path)
 
-    def load(self, data: bytes, options: FormatOptions) -> Runtime:
+    def _loads(self, data: bytes) -> Any:
         import joblib
 
-        reject_options(self.name, options, "method")
-        if options.extra.get("restricted"):
-            obj = restricted_joblib_loads(
-                data, options.extra.get("trusted_types"), options.extra.get("trusted_callables")
-            )
-        else:
-            obj = joblib.load(io.BytesIO(data))
-        return ObjectRuntime(obj, options.method)
+        return joblib.load(io.BytesIO(data))
 
-    def inspect(self, obj: Any, path: Path, options: FormatOptions) -> Runtime | None:
-        # the object is already in memory; a file given by path is not unpickled at save
-        return None if obj is None else ObjectRuntime(obj, options.method)
+    def _restricted_loads(self, data: bytes, trusted_types: Any, trusted_callables: Any) -> Any:
+        return restricted_joblib_loads(data, trusted_types, trusted_callables)
 
     def frameworks(self, obj: Any | None = None) -> list[str]:
         return sorted({"joblib", *_object_frameworks(obj)})
 
 
-class PickleFormat(ModelFormat):
+class PickleFormat(_ObjectFormat):
     """Python objects saved with plain :mod:`pickle` (protocol 5)."""
 
     name = "pickle"
     suffixes = (".pkl", ".pickle")
-    unsafe_to_load = True
-    takes_method = True
 
     def dump(self, obj: Any, path: Path) -> None:
         with open(path, "wb") as f:
             pickle.dump(obj, f, protocol=5)
 
-    def load(self, data: bytes, options: FormatOptions) -> Runtime:
-        reject_options(self.name, options, "method")
-        if options.extra.get("restricted"):
-            obj = restricted_pickle_loads(
-                data, options.extra.get("trusted_types"), options.extra.get("trusted_callables")
-            )
-        else:
-            obj = pickle.loads(data)  # noqa: S301 - hash verified first
-        return ObjectRuntime(obj, options.method)
+    def _loads(self, data: bytes) -> Any:
+        return pickle.loads(data)  # noqa: S301 - hash verified first
 
-    def inspect(self, obj: Any, path: Path, options: FormatOptions) -> Runtime | None:
-        return None if obj is None else ObjectRuntime(obj, options.method)
+    def _restricted_loads(self, data: bytes, trusted_types: Any, trusted_callables: Any) -> Any:
+        return restricted_pickle_loads(data, trusted_types, trusted_callables)
 
     def frameworks(self, obj: Any | None = None) -> list[str]:
         return _object_frameworks(obj)
