@@ -79,23 +79,38 @@ class TorchRuntime(Runtime):
         return _to_numpy(out)
 
 
-class TorchScriptFormat(ModelFormat):
-    """``torch.jit.ScriptModule`` objects and ``.pt`` files, loaded with ``torch.jit.load``."""
+class _TorchFormat(ModelFormat):
+    """What both torch formats share: objects of one torch class, written by the ``save``
+    of one torch namespace (``torch.jit``, ``torch.export``)."""
 
-    name = "torchscript"
-    suffixes = (".pt", ".pth")
-    unsafe_to_load = True  # forward() runs its own code (e.g. torch.from_file writes files)
+    unsafe_to_load = True  # the model runs its own code (e.g. torch.from_file writes files)
+    namespace: str  # "jit" or "export"
+    class_name: str  # its class of model: "ScriptModule", "ExportedProgram"
 
     def claims(self, obj: Any) -> bool:
-        torch = sys.modules.get("torch")
-        return torch is not None and isinstance(obj, torch.jit.ScriptModule)
+        torch = sys.modules.get("torch")  # an object of torch's can only exist once imported
+        if torch is None:
+            return False
+        return isinstance(obj, getattr(getattr(torch, self.namespace), self.class_name))
 
     def dump(self, obj: Any, path: Path) -> None:
         if not self.claims(obj):
             raise UnsupportedFormatError(
-                f"the torchscript format writes a torch.jit.ScriptModule, not a {type(obj).__name__}"
+                f"the {self.name} format writes a torch.{self.namespace}.{self.class_name}, "
+                f"not a {type(obj).__name__}"
             )
-        _torch().jit.save(obj, str(path))
+        getattr(_torch(), self.namespace).save(obj, str(path))
+
+    def frameworks(self, obj: Any | None = None) -> list[str]:
+        return ["torch"]
+
+
+class TorchScriptFormat(_TorchFormat):
+    """``torch.jit.ScriptModule`` objects and ``.pt`` files, loaded with ``torch.jit.load``."""
+
+    name = "torchscript"
+    suffixes = (".pt", ".pth")
+    namespace, class_name = "jit", "ScriptModule"
 
     def load(self, data: bytes, options: FormatOptions) -> Runtime:
         reject_options(self.name, options)
@@ -103,9 +118,6 @@ class TorchScriptFormat(ModelFormat):
         module = torch.jit.load(io.BytesIO(data), map_location="cpu")
         module.eval()
         return TorchRuntime(module, None, _script_arguments(module))
-
-    def frameworks(self, obj: Any | None = None) -> list[str]:
-        return ["torch"]
 
 
 def _script_arguments(module: Any) -> tuple[str, ...] | None:
@@ -142,23 +154,12 @@ def _batch_specs(specs: list[TensorSpec] | None) -> list[TensorSpec] | None:
     return [TensorSpec(s.name, s.dtype, (-1, *s.shape[1:])) for s in specs]
 
 
-class TorchExportFormat(ModelFormat):
+class TorchExportFormat(_TorchFormat):
     """``torch.export.ExportedProgram`` objects and ``.pt2`` files (``torch.export.save``)."""
 
     name = "torch_export"
     suffixes = (".pt2",)
-    unsafe_to_load = True  # its graph may call any operator, as TorchScript's can
-
-    def claims(self, obj: Any) -> bool:
-        torch = sys.modules.get("torch")
-        return torch is not None and isinstance(obj, torch.export.ExportedProgram)
-
-    def dump(self, obj: Any, path: Path) -> None:
-        if not self.claims(obj):
-            raise UnsupportedFormatError(
-                f"the torch_export format writes a torch.export.ExportedProgram, not a {type(obj).__name__}"
-            )
-        _torch().export.save(obj, str(path))
+    namespace, class_name = "export", "ExportedProgram"  # its graph may call any operator
 
     def load(self, data: bytes, options: FormatOptions) -> Runtime:
         reject_options(self.name, options)
@@ -168,6 +169,3 @@ class TorchExportFormat(ModelFormat):
 
     def tensor_specs(self, obj: Any) -> tuple[list[TensorSpec] | None, list[TensorSpec] | None]:
         return _batch_specs(_export_specs(obj)), None
-
-    def frameworks(self, obj: Any | None = None) -> list[str]:
-        return ["torch"]
