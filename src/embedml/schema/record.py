@@ -200,6 +200,18 @@ class FieldSpec:
         return Optional[t] if self.nullable else t  # noqa: UP045 - runtime type construction
 
 
+def _interval(f: FieldSpec) -> str:
+    """The field's bounds in interval notation: ``(`` / ``)`` for an exclusive bound, so
+    ``gt=0`` reads ``(0, inf)`` and ``ge=0, le=1`` reads ``[0, 1]``."""
+    low, opening = ("-inf", "(") if f.minimum is None else (f.minimum, "[")
+    if f.exclusive_minimum is not None:
+        low, opening = f.exclusive_minimum, "("
+    high, closing = ("inf", ")") if f.maximum is None else (f.maximum, "]")
+    if f.exclusive_maximum is not None:
+        high, closing = f.exclusive_maximum, ")"
+    return f"{opening}{low}, {high}{closing}"
+
+
 def _field_from_json(name: str, prop: Mapping[str, Any], defs: Mapping[str, Any]) -> FieldSpec:
     prop = dict(prop)
     has_default = "default" in prop  # read before a $ref's definition is merged in
@@ -593,24 +605,8 @@ class RecordSchema:
             if bad.any():
                 i, j = (int(x) for x in np.argwhere(bad)[0])
                 f = self.fields[j]
-                # interval notation: "(" / ")" for exclusive bounds, so gt=0 reads "(0, ...]"
-                left = (
-                    f"({f.exclusive_minimum}"
-                    if f.exclusive_minimum is not None
-                    else f"[{f.minimum}"
-                    if f.minimum is not None
-                    else "(-inf"
-                )
-                right = (
-                    f"{f.exclusive_maximum})"
-                    if f.exclusive_maximum is not None
-                    else f"{f.maximum}]"
-                    if f.maximum is not None
-                    else "inf)"
-                )
-                rng = f"{left}, {right}"
                 raise SchemaError(
-                    f"value {_plain(m[i, j])!r} is out of range {rng}",
+                    f"value {_plain(m[i, j])!r} is out of range {_interval(f)}",
                     field=f.name,
                     index=index if index is not None else i,
                     got=m[i, j],

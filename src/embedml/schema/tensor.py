@@ -288,11 +288,7 @@ class TensorSchema:
             if isinstance(record, np.ndarray):
                 a = record
             elif isinstance(record, Mapping) and self._spec.name in record:
-                return self._check_many(
-                    {self._spec.name: _asarray(record[self._spec.name], self._spec)[None]},
-                    record,
-                    opts,
-                )[self._spec.name]
+                return self._single_by_name(record, opts, row=True)
             else:
                 a = _asarray(record, self._spec)
             if a.ndim == self._row_ndim:
@@ -322,11 +318,7 @@ class TensorSchema:
             if isinstance(records, np.ndarray):
                 a = records
             elif isinstance(records, Mapping) and self._spec.name in records:
-                return self._check_many(
-                    {self._spec.name: _asarray(records[self._spec.name], self._spec)},
-                    records,
-                    opts,
-                )[self._spec.name]
+                return self._single_by_name(records, opts, row=False)
             else:
                 a = _asarray(records, self._spec)
             if a.shape[1:] == self._tail and a.ndim:
@@ -341,6 +333,15 @@ class TensorSchema:
             records,
             opts,
         )
+
+    def _single_by_name(
+        self, given: Mapping[str, Any], opts: SchemaOptions, *, row: bool
+    ) -> np.ndarray:
+        """The single input given by its name in a dict (one example when ``row``: a batch
+        axis is added), checked as a dict of inputs (so other keys need ``allow_extra``)."""
+        name = self._spec.name
+        a = _asarray(given[name], self._spec)
+        return self._check_many({name: a[None] if row else a}, given, opts)[name]
 
     def _cast(self, a: np.ndarray, opts: SchemaOptions) -> np.ndarray:
         """The single input's dtype, once its shape is known to match (see ``_tail``)."""
