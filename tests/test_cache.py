@@ -99,17 +99,30 @@ def test_two_threads_asking_at_once_load_once(store):
 
 
 def test_embedml_load_uses_the_process_cache_and_swaps_through_it(tenants):
+    cache = embedml.default_cache()
+    assert cache is embedml.default_cache()
+
+    def loads_and_hits() -> tuple[int, int]:
+        return cache.stats()["misses"], cache.stats()["hits"]
+
+    start = loads_and_hits()
     a = embedml.load("tenant1", store=tenants)
-    b = embedml.load("tenant1", store=tenants)
+    b = embedml.load("tenant1", store=tenants)  # a's loaded model, from the cache
     private = embedml.load("tenant1", store=tenants, cache=False)
-    assert a._pipe.runtime is b._pipe.runtime and private._pipe.runtime is not a._pipe.runtime
-    assert embedml.default_cache() is embedml.default_cache()
+    assert loads_and_hits() == (start[0] + 1, start[1] + 1)
+    private.close()
+    assert CLOSED == ["2.0"]  # private's own runtime; a's and b's stays loaded for them
+    assert a.predict(np.ones(2)) == b.predict(np.ones(2)) == 4.0
     tenants.save("tenant1", Affine(10.0), version="2", format="tracked")
     a.swap("2")
-    assert b.swap("2") == "2" and a._pipe.runtime is b._pipe.runtime  # from the cache too
-    for h in (a, b, private):
-        h.close()
-    embedml.default_cache().clear()
+    assert b.swap("2") == "2"
+    assert loads_and_hits() == (start[0] + 2, start[1] + 2)  # b took a's version 2 too
+    assert a.predict(np.ones(2)) == b.predict(np.ones(2)) == 20.0
+    a.close()
+    b.close()
+    cache.clear()
+    # one runtime per version for a and b, plus private's: shared, not loaded per handle
+    assert sorted(CLOSED) == ["10.0", "2.0", "2.0"]
 
 
 def test_churn_from_many_threads_serves_right_results_and_closes_every_runtime(tenants):

@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 import embedml
-from embedml.formats import unregister_format
+from embedml.formats import get_format, unregister_format
 from helpers_models import (
     LINEAR_B,
     LINEAR_W,
@@ -175,20 +175,34 @@ def test_onnx_graph_with_two_inputs_and_two_outputs(store):
         np.testing.assert_array_equal(h.predict_batch({"a": a, "b": b}), a * b)
 
 
-def test_onnx_session_options(store):
+def test_onnx_session_options(store, tmp_path):
     store.save("linear", onnx_linear())
-    opts = {"intra_op_num_threads": 1, "inter_op_num_threads": 1, "enable_cpu_mem_arena": False}
+    # ONNX Runtime writes the optimised graph to optimized_model_filepath as it builds the
+    # session: the file shows that the handle's session was built with these options.
+    written = tmp_path / "from-dict.onnx"
+    opts = {
+        "intra_op_num_threads": 1, "inter_op_num_threads": 1, "enable_cpu_mem_arena": False,
+        "optimized_model_filepath": str(written),
+    }  # fmt: skip
     with store.load("linear", session_options=opts) as h:
-        so = h._pipe.runtime.session.get_session_options()
-        assert (so.intra_op_num_threads, so.enable_cpu_mem_arena) == (1, False)
+        assert written.is_file()
         np.testing.assert_allclose(h.predict([0.0, 0.0, 0.0]), LINEAR_B)
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
+    so.optimized_model_filepath = str(tmp_path / "from-object.onnx")
     with store.load("linear", session_options=so) as h:
-        assert h._pipe.runtime.session.get_session_options().intra_op_num_threads == 2
-        assert h._pipe.runtime.session.get_providers() == ["CPUExecutionProvider"]
+        assert (tmp_path / "from-object.onnx").is_file()
+        np.testing.assert_allclose(h.predict([0.0, 0.0, 0.0]), LINEAR_B)
+    # each attribute of the dict reaches the session, which runs on the CPU only (the
+    # format's runtime, as a plug-in's caller sees it)
+    runtime = get_format("onnx").load(
+        onnx_linear().SerializeToString(), embedml.FormatOptions(session_options=opts)
+    )
+    got = runtime.session.get_session_options()  # type: ignore[attr-defined]
+    assert (got.intra_op_num_threads, got.inter_op_num_threads, got.enable_cpu_mem_arena) == (1, 1, False)
+    assert runtime.session.get_providers() == ["CPUExecutionProvider"]  # type: ignore[attr-defined]
     with pytest.raises(embedml.UnsupportedFormatError, match="no_such_option"):
         store.load("linear", session_options={"no_such_option": 1})
 
@@ -220,7 +234,22 @@ def test_torchscript_results_equal_raw_module(store):
         assert h.format == "torchscript"
         np.testing.assert_allclose(h.predict_batch(X), torch_reference(X), rtol=1e-6)
         np.testing.assert_allclose(h.predict(X[5]), torch_reference(X[5:6])[0], rtol=1e-6)
-        assert not h._pipe.runtime.module.training  # eval() mode
+
+
+def test_torchscript_runs_in_eval_mode(store):
+    """A module saved in training mode runs in eval mode: its dropout is off, so results
+    are the eval-mode module's, every time."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.Dropout(0.5)).train()
+    store.save("dropout", torch.jit.script(net))
+    X = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    with torch.inference_mode():
+        expected = net.eval()(torch.from_numpy(X)).numpy()
+    with store.load("dropout") as h:
+        for _ in range(3):  # in training mode, about half the 512 outputs would be zeroed
+            np.testing.assert_allclose(h.predict_batch(X), expected, rtol=1e-6)
 
 
 def test_torch_export_results_equal_raw_module(store):
