@@ -18,6 +18,8 @@ from embedml.formats.pickle import JoblibFormat
 
 # Events that Blocking models wait on, by tag (the loaded copy is another object).
 EVENTS: dict[str, threading.Event] = {}
+# Events that Blocking models set as a call enters them (it is in flight), by tag.
+STARTED: dict[str, threading.Event] = {}
 # FakeClocks that Ticking models move, by tag.
 CLOCKS: dict[str, Any] = {}
 # Runtimes of the tracked format that were closed, by the artifact's tag.
@@ -42,6 +44,7 @@ class Blocking(Affine):
         self.tag = tag
 
     def predict(self, X: Any) -> Any:
+        STARTED.setdefault(self.tag, threading.Event()).set()
         EVENTS.setdefault(self.tag, threading.Event()).wait()
         return super().predict(X)
 

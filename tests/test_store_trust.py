@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -23,6 +24,7 @@ import pytest
 import embedml
 from embedml.cli import main
 from embedml.store.manifest import MANIFEST_FILE
+from embedml.store.safe_io import locked
 from embedml.store.signing import SIGNATURE_FILE
 from helpers_models import dataset, sk_logreg
 
@@ -156,11 +158,23 @@ def test_follow_and_swap_resolve_through_the_record(store):
         assert h.version == "1"
         h.predict_batch(X[:2])
     (store.root / "m" / "aliases.json").write_text(json.dumps({"production": "1"}))
-    with store.load("m", "@production", follow=True, poll_s=3600, **SIGNED) as h:
+    with store.load("m", "@production", follow=True, poll_s=0.01, **SIGNED) as h:
         (store.root / "m" / "aliases.json").write_text(json.dumps({"production": "3"}))
-        h._follower._poll(h)  # one poll, now (the thread would do it every poll_s)
-        assert h.version == "1" and h._follower.errors == 1
-        assert "signed store record" in h._follower.last_error
+        follower = h.follower
+        assert follower is not None
+        _wait_for(lambda: follower.errors > 0, "the follower's next poll")
+        assert follower.stop(timeout=30)  # no poll after the one that failed
+        assert h.version == "1" and follower.swaps == 0
+        assert "signed store record" in (follower.last_error or "")
+
+
+def _wait_for(cond, what: str, timeout: float = 60.0) -> None:
+    """Poll ``cond`` (a liveness bound, not a speed check: the machine is shared)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
 
 
 def test_unsigned_store_needs_migration_and_sign_store_migrates_it(store):
@@ -482,7 +496,7 @@ def test_a_child_forked_while_another_thread_holds_a_store_lock_does_not_keep_it
     holding, release = threading.Event(), threading.Event()
 
     def reader() -> None:  # what a follower thread does during a signed resolution
-        with store._reading("m"):
+        with locked(store.root / "m" / ".lock", shared=True):
             holding.set()
             release.wait(60)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import embedml
-from helpers_rollout import CLOSED, EVENTS, Affine, Blocking
+from helpers_rollout import CLOSED, EVENTS, STARTED, Affine, Blocking
 
 K = {"1": 1.0, "2": -2.0, "3": 3.0}
 
@@ -20,15 +20,6 @@ def affine(store):
     for version, k in K.items():
         store.save("m", Affine(k), version=version, format="tracked")
     return store
-
-
-def _wait_for(cond, what: str, timeout: float = 60.0) -> None:
-    """Poll ``cond`` (a liveness bound, not a speed check: the machine is shared)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def test_swap_under_load_loses_no_request_and_returns_no_wrong_result(affine):
@@ -94,13 +85,14 @@ def test_swap_under_load_loses_no_request_and_returns_no_wrong_result(affine):
 def test_calls_in_flight_finish_on_the_old_version_and_it_closes_after(store):
     CLOSED.clear()
     EVENTS["slow-1"] = threading.Event()
+    STARTED["slow-1"] = threading.Event()
     store.save("b", Blocking(1.0, "slow-1"), version="1", format="tracked")
     store.save("b", Affine(5.0), version="2", format="tracked")
     h = store.load("b", "1")
     old = []
     t = threading.Thread(target=lambda: old.append(h.predict([1.0, 2.0], details=True)))
     t.start()
-    _wait_for(lambda: h._pipe._uses == 2, "the call to be in flight")
+    assert STARTED["slow-1"].wait(60)  # the call is in version 1's model
     assert h.swap("2", warmup=[1.0, 1.0]) == "2"
     # New calls go to version 2 at once, while the old call is still running on version 1.
     assert h.predict([1.0, 2.0], details=True).version == "2"
@@ -136,9 +128,11 @@ def test_failed_warmup_keeps_the_old_version_serving(store):
 
 def test_swap_to_the_same_version_is_a_no_op_and_closed_handles_refuse(affine):
     h = affine.load("m", "2")
-    pipe = h._pipe
-    assert h.swap("2") == "2" and h._pipe is pipe
+    CLOSED.clear()
+    assert h.swap("2") == "2"
+    assert CLOSED == []  # version 2's runtime kept, not loaded again (and the first closed)
     assert h.swap("latest") == "3"
+    assert CLOSED == ["-2.0"]  # a real swap closes the runtime it replaced
     h.close()
     with pytest.raises(embedml.HandleClosedError):
         h.swap("1")
