@@ -214,6 +214,25 @@ def test_jsonl_rotation(lr, iris_like, tmp_path):
     assert current == (kept[len(kept) - len(current) :] if current else [])
 
 
+def test_jsonl_rotation_cuts_a_large_write_batch(lr, iris_like, tmp_path):
+    # Regression: a sink catching up wrote its whole batch into one file (128 kB files
+    # with rotate_bytes=20 kB in test_fork); each file now ends within one line of the size.
+    X, _ = iris_like
+    path = tmp_path / "big.jsonl"
+    records = []
+    h = lr.load("lr", hooks=[CallableSink(records.append, policy="block")])
+    ids = [h.predict(x, details=True).request_id for x in X[:120]]
+    h.close()
+    sink = JsonlSink(path, rotate_bytes=3000, keep=100)
+    sink.write(records)  # one write batch of 120 records
+    sink.close()
+    rotated = list(tmp_path.glob("big.jsonl.*"))
+    assert len(rotated) >= 5
+    for p in rotated:
+        assert 3000 <= p.stat().st_size < 3000 + 400
+    assert [r["request_id"] for r in read_jsonl(path)] == ids
+
+
 def test_sampling(lr, iris_like):
     X, _ = iris_like
     sink = CallableSink(lambda r: None, sample=0.3)

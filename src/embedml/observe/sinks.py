@@ -35,6 +35,8 @@ class JsonlSink(Sink):
 
     ``rotate_bytes``: when the file reaches this size it is renamed ``path.1`` (older ones
     shift to ``path.2`` ...) and a new file is started; ``keep`` rotated files are kept.
+    A write batch is cut where the file reaches the size, so a file holds at most
+    ``rotate_bytes`` plus one line, however many records the sink writes at once.
     The file is flushed after every write batch, on :meth:`close` and at interpreter exit.
     Each line is :meth:`PredictionRecord.to_dict` encoded by pydantic-core's encoder
     (:func:`~embedml.observe.records.encode_json`: about 0.05 µs per number, a tenth of
@@ -47,7 +49,7 @@ class JsonlSink(Sink):
     :class:`ConfigurationError` for invalid options.
 
     Several processes may append to the same path (a sink created before ``os.fork()``
-    keeps working in every child): each write batch is one ``write()`` of whole lines to
+    keeps working in every child): each piece of a write batch is one ``write()`` of whole lines to
     a file opened with ``O_APPEND``, so lines of different processes never interleave, and
     rotation is done by one process at a time (``flock``); a process whose file another
     one rotated writes at most one more batch there, then follows to the new file.
@@ -83,26 +85,51 @@ class JsonlSink(Sink):
 
     def write(self, records: list[PredictionRecord]) -> None:
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Unbuffered: a batch is one write() of whole lines (see the class docstring),
-            # and a forked child inherits no half-written buffer of the parent's.
-            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held open
-            if not _ends_with_newline(self.path):
-                # A process killed mid-write left a torn last line: end it, or the first
-                # record appended now would be glued to it and lost with it.
-                _write_all(self._file, b"\n")
+            self._open()
         if self.arrays == "list":
             prepare_json(records)  # the lists of a whole batch at once (see there)
-        data = b"".join([json_bytes(self.record_dict(r, self.arrays)) + b"\n" for r in records])
-        try:
-            _write_all(self._file, data)
-        except OSError:
-            # Disk full, file gone...: drop the file object and what its buffer holds
-            # (these records are counted as errors), and reopen on the next write.
-            self._discard_file()
-            raise
-        if self.rotate_bytes is not None and self._file.tell() >= self.rotate_bytes:
-            self._rotate()
+        lines = [json_bytes(self.record_dict(r, self.arrays)) + b"\n" for r in records]
+        for chunk in self._chunks(lines):
+            if self._file is None:  # rotated after the previous chunk
+                self._open()
+            try:
+                _write_all(self._file, chunk)
+            except OSError:
+                # Disk full, file gone...: drop the file object and what its buffer holds
+                # (these records are counted as errors), and reopen on the next write.
+                self._discard_file()
+                raise
+            if self.rotate_bytes is not None and self._file.tell() >= self.rotate_bytes:
+                self._rotate()
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Unbuffered: a chunk is one write() of whole lines (see the class docstring),
+        # and a forked child inherits no half-written buffer of the parent's.
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held open
+        if not _ends_with_newline(self.path):
+            # A process killed mid-write left a torn last line: end it, or the first
+            # record appended now would be glued to it and lost with it.
+            _write_all(self._file, b"\n")
+
+    def _chunks(self, lines: list[bytes]) -> Iterator[bytes]:
+        """The lines of a write batch, cut where the file reaches ``rotate_bytes``.
+
+        A large batch (a sink catching up after a burst) would otherwise make one file
+        many times ``rotate_bytes``.
+        """
+        if self.rotate_bytes is None:
+            yield b"".join(lines)
+            return
+        room = self.rotate_bytes - self._file.tell()
+        start = 0
+        for i, line in enumerate(lines):
+            room -= len(line)
+            if room <= 0:
+                yield b"".join(lines[start : i + 1])
+                start, room = i + 1, self.rotate_bytes
+        if start < len(lines):
+            yield b"".join(lines[start:])
 
     def _rotate(self) -> None:
         file, self._file = self._file, None
