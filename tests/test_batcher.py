@@ -152,7 +152,10 @@ def test_asyncio_a_full_batch_ends_the_window():
 
     got = asyncio.run(main())
     assert [outcome for outcome, _ in got] == [10 * p for p in range(8)]
-    assert gate.batches == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert gate.batches[0] == [0, 1, 2, 3]  # the full batch ran without its 60 s window
+    # calls 4-7 may queue while the worker runs that batch: queued behind a busy batcher,
+    # their batch is due at once, so they may run as one batch or several (in order)
+    assert sum(gate.batches[1:], []) == [4, 5, 6, 7]
     assert b.stats().inline_batches == 0
     assert b.close() and b.join(30)
 
