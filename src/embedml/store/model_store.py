@@ -103,6 +103,7 @@ _ALIASES = "aliases.json"
 _HISTORY = "history.jsonl"
 _LOCK = ".lock"
 _MOVES = ("set_alias", "promote")
+_ANY = object()  # _move_alias(expected=_ANY): whatever the alias points at
 log = logging.getLogger("embedml.store")
 _CHUNK = 1 << 20
 # The model lock files each thread holds (by path, whatever Store object took them):
@@ -213,6 +214,61 @@ def check_import(name: str, manifest_bytes: bytes, files: Mapping[str, bytes]) -
         if hashlib.sha256(files[filename]).hexdigest() != digest:
             raise IntegrityError(f"{name}@{manifest.version}: {filename} does not match its SHA-256")
     return manifest
+
+
+def _require_key(signing_key: str | bytes | None, what: str) -> bytes:
+    """The signing key (argument or ``$EMBEDML_SIGNING_KEY``) that ``what`` needs; raises
+    :class:`ConfigurationError` when there is none."""
+    key = resolve_key(signing_key)
+    if key is None:
+        raise ConfigurationError(f"{what} needs a key: pass signing_key= or set ${KEY_ENV}")
+    return key
+
+
+def _check_manifest(manifest: Manifest, path: Any, name: str, version: str) -> Manifest:
+    """``manifest`` (read from ``path``) once it describes ``name``@``version`` and names
+    its artifact as a plain file name; raises :class:`IntegrityError`."""
+    if manifest.name != name or V.canonical_version(manifest.version) != V.canonical_version(
+        version
+    ):
+        raise IntegrityError(
+            f"{path} describes {manifest.name}@{manifest.version}, not {name}@{version}"
+        )
+    artifact = Path(manifest.artifact)
+    if artifact.name != manifest.artifact or artifact.name in ("", ".", "..", MANIFEST_FILE):
+        raise IntegrityError(
+            f"{path}: artifact {manifest.artifact!r} must be a file name inside the version folder"
+        )
+    return manifest
+
+
+def _version_not_found(
+    name: str, spec: str, existing: list[str], aliases: Mapping[str, str]
+) -> VersionNotFoundError:
+    alias_text = ", ".join(f"@{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
+    return VersionNotFoundError(
+        f"no version of {name!r} matches {spec!r}; versions: {', '.join(existing) or 'none'}; "
+        f"aliases: {alias_text}"
+    )
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """What :meth:`Store.verify` reads of one model, however the store keeps it."""
+
+    versions: dict[Version, str]  # each version found, as it was spelled at save
+    open: Callable[[str], ModelVersion]  # a listed version, its manifest read
+    aliases: Callable[[], dict[str, str]]  # raises EmbedMLError for unreadable metadata
+
+
+def _alias_moved(
+    name: str, alias: str, expected: str | None, found: str | None, target: ModelVersion
+) -> AliasMovedError:
+    return AliasMovedError(
+        f"{name}@{alias} moved from {expected or 'nothing'} to {found or 'nothing'} "
+        f"meanwhile; not moving it to {target.version}",
+        expected=expected, found=found,
+    )  # fmt: skip
 
 
 def _same_version(a: str | None, b: str | None) -> bool:
@@ -371,6 +427,9 @@ class Store:
     #: declared with ``remote=True`` (:class:`embedml.store.remote_store.RemoteStore`).
     _remote_class: type[Store] | None = None
     _is_remote = False
+    #: Where aliases are kept and the history of a model, as errors and reports name them.
+    _aliases_kept_in = _ALIASES
+    _history_kept_in = _HISTORY
 
     def __init_subclass__(cls, remote: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -446,9 +505,7 @@ class Store:
         model_dir = self._model_dir(name)
         found = self._versions(model_dir)
         if not found:
-            raise ModelNotFoundError(
-                f"no model {name!r} in {self.root}; models: {self.models() or 'none'}"
-            )
+            raise self._no_model(name)
         return [self._spelling(model_dir, v) for v in found]
 
     @staticmethod
@@ -499,17 +556,7 @@ class Store:
             text = read_metadata(path)
         except FileNotFoundError:
             raise self._not_found(name, version) from None
-        manifest = Manifest.from_json(text, where=str(path))
-        if manifest.name != name or V.canonical_version(manifest.version) != version:
-            raise IntegrityError(
-                f"{path} describes {manifest.name}@{manifest.version}, not {name}@{version}"
-            )
-        artifact = Path(manifest.artifact)
-        if artifact.name != manifest.artifact or artifact.name in ("", ".", "..", MANIFEST_FILE):
-            raise IntegrityError(
-                f"{path}: artifact {manifest.artifact!r} must be a file name inside the version folder"
-            )
-        return manifest, text
+        return _check_manifest(Manifest.from_json(text, where=str(path)), path, name, version), text
 
     def resolve(
         self,
@@ -536,9 +583,7 @@ class Store:
             return self._resolve_signed(name, parsed, signing_key)
         existing = self._versions(self._model_dir(name))
         if not existing:
-            raise ModelNotFoundError(
-                f"no model {name!r} in {self.root}; models: {self.models() or 'none'}"
-            )
+            raise self._no_model(name)
         if parsed.alias is not None:
             target = self.aliases(name).get(parsed.alias)
             if target is None:
@@ -554,31 +599,25 @@ class Store:
         return ModelVersion(name, manifest.version, self._version_dir(name, folder), manifest)
 
     def _resolve_signed(self, name: str, parsed: V.Spec, signing_key: str | bytes | None) -> ModelVersion:
-        key = resolve_key(signing_key)
-        if key is None:
-            raise ConfigurationError(
-                f"require_signature=True needs a key: pass signing_key= or set ${KEY_ENV}"
-            )
+        key = _require_key(signing_key, "require_signature=True")
         model_dir = self._model_dir(name)
         with self._reading(name):  # no alias move or delete half done while we look
             record = self._read_record(key)
             if record is None:
                 # the version's own signature first: "not signed" says more than "no record"
                 self._signed_manifest(self.resolve(name, parsed.text), key)
-                raise missing_record(str(self.root / RECORD_FILE))
+                raise missing_record(self._record_location)
             signed = record.models.get(name, ModelRecord())
             on_disk = self._versions(model_dir)
             recorded = {V.parse_version(v): digest for v, digest in signed.versions.items()}
             if not on_disk and not recorded:
-                raise ModelNotFoundError(
-                    f"no model {name!r} in {self.root}; models: {self.models() or 'none'}"
-                )
+                raise self._no_model(name)
             if parsed.alias is not None:
                 target = self.aliases(name).get(parsed.alias)
                 expected = signed.aliases.get(parsed.alias)
                 if not _same_version(target, expected):
                     raise SignatureError(
-                        f"{name}@{parsed.alias}: aliases.json points it at {target or 'nothing'}, "
+                        f"{name}@{parsed.alias}: {self._aliases_kept_in} points it at {target or 'nothing'}, "
                         f"the signed store record at {expected or 'nothing'}; it was moved without "
                         "the key (or a move was interrupted): move it again with signing_key="
                     )
@@ -610,6 +649,13 @@ class Store:
                 )
         return mv
 
+    def _no_model(self, name: str) -> ModelNotFoundError:
+        try:
+            models = self.models()
+        except EmbedMLError:
+            models = []
+        return ModelNotFoundError(f"no model {name!r} in {self.root}; models: {models or 'none'}")
+
     def _missing(self, name: str, version: Version) -> SignatureError:
         return SignatureError(
             f"{name}@{version} is in the signed store record but missing from the store "
@@ -619,11 +665,7 @@ class Store:
     def _not_found(self, name: str, spec: str) -> VersionNotFoundError:
         model_dir = self._model_dir(name)
         existing = [self._spelling(model_dir, v) for v in self._versions(model_dir)]
-        aliases = self.aliases(name)
-        alias_text = ", ".join(f"@{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
-        return VersionNotFoundError(
-            f"no version of {name!r} matches {spec!r}; versions: {', '.join(existing) or 'none'}; aliases: {alias_text}"
-        )
+        return _version_not_found(name, spec, existing, self.aliases(name))
 
     # -- saving
     def save(
@@ -853,20 +895,31 @@ class Store:
         Raises :class:`SignatureError` (wrong key, tampered, another store's, replayed) or
         :class:`IntegrityError` (a symlink, not a regular file).
         """
-        path = self.root / RECORD_FILE
         try:
-            raw = read_metadata(path)
+            raw = read_metadata(self.root / RECORD_FILE)
         except FileNotFoundError:
             return None
-        record = parse_record(raw, key, str(path))
+        return self._checked_record(raw, key)
+
+    @property
+    def _record_location(self) -> str:
+        """Where the signed store record lives, as errors and reports name it."""
+        return str(self.root / RECORD_FILE)
+
+    def _checked_record(self, data: bytes, key: bytes) -> StoreRecord:
+        """The record in ``data`` once it is signed with ``key``, names this store (when its
+        id is pinned) and is not older than one this object verified before; raises
+        :class:`SignatureError` / :class:`IntegrityError`."""
+        where = self._record_location
+        record = parse_record(data, key, where)
         if self.store_id is not None and record.store_id != self.store_id:
             raise SignatureError(
-                f"{path} is the record of store {record.store_id!r}, not of {self.store_id!r} "
+                f"{where} is the record of store {record.store_id!r}, not of {self.store_id!r} "
                 "(copied from another store signed with the same key?); refusing it"
             )
         if record.generation < self._generation:
             raise SignatureError(
-                f"{path} has generation {record.generation}, older than generation "
+                f"{where} has generation {record.generation}, older than generation "
                 f"{self._generation} already verified by this store object: an older record "
                 "was put back; refusing it"
             )
@@ -908,15 +961,18 @@ class Store:
 
     def _move_alias(
         self, name: str, alias: str, target: ModelVersion, action: str, who: str | None,
-        key: bytes | None, **extra: Any,
+        key: bytes | None, *, expected: Any = _ANY, **extra: Any,
     ) -> None:
-        """Point ``alias`` at ``target`` and record the move (caller holds the lock).
+        """Point ``alias`` at ``target`` (only if it still points at ``expected``, when
+        given) and record the move (caller holds the lock).
 
         With a key the target's manifest signature is checked and the move is signed into
         the store record first (then ``aliases.json``, then the history).
         """
         aliases = self.aliases(name)
         previous = aliases.get(alias)
+        if expected is not _ANY and not _same_version(previous, expected):
+            raise _alias_moved(name, alias, expected, previous, target)
         if key is not None:
             digest = manifest_digest(self._signed_manifest(target, key))
 
@@ -1022,8 +1078,7 @@ class Store:
         key = resolve_key(signing_key)
         target = self.resolve(name, V.canonical_version(version))
         previous = self.aliases(name).get(alias)
-        gate_entry: dict[str, Any] | None = None
-        extra: dict[str, Any] = {}
+        gate_entry = None
         if gate is not None:
             gate_entry = {
                 "action": "gate", "alias": alias, "from": previous, "to": target.version,
@@ -1032,16 +1087,34 @@ class Store:
             try:
                 scores = gate.evaluate(self, target, previous)
             except GateFailedError as exc:
-                with self._lock(name):
-                    self._append_history(name, {**gate_entry, "passed": False, "scores": exc.scores})
+                self._log_gate(name, {**gate_entry, "passed": False, "scores": exc.scores})
                 raise
             gate_entry.update(passed=True, scores=scores)
-            extra = {"gate": scores}
+        return self._promote_move(name, alias, target, previous, gate_entry, who, key)
+
+    def _log_gate(self, name: str, entry: dict[str, Any]) -> None:
+        """Records a gate's outcome in the history."""
+        with self._lock(name):
+            self._append_history(name, entry)
+
+    def _promote_move(
+        self,
+        name: str,
+        alias: str,
+        target: ModelVersion,
+        previous: str | None,
+        gate_entry: dict[str, Any] | None,
+        who: str | None,
+        key: bytes | None,
+    ) -> ModelVersion:
+        """The end of :meth:`promote`: records the passed gate and moves the alias, if it
+        still points at ``previous`` when a gate ran. Returns the version promoted."""
+        extra = {"gate": gate_entry["scores"]} if gate_entry is not None else {}
         with self._lock(name):
             if gate_entry is not None:
                 self._append_history(name, gate_entry)
             now = self.aliases(name).get(alias)
-            if gate is not None and not _same_version(now, previous):
+            if gate_entry is not None and not _same_version(now, previous):
                 raise AliasMovedError(
                     f"{name}@{alias} moved from {previous or 'nothing'} to {now or 'nothing'} "
                     f"while the gate scored {target}; not promoting it (promote again to "
@@ -1082,7 +1155,7 @@ class Store:
                 signed = record.models.get(name, ModelRecord())
                 if not _same_version(signed.aliases.get(alias), current):
                     raise SignatureError(
-                        f"{name}@{alias}: aliases.json points it at {current or 'nothing'}, the "
+                        f"{name}@{alias}: {self._aliases_kept_in} points it at {current or 'nothing'}, the "
                         f"signed store record at {signed.aliases.get(alias) or 'nothing'}; not "
                         "rolling back from a state the key did not sign"
                     )
@@ -1098,7 +1171,7 @@ class Store:
                     if before is None:
                         break
                     target = self.resolve(name, before)
-                    self._move_alias(name, alias, target, "rollback", who, key)
+                    self._move_alias(name, alias, target, "rollback", who, key, expected=current)
                     return target
             raise StoreError(f"the history of {name}@{alias} has no earlier version to roll back to")
 
@@ -1234,9 +1307,7 @@ class Store:
         (for example with :meth:`verify`). Raises :class:`ConfigurationError` without a key,
         :class:`SignatureError` when the store record is signed with another key.
         """
-        key = resolve_key(signing_key)
-        if key is None:
-            raise ConfigurationError(f"sign() needs a key: pass signing_key= or set ${KEY_ENV}")
+        key = _require_key(signing_key, "sign()")
         with self._lock(name):
             mv = self.resolve(name, V.canonical_version(version))
             path = mv.path / MANIFEST_FILE
@@ -1244,9 +1315,13 @@ class Store:
             if Manifest.from_json(data, where=str(path)) != mv.manifest:
                 raise IntegrityError(f"{mv}: the manifest changed while it was being signed")
             self._read_record(key)  # refuse a record of another key before writing anything
-            write_atomic(mv.path / SIGNATURE_FILE, signature_document(data, key))
+            self._write_signature(mv, signature_document(data, key))
             self._update_record(key, functools.partial(_record_version, name, mv.version, data))
         return mv.path / SIGNATURE_FILE
+
+    def _write_signature(self, mv: ModelVersion, document: bytes) -> None:
+        """Stores ``manifest.sig`` of ``mv`` (replacing one that is there)."""
+        write_atomic(mv.path / SIGNATURE_FILE, document)
 
     def sign_store(self, *, signing_key: str | bytes | None = None) -> dict[str, str | None]:
         """Write the signed store record from what the store holds now (the migration of a
@@ -1259,31 +1334,39 @@ class Store:
         Run :meth:`verify` first: this vouches for the store as it is. Raises
         :class:`ConfigurationError` without a key.
         """
-        key = resolve_key(signing_key)
-        if key is None:
-            raise ConfigurationError(f"sign_store() needs a key: pass signing_key= or set ${KEY_ENV}")
+        key = _require_key(signing_key, "sign_store()")
         report: dict[str, str | None] = {}
-        with contextlib.ExitStack() as stack:
-            models = self.models()
-            for model in models:  # sorted: one order for every caller, so no deadlock
-                stack.enter_context(self._lock(model))
-            stack.enter_context(locked(self.root / _LOCK))
+        models = self.models()
+        with self._holding_all(models):
             try:
                 old = self._read_record(key)
             except IntegrityError:
                 old = None
             record = StoreRecord.new(self.store_id or (old.store_id if old else None))
-            record.generation = max(self._generation, old.generation if old else 0)
             for model in models:
                 self._record_model(model, record.model(model), key, report)
             for model, signed in (old.models.items() if old else ()):
                 for version in signed.versions:
                     if record.model(model).digest_of(version) is None and f"{model}@{version}" not in report:
                         report[f"{model}@{version}"] = "in the old store record but missing from the store: dropped"
-            record.generation += 1
-            write_atomic(self.root / RECORD_FILE, record.to_bytes(key))
-            self._generation = max(self._generation, record.generation)
+            self._replace_record(key, record, old)
         return report
+
+    @contextlib.contextmanager
+    def _holding_all(self, models: list[str]) -> Iterator[None]:
+        """The locks of ``models`` (sorted: one order for every caller, so no deadlock)
+        and of the store record."""
+        with contextlib.ExitStack() as stack:
+            for model in models:
+                stack.enter_context(self._lock(model))
+            stack.enter_context(locked(self.root / _LOCK))
+            yield
+
+    def _replace_record(self, key: bytes, record: StoreRecord, old: StoreRecord | None) -> None:
+        """Writes ``record`` in place of ``old`` (caller holds :meth:`_holding_all`)."""
+        record.generation = max(self._generation, old.generation if old else 0) + 1
+        write_atomic(self.root / RECORD_FILE, record.to_bytes(key))
+        self._generation = max(self._generation, record.generation)
 
     def _record_model(self, model: str, signed: ModelRecord, key: bytes, report: dict[str, str | None]) -> None:
         for version in self.versions(model):
@@ -1400,11 +1483,11 @@ class Store:
         / ``"(store record)"``; a problem in one place never stops the audit of the rest.
         Aliases and metadata files appear only when something is wrong with them.
         """
-        key = resolve_key(signing_key)
-        if key is None and require_signature:
-            raise ConfigurationError(
-                f"require_signature=True needs a key: pass signing_key= or set ${KEY_ENV}"
-            )
+        key = (
+            _require_key(signing_key, "require_signature=True")
+            if require_signature
+            else resolve_key(signing_key)
+        )
         report: dict[str, str | None] = {}
         callables = tuple(trusted_callables) if restricted else None  # None: not audited
         record: StoreRecord | None = None
@@ -1412,7 +1495,7 @@ class Store:
             try:
                 record = self._read_record(key)
                 if record is None and require_signature:
-                    report["(store record)"] = str(missing_record(str(self.root / RECORD_FILE)))
+                    report["(store record)"] = str(missing_record(self._record_location))
             except IntegrityError as exc:
                 report["(store record)"] = str(exc)
         models = [name] if name else sorted(set(self.models()) | set(record.models if record else ()))
@@ -1431,13 +1514,13 @@ class Store:
         trusted_callables: tuple[Any, ...] | None = None,
     ) -> None:
         recorded = {V.parse_version(v): v for v in signed.versions} if signed else {}
-        model_dir = self._model_dir(model)
-        on_disk = self._versions(model_dir)
-        for parsed in on_disk:
-            version = self._spelling(model_dir, parsed)
+        listing = self._listing(model, key, report)
+        if listing is None:
+            return
+        for version in listing.versions.values():
             label = f"{model}@{version}"
             try:
-                mv = self.resolve(model, version)
+                mv = listing.open(version)
                 if key is not None:
                     data = read_metadata(mv.path / MANIFEST_FILE)
                     verify_signature(mv.path, data, key, required=require_signature, label=label)
@@ -1462,28 +1545,38 @@ class Store:
             except EmbedMLError as exc:
                 report[label] = str(exc)
         for parsed, spelling in recorded.items():
-            if parsed not in on_disk:
+            if parsed not in listing.versions:
                 report[f"{model}@{spelling}"] = (
                     "listed in the signed store record but missing from the store "
                     "(deleted or hidden without the key)"
                 )
         try:
-            aliases: dict[str, str] | None = self.aliases(model)
+            aliases: dict[str, str] | None = listing.aliases()
         except EmbedMLError as exc:
-            report[f"{model}/{_ALIASES}"] = str(exc)
+            report[f"{model}/{self._aliases_kept_in}"] = str(exc)
             aliases = None
         if signed is not None and aliases is not None:
             for alias in sorted(set(aliases) | set(signed.aliases)):
                 target, expected = aliases.get(alias), signed.aliases.get(alias)
                 if not _same_version(target, expected) and (expected is not None or require_signature):
                     report[f"{model}@{alias}"] = (
-                        f"aliases.json points @{alias} at {target or 'nothing'}, the signed "
-                        f"store record at {expected or 'nothing'} (moved without the key?)"
+                        f"{self._aliases_kept_in} points @{alias} at {target or 'nothing'}, the "
+                        f"signed store record at {expected or 'nothing'} (moved without the key?)"
                     )
         try:
             self.history(model)
         except EmbedMLError as exc:
-            report[f"{model}/{_HISTORY}"] = str(exc)
+            report[f"{model}/{self._history_kept_in}"] = str(exc)
+
+    def _listing(self, model: str, key: bytes | None, report: dict[str, str | None]) -> _Listing | None:
+        """What :meth:`verify` checks of ``model`` (``None``, reported, when it cannot be
+        listed at all)."""
+        model_dir = self._model_dir(model)
+        return _Listing(
+            versions={v: self._spelling(model_dir, v) for v in self._versions(model_dir)},
+            open=lambda version: self.resolve(model, version),
+            aliases=lambda: self.aliases(model),
+        )
 
 
 #: The name this class had before :mod:`embedml.serving.load` added loading to it.

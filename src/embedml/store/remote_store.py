@@ -37,20 +37,17 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from packaging.version import Version
 
 from ..errors import (
-    AliasMovedError,
     CacheMissError,
     ConfigurationError,
     EmbedMLError,
-    GateFailedError,
     IntegrityError,
-    ModelNotFoundError,
     NotAStoreError,
     ObjectExistsError,
     ObjectNotFoundError,
@@ -65,16 +62,18 @@ from .local_cache import LocalCache
 from .manifest import (
     MANIFEST_FILE,
     Manifest,
-    import_paths_error,
-    method_problem,
-    refused_import_paths,
 )
 from .model_store import (
+    _ANY,
     _MOVES,
     ModelVersion,
-    PromotionGate,
     Store,
+    _alias_moved,
+    _check_manifest,
+    _Listing,
+    _require_key,
     _same_version,
+    _version_not_found,
     check_import,
     current_user,
 )
@@ -86,7 +85,6 @@ from .record import (
     check_store_id,
     manifest_digest,
     missing_record,
-    parse_record,
 )
 from .remote_layout import (
     MARKER,
@@ -100,7 +98,7 @@ from .remote_layout import (
     version_key,
 )
 from .safe_io import read_metadata, write_atomic
-from .signing import KEY_ENV, SIGNATURE_FILE, resolve_key, signature_document, verify_signature
+from .signing import SIGNATURE_FILE, resolve_key, signature_document, verify_signature
 
 __all__ = ["MARKER_KEY", "RemoteStore"]
 
@@ -110,7 +108,6 @@ log = logging.getLogger("embedml.store")
 # progress, so this is only reached under extreme contention).
 _MAX_ROUNDS = 1000
 _HISTORY_ACTIONS = ("set_alias", "promote", "rollback", "remove_alias", "gate")
-_ANY = object()
 
 
 class RemoteStore(Store, remote=True):
@@ -131,6 +128,9 @@ class RemoteStore(Store, remote=True):
     embedml store, and the :class:`~embedml.errors.RemoteStoreError` family (naming the URL
     and operation) when the store cannot be reached or refuses the credentials.
     """
+
+    _aliases_kept_in = "the store's index"
+    _history_kept_in = "log"
 
     def __init__(
         self,
@@ -364,22 +364,12 @@ class RemoteStore(Store, remote=True):
         """The aliases of ``name`` and the versions they point to (read from the store)."""
         return dict(self._index(name).aliases)
 
-    def _no_model(self, name: str) -> ModelNotFoundError:
-        try:
-            models = self.models()
-        except EmbedMLError:
-            models = []
-        return ModelNotFoundError(f"no model {name!r} in {self.url}; models: {models or 'none'}")
-
     def _not_found(
         self, name: str, spec: str, index: ModelIndex | None = None
     ) -> VersionNotFoundError:  # type: ignore[override]
         index = index or self._index(name)
         existing = [index.spelling(v) for v in index.parsed()]
-        alias_text = ", ".join(f"@{a} -> {v}" for a, v in sorted(index.aliases.items())) or "none"
-        return VersionNotFoundError(
-            f"no version of {name!r} matches {spec!r}; versions: {', '.join(existing) or 'none'}; aliases: {alias_text}"  # type: ignore[arg-type]
-        )
+        return _version_not_found(name, spec, existing, index.aliases)  # type: ignore[arg-type]
 
     # -- versions: manifests in the cache
     def _folder(
@@ -448,14 +438,7 @@ class RemoteStore(Store, remote=True):
         manifest = Manifest.from_json(
             data, where=f"{self.url}/{version_key(name, folder.name, MANIFEST_FILE)}"
         )
-        if manifest.name != name or V.canonical_version(manifest.version) != folder.name:
-            raise IntegrityError(
-                f"{path} describes {manifest.name}@{manifest.version}, not {name}@{version}"
-            )
-        artifact = Path(manifest.artifact)
-        if artifact.name != manifest.artifact or artifact.name in ("", ".", "..", MANIFEST_FILE):
-            raise IntegrityError(f"{path}: artifact {manifest.artifact!r} must be a file name")
-        return manifest, data
+        return _check_manifest(manifest, path, name, version), data
 
     def _version(self, name: str, version: str, index: ModelIndex) -> ModelVersion:
         spelling = index.spelling(version)
@@ -501,16 +484,12 @@ class RemoteStore(Store, remote=True):
     def _resolve_signed(  # type: ignore[override]
         self, name: str, parsed: V.Spec, index: ModelIndex, signing_key: str | bytes | None
     ) -> ModelVersion:
-        key = resolve_key(signing_key)
-        if key is None:
-            raise ConfigurationError(
-                f"require_signature=True needs a key: pass signing_key= or set ${KEY_ENV}"
-            )
+        key = _require_key(signing_key, "require_signature=True")
         record = self._read_record(key)
         if record is None:
             if index.versions:
                 self._signed_manifest(self.resolve(name, parsed.text), key)
-            raise missing_record(f"{self.url}/{RECORD_FILE}")
+            raise missing_record(self._record_location)
         signed = record.models.get(name, ModelRecord())
         listed = index.parsed()
         recorded = {V.parse_version(v): digest for v, digest in signed.versions.items()}
@@ -671,9 +650,12 @@ class RemoteStore(Store, remote=True):
         self._commit(name, lambda _index: entry)
 
     # -- the signed store record (compare-and-swap)
+    @property
+    def _record_location(self) -> str:
+        return f"{self.url}/{RECORD_FILE}"
+
     def _fetch_record(self, key: bytes) -> tuple[StoreRecord | None, str | None]:
         cached = self._meta / RECORD_FILE
-        where = f"{self.url}/{RECORD_FILE}"
         if self.offline:
             try:
                 data, etag = read_metadata(cached), None
@@ -686,19 +668,7 @@ class RemoteStore(Store, remote=True):
             except ObjectNotFoundError:
                 return None, None
             data, etag = got.data, got.etag
-        record = parse_record(data, key, where)
-        if self.store_id is not None and record.store_id != self.store_id:
-            raise SignatureError(
-                f"{where} is the record of store {record.store_id!r}, not of {self.store_id!r} "
-                "(copied from another store signed with the same key?); refusing it"
-            )
-        if record.generation < self._generation:
-            raise SignatureError(
-                f"{where} has generation {record.generation}, older than generation "
-                f"{self._generation} already verified by this store object: an older record "
-                "was put back; refusing it"
-            )
-        self._generation = max(self._generation, record.generation)
+        record = self._checked_record(data, key)
         if not self.offline:
             with contextlib.suppress(OSError):
                 cached.parent.mkdir(parents=True, exist_ok=True)
@@ -754,11 +724,7 @@ class RemoteStore(Store, remote=True):
                 raise VersionNotFoundError(f"{target} was deleted; not moving @{alias} to it")
             previous = index.aliases.get(alias)
             if expected is not _ANY and not _same_version(previous, expected):
-                raise AliasMovedError(
-                    f"{name}@{alias} moved from {expected or 'nothing'} to {previous or 'nothing'} "
-                    f"meanwhile; not moving it to {target.version}",
-                    expected=expected, found=previous,
-                )  # fmt: skip
+                raise _alias_moved(name, alias, expected, previous, target)
             rollback = previous is not None and V.parse_version(target.version) < V.parse_version(
                 previous
             )
@@ -787,18 +753,6 @@ class RemoteStore(Store, remote=True):
             signed.aliases[alias] = target.version
 
         self._update_record(key, change)
-
-    def set_alias(
-        self, name: str, alias: str, version: str | int, *, who: str | None = None,
-        signing_key: str | bytes | None = None,
-    ) -> ModelVersion:  # fmt: skip
-        """As :meth:`Store.set_alias <embedml.store.Store.set_alias>`; the move is a
-        compare-and-swap of the index, so concurrent moves are all recorded, in order."""
-        alias = V.check_alias(alias)
-        key = resolve_key(signing_key)
-        target = self.resolve(name, V.canonical_version(version))
-        self._move_alias(name, alias, target, "set_alias", who, key)
-        return target
 
     def remove_alias(
         self,
@@ -835,78 +789,30 @@ class RemoteStore(Store, remote=True):
 
             self._update_record(key, change)
 
-    def promote(
+    def _log_gate(self, name: str, entry: dict[str, Any]) -> None:
+        self._commit(name, lambda _index: entry)
+
+    def _promote_move(
         self,
         name: str,
-        version: str | int,
-        alias: str = "production",
-        *,
-        gate: PromotionGate | None = None,
-        who: str | None = None,
-        signing_key: str | bytes | None = None,
+        alias: str,
+        target: ModelVersion,
+        previous: str | None,
+        gate_entry: dict[str, Any] | None,
+        who: str | None,
+        key: bytes | None,
     ) -> ModelVersion:
-        """As :meth:`Store.promote <embedml.store.Store.promote>`: the gate runs first, then
-        the alias moves only if it still points where it did (compare-and-swap)."""
-        alias = V.check_alias(alias)
-        key = resolve_key(signing_key)
-        target = self.resolve(name, V.canonical_version(version))
-        previous = self.aliases(name).get(alias)
-        extra: dict[str, Any] = {}
-        if gate is not None:
-            gate_entry = {
-                "action": "gate",
-                "alias": alias,
-                "from": previous,
-                "to": target.version,
-                "who": who or current_user(),
-            }
-            try:
-                scores = gate.evaluate(self, target, previous)
-            except GateFailedError as exc:
-                failed = {**gate_entry, "passed": False, "scores": exc.scores}
-                self._commit(name, lambda _i: failed)
-                raise
-            self._commit(name, lambda _i: {**gate_entry, "passed": True, "scores": scores})
-            extra = {"gate": scores}
+        """The gate ran first (outside any lock); the alias moves only if it still points
+        where it did (compare-and-swap)."""
+        if gate_entry is None:
+            self._move_alias(name, alias, target, "promote", who, key)
+            return target
+        self._commit(name, lambda _index: gate_entry)
         self._move_alias(
             name, alias, target, "promote", who, key,
-            expected=previous if gate is not None else _ANY, **extra,
+            expected=previous, gate=gate_entry["scores"],
         )  # fmt: skip
         return target
-
-    def rollback(
-        self, name: str, alias: str = "production", *, who: str | None = None,
-        signing_key: str | bytes | None = None,
-    ) -> ModelVersion:  # fmt: skip
-        """As :meth:`Store.rollback <embedml.store.Store.rollback>`; the move happens only
-        if the alias still points where it did when the earlier version was chosen."""
-        alias = V.check_alias(alias)
-        key = resolve_key(signing_key)
-        current = self.aliases(name).get(alias)
-        record = self._read_record(key) if key is not None else None
-        if record is not None:
-            signed = record.models.get(name, ModelRecord())
-            if not _same_version(signed.aliases.get(alias), current):
-                raise SignatureError(
-                    f"{name}@{alias}: the store's index points it at {current or 'nothing'}, the "
-                    f"signed store record at {signed.aliases.get(alias) or 'nothing'}; not "
-                    "rolling back from a state the key did not sign"
-                )
-            moves = [(before, to) for before, to in signed.moves.get(alias, [])]
-        else:
-            moves = [
-                (e.get("from"), e.get("to"))
-                for e in self.history(name, alias=alias)
-                if e["action"] in _MOVES
-            ]
-        for before, to in reversed(moves):
-            if to is not None and _same_version(to, current):
-                if before is None:
-                    break
-                target = self.resolve(name, before)
-                self._move_alias(name, alias, target, "rollback", who, key, expected=current)
-                return target
-        raise StoreError(f"the history of {name}@{alias} has no earlier version to roll back to")
 
     def history(self, name: str, *, alias: str | None = None) -> list[dict[str, Any]]:
         """As :meth:`Store.history <embedml.store.Store.history>`: the model's log up to
@@ -1021,164 +927,58 @@ class RemoteStore(Store, remote=True):
             self._update_record(key, lambda r: r.model(name).set_version(manifest.version, digest))
         return added
 
-    def sign(
-        self, name: str, version: str | int, *, signing_key: str | bytes | None = None
-    ) -> Path:
-        """Signs an existing version's manifest (``manifest.sig`` in the store) and records
-        it in the signed store record; returns the cached signature's path."""
-        key = resolve_key(signing_key)
-        if key is None:
-            raise ConfigurationError(f"sign() needs a key: pass signing_key= or set ${KEY_ENV}")
-        mv = self.resolve(name, V.canonical_version(version))
-        data = read_metadata(mv.path / MANIFEST_FILE)
-        self._read_record(key)  # refuse a record of another key before writing anything
-        sig_key = version_key(name, mv.path.name, SIGNATURE_FILE)
-        document = signature_document(data, key)
+    def _write_signature(self, mv: ModelVersion, document: bytes) -> None:
+        """``manifest.sig`` in the store (created, or replaced by compare-and-swap), then
+        its copy in the cache."""
+        sig_key = version_key(mv.name, mv.path.name, SIGNATURE_FILE)
         try:
             self.objects.put_new(sig_key, document)
         except ObjectExistsError:
             self.objects.put_if(sig_key, document, self.objects.get(sig_key).etag)
         write_atomic(mv.path / SIGNATURE_FILE, document)
-        self._update_record(
-            key, lambda r: r.model(name).set_version(mv.version, manifest_digest(data))
-        )
-        return mv.path / SIGNATURE_FILE
 
-    def sign_store(self, *, signing_key: str | bytes | None = None) -> dict[str, str | None]:
-        """As :meth:`Store.sign_store <embedml.store.Store.sign_store>`, written with a
-        compare-and-swap."""
-        key = resolve_key(signing_key)
-        if key is None:
-            raise ConfigurationError(
-                f"sign_store() needs a key: pass signing_key= or set ${KEY_ENV}"
-            )
-        report: dict[str, str | None] = {}
-        try:
-            old = self._read_record(key)
-        except IntegrityError:
-            old = None
-        record = StoreRecord.new(self.store_id or (old.store_id if old else None))
-        models = self.models()
-        for model in models:
-            index = self._index(model)
-            for version in self.versions(model):
-                with contextlib.suppress(EmbedMLError):
-                    self._folder(model, version, index.digest(version), refresh_signature=True)
-            self._record_model(model, record.model(model), key, report)
-        for model, signed in old.models.items() if old else ():
-            for version in signed.versions:
-                if (
-                    record.model(model).digest_of(version) is None
-                    and f"{model}@{version}" not in report
-                ):
-                    report[f"{model}@{version}"] = (
-                        "in the old store record but missing from the store: dropped"
-                    )
+    def _record_model(
+        self, model: str, signed: ModelRecord, key: bytes, report: dict[str, str | None]
+    ) -> None:
+        """As the folder store's, once the signatures in the cache are the store's."""
+        index = self._index(model)
+        for version in self.versions(model):
+            with contextlib.suppress(EmbedMLError):
+                self._folder(model, version, index.digest(version), refresh_signature=True)
+        super()._record_model(model, signed, key, report)
 
+    # -- no locks: every change is a conditional write
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        yield
+
+    @contextlib.contextmanager
+    def _holding_all(self, models: list[str]) -> Iterator[None]:
+        yield
+
+    def _replace_record(self, key: bytes, record: StoreRecord, old: StoreRecord | None) -> None:
         def replace(current: StoreRecord) -> None:
             current.store_id, current.models = record.store_id, record.models
 
         self._update_record(key, replace)
-        return report
 
-    def verify(
-        self,
-        name: str | None = None,
-        *,
-        signing_key: str | bytes | None = None,
-        require_signature: bool = False,
-        restricted: bool = False,
-        trusted_callables: list[Any] | tuple[Any, ...] = (),
-    ) -> dict[str, str | None]:
-        """As :meth:`Store.verify <embedml.store.Store.verify>`: every artifact is hashed
-        (downloaded into the cache if needed), signatures and the record checked."""
-        key = resolve_key(signing_key)
-        if key is None and require_signature:
-            raise ConfigurationError(
-                f"require_signature=True needs a key: pass signing_key= or set ${KEY_ENV}"
-            )
-        report: dict[str, str | None] = {}
-        callables = tuple(trusted_callables) if restricted else None
-        record: StoreRecord | None = None
-        if key is not None:
-            try:
-                record = self._read_record(key)
-                if record is None and require_signature:
-                    report["(store record)"] = str(missing_record(f"{self.url}/{RECORD_FILE}"))
-            except IntegrityError as exc:
-                report["(store record)"] = str(exc)
-        models = (
-            [name] if name else sorted(set(self.models()) | set(record.models if record else ()))
-        )
-        for model in models:
-            signed = record.models.get(model, ModelRecord()) if record else None
-            self._verify_remote_model(model, key, require_signature, signed, report, callables)
-        return report
-
-    def _verify_remote_model(
-        self,
-        model: str,
-        key: bytes | None,
-        require_signature: bool,
-        signed: ModelRecord | None,
-        report: dict[str, str | None],
-        trusted_callables: tuple[Any, ...] | None,
-    ) -> None:
-        recorded = {V.parse_version(v): v for v in signed.versions} if signed else {}
+    # -- verify: the index lists the versions and aliases
+    def _listing(
+        self, model: str, key: bytes | None, report: dict[str, str | None]
+    ) -> _Listing | None:
         try:
             index = self._index(model)
         except EmbedMLError as exc:
             report[f"{model}/index.json"] = str(exc)
-            return
-        listed = index.parsed()
-        for parsed in listed:
-            version = index.spelling(parsed)
-            label = f"{model}@{version}"
-            try:
-                self._folder(
-                    model, version, index.digest(version), refresh_signature=key is not None
-                )  # type: ignore[arg-type]
-                mv = self._version(model, version, index)  # type: ignore[arg-type]
-                if key is not None:
-                    data = read_metadata(mv.path / MANIFEST_FILE)
-                    verify_signature(mv.path, data, key, required=require_signature, label=label)
-                    digest = signed.digest_of(version) if signed is not None else None  # type: ignore[arg-type]
-                    if digest is not None and digest != manifest_digest(data):
-                        raise SignatureError(
-                            f"the manifest of {label} differs from the one in the signed store "
-                            "record (replaced, or copied from another store)"
-                        )
-                    if digest is None and signed is not None and require_signature:
-                        raise SignatureError(f"{label} is not in the signed store record")
-                self.read_artifact(mv)
-                for extra in mv.manifest.extra_files:
-                    self.read_extra_file(mv, extra)
-                problem = method_problem(mv.manifest)
-                if trusted_callables is not None:
-                    refused = refused_import_paths(mv.manifest, trusted_callables)
-                    if refused:
-                        paths = str(import_paths_error(label, refused))
-                        problem = paths if problem is None else f"{problem}; {paths}"
-                report[label] = problem
-            except EmbedMLError as exc:
-                report[label] = str(exc)
-        for parsed, spelling in recorded.items():
-            if parsed not in listed:
-                report[f"{model}@{spelling}"] = (
-                    "listed in the signed store record but missing from the store "
-                    "(deleted or hidden without the key)"
-                )
-        if signed is not None:
-            for alias in sorted(set(index.aliases) | set(signed.aliases)):
-                target, expected = index.aliases.get(alias), signed.aliases.get(alias)
-                if not _same_version(target, expected) and (
-                    expected is not None or require_signature
-                ):
-                    report[f"{model}@{alias}"] = (
-                        f"the index points @{alias} at {target or 'nothing'}, the signed "
-                        f"store record at {expected or 'nothing'} (moved without the key?)"
-                    )
-        try:
-            self.history(model)
-        except EmbedMLError as exc:
-            report[f"{model}/log"] = str(exc)
+            return None
+
+        def open_version(version: str) -> ModelVersion:
+            # hashes the artifacts: downloaded into the cache if needed
+            self._folder(model, version, index.digest(version), refresh_signature=key is not None)
+            return self._version(model, version, index)
+
+        return _Listing(
+            versions={v: index.spelling(v) for v in index.parsed()},  # type: ignore[misc]
+            open=open_version,
+            aliases=lambda: dict(index.aliases),
+        )
