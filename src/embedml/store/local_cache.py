@@ -27,7 +27,6 @@ This is not :mod:`embedml.serving.cache` (loaded models in memory).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import stat
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from ..errors import CacheMissError, ConfigurationError, StoreError
 from .objects import ObjectStore, check_sha256
+from .safe_io import flock_held
 
 __all__ = ["ENV_CACHE_DIR", "ENV_OFFLINE", "LocalCache", "default_cache_dir"]
 
@@ -171,15 +171,9 @@ class LocalCache:
             )
         except OSError as exc:
             raise StoreError(f"cannot use the cache at {self.root}: {exc}") from exc
-        try:
-            # Blocks while another process downloads this entry (bounded by its timeouts).
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)  # explicitly: a forked child shares the fd
-        finally:
-            os.close(fd)
+        # Blocks while another process downloads this entry (bounded by its timeouts).
+        with flock_held(fd):
+            yield
 
 
 def _sha256_of(path: Path) -> str:

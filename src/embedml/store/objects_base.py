@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from ..errors import ConfigurationError, IntegrityError
+from .safe_io import fsync_dir
 
 __all__ = [
     "CHUNK_BYTES",
@@ -177,14 +178,6 @@ class ObjectStore(abc.ABC):
 
 def temporary_beside(dest: Path) -> Path:
     return dest.with_name(f"{RESERVED}{dest.name}.{uuid.uuid4().hex}.part")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class HashingFile:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import stat
@@ -33,6 +32,7 @@ from .objects_base import (
     hashing_file,
     temporary_beside,
 )
+from .safe_io import flock_held
 
 __all__ = ["LocalObjectStore"]
 
@@ -113,18 +113,29 @@ class LocalObjectStore(ObjectStore):
             raise self._os_error(op, key, exc) from exc
         return path, tmp
 
-    def put_new(self, key: str, data: bytes) -> str:
+    @contextlib.contextmanager
+    def _temporary(self, key: str, data: bytes) -> Iterator[tuple[Path, Path]]:
+        """The object's path and a new temporary file beside it holding ``data``, for the
+        caller to put in place; the temporary is removed after, and the folder fsynced
+        once the caller succeeded."""
         path, tmp = self._write_temporary("put", key, data)
         try:
-            os.link(tmp, path)  # atomic and exclusive: fails if the name exists
-        except FileExistsError:
-            raise self._error(ObjectExistsError, "put", key, "an object already exists") from None
-        except OSError as exc:
-            raise self._os_error("put", key, exc) from exc
+            yield path, tmp
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         fsync_dir(path.parent)
+
+    def put_new(self, key: str, data: bytes) -> str:
+        with self._temporary(key, data) as (path, tmp):
+            try:
+                os.link(tmp, path)  # atomic and exclusive: fails if the name exists
+            except FileExistsError:
+                raise self._error(
+                    ObjectExistsError, "put", key, "an object already exists"
+                ) from None
+            except OSError as exc:
+                raise self._os_error("put", key, exc) from exc
         return _etag_of(data)
 
     @contextlib.contextmanager
@@ -136,39 +147,29 @@ class LocalObjectStore(ObjectStore):
             fd = os.open(lock_dir / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             raise self._os_error(op, key, exc) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)  # explicitly: a forked child shares the fd
-        finally:
-            os.close(fd)
+        with flock_held(fd):
+            yield
 
     def put_if(self, key: str, data: bytes, etag: str) -> str:
-        path, tmp = self._write_temporary("put", key, data)
-        try:
-            with self._locked("put", key):
-                try:
-                    current = self._read("put", key)
-                except ObjectNotFoundError:
-                    raise self._error(
-                        PreconditionFailedError, "put", key, f"expected ETag {etag}; it is gone"
-                    ) from None
-                if _etag_of(current) != etag:
-                    raise self._error(
-                        PreconditionFailedError,
-                        "put",
-                        key,
-                        f"expected ETag {etag}; it changed since it was read",
-                    )
-                os.replace(tmp, path)
-        except OSError as exc:
-            raise self._os_error("put", key, exc) from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        fsync_dir(path.parent)
+        with self._temporary(key, data) as (path, tmp):
+            try:
+                with self._locked("put", key):
+                    try:
+                        current = self._read("put", key)
+                    except ObjectNotFoundError:
+                        raise self._error(
+                            PreconditionFailedError, "put", key, f"expected ETag {etag}; it is gone"
+                        ) from None
+                    if _etag_of(current) != etag:
+                        raise self._error(
+                            PreconditionFailedError,
+                            "put",
+                            key,
+                            f"expected ETag {etag}; it changed since it was read",
+                        )
+                    os.replace(tmp, path)
+            except OSError as exc:
+                raise self._os_error("put", key, exc) from exc
         return _etag_of(data)
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:

@@ -31,6 +31,7 @@ that it does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -71,6 +72,7 @@ from .model_store import (
     _alias_moved,
     _check_manifest,
     _Listing,
+    _record_version,
     _require_key,
     _same_version,
     _version_not_found,
@@ -215,6 +217,12 @@ class RemoteStore(Store, remote=True):
             )
         self._checked = True
 
+    def _writing(self) -> None:
+        """Refuses a change offline; otherwise checks the marker (the first writer puts it)."""
+        if self.offline:
+            raise ConfigurationError(f"{self.url} is opened offline: it cannot be changed")
+        self._check_store(writing=True)
+
     # -- paths (names only: nothing is local but the cache)
     def _model_dir(self, name: str) -> Path:
         return self._meta / "models" / V.check_name(name)
@@ -308,9 +316,7 @@ class RemoteStore(Store, remote=True):
     def _commit(self, name: str, make: Callable[[ModelIndex], dict[str, Any]]) -> dict[str, Any]:
         """Appends the entry ``make(index)`` returns to the model's log, then moves the index
         to it. ``make`` sees the current index and may raise to refuse the change."""
-        if self.offline:
-            raise ConfigurationError(f"{self.url} is opened offline: it cannot be changed")
-        self._check_store(writing=True)
+        self._writing()
         for _ in range(_MAX_ROUNDS):
             index = self._index(name)
             slot = index.seq + 1
@@ -593,9 +599,7 @@ class RemoteStore(Store, remote=True):
     ) -> ModelVersion:
         """Blobs first, then the manifest (create-only: one publisher wins the version),
         its signature, then the log entry that makes the index list it."""
-        if self.offline:
-            raise ConfigurationError(f"{self.url} is opened offline: it cannot be changed")
-        self._check_store(writing=True)
+        self._writing()
         self._put_blob(tmp / fields["artifact"], fields["sha256"])
         for filename, digest in fields["extra_files"].items():
             self._put_blob(tmp / filename, digest)
@@ -620,18 +624,9 @@ class RemoteStore(Store, remote=True):
                 self.objects.put_new(
                     version_key(name, folder_name, SIGNATURE_FILE), signature_document(data, key)
                 )
-            entry = {
-                "action": "publish",
-                "version": version,
-                "manifest": manifest_digest(data),
-                "who": current_user(),
-            }
-            self._commit(name, lambda _index, entry=entry: entry)
+            self._list_version(name, version, data)
             if key is not None:
-                digest = manifest_digest(data)
-                self._update_record(
-                    key, lambda r, v=version, d=digest: r.model(name).set_version(v, d)
-                )
+                self._update_record(key, functools.partial(_record_version, name, version, data))
             folder = self._folder(name, version, manifest_digest(data))
             return ModelVersion(name, version, folder, manifest)
         raise StoreError(f"could not find a free version number for {name!r}")
@@ -641,10 +636,14 @@ class RemoteStore(Store, remote=True):
         publisher is about to, or stopped after the manifest (written after the blobs, so
         the version is whole). Listing it twice is harmless."""
         manifest, data = self._read_manifest(name, version)
+        self._list_version(name, manifest.version, data)
+
+    def _list_version(self, name: str, version: str, manifest_bytes: bytes) -> None:
+        """Commits the log entry that makes the index list a version (its manifest stored)."""
         entry = {
             "action": "publish",
-            "version": manifest.version,
-            "manifest": manifest_digest(data),
+            "version": version,
+            "manifest": manifest_digest(manifest_bytes),
             "who": current_user(),
         }
         self._commit(name, lambda _index: entry)
@@ -893,9 +892,7 @@ class RemoteStore(Store, remote=True):
                 if signature is not None:
                     Path(tmp, SIGNATURE_FILE).write_bytes(signature)
                 verify_signature(Path(tmp), manifest_bytes, key, required=True, label=label)
-        if self.offline:
-            raise ConfigurationError(f"{self.url} is opened offline: it cannot be changed")
-        self._check_store(writing=True)
+        self._writing()
         for data in files.values():
             with contextlib.suppress(ObjectExistsError):
                 self.objects.put_new(blob_key(hashlib.sha256(data).hexdigest()), data)
@@ -914,17 +911,11 @@ class RemoteStore(Store, remote=True):
             with contextlib.suppress(ObjectExistsError):
                 self.objects.put_new(version_key(name, folder_name, SIGNATURE_FILE), signature)
         if self._index(name).spelling(manifest.version) is None:
-            entry = {
-                "action": "publish",
-                "version": manifest.version,
-                "manifest": manifest_digest(manifest_bytes),
-                "who": current_user(),
-            }
-            self._commit(name, lambda _index: entry)
+            self._list_version(name, manifest.version, manifest_bytes)
             added = True
         if key is not None:
-            digest = manifest_digest(manifest_bytes)
-            self._update_record(key, lambda r: r.model(name).set_version(manifest.version, digest))
+            record_it = functools.partial(_record_version, name, manifest.version, manifest_bytes)
+            self._update_record(key, record_it)
         return added
 
     def _write_signature(self, mv: ModelVersion, document: bytes) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import IntegrityError, StoreError
 
-__all__ = ["append_line", "fsync_dir", "locked", "read_metadata", "write_atomic"]
+__all__ = ["append_line", "flock_held", "fsync_dir", "locked", "read_metadata", "write_atomic"]
 
 #: The largest metadata file read (manifests, aliases, signatures, the store record).
 MAX_METADATA_BYTES = 64 << 20
@@ -133,6 +133,14 @@ def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
         return
     except OSError as exc:
         raise StoreError(f"cannot open the lock file {path}: {exc.strerror}") from exc
+    with flock_held(fd, shared=shared):
+        yield
+
+
+@contextlib.contextmanager
+def flock_held(fd: int, *, shared: bool = False) -> Iterator[None]:
+    """Hold an advisory ``flock`` on the open file ``fd`` (blocking until it is free),
+    then release it and close ``fd``."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
