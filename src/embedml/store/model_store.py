@@ -581,73 +581,91 @@ class Store:
         parsed = V.parse_spec(spec)
         if require_signature:
             return self._resolve_signed(name, parsed, signing_key)
-        existing = self._versions(self._model_dir(name))
+        snap = self._snapshot(name)
+        existing = self._listed(snap)
         if not existing:
             raise self._no_model(name)
         if parsed.alias is not None:
-            target = self.aliases(name).get(parsed.alias)
+            target = self._aliases_in(name, snap).get(parsed.alias)
             if target is None:
-                raise self._not_found(name, parsed.text)
+                raise self._not_found(name, parsed.text, snap)
             chosen: Version | None = V.parse_version(target)
         else:
             chosen = V.select(parsed, existing)
         if chosen is None:
-            raise self._not_found(name, parsed.text)
-        folder = V.canonical_version(chosen)
-        manifest = self.manifest(name, folder)
-        # shown and recorded (aliases, history) as saved: "2.0rc1", not its folder "2rc1"
-        return ModelVersion(name, manifest.version, self._version_dir(name, folder), manifest)
+            raise self._not_found(name, parsed.text, snap)
+        return self._open(name, snap, V.canonical_version(chosen))[0]
 
     def _resolve_signed(self, name: str, parsed: V.Spec, signing_key: str | bytes | None) -> ModelVersion:
         key = _require_key(signing_key, "require_signature=True")
-        model_dir = self._model_dir(name)
         with self._reading(name):  # no alias move or delete half done while we look
+            snap = self._snapshot(name)
             record = self._read_record(key)
             if record is None:
                 # the version's own signature first: "not signed" says more than "no record"
                 self._signed_manifest(self.resolve(name, parsed.text), key)
                 raise missing_record(self._record_location)
             signed = record.models.get(name, ModelRecord())
-            on_disk = self._versions(model_dir)
+            listed = self._listed(snap)
             recorded = {V.parse_version(v): digest for v, digest in signed.versions.items()}
-            if not on_disk and not recorded:
+            if not listed and not recorded:
                 raise self._no_model(name)
             if parsed.alias is not None:
-                target = self.aliases(name).get(parsed.alias)
+                target = self._aliases_in(name, snap).get(parsed.alias)
                 expected = signed.aliases.get(parsed.alias)
                 if not _same_version(target, expected):
                     raise SignatureError(
                         f"{name}@{parsed.alias}: {self._aliases_kept_in} points it at {target or 'nothing'}, "
                         f"the signed store record at {expected or 'nothing'}; it was moved without "
-                        "the key (or a move was interrupted): move it again with signing_key="
+                        "the key (or a move did not finish): move it again with signing_key="
                     )
                 chosen = V.parse_version(target) if target is not None else None
             else:
-                chosen = V.select(parsed, on_disk)
+                chosen = V.select(parsed, listed)
                 signed_choice = V.select(parsed, recorded)
-                if signed_choice is not None and signed_choice not in on_disk:
+                if signed_choice is not None and signed_choice not in listed:
                     raise self._missing(name, signed_choice)
             if chosen is None:
-                raise self._not_found(name, parsed.text)
-            if chosen not in on_disk:
+                raise self._not_found(name, parsed.text, snap)
+            if chosen not in listed:
                 raise self._missing(name, chosen)
-            version = self._spelling(model_dir, chosen)
             if chosen not in recorded:
                 raise SignatureError(
-                    f"{name}@{version} is not in the signed store record (saved without the key, "
-                    "copied from another store, or its save was interrupted); refusing it. If it "
-                    "is yours, sign it: store.sign(name, version, signing_key=...)"
+                    f"{name}@{self._spelled(snap, chosen)} is not in the signed store record (saved "
+                    "without the key, copied from another store, or its save was interrupted); "
+                    "refusing it. If it is yours, sign it: store.sign(name, version, signing_key=...)"
                 )
-            folder = V.canonical_version(chosen)
-            manifest, data = self._read_manifest(name, folder)
-            mv = ModelVersion(name, manifest.version, self._version_dir(name, folder), manifest)
+            mv, data = self._open(name, snap, V.canonical_version(chosen), signed=True)
             verify_signature(mv.path, data, key, required=True, label=str(mv))
             if manifest_digest(data) != recorded[chosen]:
                 raise SignatureError(
-                    f"the manifest of {name}@{version} differs from the one in the signed store "
+                    f"the manifest of {mv} differs from the one in the signed store "
                     "record (replaced, or copied from another store); refusing it"
                 )
         return mv
+
+    # -- what one resolution reads of a model: its folder here (the remote store: its index)
+    def _snapshot(self, name: str) -> Any:
+        return self._model_dir(name)
+
+    def _listed(self, snap: Any) -> list[Version]:
+        """The versions in ``snap``, ascending."""
+        return self._versions(snap)
+
+    def _spelled(self, snap: Any, version: Version) -> str:
+        """How a listed version was spelled at save."""
+        return self._spelling(snap, version)
+
+    def _aliases_in(self, name: str, snap: Any) -> dict[str, str]:
+        return self.aliases(name)
+
+    def _open(
+        self, name: str, snap: Any, version: str, *, signed: bool = False
+    ) -> tuple[ModelVersion, bytes]:
+        """A listed version and its manifest's bytes (``signed``: its signature at hand)."""
+        manifest, data = self._read_manifest(name, version)
+        # shown and recorded (aliases, history) as saved: "2.0rc1", not its folder "2rc1"
+        return ModelVersion(name, manifest.version, self._version_dir(name, version), manifest), data
 
     def _no_model(self, name: str) -> ModelNotFoundError:
         try:
@@ -662,10 +680,10 @@ class Store:
             "(deleted or hidden without the key); refusing to serve another version instead"
         )
 
-    def _not_found(self, name: str, spec: str) -> VersionNotFoundError:
-        model_dir = self._model_dir(name)
-        existing = [self._spelling(model_dir, v) for v in self._versions(model_dir)]
-        return _version_not_found(name, spec, existing, self.aliases(name))
+    def _not_found(self, name: str, spec: str, snap: Any = None) -> VersionNotFoundError:
+        snap = self._snapshot(name) if snap is None else snap
+        existing = [self._spelled(snap, v) for v in self._listed(snap)]
+        return _version_not_found(name, spec, existing, self._aliases_in(name, snap))
 
     # -- saving
     def save(

@@ -73,9 +73,7 @@ from .model_store import (
     _check_manifest,
     _Listing,
     _record_version,
-    _require_key,
     _same_version,
-    _version_not_found,
     check_import,
     current_user,
 )
@@ -86,7 +84,6 @@ from .record import (
     StoreRecord,
     check_store_id,
     manifest_digest,
-    missing_record,
 )
 from .remote_layout import (
     MARKER,
@@ -370,13 +367,6 @@ class RemoteStore(Store, remote=True):
         """The aliases of ``name`` and the versions they point to (read from the store)."""
         return dict(self._index(name).aliases)
 
-    def _not_found(
-        self, name: str, spec: str, index: ModelIndex | None = None
-    ) -> VersionNotFoundError:  # type: ignore[override]
-        index = index or self._index(name)
-        existing = [index.spelling(v) for v in index.parsed()]
-        return _version_not_found(name, spec, existing, index.aliases)  # type: ignore[arg-type]
-
     # -- versions: manifests in the cache
     def _folder(
         self,
@@ -446,104 +436,42 @@ class RemoteStore(Store, remote=True):
         )
         return _check_manifest(manifest, path, name, version), data
 
-    def _version(self, name: str, version: str, index: ModelIndex) -> ModelVersion:
-        spelling = index.spelling(version)
+    # -- what one resolution reads of a model: the index, fetched once
+    def _snapshot(self, name: str) -> ModelIndex:
+        return self._index(name)
+
+    def _listed(self, snap: ModelIndex) -> list[Version]:
+        return snap.parsed()
+
+    def _spelled(self, snap: ModelIndex, version: Version) -> str:
+        return snap.spelling(version)  # type: ignore[return-value]
+
+    def _aliases_in(self, name: str, snap: ModelIndex) -> dict[str, str]:
+        return snap.aliases
+
+    def _open(
+        self, name: str, snap: ModelIndex, version: str, *, signed: bool = False
+    ) -> tuple[ModelVersion, bytes]:
+        spelling = snap.spelling(version)
         if spelling is None:
-            raise self._not_found(name, version, index)
-        digest = index.digest(spelling)
-        manifest, _ = self._read_manifest(name, spelling, digest)
-        return ModelVersion(name, manifest.version, self._folder(name, spelling, digest), manifest)
+            raise self._not_found(name, version, snap)
+        digest = snap.digest(spelling)
+        if signed:  # fetch a signature added since the manifest was cached
+            cached = self._model_dir(name) / "versions" / V.canonical_version(spelling)
+            missing = not (cached / SIGNATURE_FILE).is_file()
+            self._folder(name, spelling, digest, refresh_signature=missing)
+        manifest, data = self._read_manifest(name, spelling, digest)
+        folder = self._folder(name, spelling, digest)
+        return ModelVersion(name, manifest.version, folder, manifest), data
 
     def manifest(self, name: str, version: str) -> Manifest:
         """The manifest of one exact version (any spelling). Raises
         :class:`VersionNotFoundError`, :class:`IntegrityError`."""
-        return self._version(name, V.canonical_version(version), self._index(name)).manifest
+        return self._open(name, self._index(name), V.canonical_version(version))[0].manifest
 
-    def resolve(
-        self,
-        name: str,
-        spec: str | int | Version | None = "latest",
-        *,
-        require_signature: bool = False,
-        signing_key: str | bytes | None = None,
-    ) -> ModelVersion:
-        """As :meth:`Store.resolve <embedml.store.Store.resolve>`: aliases and ``latest``
-        are read from the store's index (one small conditional GET), never from the cache,
-        except offline."""
-        parsed = V.parse_spec(spec)
-        index = self._index(name)
-        if require_signature:
-            return self._resolve_signed(name, parsed, index, signing_key)  # type: ignore[arg-type]
-        if not index.versions:
-            raise self._no_model(name)
-        if parsed.alias is not None:
-            target = index.aliases.get(parsed.alias)
-            if target is None:
-                raise self._not_found(name, parsed.text, index)
-            chosen: Version | None = V.parse_version(target)
-        else:
-            chosen = V.select(parsed, index.parsed())
-        if chosen is None:
-            raise self._not_found(name, parsed.text, index)
-        return self._version(name, V.canonical_version(chosen), index)
-
-    def _resolve_signed(  # type: ignore[override]
-        self, name: str, parsed: V.Spec, index: ModelIndex, signing_key: str | bytes | None
-    ) -> ModelVersion:
-        key = _require_key(signing_key, "require_signature=True")
-        record = self._read_record(key)
-        if record is None:
-            if index.versions:
-                self._signed_manifest(self.resolve(name, parsed.text), key)
-            raise missing_record(self._record_location)
-        signed = record.models.get(name, ModelRecord())
-        listed = index.parsed()
-        recorded = {V.parse_version(v): digest for v, digest in signed.versions.items()}
-        if not listed and not recorded:
-            raise self._no_model(name)
-        if parsed.alias is not None:
-            target, expected = index.aliases.get(parsed.alias), signed.aliases.get(parsed.alias)
-            if not _same_version(target, expected):
-                raise SignatureError(
-                    f"{name}@{parsed.alias}: the store's index points it at {target or 'nothing'}, "
-                    f"the signed store record at {expected or 'nothing'}; it was moved without "
-                    "the key (or a move is in progress): move it again with signing_key="
-                )
-            chosen = V.parse_version(target) if target is not None else None
-        else:
-            chosen = V.select(parsed, listed)
-            signed_choice = V.select(parsed, recorded)
-            if signed_choice is not None and signed_choice not in listed:
-                raise self._missing(name, signed_choice)
-        if chosen is None:
-            raise self._not_found(name, parsed.text, index)
-        if chosen not in listed:
-            raise self._missing(name, chosen)
-        version = index.spelling(chosen)
-        assert version is not None
-        if chosen not in recorded:
-            raise SignatureError(
-                f"{name}@{version} is not in the signed store record (saved without the key, "
-                "copied from another store, or its save was interrupted); refusing it. If it "
-                "is yours, sign it: store.sign(name, version, signing_key=...)"
-            )
-        folder = self._folder(
-            name,
-            version,
-            index.digest(version),
-            refresh_signature=not (
-                self._model_dir(name) / "versions" / V.canonical_version(version) / SIGNATURE_FILE
-            ).is_file(),
-        )
-        manifest, data = self._read_manifest(name, version, index.digest(version))
-        mv = ModelVersion(name, manifest.version, folder, manifest)
-        verify_signature(folder, data, key, required=True, label=str(mv))
-        if manifest_digest(data) != recorded[chosen]:
-            raise SignatureError(
-                f"the manifest of {name}@{version} differs from the one in the signed store "
-                "record (replaced, or copied from another store); refusing it"
-            )
-        return mv
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[None]:
+        yield  # the snapshot is one index: nothing to hold
 
     # -- artifacts: through the verified local cache
     def _cached_bytes(self, mv: ModelVersion, what: str, sha256: str, size: int | None) -> bytes:
@@ -966,7 +894,7 @@ class RemoteStore(Store, remote=True):
         def open_version(version: str) -> ModelVersion:
             # hashes the artifacts: downloaded into the cache if needed
             self._folder(model, version, index.digest(version), refresh_signature=key is not None)
-            return self._version(model, version, index)
+            return self._open(model, index, version)[0]
 
         return _Listing(
             versions={v: index.spelling(v) for v in index.parsed()},  # type: ignore[misc]
