@@ -32,7 +32,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -538,6 +538,25 @@ _METHOD_HELP = (
 )
 
 
+def _command(
+    sub: Any,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    parents: list[argparse.ArgumentParser],
+    ref: str | None = "NAME[@SPEC]",
+    *,
+    optional_ref: bool = False,
+    **text: str,
+) -> argparse.ArgumentParser:
+    """The subcommand ``name`` (``text``: its ``help`` and ``description``), run by ``func``;
+    ``ref`` is the metavar of its first argument, a model reference (``None``: none)."""
+    p = sub.add_parser(name, parents=parents, **text)
+    if ref is not None:
+        p.add_argument("ref", nargs="?" if optional_ref else None, metavar=ref)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``embedml`` command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -556,23 +575,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("ls", parents=[common], help="list models, latest versions and aliases")
+    p = _command(sub, "ls", _cmd_ls, [common], None, help="list models, latest versions and aliases")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_ls)
 
-    p = sub.add_parser("show", parents=[common], help="manifest, schema, aliases and history of a version")
-    p.add_argument("ref", metavar="NAME[@SPEC]")
+    p = _command(sub, "show", _cmd_show, [common], help="manifest, schema, aliases and history of a version")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_show)
 
-    p = sub.add_parser(
-        "predict",
-        parents=[common],
+    p = _command(
+        sub, "predict", _cmd_predict, [common],
         help="score a CSV / JSON Lines / Parquet file into another",
         description="Score every row of --input into --output (formats from the suffixes). "
         "Bad rows go to a reject file with their row number; the rest is scored.",
-    )
-    p.add_argument("ref", metavar="NAME[@SPEC]")
+    )  # fmt: skip
     p.add_argument("--input", "-i", required=True, metavar="FILE", help=".csv, .jsonl or .parquet")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help=".csv, .jsonl or .parquet")
     p.add_argument("--batch-size", type=_positive_int, default=1024, metavar="N", help="rows per chunk (default 1024)")
@@ -583,13 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
     group.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
-    p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser(
-        "verify",
-        parents=[common],
+    p = _command(
+        sub, "verify", _cmd_verify, [common], None,
         help="re-hash every artifact, check signatures and the store record; exit 1 on any mismatch",
-    )
+    )  # fmt: skip
     p.add_argument("name", nargs="?", metavar="NAME", help="only this model")
     p.add_argument(
         "--require-signature", action="store_true",
@@ -609,59 +621,48 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE:FUNCTION",
         help="an import path the restricted load trusts (repeatable)",
     )
-    p.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser(
-        "sign",
-        parents=[common],
+    p = _command(
+        sub, "sign", _cmd_sign, [common], "NAME@VERSION", optional_ref=True,
         help="sign a version, or (without NAME@VERSION) write the signed store record",
         description="With NAME@VERSION: sign that version's manifest and add it to the signed "
         "store record. Without: write the store record from the store as it is now (every "
         "version whose signature and hashes check out, its aliases and their moves): the "
         "migration of a store made before the record existed. Run `embedml verify` first. "
         "The key comes from $EMBEDML_SIGNING_KEY.",
-    )
-    p.add_argument("ref", nargs="?", metavar="NAME@VERSION")
+    )  # fmt: skip
     p.add_argument("--store-id", metavar="ID", help="the store's name in a new record (default: random)")
-    p.set_defaults(func=_cmd_sign)
 
-    p = sub.add_parser("alias", parents=[common], help="point ALIAS of NAME at VERSION")
+    p = _command(sub, "alias", _cmd_alias, [common], None, help="point ALIAS of NAME at VERSION")
     p.add_argument("name", metavar="NAME")
     p.add_argument("alias", metavar="ALIAS")
     p.add_argument("version", metavar="VERSION")
-    p.set_defaults(func=_cmd_alias)
 
-    p = sub.add_parser(
-        "pull",
-        parents=[common],
+    p = _command(
+        sub, "pull", _cmd_pull, [common],
         help="download a version into the local cache ahead of time (and verify it)",
         description="Resolve NAME@SPEC in the store and download its artifact and files into "
         "the local cache ($EMBEDML_CACHE_DIR), checking their SHA-256: for container builds "
         "and hosts that load later, or offline ($EMBEDML_OFFLINE=1).",
-    )
-    p.add_argument("ref", metavar="NAME[@SPEC]")
-    p.set_defaults(func=_cmd_pull)
+    )  # fmt: skip
 
-    p = sub.add_parser(
-        "copy",
+    p = _command(
+        sub, "copy", _cmd_copy, [], None,
         help="copy versions between stores (folder or s3://), manifests and signatures unchanged",
         description="Copy the version NAME@SPEC picks (every version of NAME without @SPEC) "
         "from SOURCE to DESTINATION, each a folder or a URL. Manifests and signatures stay "
         "byte-identical; with $EMBEDML_SIGNING_KEY the versions are recorded in the "
         "destination's signed store record. Aliases and history are not copied.",
-    )
+    )  # fmt: skip
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("destination", metavar="DESTINATION")
     p.add_argument("ref", metavar="NAME[@SPEC]")
     p.add_argument("--store-id", metavar="ID", help="the destination's name in a new store record")
-    p.set_defaults(func=_cmd_copy)
 
-    p = sub.add_parser(
-        "bench",
-        parents=[common],
+    p = _command(
+        sub, "bench", _cmd_bench, [common],
         help="latency and throughput on synthetic inputs: one row, batches, dynamic batching",
-    )
-    p.add_argument("ref", metavar="NAME[@SPEC]")
+    )  # fmt: skip
     p.add_argument("--seconds", type=_positive_float, default=1.0, metavar="S", help="time per mode (default 1)")
     p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="batch size (default 64)")
     p.add_argument(
@@ -670,32 +671,27 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--method", metavar="NAME", help=_METHOD_HELP)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser(
-        "quantize",
-        parents=[common],
+    p = _command(
+        sub, "quantize", _cmd_quantize, [common],
         help="save an int8 (dynamically quantised) copy of an ONNX version as a new version",
         description="Quantise the weights of an ONNX version to int8 with ONNX Runtime and save "
         "the result as a new version; print sizes and how well its predictions agree with the "
         "source on a sample (a file, or synthetic inputs made from the input schema).",
-    )
-    p.add_argument("ref", metavar="NAME[@SPEC]")
+    )  # fmt: skip
     p.add_argument("--sample", metavar="FILE", help="inputs to compare on: .npy (2-D array) or .jsonl")
     p.add_argument("--rows", type=_positive_int, default=256, metavar="N", help="synthetic rows without --sample (default 256)")
     p.add_argument("--new-version", metavar="V", help="version to save as (default: next major)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_quantize)
 
-    p = sub.add_parser(
-        "import-mlflow",
-        parents=[common],
+    p = _command(
+        sub, "import-mlflow", _cmd_import_mlflow, [common], None,
         help="import an MLflow model (models:/NAME@ALIAS, models:/NAME/V, runs:/ID/PATH) as a new version",
         description="Load an MLflow model (sklearn, onnx or pytorch flavour) with MLflow's own "
         "loader and save it as a new version, its MLflow signature as the input schema and its "
         "provenance in the metadata. Needs the mlflow extra. Trusts the registry: see "
         "docs/security.md. The signing key comes from $EMBEDML_SIGNING_KEY.",
-    )
+    )  # fmt: skip
     p.add_argument("model_uri", metavar="MODEL_URI")
     p.add_argument("--name", help="embedml model name (default: the registered model's name)")
     p.add_argument("--new-version", metavar="V", help="version to save as (default: next major)")
@@ -706,7 +702,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-signature", dest="signature", action="store_false",
         help="ignore the MLflow signature: keep only what the model declares",
     )  # fmt: skip
-    p.set_defaults(func=_cmd_import_mlflow)
     return parser
 
 
