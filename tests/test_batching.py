@@ -643,7 +643,7 @@ def test_calls_after_close_of_the_batcher_raise(probe_store):
     pipe.close()  # what a hot swap does to the old pipeline
     pipe.close()  # and again: safe
     with pytest.raises(embedml.HandleClosedError):
-        pipe.batcher.submit(BatchItem(batch=pipe.prepare_one(np.zeros(4))))
+        pipe.batcher.submit(BatchItem(pipe.prepare_one(np.zeros(4)), None))
     h.close()
 
 

@@ -98,23 +98,28 @@ class Observer:
         an outcome to them. A record sink that takes a call without an id gets one made
         here; ``call.request_id`` holds it afterwards."""
         try:
-            ok = call.error is None
-            if ok and self.row_sinks and not call.rows_offered:
-                self.rows(call.source, call.inputs, call.outputs, call.rows, copy=True)
-            remember = ok and call.request_id is not None
-            sinks = self.record_sinks
-            takers = [s for s in sinks if s.wants()] if sinks else None
-            if takers or remember:
-                call.outputs = _snapshot(call.outputs)  # the caller may edit its result
-            if takers:
-                self._hand_over(call, takers, remember)
-            if remember:
-                self.quality.remember(call.request_id, call.outputs, call.rows)  # type: ignore[arg-type]
+            if self.sinks or call.request_id is not None:  # else the metrics alone
+                self._feed(call)
         finally:
             self.metrics.end(call)
             if self._draining:
                 with self._idle:
                     self._idle.notify_all()
+
+    def _feed(self, call: FinishedCall) -> None:
+        """The row sinks, the record sinks and the outcome memory (see :meth:`end`)."""
+        ok = call.error is None
+        if ok and self.row_sinks and not call.rows_offered:
+            self.rows(call.source, call.inputs, call.outputs, call.rows, copy=True)
+        remember = ok and call.request_id is not None
+        sinks = self.record_sinks
+        takers = [s for s in sinks if s.wants()] if sinks else None
+        if takers or remember:
+            call.outputs = _snapshot(call.outputs)  # the caller may edit its result
+        if takers:
+            self._hand_over(call, takers, remember)
+        if remember:
+            self.quality.remember(call.request_id, call.outputs, call.rows)  # type: ignore[arg-type]
 
     def _hand_over(self, call: FinishedCall, takers: list[Sink], remember: bool) -> None:
         # The sinks' threads build the records: the caller only stamps and queues the call.

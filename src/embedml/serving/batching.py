@@ -181,24 +181,17 @@ class BatchingStats:
         return self.rows / self.batches if self.batches else 0.0
 
 
-class _Latch:
-    """A one-shot event for the one thread waiting on a request: a lock held until set.
+def _latch() -> threading.Lock:
+    """A one-shot latch for the one thread waiting on a request: a lock, held until the
+    request's outcome is ready (``release()`` sets it; ``acquire(timeout=...)`` waits).
 
     ``threading.Event`` would do, but builds a ``Condition`` per request: 2.9 µs to make,
-    set and wait on, against 0.2 µs for this (CPython 3.11 here, ``timeit``), on a budget
-    of about 15 µs per batched row with 64 threads (docs/batching.md)."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-
-    def set(self) -> None:
-        self._lock.release()
-
-    def wait(self, timeout: float | None) -> bool:
-        return self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+    set and wait on, against 0.2 µs for a lock (CPython 3.11 here, ``timeit``); and a class
+    around the lock cost three Python frames per queued call (with 64 threads on the small
+    MLP, 5.5 of 88 µs of profiled CPU per row, yappi; docs/batching.md)."""
+    latch = threading.Lock()
+    latch.acquire()
+    return latch
 
 
 # States of a request; each change is made under the batcher's lock.
@@ -223,7 +216,7 @@ class Request:
     units: int  # rows or 1, in the unit of ``Batching.count``
     deadline: float | None  # on the batcher's clock
     enqueued: float
-    latch: _Latch | None  # a thread caller waits here ...
+    latch: threading.Lock | None  # a thread caller waits here (see _latch) ...
     future: Any  # ... an asyncio caller here (on ``loop``)
     loop: Any
     state: int
@@ -236,7 +229,7 @@ class Request:
     def wake(self) -> None:
         """Wake the caller (from any thread)."""
         if self.latch is not None:
-            self.latch.set()
+            self.latch.release()
         else:  # a closed loop raises RuntimeError: nobody waits there any more
             with contextlib.suppress(RuntimeError):
                 self.loop.call_soon_threadsafe(_resolve, self.future)
@@ -313,13 +306,13 @@ class Batcher:
                 self._busy = True  # run it at once, here
                 alone = True
             else:
-                self._put(req, deadline, _Latch())
+                self._put(req, deadline, _latch())
                 alone = False
         if alone:
             return self._run_alone(req), 0.0
         try:
-            left = None if deadline is None else deadline - self._now()
-            if not req.latch.wait(left):  # type: ignore[union-attr]
+            left = -1 if deadline is None else max(deadline - self._now(), 0.0)
+            if not req.latch.acquire(timeout=left):  # type: ignore[union-attr]
                 self._leave(req, _EXPIRED)
         except BaseException:  # e.g. KeyboardInterrupt: leave the queue, drop the result
             self._leave(req, _LEFT)
@@ -327,7 +320,7 @@ class Batcher:
         finally:
             req.collected = True
             if req.next is not None:  # first thing once woken: wake the next caller
-                req.next.latch.set()  # type: ignore[union-attr]
+                req.next.latch.release()  # type: ignore[union-attr]
         return self._outcome(req)
 
     async def asubmit(self, req: Request, timeout_ms: float | None = None) -> tuple[Any, float]:
@@ -403,7 +396,7 @@ class Batcher:
         return HandleClosedError(f"the handle for {self.label} is closed")
 
     def _put(
-        self, req: Request, deadline: float | None, latch: _Latch | None,
+        self, req: Request, deadline: float | None, latch: threading.Lock | None,
         future: Any = None, loop: Any = None,
     ) -> None:  # fmt: skip
         """Under _lock: queue a request, waiting for room until ``deadline`` if full."""
@@ -557,7 +550,7 @@ class Batcher:
             self._last = done  # see _idle
             close = self._free()
         if threads:
-            threads[0].latch.set()  # type: ignore[union-attr]
+            threads[0].latch.release()  # type: ignore[union-attr]
         if len(threads) < len(done):  # asyncio callers: one wake-up per event loop
             futures: dict[Any, list[Any]] = {}
             for r in done:

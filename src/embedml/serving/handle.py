@@ -264,7 +264,7 @@ class ModelHandle:
             if pipe.batcher is None:
                 raw = pipe.run(batch, call.rows, whole)
             else:
-                item = BatchItem(rows=call.rows, batch=batch, obs=self._obs)
+                item = BatchItem(batch, self._obs, call.rows)
                 raw = self._joined(call, pipe.batcher.submit(item, timeout_ms))
             out = self._shape(pipe, call, raw, one and not whole)
         except BaseException as exc:  # interrupted calls too: each begin needs its end
@@ -306,7 +306,7 @@ class ModelHandle:
                 call.inputs, call.rows, call.validated = batch, 1, time.perf_counter()
             else:
                 batch, _ = self._validate(pipe, call, record, True)
-            item = BatchItem(batch=batch, obs=self._obs, unchecked=unchecked)
+            item = BatchItem(batch, self._obs, 1, unchecked)
             submitted = pipe.batcher.asubmit(item, timeout_ms)
             raw = self._joined(call, await submitted)
             out = self._shape(pipe, call, raw, True)
