@@ -514,15 +514,22 @@ class Pipeline:
     def _model_call(self, items: list[BatchItem], batch: Any, rerun: bool) -> list[BatchItem]:
         """Run the model on ``batch``, the joined rows of ``items``; offer the rows to the
         callers' row sinks (once per model call, not once per call)."""
-        one = len(items) == 1
-        n = items[0].rows if one else sum(i.rows for i in items)
+        if len(items) == 1:  # a call alone (every lone call): its own rows, all of them
+            item = items[0]
+            n = item.rows
+            self.batcher.count_model_call(n, rerun)  # type: ignore[union-attr]
+            item.out = out = self.run(batch, n)
+            item.offset, item.size = 0, n
+            if item.obs is not None and item.obs.row_sinks:  # the caller's own array: copied
+                item.obs.rows(self.source, batch, out, n, copy=True)
+            return items
+        n = sum(i.rows for i in items)
         self.batcher.count_model_call(n, rerun)  # type: ignore[union-attr]
         out = self.run(batch, n)
         obs = items[0].obs
-        if one or all(i.obs is obs for i in items):
-            if obs is not None and obs.row_sinks:
-                # a joined batch is the pipeline's own array; a lone call's is the caller's
-                obs.rows(self.source, batch, out, n, copy=one)
+        if all(i.obs is obs for i in items):
+            if obs is not None and obs.row_sinks:  # a joined batch: the pipeline's own array
+                obs.rows(self.source, batch, out, n, copy=False)
         else:  # handles sharing this pipeline: each offers its own calls' rows
             off = 0
             for i in items:
