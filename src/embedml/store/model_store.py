@@ -199,6 +199,36 @@ def _record_version(name: str, version: str, manifest_bytes: bytes, record: Stor
     record.model(name).set_version(version, manifest_digest(manifest_bytes))
 
 
+def _check_signed_digest(
+    signed: ModelRecord, target: ModelVersion, digest: str, refusing: str
+) -> None:
+    """Raises :class:`SignatureError` (ending in ``refusing``: what is not done) when the
+    model's signed record holds another manifest digest for ``target``."""
+    recorded = signed.digest_of(target.version)
+    if recorded is not None and recorded != digest:
+        raise SignatureError(
+            f"the manifest of {target} differs from the one in the signed store "
+            f"record (replaced, or copied from another store); {refusing}"
+        )
+
+
+def _sign_alias_move(
+    signed: ModelRecord,
+    alias: str,
+    target: ModelVersion,
+    digest: str,
+    action: str,
+    previous: str | None,
+) -> None:
+    """Records in the model's signed record ``target`` (with its manifest ``digest``) and
+    ``alias`` pointing at it; a ``set_alias`` / ``promote`` from ``previous`` also goes on
+    the alias's trail of moves (what a signed rollback walks back)."""
+    signed.set_version(target.version, digest)
+    if action in _MOVES:
+        signed.move(alias, previous, target.version)
+    signed.aliases[alias] = target.version
+
+
 def check_import(name: str, manifest_bytes: bytes, files: Mapping[str, bytes]) -> Manifest:
     """The manifest of a version being copied in, once it names ``name`` and ``files``
     hold exactly the files it lists, with their SHA-256. Raises :class:`IntegrityError`."""
@@ -996,16 +1026,8 @@ class Store:
 
             def change(record: StoreRecord) -> None:
                 signed = record.model(name)
-                recorded = signed.digest_of(target.version)
-                if recorded is not None and recorded != digest:
-                    raise SignatureError(
-                        f"the manifest of {target} differs from the one in the signed store "
-                        "record (replaced, or copied from another store); not moving the alias"
-                    )
-                signed.set_version(target.version, digest)
-                if action in _MOVES:
-                    signed.move(alias, signed.aliases.get(alias), target.version)
-                signed.aliases[alias] = target.version
+                _check_signed_digest(signed, target, digest, "not moving the alias")
+                _sign_alias_move(signed, alias, target, digest, action, signed.aliases.get(alias))
 
             self._update_record(key, change)
         aliases[alias] = target.version

@@ -53,7 +53,6 @@ from ..errors import (
     ObjectExistsError,
     ObjectNotFoundError,
     PreconditionFailedError,
-    SignatureError,
     StoreError,
     VersionExistsError,
     VersionNotFoundError,
@@ -66,14 +65,15 @@ from .manifest import (
 )
 from .model_store import (
     _ANY,
-    _MOVES,
     ModelVersion,
     Store,
     _alias_moved,
     _check_manifest,
+    _check_signed_digest,
     _Listing,
     _record_version,
     _same_version,
+    _sign_alias_move,
     check_import,
     current_user,
 )
@@ -666,18 +666,10 @@ class RemoteStore(Store, remote=True):
 
         def change(record: StoreRecord) -> None:
             signed = record.model(name)
-            recorded = signed.digest_of(target.version)
-            if recorded is not None and recorded != digest:
-                raise SignatureError(
-                    f"the manifest of {target} differs from the one in the signed store "
-                    "record (replaced, or copied from another store); not signing the move"
-                )
+            _check_signed_digest(signed, target, digest, "not signing the move")  # type: ignore[arg-type]
             if not _same_version(self._index(name).aliases.get(alias), target.version):
                 return  # moved again since: that move signs its own target
-            signed.set_version(target.version, digest)  # type: ignore[arg-type]
-            if action in _MOVES:
-                signed.move(alias, entry["from"], target.version)
-            signed.aliases[alias] = target.version
+            _sign_alias_move(signed, alias, target, digest, action, entry["from"])  # type: ignore[arg-type]
 
         self._update_record(key, change)
 
