@@ -240,6 +240,19 @@ class S3Bucket:
     def url(self) -> str:
         return f"s3://{self.name}"
 
+    def logged_requests(self, *parts: str) -> int:
+        """Lines of the server's request log holding every one of ``parts``, once every
+        earlier request is logged (a marker request is sent, and waited for in the log)."""
+        marker = f"marker-{uuid.uuid4().hex}"
+        with pytest.raises(Exception):  # noqa: B017,PT011 (any answer: it is only a marker)
+            self.server.admin().get_object(Bucket=self.name, Key=marker)
+        deadline = time.monotonic() + 60
+        while marker not in self.server.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the server never logged the marker request"
+            time.sleep(0.05)  # another process writes the log; nothing to wait on instead
+        lines = self.server.log_path.read_text(errors="replace").splitlines()
+        return sum(all(p in line for p in parts) for line in lines)
+
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import stat
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import SRC
 from embedml.errors import (
     CacheMissError,
     ConfigurationError,
@@ -27,6 +23,7 @@ from embedml.errors import (
 )
 from embedml.store.local_cache import LocalCache, default_cache_dir
 from embedml.store.objects import LocalObjectStore, S3ObjectStore
+from helpers_processes import run_children
 from s3_server import S3Bucket
 from tcp_cut import CuttingRelay
 
@@ -44,16 +41,7 @@ def _blob(store, size: int = 1 << 20) -> tuple[str, str, bytes]:
 
 def _downloads(bucket: S3Bucket, key: str) -> int:
     """GET requests for ``key`` in the server's log, once every earlier request is logged."""
-    server = bucket.server
-    marker = f"marker-{uuid.uuid4().hex}"
-    with pytest.raises(Exception):  # noqa: B017,PT011 (any answer: it is only a marker)
-        server.admin().get_object(Bucket=bucket.name, Key=marker)
-    deadline = time.monotonic() + 60
-    while marker not in server.log_path.read_text(errors="replace"):
-        assert time.monotonic() < deadline, "the server never logged the marker request"
-        time.sleep(0.05)  # another process writes the log; nothing to wait on instead
-    log = server.log_path.read_text(errors="replace")
-    return log.count(f"GET /{bucket.name}/p/{key} ")
+    return bucket.logged_requests(f"GET /{bucket.name}/p/{key} ")
 
 
 @pytest.fixture
@@ -94,34 +82,10 @@ def test_eight_processes_fetching_one_new_entry_download_it_once(
     s3, s3_bucket: S3Bucket, tmp_path: Path
 ):
     key, digest, data = _blob(s3, 4 << 20)
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     args = [f"{s3_bucket.url}/p", key, digest, str(tmp_path / "cache")]
-    start_r, start_w = os.pipe()  # every child reads it; closing it starts them all
-    try:
-        children = [
-            subprocess.Popen(
-                [sys.executable, "-c", _FETCHER, *args],
-                env=env,
-                stdin=start_r,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(8)
-        ]
-    finally:
-        os.close(start_r)
-        os.close(start_w)
-    try:
-        outputs = [child.communicate(timeout=300) for child in children]
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGKILL)
-                child.wait()
-    assert all(c.returncode == 0 for c in children), [err for _, err in outputs]
+    outputs = run_children(_FETCHER, [args] * 8, together=True)
     entry = LocalCache(tmp_path / "cache").path_for(digest)
-    assert {out.split()[0] for out, _ in outputs} == {str(entry)}
+    assert {out.split()[0] for out in outputs} == {str(entry)}
     assert entry.read_bytes() == data
     assert _downloads(s3_bucket, key) == 1
 

@@ -12,15 +12,11 @@ import hashlib
 import json
 import os
 import pickle
-import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import SRC
 from embedml.errors import (
     ConfigurationError,
     IntegrityError,
@@ -40,6 +36,7 @@ from embedml.store.objects import (
     S3ObjectStore,
     open_object_store,
 )
+from helpers_processes import run_children
 from s3_server import S3Bucket, start_s3_server
 from tcp_cut import CuttingRelay
 
@@ -62,33 +59,6 @@ def store_url(request, tmp_path: Path) -> str:
 def objects(store_url: str):
     with open_object_store(store_url) as store:
         yield store
-
-
-def _child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
-def _run_children(script: str, args_per_child: list[list[str]]) -> list[str]:
-    """Starts one Python process per argument list at once; returns their stdout."""
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, *args],
-            env=_child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for args in args_per_child
-    ]
-    try:
-        outputs = [child.communicate(timeout=300) for child in children]
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGKILL)
-                child.wait()
-    assert all(c.returncode == 0 for c in children), [err for _, err in outputs]
-    return [out for out, _ in outputs]
 
 
 # -- the contract ------------------------------------------------------------------------
@@ -258,7 +228,7 @@ def test_concurrent_create_only_puts_from_processes_have_one_winner_each(
     objects: ObjectStore, store_url: str
 ):
     keys = [f"models/m/versions/{i}/manifest.json" for i in range(15)]
-    outs = _run_children(_CREATE_RACER, [[store_url, f"writer-{n}", *keys] for n in range(4)])
+    outs = run_children(_CREATE_RACER, [[store_url, f"writer-{n}", *keys] for n in range(4)])
     wins = {n: json.loads(out) for n, out in enumerate(outs)}
     assert sorted(k for won in wins.values() for k in won) == sorted(keys)  # one winner each
     for n, won in wins.items():
@@ -285,7 +255,7 @@ print(conflicts)
 
 def test_compare_and_swap_from_processes_loses_no_update(objects: ObjectStore, store_url: str):
     objects.put_new("counter", b"0")
-    outs = _run_children(_CAS_INCREMENTER, [[store_url, "10"] for _ in range(4)])
+    outs = run_children(_CAS_INCREMENTER, [[store_url, "10"] for _ in range(4)])
     assert objects.get("counter").data == b"40"
     assert all(int(out) >= 0 for out in outs)
 
@@ -313,7 +283,7 @@ print("ok")
 
 def test_a_store_opened_before_fork_works_in_the_child(objects: ObjectStore, store_url: str):
     objects.put_new("from-parent", b"parent")
-    assert _run_children(_FORKER, [[store_url]]) == ["ok\n"]
+    assert run_children(_FORKER, [[store_url]]) == ["ok\n"]
 
 
 # -- what only one backend can show ------------------------------------------------------
@@ -502,4 +472,4 @@ except MissingExtraError as exc:
 
 
 def test_s3_without_the_extra_is_a_missing_extra_error():
-    assert _run_children(_WITHOUT_S3FS, [[]]) == ["s3 s3fs True\n"]
+    assert run_children(_WITHOUT_S3FS, [[]]) == ["s3 s3fs True\n"]

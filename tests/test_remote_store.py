@@ -11,8 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -242,10 +240,10 @@ def test_follow_polls_the_remote_index(
     with three.load("m", "@production") as handle:
         follower = Follower(handle, three, "@production", 30.0, clock=clock)
         clock.wait_for_sleepers(1)
-        unchanged = _log_lines(s3_bucket, index, '" 304')
+        unchanged = s3_bucket.logged_requests(index, '" 304')
         clock.advance(30.0)  # a poll while nothing moved: a conditional GET, answered 304
         clock.wait_for_sleepers(1)
-        assert _log_lines(s3_bucket, index, '" 304') == unchanged + 1
+        assert s3_bucket.logged_requests(index, '" 304') == unchanged + 1
         assert handle.version == "1" and follower.swaps == 0
         embedml.ModelStore(url).set_alias("m", "production", "3")  # another machine
         clock.advance(30.0)
@@ -372,22 +370,7 @@ def test_processes_starting_at_once_on_an_empty_cache_download_once(
 
 def _gets(bucket: S3Bucket, key: str) -> int:
     """GET requests for ``key`` in the server's log, once every earlier request is logged."""
-    return _log_lines(bucket, f"GET /{bucket.name}/{key} ")
-
-
-def _log_lines(bucket: S3Bucket, *parts: str) -> int:
-    """Lines of the server's log holding every one of ``parts``, once every earlier request
-    is logged."""
-    server = bucket.server
-    marker = f"marker-{uuid.uuid4().hex}"
-    with pytest.raises(Exception):  # noqa: B017,PT011 (any answer: it is only a marker)
-        server.admin().get_object(Bucket=bucket.name, Key=marker)
-    deadline = time.monotonic() + 60
-    while marker not in server.log_path.read_text(errors="replace"):
-        assert time.monotonic() < deadline, "the server never logged the marker request"
-        time.sleep(0.05)  # another process writes the log; nothing to wait on instead
-    lines = server.log_path.read_text(errors="replace").splitlines()
-    return sum(all(p in line for p in parts) for line in lines)
+    return bucket.logged_requests(f"GET /{bucket.name}/{key} ")
 
 
 # ---------------------------------------------------------------- faults

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
 
 import pytest
 
+from helpers_processes import run_children
 from s3_server import S3Bucket, start_s3_server
 
 s3fs = pytest.importorskip("s3fs", reason="the s3 extra (s3fs) is part of the dev extra")
@@ -257,26 +257,10 @@ print(json.dumps(won))
 def test_concurrent_create_only_puts_from_processes_have_exactly_one_winner(s3_bucket: S3Bucket):
     """The server decides conditional writes atomically: the store's publish tests rely on it."""
     paths = [f"{s3_bucket.name}/race/{i}/manifest.json" for i in range(20)]
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _RACER, f"writer-{n}", *paths],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(4)
-    ]
-    try:
-        outputs = [r.communicate(timeout=180) for r in racers]
-    finally:
-        for r in racers:
-            if r.poll() is None:
-                r.send_signal(signal.SIGKILL)
-                r.wait()
-    assert all(r.returncode == 0 for r in racers), [err for _, err in outputs]
-    wins = [path for out, _ in outputs for path in json.loads(out)]
+    outputs = run_children(_RACER, [[f"writer-{n}", *paths] for n in range(4)], timeout=180)
+    wins = [path for out in outputs for path in json.loads(out)]
     assert sorted(wins) == sorted(paths)  # each key created once, by exactly one writer
     fs = _fs()
     winners = {path: fs.cat_file(path).decode() for path in paths}
-    for n, (out, _) in enumerate(outputs):
+    for n, out in enumerate(outputs):
         assert all(winners[path] == f"writer-{n}" for path in json.loads(out))
