@@ -1,7 +1,8 @@
-"""One contract for every object store: a folder (``file://``) and S3 (a real moto server).
+"""One contract for every object store: a folder (``file://``), S3 (a real moto server) and
+GCS (a real fake-gcs-server emulator).
 
-Each test of the contract runs against both implementations (the ``objects`` fixture); the
-S3 side talks HTTP to the server of ``s3_server.py``. Faults are real too: a server stopped,
+Each test of the contract runs against every implementation (the ``objects`` fixture); the
+S3 side talks HTTP to the server of ``s3_server.py``, the GCS side to that of ``gcs_server.py``. Faults are real too: a server stopped,
 a connection cut in the middle of a response (``tcp_cut.py``), wrong credentials, processes
 racing for one key.
 """
@@ -36,20 +37,25 @@ from embedml.store.objects import (
     S3ObjectStore,
     open_object_store,
 )
+from gcs_server import GCSBucket, start_gcs_server
 from helpers_processes import run_children
 from s3_server import S3Bucket, start_s3_server
 from tcp_cut import CuttingRelay
 
-KINDS = ["file", "s3"]
+KINDS = ["file", "s3", "gs"]
 # Where the server starts its answer to a PUT it carried out (after any "100 Continue").
 ANSWER = b"HTTP/1.1 200"
 
 
 @pytest.fixture(params=KINDS)
 def store_url(request, tmp_path: Path) -> str:
-    """The URL of a new, empty store of each kind (S3: a prefix in a fresh bucket)."""
+    """The URL of a new, empty store of each kind (S3, GCS: a prefix in a fresh bucket)."""
     if request.param == "file":
         return (tmp_path / "objects").as_uri()
+    if request.param == "gs":
+        pytest.importorskip("gcsfs", reason="the gcs extra is part of the dev extra")
+        gcs: GCSBucket = request.getfixturevalue("gcs_bucket")
+        return f"{gcs.url}/some/prefix"
     pytest.importorskip("s3fs", reason="the s3 extra is part of the dev extra")
     bucket: S3Bucket = request.getfixturevalue("s3_bucket")
     return f"{bucket.url}/some/prefix"

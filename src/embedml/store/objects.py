@@ -1,12 +1,14 @@
-"""Object stores: the few operations a remote model store needs, over a folder or S3.
+"""Object stores: the few operations a remote model store needs, over a folder, S3 or GCS.
 
 A store URL names a place that holds objects by key (``models/churn/index.json``):
 
 - ``file:///srv/models`` (or a plain path): :class:`LocalObjectStore`, a folder;
 - ``s3://bucket/prefix``: :class:`S3ObjectStore`, any S3-compatible service, through fsspec's
-  s3fs (the ``s3`` extra, imported only when such a store is opened).
+  s3fs (the ``s3`` extra, imported only when such a store is opened);
+- ``gs://bucket/prefix``: :class:`GCSObjectStore`, Google Cloud Storage, through fsspec's
+  gcsfs (the ``gcs`` extra, likewise imported only when such a store is opened).
 
-Both keep one contract (tested by one suite, ``tests/test_object_store.py``):
+All keep one contract (tested by one suite, ``tests/test_object_store.py``):
 
 - :meth:`~ObjectStore.get` returns the bytes and their ETag; :meth:`~ObjectStore.get_if_changed`
   is the cheap poll: ``None`` when the ETag still matches (S3 answers ``304`` with no body);
@@ -21,7 +23,7 @@ Both keep one contract (tested by one suite, ``tests/test_object_store.py``):
   SHA-256: an interrupted or wrong download leaves nothing behind.
 
 Every failure is a :class:`~embedml.errors.RemoteStoreError` naming the store URL, the operation
-and the key; the backend's exception (botocore, aiohttp, ``OSError``) is only its ``__cause__``.
+and the key; the backend's exception (botocore, aiohttp, google-auth, ``OSError``) is only its ``__cause__``.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ from .objects_base import (
     check_key,
     check_sha256,
 )
+from .objects_gcs import GCSObjectStore
 from .objects_local import LocalObjectStore
 from .objects_s3 import S3ObjectStore
 
 __all__ = [
     "CHUNK_BYTES",
     "Download",
+    "GCSObjectStore",
     "LocalObjectStore",
     "ObjectInfo",
     "ObjectStore",
@@ -61,24 +65,29 @@ __all__ = [
 def open_object_store(
     url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None, **options: Any
 ) -> ObjectStore:
-    """Opens the object store at ``url``: ``s3://bucket/prefix``, ``file:///path`` or a path.
+    """Opens the object store at ``url``: ``s3://bucket/prefix``, ``gs://bucket/prefix``,
+    ``file:///path`` or a path.
 
     ``storage_options`` go to the backend (for S3: s3fs's ``key``, ``secret``, ``token``,
-    ``endpoint_url``, ``client_kwargs``, ...); ``options`` to the store class (``retries``,
-    timeouts). Raises :class:`ConfigurationError` for another scheme, and
-    :class:`MissingExtraError` when ``s3://`` is asked for without the ``s3`` extra.
+    ``endpoint_url``, ``client_kwargs``, ...; for GCS: gcsfs's ``token``, ``project``,
+    ``endpoint_url``, ...); ``options`` to the store class (``retries``, timeouts). Raises
+    :class:`ConfigurationError` for another scheme, and :class:`MissingExtraError` when
+    ``s3://`` or ``gs://`` is asked for without the ``s3`` or ``gcs`` extra.
     """
     if isinstance(url, os.PathLike):
         return LocalObjectStore(Path(url), **options)
     scheme = urlsplit(url).scheme if "://" in url else ""
     if scheme == "s3":
         return S3ObjectStore(url, storage_options=storage_options, **options)
+    if scheme == "gs":
+        return GCSObjectStore(url, storage_options=storage_options, **options)
     if scheme in ("", "file"):
         if storage_options:
             raise ConfigurationError("storage_options apply to remote stores, not to a folder")
         return LocalObjectStore(_file_url_path(url) if scheme else Path(url), **options)
     raise ConfigurationError(
-        f"unsupported store URL {url!r}: expected s3://bucket/prefix, file:///path or a path"
+        f"unsupported store URL {url!r}: expected s3://bucket/prefix, gs://bucket/prefix,"
+        " file:///path or a path"
     )
 
 
