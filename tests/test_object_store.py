@@ -31,6 +31,7 @@ from embedml.errors import (
     StoreUnavailableError,
 )
 from embedml.store.objects import (
+    GCSObjectStore,
     LocalObjectStore,
     ObjectInfo,
     ObjectStore,
@@ -311,6 +312,23 @@ def test_store_urls():
             open_object_store(bad)
 
 
+def test_gs_store_urls(gcs_bucket: GCSBucket):
+    gs = open_object_store("gs://bucket/a/prefix/")
+    assert isinstance(gs, GCSObjectStore) and gs.url == "gs://bucket/a/prefix"
+    for bad in ("gs://", "gs://bucket/a/../b", "gs://bucket/p?x=1"):
+        with pytest.raises(ConfigurationError):
+            open_object_store(bad)
+    # A gs:// store's ETag is the object's generation: anything else is refused, not sent.
+    with open_object_store(f"{gcs_bucket.url}/p") as store:
+        store.put_new("k", b"x")
+        for call in (
+            lambda: store.put_if("k", b"y", '"abc"'),
+            lambda: store.get_if_changed("k", ""),
+        ):
+            with pytest.raises(ConfigurationError, match="generation"):
+                call()
+
+
 def test_a_folder_store_whose_path_is_a_file_is_not_a_store(tmp_path: Path):
     (tmp_path / "file").write_bytes(b"not a folder")
     store = LocalObjectStore(tmp_path / "file")
@@ -327,6 +345,17 @@ def test_a_missing_bucket_is_a_store_not_found_error(s3_bucket: S3Bucket):
             with pytest.raises(StoreNotFoundError) as info:
                 call()
             assert name in str(info.value) and info.value.url == f"s3://{name}/prefix"
+
+
+def test_a_missing_gcs_bucket_is_a_store_not_found_error(gcs_bucket: GCSBucket):
+    name = f"missing-{uuid.uuid4().hex[:12]}"
+    with GCSObjectStore(f"gs://{name}/prefix") as store:
+        # (a get names an object: GCS's message says which is missing, the emulator's not)
+        for call in (lambda: store.put_new("k", b"x"), lambda: store.put_if("k", b"x", "1"),
+                     store.list):  # fmt: skip
+            with pytest.raises(StoreNotFoundError) as info:
+                call()
+            assert name in str(info.value) and info.value.url == f"gs://{name}/prefix"
 
 
 def test_wrong_credentials_are_a_clear_access_error(tmp_path: Path):
@@ -371,6 +400,83 @@ def test_a_stopped_server_is_a_typed_error_and_leaves_no_file(tmp_path: Path):
             assert "cannot connect" in str(info.value) and "after 3 attempts" in str(info.value)
         assert list(out.iterdir()) == []
         store.close()
+
+
+def test_a_stopped_gcs_emulator_is_a_typed_error_and_leaves_no_file(tmp_path: Path):
+    pytest.importorskip("gcsfs")
+    with start_gcs_server(tmp_path) as server:
+        server.create_bucket("bucket")
+        store = GCSObjectStore(
+            "gs://bucket/p",
+            storage_options=server.storage_options(),
+            retries=2,
+            backoff=0.01,
+            connect_timeout=2,
+        )
+        store.put_new("blob", b"x" * 1000)
+        server.stop()
+        out = tmp_path / "dl"
+        out.mkdir()
+        calls = {
+            "get": lambda: store.get("blob"),
+            "put": lambda: store.put_new("other", b"y"),
+            "list": store.list,
+            "delete": lambda: store.delete("blob"),
+            "download": lambda: store.download("blob", out / "blob"),
+        }
+        for op, call in calls.items():
+            with pytest.raises(StoreUnavailableError) as info:
+                call()
+            assert info.value.operation == op and info.value.url == "gs://bucket/p"
+            assert "cannot connect" in str(info.value) and "after 3 attempts" in str(info.value)
+            assert type(info.value.__cause__).__module__.startswith("aiohttp")
+        assert list(out.iterdir()) == []
+        store.close()
+
+
+def test_a_gcs_download_cut_in_the_middle_leaves_no_file(gcs_bucket: GCSBucket, tmp_path: Path):
+    data = os.urandom(4 << 20)
+    with GCSObjectStore(f"{gcs_bucket.url}/p") as direct:
+        direct.put_new("big", data)
+    relay = CuttingRelay(gcs_bucket.server.port, cut_after=1 << 20)  # 1 MiB of 4 sent
+    try:
+        options = {"endpoint_url": f"http://127.0.0.1:{relay.port}", "token": "anon"}
+        with (
+            GCSObjectStore(
+                f"{gcs_bucket.url}/p", storage_options=options, retries=2, backoff=0.01
+            ) as store,
+            pytest.raises(StoreUnavailableError) as info,
+        ):
+            store.download("big", tmp_path / "big")
+    finally:
+        relay.join()
+    assert relay.cut.is_set()
+    assert info.value.operation == "download" and info.value.key == "big"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["create", "swap"])
+def test_a_gcs_write_whose_answer_was_lost_is_settled_by_reading_back(
+    gcs_bucket: GCSBucket, kind: str
+):
+    """The emulator applied the write but its answer was cut: the writer still knows it won."""
+    with GCSObjectStore(f"{gcs_bucket.url}/p") as direct:
+        before = direct.put_new("index.json", b"1") if kind == "swap" else None
+    relay = CuttingRelay(gcs_bucket.server.port, cut_at=ANSWER, keep_listening=True)
+    options = {"endpoint_url": f"http://127.0.0.1:{relay.port}", "token": "anon"}
+    try:
+        with GCSObjectStore(f"{gcs_bucket.url}/p", storage_options=options, retries=1) as store:
+            if before is None:
+                new = store.put_new("index.json", b"mine")  # the first answer never arrives
+            else:
+                new = store.put_if("index.json", b"mine", before)
+            assert relay.cut.is_set()
+            got = store.get("index.json")
+            assert (got.data, got.etag) == (b"mine", new) and new != before
+            with pytest.raises(PreconditionFailedError):  # and it is still conditional
+                store.put_new("index.json", b"someone else")
+    finally:
+        relay.join()
 
 
 def test_a_download_cut_in_the_middle_leaves_no_file(s3_bucket: S3Bucket, tmp_path: Path):
@@ -479,3 +585,21 @@ except MissingExtraError as exc:
 
 def test_s3_without_the_extra_is_a_missing_extra_error():
     assert run_children(_WITHOUT_S3FS, [[]]) == ["s3 s3fs True\n"]
+
+
+_WITHOUT_GCSFS = """
+import sys
+sys.modules["gcsfs"] = None  # as if the gcs extra were not installed
+import embedml
+from embedml.errors import MissingExtraError
+from embedml.store.objects import open_object_store
+assert not {"fsspec", "google.auth", "aiohttp"} & set(sys.modules)  # nothing eager
+try:
+    open_object_store("gs://bucket/prefix")
+except MissingExtraError as exc:
+    print(exc.extra, exc.name, isinstance(exc, ImportError))
+"""
+
+
+def test_gs_without_the_extra_is_a_missing_extra_error():
+    assert run_children(_WITHOUT_GCSFS, [[]]) == ["gcs gcsfs True\n"]
