@@ -152,7 +152,7 @@ def test_bench_uses_the_same_builder(store, capsys):
 
 
 @pytest.mark.parametrize(
-    "url", ["gs://b/x", "http://host/models", "file://otherhost/x"]
+    "url", ["az://b/x", "http://host/models", "file://otherhost/x"]
 )
 def test_store_urls_are_refused_not_made_into_folders(tmp_path, monkeypatch, url):
     monkeypatch.chdir(tmp_path)

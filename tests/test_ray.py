@@ -84,8 +84,8 @@ def test_errors_before_any_work(store, tmp_path):
         predict(None, store.root, "ghost")
     with pytest.raises(embedml.VersionNotFoundError):
         predict(None, store.root, "lr", "@staging")
-    with pytest.raises(embedml.ConfigurationError, match="gs://"):
-        predict(None, "gs://bucket/models", "lr")  # s3:// works (below); gs:// does not yet
+    with pytest.raises(embedml.ConfigurationError, match="az://"):
+        predict(None, "az://bucket/models", "lr")  # s3:// and gs:// work; az:// does not yet
     with pytest.raises(embedml.ConfigurationError, match="no column"):
         EmbedMLPredictor(store.root, "lin", feature_columns=["x0"])(_frame(3))
 

@@ -225,7 +225,7 @@ def test_urls_that_are_not_stores(s3_bucket: S3Bucket, cache_dir: Path) -> None:
         store.save("m", Affine(1.0), format="tracked")
     assert _objects(s3_bucket) == ["data/report.csv"]  # nothing written
     with pytest.raises(ConfigurationError, match="unsupported store URL"):
-        embedml.ModelStore("gs://bucket/models")
+        embedml.ModelStore("az://bucket/models")
     with pytest.raises(StoreNotFoundError, match="does not exist"):
         embedml.ModelStore("s3://no-such-bucket-embedml/models").models()
     assert embedml.ModelStore(f"{s3_bucket.url}/empty").models() == []
@@ -487,7 +487,7 @@ def test_cli_over_s3(three, url: str, tmp_path: Path, capsys, monkeypatch) -> No
         )
         == 0
     )
-    assert main(["--store", "gs://bucket/x", "ls"]) == 1
+    assert main(["--store", "az://bucket/x", "ls"]) == 1
     assert "unsupported store URL" in capsys.readouterr().err
 
 
