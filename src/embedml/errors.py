@@ -143,7 +143,7 @@ class StoreError(EmbedMLError):
 
 
 class RemoteStoreError(StoreError):
-    """An operation on an object store (``s3://``, ``file://``) failed.
+    """An operation on an object store (``s3://``, ``gs://``, ``file://``) failed.
 
     ``url`` is the store, ``operation`` what was being done (``"get"``, ``"put"``,
     ``"list"``, ...), ``key`` the object (``None`` for the store itself). The message starts

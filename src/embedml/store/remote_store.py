@@ -1,4 +1,4 @@
-"""``RemoteStore``: the :class:`~embedml.store.Store` API over an object store (``s3://``).
+"""``RemoteStore``: the :class:`~embedml.store.Store` API over an object store (``s3://``, ``gs://``).
 
 ``Store("s3://bucket/prefix")`` (and :class:`embedml.ModelStore` with a URL) makes one of
 these. It keeps the local store's public methods and guarantees with conditional writes
@@ -110,19 +110,20 @@ _HISTORY_ACTIONS = ("set_alias", "promote", "rollback", "remove_alias", "gate")
 
 
 class RemoteStore(Store, remote=True):
-    """A model store in an object store: ``Store("s3://bucket/prefix")``.
+    """A model store in an object store: ``Store("s3://bucket/prefix")``, ``"gs://..."``.
 
     The same methods as the folder store (:class:`~embedml.store.Store`), with the same
     guarantees, kept with conditional writes (see the module docstring and
     ``docs/remote-stores.md``). ``storage_options`` go to the object store (for S3, s3fs's
     ``key``, ``secret``, ``endpoint_url``, ``client_kwargs``...; by default botocore's
-    chain: ``AWS_*`` variables, profiles, instance roles). ``offline`` (default:
+    chain: ``AWS_*`` variables, profiles, instance roles; for GCS, gcsfs's ``token``,
+    ``project``, ``endpoint_url``...; by default google-auth's chain). ``offline`` (default:
     ``EMBEDML_OFFLINE``) serves only what the local cache holds; ``cache_dir`` (default
     ``EMBEDML_CACHE_DIR``) is that cache. ``retries``, ``connect_timeout``,
     ``read_timeout``, ``backoff`` tune the object store's retries.
 
     Raises :class:`ConfigurationError` for an unsupported URL scheme,
-    :class:`~embedml.errors.MissingExtraError` without the ``s3`` extra; on first use,
+    :class:`~embedml.errors.MissingExtraError` without the ``s3`` / ``gcs`` extra; on first use,
     :class:`~embedml.errors.NotAStoreError` when the prefix holds something that is not an
     embedml store, and the :class:`~embedml.errors.RemoteStoreError` family (naming the URL
     and operation) when the store cannot be reached or refuses the credentials.
