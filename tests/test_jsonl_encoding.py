@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sklearn.dummy import DummyRegressor
 
 import embedml
-from embedml.observe.records import encode_json, prepare_json
+from embedml.observe.records import encode_json
 from helpers_models import onnx_linear, onnx_two_inputs, sk_logreg
 
 
@@ -66,14 +66,6 @@ def test_batch_encoding_writes_the_same_text_as_one_record_at_a_time(store, tmp_
         # (compared as JSON text: NaN != NaN)
         assert json.dumps([d["inputs"], d["outputs"]]) == json.dumps([r.inputs, r.outputs])
         assert d["rows"] == r.rows and d["error"] == r.error
-
-
-def test_prepare_json_gives_each_record_the_lists_of_its_own_arrays(store):
-    records = [dataclasses.replace(r) for r in mixed_records(store)]
-    prepare_json(records)  # one concatenate and tolist per array shape
-    for r, alone in zip(records, mixed_records(store)):
-        # the same values as each record builds alone (compared as JSON text: NaN != NaN)
-        assert json.dumps([r.inputs, r.outputs]) == json.dumps([alone.inputs, alone.outputs])
 
 
 def test_encode_falls_back_to_json_for_values_pydantic_core_cannot_write():

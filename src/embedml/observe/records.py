@@ -20,7 +20,7 @@ import base64
 import itertools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,7 +161,7 @@ class PredictionRecord:
     raw_outputs: Any
     #: Field names of the input rows (record schemas), else ``None``.
     input_names: tuple[str, ...] | None = None
-    # the JSON-ready values, built on first access (see inputs, outputs, prepare_json)
+    # the JSON-ready values, built on first access (see inputs, outputs)
     _inputs: Any = field(default=_UNSET, init=False, repr=False)
     _outputs: Any = field(default=_UNSET, init=False, repr=False)
 
@@ -243,32 +243,6 @@ class PredictionRecord:
         )
 
 
-def prepare_json(records: list[PredictionRecord]) -> None:
-    """Build the JSON-ready ``inputs`` and ``outputs`` of many records at once: the 1-D
-    and 2-D numeric arrays of the same row shape go through one ``concatenate`` and one
-    ``tolist`` and each record takes its slice of the list. For the small arrays of
-    single-row calls the per-array overhead of ``tolist`` is most of the cost. Inputs
-    that a record schema turns into ``{field: value}`` rows are left to ``inputs``."""
-    for which in ("_inputs", "_outputs"):
-        groups: dict[Any, list[PredictionRecord]] = {}
-        for r in records:
-            v = r.raw_inputs if which == "_inputs" else r.raw_outputs
-            if (
-                type(v) is np.ndarray and 1 <= v.ndim <= 2 and v.dtype.kind in "iuf"
-                and (which == "_outputs" or r.input_names is None)
-                and getattr(r, which) is _UNSET
-            ):  # fmt: skip
-                groups.setdefault((v.shape[1:], v.dtype), []).append(r)
-        for group in groups.values():
-            raws = [r.raw_inputs if which == "_inputs" else r.raw_outputs for r in group]
-            values = np.concatenate(raws).tolist()
-            start = 0
-            for r, raw in zip(group, raws):
-                end = start + len(raw)
-                setattr(r, which, values[start:end])
-                start = end
-
-
 def jsonable(value: Any) -> Any:
     """``value`` as plain JSON types (lists, dicts, str, int, float, bool, None).
 
@@ -327,6 +301,20 @@ _json_encode = json.JSONEncoder(default=str).encode
 def encode_json(value: Any) -> str:
     """Compact JSON text of a JSON-ready value (see :func:`json_bytes`)."""
     return json_bytes(value).decode()
+
+
+def json_lines(values: Iterable[Any]) -> list[bytes]:
+    """Each value as :func:`json_bytes` gives it, plus a newline: the lines of a JSONL
+    write batch (pydantic-core is looked up once per batch, not once per line)."""
+    from pydantic_core import to_json  # (see json_bytes)
+
+    lines = []
+    for value in values:
+        try:
+            lines.append(to_json(value) + b"\n")
+        except Exception:  # PydanticSerializationError: see json_bytes
+            lines.append(_json_encode(value).encode() + b"\n")
+    return lines
 
 
 def json_bytes(value: Any) -> bytes:

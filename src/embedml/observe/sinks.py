@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - Windows: no fork, no other process rot
 
 from ..errors import ConfigurationError
 from .hooks import Sink
-from .records import PredictionRecord, encode_json, json_bytes, prepare_json, unpacked
+from .records import PredictionRecord, encode_json, json_lines, unpacked
 
 __all__ = ["CallableSink", "JsonlSink", "LoggingSink", "as_sink", "read_jsonl"]
 
@@ -41,9 +41,8 @@ class JsonlSink(Sink):
     Each line is :meth:`PredictionRecord.to_dict` encoded by pydantic-core's encoder
     (:func:`~embedml.observe.records.encode_json`: about 0.05 µs per number, a tenth of
     the ``json`` module's cost).
-    ``arrays="list"`` writes inputs and outputs as compact JSON lists (readable; the arrays
-    of a write batch are turned into lists together; float32 values are written as the
-    doubles they widen to); ``arrays="base64"`` writes numeric arrays
+    ``arrays="list"`` writes inputs and outputs as compact JSON lists (readable; float32
+    values are written as the doubles they widen to); ``arrays="base64"`` writes numeric arrays
     as ``{"dtype", "shape", "base64"}`` objects (lossless and much cheaper; :func:`read_jsonl`
     turns them back into arrays). Other options are those of :class:`~embedml.observe.hooks.Sink`. Raises
     :class:`ConfigurationError` for invalid options.
@@ -86,9 +85,7 @@ class JsonlSink(Sink):
     def write(self, records: list[PredictionRecord]) -> None:
         if self._file is None:
             self._open()
-        if self.arrays == "list":
-            prepare_json(records)  # the lists of a whole batch at once (see there)
-        lines = [json_bytes(self.record_dict(r, self.arrays)) + b"\n" for r in records]
+        lines = json_lines([self.record_dict(r, self.arrays) for r in records])
         for chunk in self._chunks(lines):
             if self._file is None:  # rotated after the previous chunk
                 self._open()
