@@ -22,6 +22,19 @@ def store(tmp_path: Path) -> embedml.ModelStore:
     return embedml.ModelStore(tmp_path / "store")
 
 
+@pytest.fixture
+def three(url: str) -> embedml.ModelStore:
+    """``affine`` versions 1, 2, 3 (``k * row sum``, k = 1, -2, 3) in a fresh store at the
+    requesting module's ``url`` fixture (the S3 and gs:// remote-store tests)."""
+    # imported here: helpers_rollout registers the "tracked" format, only where it is used
+    from helpers_rollout import Affine
+
+    store = embedml.ModelStore(url)
+    for k, version in ((1.0, "1"), (-2.0, "2"), (3.0, "3")):
+        store.save("m", Affine(k), version=version, format="tracked")
+    return store
+
+
 @pytest.fixture(scope="session")
 def iris_like() -> tuple[np.ndarray, np.ndarray]:
     """A small 4-feature, 2-class dataset (deterministic)."""

@@ -19,13 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,23 +30,10 @@ from typing import Any
 
 import pytest
 
-HOST = "127.0.0.1"
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 15.0
-REQUEST_TIMEOUT_S = 30.0
+from helpers_servers import HOST, Bucket, ServerProcess, start_server
 
-# Runs first in the server process: ask the kernel to SIGTERM it when the test process dies
-# (the setting survives the exec of the Go binary), then become the binary.
-_LAUNCH = """\
-import os, signal, sys
-parent = int(sys.argv.pop(1))
-if sys.platform == "linux":
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        sys.exit(0)
-os.execv(sys.argv[1], sys.argv[1:])
-"""
+START_TIMEOUT_S = 60.0
+REQUEST_TIMEOUT_S = 30.0
 
 
 def emulator_binary() -> str:
@@ -66,30 +46,13 @@ def emulator_binary() -> str:
 
 
 @dataclass
-class GCSServer:
-    """A running fake-gcs-server process: its address, process and log file."""
-
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def endpoint(self) -> str:
-        """The endpoint URL (``http://127.0.0.1:PORT``): ``STORAGE_EMULATOR_HOST``."""
-        return f"http://{HOST}:{self.port}"
+class GCSServer(ServerProcess):
+    """A running fake-gcs-server process: its address, process and log file. Its
+    :attr:`endpoint` is what ``STORAGE_EMULATOR_HOST`` takes."""
 
     def storage_options(self) -> dict[str, Any]:
         """gcsfs ``storage_options`` for this server, without any environment variable."""
         return {"endpoint_url": self.endpoint, "token": "anon"}
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """One JSON API call for set-up and clean-up (buckets); returns the decoded answer."""
@@ -115,97 +78,27 @@ class GCSServer:
                 self.request("DELETE", f"/storage/v1/b/{bucket}/o/{key}")
         self.request("DELETE", f"/storage/v1/b/{bucket}")
 
-    def stop(self) -> None:
-        """Stops the server (SIGTERM, then SIGKILL after a bounded wait); idempotent."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(STOP_TIMEOUT_S)
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _answers(endpoint: str) -> bool:
-    try:
-        with urllib.request.urlopen(endpoint + "/storage/v1/b", timeout=2):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _wait_until_ready(server: GCSServer, timeout: float) -> bool:
-    """Polls until the server answers (True), its process exits (False), or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while time.monotonic() < deadline:
-        if not server.alive():
-            return False
-        if _answers(server.endpoint):
-            return True
-        time.sleep(delay)  # bounded poll of another process; nothing to wait on instead
-        delay = min(delay * 2, 0.5)
-    raise RuntimeError(
-        f"the GCS emulator on port {server.port} did not answer within {timeout:.0f} s;"
-        f" its output:\n{server.log()}"
-    )
-
-
-@contextlib.contextmanager
-def start_gcs_server(log_dir: Path | None = None) -> Iterator[GCSServer]:
-    """Starts fake-gcs-server on a free port of 127.0.0.1; stops it on exit, even on error.
-
-    Raises ``RuntimeError`` (with the server's output) when it cannot be started.
-    """
+def start_gcs_server(log_dir: Path | None = None) -> contextlib.AbstractContextManager[GCSServer]:
+    """Starts fake-gcs-server (in-memory backend) on a free port of 127.0.0.1 as a context
+    manager; stops it on exit, even on error. Raises ``RuntimeError`` (with the server's
+    output) when it cannot be started."""
     binary = emulator_binary()
-    log_dir = Path(log_dir or tempfile.gettempdir())
-    server: GCSServer | None = None
-    try:
-        for _attempt in range(3):  # another process may take the free port before it binds
-            port = _free_port()
-            log_path = log_dir / f"fake-gcs-{port}-{uuid.uuid4().hex[:8]}.log"
-            args = [binary, "-scheme", "http", "-backend", "memory", "-host", HOST,
-                    "-port", str(port), "-log-level", "warn"]  # fmt: skip
-            with open(log_path, "wb") as log:
-                process = subprocess.Popen(
-                    [sys.executable, "-c", _LAUNCH, str(os.getpid()), *args],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own group: stop() signals it and nothing else
-                )
-            server = GCSServer(port=port, process=process, log_path=log_path)
-            if _wait_until_ready(server, START_TIMEOUT_S):
-                break
-            server.stop()
-        else:
-            raise RuntimeError(f"the GCS emulator exited at start; its output:\n{server.log()}")
-        yield server
-    finally:
-        if server is not None:
-            server.stop()
+    return start_server(
+        GCSServer,
+        lambda port: [binary, "-scheme", "http", "-backend", "memory", "-host", HOST,
+                      "-port", str(port), "-log-level", "warn"],
+        what="GCS emulator", log_name="fake-gcs", probe="/storage/v1/b",
+        start_timeout=START_TIMEOUT_S, log_dir=log_dir,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
-class GCSBucket:
+class GCSBucket(Bucket):
     """A fresh bucket on the emulator; ``url`` is ``gs://NAME``."""
 
-    name: str
+    scheme = "gs"
     server: GCSServer
-
-    @property
-    def url(self) -> str:
-        return f"gs://{self.name}"
 
 
 @pytest.fixture(scope="session")

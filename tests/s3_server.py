@@ -22,14 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,28 +32,13 @@ from typing import Any
 
 import pytest
 
-HOST = "127.0.0.1"
+from helpers_servers import HOST, Bucket, ServerProcess, start_server
+
 ACCESS_KEY = "embedml-test-key"
 SECRET_KEY = "embedml-test-secret"
 REGION = "us-east-1"
 # A loaded 2-core machine can take several seconds to import moto and bind.
 START_TIMEOUT_S = 90.0
-STOP_TIMEOUT_S = 15.0
-
-# Runs in the server process: ask the kernel to SIGTERM it when the test process dies
-# (even by SIGKILL, when no fixture finalizer can run), then hand over to moto's own
-# `moto_server` entry point. Set in the child itself: preexec_fn is unsafe with threads.
-_LAUNCH = """\
-import os, signal, sys
-parent = int(sys.argv.pop(1))
-if sys.platform == "linux":
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        sys.exit(0)
-from moto.server import main
-main(sys.argv[1:])
-"""
 
 # Variables that would point botocore at something other than the test server.
 _AWS_VARS_TO_CLEAR = (
@@ -76,18 +55,10 @@ _AWS_VARS_TO_CLEAR = (
 
 
 @dataclass
-class S3Server:
-    """A running moto server process: its address, process and log file."""
+class S3Server(ServerProcess):
+    """A running moto server process: its address, process, log file and admin client."""
 
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
     _admin: Any = field(default=None, repr=False)
-
-    @property
-    def endpoint(self) -> str:
-        """The endpoint URL (``http://127.0.0.1:PORT``)."""
-        return f"http://{HOST}:{self.port}"
 
     def env(self) -> dict[str, str]:
         """The ``AWS_*`` variables that make any AWS client talk to this server."""
@@ -112,16 +83,6 @@ class S3Server:
             "client_kwargs": {"region_name": REGION},
         }
 
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log(self) -> str:
-        """The server's output so far (for failure messages)."""
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
     def admin(self) -> Any:
         """A synchronous botocore client for set-up and clean-up (buckets), made once.
 
@@ -142,103 +103,41 @@ class S3Server:
             )
         return self._admin
 
+    def create_bucket(self, name: str) -> None:
+        self.admin().create_bucket(Bucket=name)
+
     def stop(self) -> None:
-        """Stops the server (SIGTERM, then SIGKILL after a bounded wait); idempotent."""
+        """Closes the admin client, then stops the server; idempotent."""
         if self._admin is not None:
             self._admin.close()
             self._admin = None
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(STOP_TIMEOUT_S)
+        super().stop()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _answers(endpoint: str) -> bool:
-    """True once anything answers HTTP at ``endpoint`` (an S3 error reply counts)."""
-    try:
-        with urllib.request.urlopen(endpoint + "/", timeout=2):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _wait_until_ready(server: S3Server, timeout: float) -> bool:
-    """Polls until the server answers (True), its process exits (False), or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while time.monotonic() < deadline:
-        if not server.alive():
-            return False
-        if _answers(server.endpoint):
-            return True
-        time.sleep(delay)  # bounded poll of another process; nothing to wait on instead
-        delay = min(delay * 2, 0.5)
-    raise RuntimeError(
-        f"the S3 test server on port {server.port} did not answer within {timeout:.0f} s;"
-        f" its output:\n{server.log()}"
-    )
-
-
-@contextlib.contextmanager
 def start_s3_server(
     log_dir: Path | None = None, *, env: dict[str, str] | None = None
-) -> Iterator[S3Server]:
-    """Starts ``moto.server`` on a free port of 127.0.0.1; stops it on exit, even on error.
+) -> contextlib.AbstractContextManager[S3Server]:
+    """Starts ``moto.server`` (moto's own entry point) on a free port of 127.0.0.1 as a
+    context manager; stops it on exit, even on error.
 
     ``env`` adds variables to the server's environment, for example
     ``INITIAL_NO_AUTH_ACTION_COUNT="0"`` to make it check credentials (moto accepts any by
     default). Raises ``RuntimeError`` (with the server's output) when it cannot be started.
     """
-    log_dir = Path(log_dir or tempfile.gettempdir())
-    server: S3Server | None = None
-    try:
-        for _attempt in range(3):  # another process may take the free port before moto binds
-            port = _free_port()
-            log_path = log_dir / f"moto-{port}-{uuid.uuid4().hex[:8]}.log"
-            with open(log_path, "wb") as log:
-                process = subprocess.Popen(
-                    [sys.executable, "-c", _LAUNCH, str(os.getpid()), "-H", HOST, "-p", str(port)],
-                    stdin=subprocess.DEVNULL,
-                    env={**os.environ, **(env or {})},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own group: stop() signals it and nothing else
-                )
-            server = S3Server(port=port, process=process, log_path=log_path)
-            if _wait_until_ready(server, START_TIMEOUT_S):
-                break
-            server.stop()
-        else:
-            raise RuntimeError(f"the S3 test server exited at start; its output:\n{server.log()}")
-        yield server
-    finally:
-        if server is not None:
-            server.stop()
+    return start_server(
+        S3Server,
+        lambda port: [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+        what="S3 test server", log_name="moto", probe="/", start_timeout=START_TIMEOUT_S,
+        log_dir=log_dir, env=env,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
-class S3Bucket:
+class S3Bucket(Bucket):
     """A fresh bucket on the test server; ``url`` is ``s3://NAME``."""
 
-    name: str
+    scheme = "s3"
     server: S3Server
-
-    @property
-    def url(self) -> str:
-        return f"s3://{self.name}"
 
     def logged_requests(self, *parts: str) -> int:
         """Lines of the server's request log holding every one of ``parts``, once every

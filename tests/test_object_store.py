@@ -372,42 +372,14 @@ def test_wrong_credentials_are_a_clear_access_error(tmp_path: Path):
                 assert "InvalidAccessKeyId" in message and "\n" not in message
 
 
-def test_a_stopped_server_is_a_typed_error_and_leaves_no_file(tmp_path: Path):
-    pytest.importorskip("s3fs")
-    with start_s3_server(tmp_path) as server:
-        server.admin().create_bucket(Bucket="bucket")
-        store = S3ObjectStore(
-            "s3://bucket/p",
-            storage_options=server.storage_options(),
-            retries=2,
-            backoff=0.01,
-            connect_timeout=2,
-        )
-        store.put_new("blob", b"x" * 1000)
-        server.stop()
-        out = tmp_path / "dl"
-        out.mkdir()
-        calls = {
-            "get": lambda: store.get("blob"),
-            "put": lambda: store.put_new("other", b"y"),
-            "list": store.list,
-            "download": lambda: store.download("blob", out / "blob"),
-        }
-        for op, call in calls.items():
-            with pytest.raises(StoreUnavailableError) as info:
-                call()
-            assert info.value.operation == op and info.value.url == "s3://bucket/p"
-            assert "cannot connect" in str(info.value) and "after 3 attempts" in str(info.value)
-        assert list(out.iterdir()) == []
-        store.close()
-
-
-def test_a_stopped_gcs_emulator_is_a_typed_error_and_leaves_no_file(tmp_path: Path):
-    pytest.importorskip("gcsfs")
-    with start_gcs_server(tmp_path) as server:
+@pytest.mark.parametrize("kind", ["s3", "gs"])
+def test_a_stopped_server_is_a_typed_error_and_leaves_no_file(kind: str, tmp_path: Path):
+    pytest.importorskip("s3fs" if kind == "s3" else "gcsfs")
+    start, cls = (start_s3_server, S3ObjectStore) if kind == "s3" else (start_gcs_server, GCSObjectStore)  # fmt: skip
+    with start(tmp_path) as server:
         server.create_bucket("bucket")
-        store = GCSObjectStore(
-            "gs://bucket/p",
+        store = cls(
+            f"{kind}://bucket/p",
             storage_options=server.storage_options(),
             retries=2,
             backoff=0.01,
@@ -427,32 +399,12 @@ def test_a_stopped_gcs_emulator_is_a_typed_error_and_leaves_no_file(tmp_path: Pa
         for op, call in calls.items():
             with pytest.raises(StoreUnavailableError) as info:
                 call()
-            assert info.value.operation == op and info.value.url == "gs://bucket/p"
+            assert info.value.operation == op and info.value.url == f"{kind}://bucket/p"
             assert "cannot connect" in str(info.value) and "after 3 attempts" in str(info.value)
-            assert type(info.value.__cause__).__module__.startswith("aiohttp")
+            # the client library's exception is only the cause
+            assert type(info.value.__cause__).__module__.split(".")[0] in ("aiohttp", "botocore")
         assert list(out.iterdir()) == []
         store.close()
-
-
-def test_a_gcs_download_cut_in_the_middle_leaves_no_file(gcs_bucket: GCSBucket, tmp_path: Path):
-    data = os.urandom(4 << 20)
-    with GCSObjectStore(f"{gcs_bucket.url}/p") as direct:
-        direct.put_new("big", data)
-    relay = CuttingRelay(gcs_bucket.server.port, cut_after=1 << 20)  # 1 MiB of 4 sent
-    try:
-        options = {"endpoint_url": f"http://127.0.0.1:{relay.port}", "token": "anon"}
-        with (
-            GCSObjectStore(
-                f"{gcs_bucket.url}/p", storage_options=options, retries=2, backoff=0.01
-            ) as store,
-            pytest.raises(StoreUnavailableError) as info,
-        ):
-            store.download("big", tmp_path / "big")
-    finally:
-        relay.join()
-    assert relay.cut.is_set()
-    assert info.value.operation == "download" and info.value.key == "big"
-    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("kind", ["create", "swap"])
@@ -479,18 +431,21 @@ def test_a_gcs_write_whose_answer_was_lost_is_settled_by_reading_back(
         relay.join()
 
 
-def test_a_download_cut_in_the_middle_leaves_no_file(s3_bucket: S3Bucket, tmp_path: Path):
-    pytest.importorskip("s3fs")
+@pytest.mark.parametrize("kind", ["s3", "gs"])
+def test_a_download_cut_in_the_middle_leaves_no_file(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+):
+    pytest.importorskip("s3fs" if kind == "s3" else "gcsfs")
+    cls = S3ObjectStore if kind == "s3" else GCSObjectStore
+    bucket = request.getfixturevalue("s3_bucket" if kind == "s3" else "gcs_bucket")
     data = os.urandom(4 << 20)
-    with S3ObjectStore(f"{s3_bucket.url}/p") as direct:
+    with cls(f"{bucket.url}/p") as direct:
         direct.put_new("big", data)
-    relay = CuttingRelay(s3_bucket.server.port, cut_after=1 << 20)  # 1 MiB of 4 sent
+    relay = CuttingRelay(bucket.server.port, cut_after=1 << 20)  # 1 MiB of 4 sent
     try:
-        options = {**s3_bucket.server.storage_options(), "endpoint_url": relay.endpoint}
+        options = {**bucket.server.storage_options(), "endpoint_url": relay.endpoint}
         with (
-            S3ObjectStore(
-                f"{s3_bucket.url}/p", storage_options=options, retries=2, backoff=0.01
-            ) as store,
+            cls(f"{bucket.url}/p", storage_options=options, retries=2, backoff=0.01) as store,
             pytest.raises(StoreUnavailableError) as info,
         ):
             store.download("big", tmp_path / "big")

@@ -99,15 +99,6 @@ def test_save_and_load_over_s3(url: str, s3_bucket: S3Bucket, cache_dir: Path) -
         store.resolve("lin", "7")
 
 
-@pytest.fixture
-def three(url: str) -> embedml.ModelStore:
-    """``affine`` versions 1, 2, 3 (``k * row sum``, k = 1, -2, 3) in a fresh S3 store."""
-    store = embedml.ModelStore(url)
-    for k, version in ((1.0, "1"), (-2.0, "2"), (3.0, "3")):
-        store.save("m", Affine(k), version=version, format="tracked")
-    return store
-
-
 def test_aliases_history_promote_rollback_over_s3(three, url: str) -> None:
     store = three
     store.set_alias("m", "production", "1", who="ana")

@@ -21,7 +21,6 @@ from embedml.store import RemoteStore
 from embedml.testing import FakeClock
 from gcs_server import GCSBucket
 from helpers_models import LINEAR_B, LINEAR_W, onnx_linear
-from helpers_rollout import Affine
 from test_remote_store import _at_once, _mean
 
 pytest.importorskip("gcsfs", reason="the gcs extra is part of the dev extra")
@@ -35,15 +34,6 @@ def url(gcs_bucket: GCSBucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("EMBEDML_OFFLINE", raising=False)
     monkeypatch.delenv("EMBEDML_SIGNING_KEY", raising=False)
     return f"{gcs_bucket.url}/models"
-
-
-@pytest.fixture
-def three(url: str) -> embedml.ModelStore:
-    """``affine`` versions 1, 2, 3 (``k * row sum``, k = 1, -2, 3) in a fresh gs:// store."""
-    store = embedml.ModelStore(url)
-    for k, version in ((1.0, "1"), (-2.0, "2"), (3.0, "3")):
-        store.save("m", Affine(k), version=version, format="tracked")
-    return store
 
 
 def test_save_and_load_over_gcs(url: str, gcs_bucket: GCSBucket) -> None:
