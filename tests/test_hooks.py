@@ -233,6 +233,30 @@ def test_jsonl_rotation_cuts_a_large_write_batch(lr, iris_like, tmp_path):
     assert [r["request_id"] for r in read_jsonl(path)] == ids
 
 
+def test_jsonl_rotation_shifts_only_the_files_there_are(lr, iris_like, tmp_path):
+    # path.1 and path.3 exist (path.2 was deleted by hand): a rotation moves path.1 to the
+    # free path.2 and leaves path.3 alone; nothing is overwritten, nothing past keep is made
+    X, _ = iris_like
+    records = []
+    h = lr.load("lr", hooks=[CallableSink(records.append, policy="block")])
+    for x in X[:40]:
+        h.predict(x)
+    h.close()
+    path = tmp_path / "g.jsonl"
+    for name, text in (("g.jsonl.1", "one\n"), ("g.jsonl.3", "three\n")):
+        (tmp_path / name).write_text(text)
+    sink = JsonlSink(path, rotate_bytes=1, keep=3)  # every record rotates
+    sink.write(records[:1])
+    sink.close()
+    assert (tmp_path / "g.jsonl.2").read_text() == "one\n"
+    assert (tmp_path / "g.jsonl.3").read_text() == "three\n"
+    assert not (tmp_path / "g.jsonl.4").exists()
+    sink = JsonlSink(path, rotate_bytes=1, keep=3)
+    sink.write(records[1:3])  # two more rotations: keep=3 files at most
+    sink.close()
+    assert sorted(p.name for p in tmp_path.glob("g.jsonl.*")) == ["g.jsonl.1", "g.jsonl.2", "g.jsonl.3"]
+
+
 def test_sampling(lr, iris_like):
     X, _ = iris_like
     sink = CallableSink(lambda r: None, sample=0.3)
