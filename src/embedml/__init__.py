@@ -14,6 +14,8 @@ from . import _compat
 from ._version import __version__
 from .errors import (
     AliasMovedError,
+    BrokerError,
+    BrokerUnavailableError,
     ConfigurationError,
     EmbedMLError,
     FrameworkVersionError,
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
     from .observe.drift import DriftMonitor, DriftReport
     from .observe.hooks import PredictionRecord, Sink
     from .observe.sinks import CallableSink, JsonlSink, LoggingSink, read_jsonl
+    from .offline.broker import StreamRunner
+    from .offline.redis_streams import RedisStreamSink, RedisStreamSource
     from .offline.scoring import ScoreSummary, score
     from .rollout.promotion import Gate
     from .rollout.routing import ABTest, Canary
@@ -94,6 +98,9 @@ _LAZY = {
     "TensorSchema": "schema",
     "TensorSpec": "schema",
     "ScoreSummary": "offline.scoring",
+    "StreamRunner": "offline.broker",
+    "RedisStreamSource": "offline.redis_streams",
+    "RedisStreamSink": "offline.redis_streams",
     "score": "offline.scoring",
     "ModelStore": "serving.load",
     "LoadOptions": "serving.options",
@@ -105,6 +112,8 @@ __all__ = [
     "AliasMovedError",
     "Batching",
     "BatchingStats",
+    "BrokerError",
+    "BrokerUnavailableError",
     "CallableSink",
     "Canary",
     "ConfigurationError",
@@ -138,6 +147,8 @@ __all__ = [
     "PredictionRecord",
     "PredictionTimeoutError",
     "RecordSchema",
+    "RedisStreamSink",
+    "RedisStreamSource",
     "ReferenceProfile",
     "RequestNotFoundError",
     "Runtime",
@@ -147,6 +158,7 @@ __all__ = [
     "SignatureError",
     "Sink",
     "StoreError",
+    "StreamRunner",
     "TensorSchema",
     "TensorSpec",
     "UnsupportedFormatError",

@@ -35,7 +35,9 @@ builtin so that generic code keeps working (``LookupError``, ``ValueError``,
     ├── HandleClosedError                    the handle was closed
     ├── OverloadedError                      the batching queue is full
     ├── PredictionTimeoutError (TimeoutError) the call's deadline passed
-    └── GateFailedError                      a promotion gate rejected a version
+    ├── GateFailedError                      a promotion gate rejected a version
+    └── BrokerError                          a message broker (Redis) refused, or failed too long
+        └── BrokerUnavailableError           it did not answer (retried until a deadline)
 
 Warnings (not errors): :class:`FrameworkVersionWarning` (a ``UserWarning``), issued when
 the installed scikit-learn / torch / onnxruntime differs from the one in the manifest.
@@ -80,6 +82,8 @@ __all__ = [
     "OverloadedError",
     "PredictionTimeoutError",
     "GateFailedError",
+    "BrokerError",
+    "BrokerUnavailableError",
 ]
 
 
@@ -330,3 +334,24 @@ class GateFailedError(EmbedMLError):
     def __init__(self, message: str, *, scores: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.scores = dict(scores or {})
+
+
+class BrokerError(EmbedMLError):
+    """A message broker (a Redis server, for stream consumers) could not be reached, or
+    kept failing, until the configured deadline passed; or it refused a command outright
+    (a wrong password, a key of another type). ``url`` names the broker (without its
+    password) and ``operation`` what was being done (``"read"``, ``"write"``,
+    ``"ack"``...); the broker client's own exception is chained as ``__cause__``. No entry
+    is acknowledged without its output when this is raised: what was read stays pending in
+    the consumer group and is delivered again."""
+
+    def __init__(self, message: str, *, url: str = "", operation: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+        self.operation = operation
+
+
+class BrokerUnavailableError(BrokerError):
+    """The broker did not answer (connection refused or dropped, a timeout, a server still
+    loading its data). A :class:`~embedml.offline.broker.StreamRunner` retries it with
+    backoff until its ``broker_timeout_s``, then raises :class:`BrokerError`."""

@@ -20,6 +20,7 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -31,6 +32,7 @@ from .isolation import bisect_failures
 
 __all__ = [
     "Predictor",
+    "Scored",
     "apredict_stream",
     "predict_batch_or_rows",
     "predict_rows",
@@ -47,7 +49,7 @@ class Predictor(Protocol):
     @property
     def input_schema(self) -> Schema: ...
 
-    def predict_batch(self, records: Any) -> Any: ...
+    def predict_batch(self, records: Any, *, details: bool = False) -> Any: ...
 
     def check_row_wise(self, what: str) -> None: ...
 
@@ -106,7 +108,19 @@ def row_error(exc: Exception) -> EmbedMLError | None:
     return error
 
 
-def predict_rows(handle: Predictor, records: Sequence[Any]) -> list[Any]:
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """One record's result from :func:`predict_rows` with ``versions=True``: the output
+    and the version that produced it (during a hot swap, parts of one batch may be
+    scored by different versions)."""
+
+    output: Any
+    version: str
+
+
+def predict_rows(
+    handle: Predictor, records: Sequence[Any], *, versions: bool = False
+) -> list[Any]:
     """Predict ``records`` and return one entry per record: its result, or the
     :class:`SchemaError` / :class:`PredictionError` that record alone raises.
 
@@ -115,11 +129,15 @@ def predict_rows(handle: Predictor, records: Sequence[Any]) -> list[Any]:
     are still scored in batches. The errors' ``index`` is the position in ``records``.
     An unexpected exception raised while checking one record is that record's
     :class:`SchemaError` (see :func:`row_error`). Other embedml errors (a closed handle,
-    ...) are raised.
+    ...) are raised. With ``versions=True`` each result is a :class:`Scored` (output and
+    the version that produced it; the handle must take ``details=True``).
     """
 
     def run(part: Sequence[Any]) -> list[Any]:
-        return split_rows(handle.predict_batch(_as_batch(handle, part)), len(part))
+        if not versions:
+            return split_rows(handle.predict_batch(_as_batch(handle, part)), len(part))
+        made = handle.predict_batch(_as_batch(handle, part), details=True)
+        return [Scored(row, made.version) for row in split_rows(made.output, len(part))]
 
     results = bisect_failures(records, run, row_error)
     for i, result in enumerate(results):
