@@ -85,15 +85,24 @@ class RedisServer:
             self.socket.unlink()
         argv = [
             redis_binary(),
-            "--port", str(self.port if self.tcp else 0),
-            "--bind", HOST,
-            "--unixsocket", str(self.socket),
-            "--unixsocketperm", "700",
-            "--dir", str(self.folder),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--save", "",
-            "--daemonize", "no",
+            "--port",
+            str(self.port if self.tcp else 0),
+            "--bind",
+            HOST,
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.folder),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
         ]
         with open(self._log, "ab") as log:
             self.process = subprocess.Popen(

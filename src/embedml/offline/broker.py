@@ -411,13 +411,18 @@ class StreamRunner:
                     with self._lock:
                         self._in_flight += len(batch.entries)
                     self._hand_over(batch)
-                elif self.until_idle is not None and now - last_entry >= self.until_idle:
-                    if self._in_flight == 0 and self._retry("pending", self.source.pending) == 0:
-                        break
+                elif self._idle_done(now - last_entry):
+                    break
         except BaseException as exc:
             self._fail(exc)
         finally:
             self._hand_over(_END)
+
+    def _idle_done(self, idle: float) -> bool:
+        """With ``until_idle_s``: no entry for that long, and none pending for us."""
+        if self.until_idle is None or idle < self.until_idle or self._in_flight:
+            return False
+        return self._retry("pending", self.source.pending) == 0
 
     def _wait_for_room(self) -> int:
         with self._room:
@@ -475,8 +480,9 @@ class StreamRunner:
                 self._retry("dead-letter", self.dead_letters.write, dead)
             else:
                 for letter in dead:
-                    log.warning("entry %s dead-lettered (no dead-letter sink): %s",
-                                letter.id, letter.error)
+                    log.warning(
+                        "entry %s dead-lettered (no dead-letter sink): %s", letter.id, letter.error
+                    )
         ids = [e.id for e in batch.entries]
         self._retry("ack", self.source.ack, ids)
         acked = time.time() * 1000.0
@@ -555,8 +561,13 @@ class StreamRunner:
                 now = time.monotonic()
                 if give_up is None:
                     give_up = now + self.broker_timeout
-                    log.warning("%s on %s failed, retrying for %.0f s: %s",
-                                what, self.source.url, self.broker_timeout, exc)
+                    log.warning(
+                        "%s on %s failed, retrying for %.0f s: %s",
+                        what,
+                        self.source.url,
+                        self.broker_timeout,
+                        exc,
+                    )
                 with self._lock:
                     self._counts.broker_retries += 1
                 if now >= give_up:

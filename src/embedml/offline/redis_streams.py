@@ -110,15 +110,22 @@ def _translated(url: str, operation: str) -> Iterator[None]:
     try:
         yield
     except exceptions.AuthenticationError as exc:  # a ConnectionError subclass: refused, not down
-        raise BrokerError(f"{operation} on {url}: authentication refused: {exc}",
-                          url=url, operation=operation) from exc
-    except (exceptions.ConnectionError, exceptions.TimeoutError, exceptions.BusyLoadingError,
-            OSError) as exc:
-        raise BrokerUnavailableError(f"{operation} on {url}: {type(exc).__name__}: {exc}",
-                                     url=url, operation=operation) from exc
+        raise BrokerError(
+            f"{operation} on {url}: authentication refused: {exc}", url=url, operation=operation
+        ) from exc
+    except (
+        exceptions.ConnectionError,
+        exceptions.TimeoutError,
+        exceptions.BusyLoadingError,
+        OSError,
+    ) as exc:
+        raise BrokerUnavailableError(
+            f"{operation} on {url}: {type(exc).__name__}: {exc}", url=url, operation=operation
+        ) from exc
     except exceptions.RedisError as exc:
-        raise BrokerError(f"{operation} on {url} refused: {exc}",
-                          url=url, operation=operation) from exc
+        raise BrokerError(
+            f"{operation} on {url} refused: {exc}", url=url, operation=operation
+        ) from exc
 
 
 def _client(parsed: StreamURL) -> Any:
@@ -172,7 +179,9 @@ class RedisStreamSource:
             )
         self.consumer = consumer or parsed.consumer or f"{socket.gethostname()}-{os.getpid()}"
         if not isinstance(claim_idle_ms, int) or claim_idle_ms < 1:
-            raise ConfigurationError(f"claim_idle_ms must be an integer >= 1, got {claim_idle_ms!r}")
+            raise ConfigurationError(
+                f"claim_idle_ms must be an integer >= 1, got {claim_idle_ms!r}"
+            )
         self.url = parsed.shown + f"&group={self.group}"
         self.start_id = start_id
         self.claim_idle_ms = claim_idle_ms
@@ -189,8 +198,9 @@ class RedisStreamSource:
         with _translated(self.url, "create group"):
             try:
                 self._client.xgroup_create(self.stream, self.group, id=self.start_id, mkstream=True)
-                log.info("created consumer group %s on %s at %s", self.group, self.stream,
-                         self.start_id)
+                log.info(
+                    "created consumer group %s on %s at %s", self.group, self.stream, self.start_id
+                )
             except _redis().exceptions.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -201,13 +211,17 @@ class RedisStreamSource:
         for raw_id, fields in rows:
             entry_id = _text(raw_id)
             n = deliveries if isinstance(deliveries, int) else deliveries[entry_id]
-            out.append(Entry(
-                id=entry_id,
-                fields={_text(k): v if isinstance(v, bytes) else str(v).encode()
-                        for k, v in fields.items()},
-                deliveries=n,
-                produced_ms=_id_ms(entry_id),
-            ))
+            out.append(
+                Entry(
+                    id=entry_id,
+                    fields={
+                        _text(k): v if isinstance(v, bytes) else str(v).encode()
+                        for k, v in fields.items()
+                    },
+                    deliveries=n,
+                    produced_ms=_id_ms(entry_id),
+                )
+            )
         self._out.update(e.id for e in out)
         return out
 
@@ -223,13 +237,20 @@ class RedisStreamSource:
                     return claimed
             with _translated(self.url, "read"):
                 reply = self._client.xreadgroup(
-                    self.group, self.consumer, {self.stream: ">"},
-                    count=count, block=block_ms if block_ms > 0 else None,
+                    self.group,
+                    self.consumer,
+                    {self.stream: ">"},
+                    count=count,
+                    block=block_ms if block_ms > 0 else None,
                 )
         except BrokerError as exc:
             if "NOGROUP" in str(exc):  # the server lost the group (restarted empty)
-                log.warning("consumer group %s vanished from %s; creating it again at %s",
-                            self.group, self.url, self.start_id)
+                log.warning(
+                    "consumer group %s vanished from %s; creating it again at %s",
+                    self.group,
+                    self.url,
+                    self.start_id,
+                )
                 self._ready = False
                 raise BrokerUnavailableError(str(exc), url=self.url, operation="read") from exc
             raise
@@ -271,8 +292,13 @@ class RedisStreamSource:
                 continue
             entries += self._entries(reply, int(p["times_delivered"]) + 1)
         if gone:
-            log.warning("%d pending entries of %s were deleted from the stream before they"
-                        " were processed; acknowledging them: %s", len(gone), self.url, gone)
+            log.warning(
+                "%d pending entries of %s were deleted from the stream before they"
+                " were processed; acknowledging them: %s",
+                len(gone),
+                self.url,
+                gone,
+            )
             self.ack(gone)
         if entries:
             log.info("claimed %d pending entries on %s", len(entries), self.url)
@@ -313,8 +339,9 @@ class RedisStreamSource:
                 if last == newest:
                     lag = 0
                 else:
-                    lag = len(self._client.xrange(self.stream, min=f"({last}", max="+",
-                                                  count=10_001))
+                    lag = len(
+                        self._client.xrange(self.stream, min=f"({last}", max="+", count=10_001)
+                    )
                     capped = lag > 10_000
                     lag = min(lag, 10_000)
         last_ms, newest_ms = _id_ms(last), _id_ms(newest)
