@@ -72,13 +72,16 @@ class Entry:
     ``fields`` the entry as it came; ``deliveries`` how many times the broker has handed it
     out, this time included (more than 1: it was claimed from a consumer that did not
     acknowledge it); ``produced_ms`` when the broker stored it (Unix milliseconds; the
-    Redis id's time part), or ``None`` when unknown.
+    Redis id's time part), or ``None`` when unknown. ``deleted``: the broker still listed
+    it as pending but no longer holds its data (deleted or trimmed from the stream): it
+    becomes a dead letter.
     """
 
     id: str
     fields: Mapping[str, bytes]
     deliveries: int = 1
     produced_ms: float | None = None
+    deleted: bool = False
 
     def raw(self) -> bytes:
         """The whole entry as JSON bytes (what a dead letter keeps when the record field is
@@ -542,6 +545,8 @@ class StreamRunner:
                 f"delivered {entry.deliveries - 1} times without an output"
                 f" (max_deliveries={self.max_deliveries})"
             )
+        if entry.deleted:
+            return "the entry was deleted from the stream before it was processed"
         if data is None:
             return f"the entry has no field {self.field!r} (fields: {sorted(entry.fields)})"
         if len(data) > self.max_entry_bytes:

@@ -197,9 +197,7 @@ class _Unsaved:
     manifest: Manifest
 
 
-def _candidate(
-    name: str, data: bytes, manifest_fields: dict[str, Any], label: str
-) -> Pipeline:
+def _candidate(name: str, data: bytes, manifest_fields: dict[str, Any], label: str) -> Pipeline:
     """An in-memory pipeline on ONNX bytes not saved yet, to measure it before saving."""
     runtime = get_format("onnx").load(data, FormatOptions())
     manifest = Manifest(
@@ -313,7 +311,11 @@ def to_onnx(
     )  # fmt: skip
     meta = {**dict(metadata or {}), METADATA_KEY: report.to_dict()}
     mv = store.save(
-        name, data, version=version, format="onnx", input_schema=_schema_object(in_schema),
+        name,
+        data,
+        version=version,
+        format="onnx",
+        input_schema=_schema_object(in_schema),
         metadata=meta,
     )
     log.info("%s: %s", mv, report)
@@ -393,7 +395,9 @@ def quantize(
             quantized = after.read_bytes()
         except ValueError as exc:
             if "ai.onnx domain" not in str(exc):
-                raise UnsupportedFormatError(f"ONNX Runtime could not quantise {src}: {exc}") from exc
+                raise UnsupportedFormatError(
+                    f"ONNX Runtime could not quantise {src}: {exc}"
+                ) from exc
             # skl2onnx writes linear models, trees and scalers with ai.onnx.ml operators only
             raise UnsupportedFormatError(
                 f"{src} has no standard ONNX operators (only ai.onnx.ml ones, as skl2onnx "

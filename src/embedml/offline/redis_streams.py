@@ -15,7 +15,7 @@ How delivery works (Redis 6.2 and later):
   taken with ``XCLAIM ... claim_idle_ms`` (so two consumers never both take one: the
   claim resets its idle time). This is what ``XAUTOCLAIM`` does, with the delivery count
   that ``--max-deliveries`` needs and one reply per id, so an entry deleted from the
-  stream meanwhile is told apart on Redis 6.2 (it becomes a dead letter). Claims run at
+  stream meanwhile is told apart on Redis 6.2 (it becomes a dead letter, as deleted). Claims run at
   the first read and then every ``claim_idle_ms / 2``; this consumer's own pending
   entries are claimed at the first read whatever their idle time (a restart with the same
   consumer name resumes at once);
@@ -259,49 +259,42 @@ class RedisStreamSource:
         return self._entries(reply[0][1], 1)
 
     def _claim(self, count: int) -> list[Entry]:
-        """Entries pending for ``claim_idle_ms`` (any consumer's), and at the first read
-        this consumer's own whatever their idle time; each with its delivery count."""
+        """At the first read, this consumer's own pending entries whatever their idle
+        time; then entries pending for ``claim_idle_ms`` (any consumer's); each with its
+        delivery count."""
+        entries: list[Entry] = []
+        if not self._own_claimed:
+            entries = self._take(count, 0, consumername=self.consumer)
+            self._own_claimed = len(entries) < count
+        if len(entries) < count:
+            entries += self._take(count - len(entries), self.claim_idle_ms, idle=self.claim_idle_ms)
+        if entries:
+            log.info("claimed %d pending entries on %s", len(entries), self.url)
+        return entries
+
+    def _take(self, count: int, min_idle: int, **which: Any) -> list[Entry]:
+        """XCLAIM the pending entries ``XPENDING ... **which`` lists (not ours in flight),
+        one command per id in one round trip, so each reply tells its own outcome."""
         with _translated(self.url, "claim"):
-            if not self._own_claimed:
-                pending = self._client.xpending_range(
-                    self.stream, self.group, "-", "+", count, consumername=self.consumer
-                )
-                if len(pending) < count:
-                    self._own_claimed = True
-                idle = 0
-            else:
-                pending = self._client.xpending_range(
-                    self.stream, self.group, "-", "+", count, idle=self.claim_idle_ms
-                )
-                idle = self.claim_idle_ms
+            pending = self._client.xpending_range(self.stream, self.group, "-", "+", count, **which)
             pending = [p for p in pending if _text(p["message_id"]) not in self._out]
             if not pending:
                 return []
             pipe = self._client.pipeline(transaction=False)
             for p in pending:
-                pipe.xclaim(self.stream, self.group, self.consumer, idle, [p["message_id"]])
+                pipe.xclaim(self.stream, self.group, self.consumer, min_idle, [p["message_id"]])
             replies = pipe.execute()
         entries: list[Entry] = []
-        gone: list[str] = []
         for p, reply in zip(pending, replies):
-            entry_id = _text(p["message_id"])
             if not reply:
                 continue  # another consumer claimed it first
+            deliveries = int(p["times_delivered"]) + 1
             if reply[0][0] is None:  # deleted from the stream (Redis 6.2 still lists it)
-                gone.append(entry_id)
-                continue
-            entries += self._entries(reply, int(p["times_delivered"]) + 1)
-        if gone:
-            log.warning(
-                "%d pending entries of %s were deleted from the stream before they"
-                " were processed; acknowledging them: %s",
-                len(gone),
-                self.url,
-                gone,
-            )
-            self.ack(gone)
-        if entries:
-            log.info("claimed %d pending entries on %s", len(entries), self.url)
+                entry_id = _text(p["message_id"])
+                entries.append(Entry(entry_id, {}, deliveries, _id_ms(entry_id), deleted=True))
+                self._out.add(entry_id)
+            else:
+                entries += self._entries(reply, deliveries)
         return entries
 
     def ack(self, ids: Sequence[str]) -> None:

@@ -36,7 +36,13 @@ from ..tensors import ClassProbabilities
 
 __all__ = ["ScoreSummary", "flatten_output", "score"]
 
-_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+_FORMATS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,9 @@ def _record_builder(
         fields = schema.fields
         kinds = {f.name: f.kind for f in fields} if fields is not None else {}
         unknown = "string" if fields is not None else "number"
-        parsers = [(columns[j], j, _cell_parser(kinds.get(columns[j], unknown))) for j in feature_at]
+        parsers = [
+            (columns[j], j, _cell_parser(kinds.get(columns[j], unknown))) for j in feature_at
+        ]
         # The common case (every cell a well-formed number) costs one builtin call per cell;
         # empty or odd cells raise ValueError and take the per-cell path.
         fast_conv = {"number": float, "integer": int}
@@ -174,7 +182,10 @@ def _record_builder(
                 except ValueError:
                     record = None
             if record is None:
-                record = {name: (parse(cells[j]) if cells[j] != "" else None) for name, j, parse in parsers}
+                record = {
+                    name: (parse(cells[j]) if cells[j] != "" else None)
+                    for name, j, parse in parsers
+                }
             return (cells[id_at] if id_at >= 0 else None), record
 
         return build
@@ -185,7 +196,9 @@ def _record_builder(
         if len(cells) != len(columns):
             raise SchemaError(f"the row has {len(cells)} cells, the header {len(columns)}")
         values = [parse(cells[j]) if cells[j] != "" else math.nan for j in feature_at]
-        bad = next((columns[feature_at[k]] for k, v in enumerate(values) if isinstance(v, str)), None)
+        bad = next(
+            (columns[feature_at[k]] for k, v in enumerate(values) if isinstance(v, str)), None
+        )
         if bad is not None:
             raise SchemaError("expected a number", field=bad)
         return (cells[id_at] if id_at >= 0 else None), values
@@ -198,7 +211,9 @@ def _check_columns(columns: list[str], id_column: str | None, path: Path) -> Non
         raise ConfigurationError(f"{path} has no id column {id_column!r}; columns: {columns}")
     twice = sorted({c for c in columns if columns.count(c) > 1})
     if twice:  # which of the two would be the feature? refuse rather than guess
-        raise ConfigurationError(f"{path} has the column(s) {twice} more than once; columns must be unique")
+        raise ConfigurationError(
+            f"{path} has the column(s) {twice} more than once; columns must be unique"
+        )
 
 
 class _Lines:
@@ -279,7 +294,11 @@ def _csv_records(reader: Any, lines: _Lines) -> Iterator[tuple[int, Any]]:
         except csv.Error as exc:
             row_no += 1
             skipped = lines.skip_open_quote(mark)
-            also = f"; the {skipped} line(s) after it, inside its quoted field, were skipped with it" if skipped else ""
+            also = (
+                f"; the {skipped} line(s) after it, inside its quoted field, were skipped with it"
+                if skipped
+                else ""
+            )
             yield row_no, _BadRow(None, SchemaError(f"the row cannot be read as CSV: {exc}{also}"))
             continue
         row_no += 1
@@ -289,7 +308,9 @@ def _csv_records(reader: Any, lines: _Lines) -> Iterator[tuple[int, Any]]:
             yield row_no, cells
 
 
-def _chunks_csv(handle: ModelHandle, path: Path, size: int, id_column: str | None) -> Iterator[_Chunk]:
+def _chunks_csv(
+    handle: ModelHandle, path: Path, size: int, id_column: str | None
+) -> Iterator[_Chunk]:
     # utf-8-sig: a byte-order mark is not part of the first column's name
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         lines = _Lines(f)
@@ -379,7 +400,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
 
 
-def _chunks_jsonl(handle: ModelHandle, path: Path, size: int, id_column: str | None) -> Iterator[_Chunk]:
+def _chunks_jsonl(
+    handle: ModelHandle, path: Path, size: int, id_column: str | None
+) -> Iterator[_Chunk]:
     def parse(row_no: int, line: bytes) -> tuple[Any, Any]:
         # Each line is decoded alone, so bytes that are not UTF-8 cost their line only.
         try:
@@ -402,7 +425,9 @@ def _chunks_jsonl(handle: ModelHandle, path: Path, size: int, id_column: str | N
         yield from _chunked(rows, parse, size)
 
 
-def _chunks_parquet(handle: ModelHandle, path: Path, size: int, id_column: str | None) -> Iterator[_Chunk]:
+def _chunks_parquet(
+    handle: ModelHandle, path: Path, size: int, id_column: str | None
+) -> Iterator[_Chunk]:
     pa, pq = _pyarrow()
     try:
         pf = pq.ParquetFile(path)
@@ -459,7 +484,9 @@ def _fast_batch(table: Any, as_records: bool) -> Any:
     try:
         if as_records:
             return table.to_pandas()
-        if not all(pa.types.is_integer(c.type) or pa.types.is_floating(c.type) for c in table.columns):
+        if not all(
+            pa.types.is_integer(c.type) or pa.types.is_floating(c.type) for c in table.columns
+        ):
             return None
         import numpy as np
 
@@ -648,7 +675,9 @@ class _Writer:
             else:
                 names = self._names
                 fitting = self._fitting(block, rejected)
-                self._write_csv(((r, k, (k, *(f[n] for n in names))) for r, k, f in fitting), rejected)
+                self._write_csv(
+                    ((r, k, (k, *(f[n] for n in names))) for r, k, f in fitting), rejected
+                )
         else:
             table = self._arrow_columns(block) if fast else None
             if table is None:
@@ -683,7 +712,8 @@ class _Writer:
             self._check_id(block.rows[0], block.columns)
             names = [id_name, *block.columns]
             rows: Iterable[tuple[int, Any, dict[str, Any]]] = (
-                (r, k, dict(zip(names, (k, *v)))) for r, k, v in zip(block.rows, block.keys, block.values())
+                (r, k, dict(zip(names, (k, *v))))
+                for r, k, v in zip(block.rows, block.keys, block.values())
             )
         else:
             rows = zip(block.rows, block.keys, block.dicts())
@@ -698,7 +728,9 @@ class _Writer:
                 rejected.append((row_no, key, _unwritable(exc)))
         self._file.writelines(lines)
 
-    def _write_csv(self, rows: Iterable[tuple[int, Any, Sequence[Any]]], rejected: list[_Rejected]) -> None:
+    def _write_csv(
+        self, rows: Iterable[tuple[int, Any, Sequence[Any]]], rejected: list[_Rejected]
+    ) -> None:
         writerow = self._csv.writerow
         for row_no, key, cells in rows:
             try:  # the row is formatted whole before it is written: all of it or none
@@ -711,7 +743,9 @@ class _Writer:
         values, as for rows), or ``None`` when a value does not fit: the row path finds it."""
         pa = _pyarrow()[0]
         assert block.columns is not None
-        types = self._schema.types if self._schema is not None else [None] * (1 + len(block.columns))
+        types = (
+            self._schema.types if self._schema is not None else [None] * (1 + len(block.columns))
+        )
         columns = [block.keys, *(c.tolist() for c in block.columns.values())]
         try:
             arrays = [pa.array(values, type=t) for values, t in zip(columns, types, strict=True)]
@@ -760,8 +794,14 @@ class _Writer:
 
 
 def _unwritable(exc: BaseException, schema: Any = None) -> SchemaError:
-    where = f" with the columns {schema.names} and types {schema.types} fixed by the first rows" if schema is not None else ""
-    return SchemaError(f"the row cannot be written to the output{where}: {type(exc).__name__}: {exc}")
+    where = (
+        f" with the columns {schema.names} and types {schema.types} fixed by the first rows"
+        if schema is not None
+        else ""
+    )
+    return SchemaError(
+        f"the row cannot be written to the output{where}: {type(exc).__name__}: {exc}"
+    )
 
 
 def _temp_beside(path: Path) -> Path:
@@ -799,7 +839,11 @@ def _predict_chunk(handle: ModelHandle, chunk: _Chunk) -> tuple[Any, list[Any] |
         return good
 
     batch = chunk.batch
-    if batch is None and chunk.slow is None and not any(isinstance(r, _Unreadable) for r in chunk.records):
+    if (
+        batch is None
+        and chunk.slow is None
+        and not any(isinstance(r, _Unreadable) for r in chunk.records)
+    ):
         batch = chunk.records
     out, results = predict_batch_or_rows(handle, batch, records)
     if results is not None and unreadable:
@@ -808,7 +852,9 @@ def _predict_chunk(handle: ModelHandle, chunk: _Chunk) -> tuple[Any, list[Any] |
     return out, results
 
 
-def _score_chunk(handle: ModelHandle, chunk: _Chunk, keys: list[Any], bad: list[_Rejected]) -> _Scored:
+def _score_chunk(
+    handle: ModelHandle, chunk: _Chunk, keys: list[Any], bad: list[_Rejected]
+) -> _Scored:
     """Predict a chunk; its scored rows, in order. Rows that failed go to ``bad``."""
     if not chunk.rows:
         return _Scored([], [])
