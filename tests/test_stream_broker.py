@@ -277,3 +277,23 @@ def test_output_and_dead_letter_fields():
         "latency_ms": "1.500",
     }
     assert DeadLetter("1-1", b"x", "why").fields() == {"id": "1-1", "data": b"x", "error": "why"}
+
+
+def test_stream_metrics_on_prometheus(handle, streams):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from embedml.observe.metrics.prometheus import register_stream
+
+    produce(streams, "in", [{c: 1.0 for c in COLUMNS}] * 7 + [b"bad"])
+    r = runner(handle, streams, batch_size=4)
+    registry = CollectorRegistry()
+    register_stream(r, registry)
+    r.run()
+    text = generate_latest(registry).decode()
+    source = r.source.url
+    assert f'embedml_stream_entries_total{{model="credit",outcome="produced",source="{source}"}} 7.0' in text
+    assert f'embedml_stream_entries_total{{model="credit",outcome="dead_lettered",source="{source}"}} 1.0' in text
+    assert f'embedml_stream_pending{{model="credit",source="{source}"}} 0.0' in text
+    assert f'embedml_stream_lag{{model="credit",source="{source}"}} 0.0' in text
+    assert f'embedml_stream_batch_size_count{{model="credit",source="{source}"}} 2.0' in text
+    assert 'embedml_stream_latency_seconds{model="credit",quantile="0.99"' in text

@@ -598,7 +598,8 @@ class StreamRunner:
         batch -> batches); ``latency_ms`` (from when the broker stored an entry until it
         was acknowledged: count, mean, p50, p90, p99); ``in_flight``; ``broker_retries``;
         and the source's ``pending`` and ``lag`` (``None`` when the broker does not
-        answer)."""
+        answer); ``model``, ``version`` (the handle's current one) and ``source`` (the
+        source's URL, without a password)."""
         with self._lock:
             c = self._counts
             out: dict[str, Any] = {
@@ -615,6 +616,7 @@ class StreamRunner:
                 "uptime_s": round(time.monotonic() - self._started, 3),
                 "model": self.handle.name,
                 "version": self.handle.version,
+                "source": self.source.url,
             }
         try:
             stats = self.source.stats()

@@ -16,6 +16,19 @@ Metrics (labels ``model``, ``version`` on all of them):
 * ``embedml_quality{metric}`` gauge (accuracy / error_rate or mae / rmse, after outcomes)
 * ``embedml_hook_records_total{sink,outcome}`` (accepted, written, dropped, errors, abandoned)
 * ``embedml_drift_psi{feature}`` gauge, for each attached :class:`~embedml.DriftMonitor`
+
+``register_stream(runner, registry=None)`` adds a
+:class:`~embedml.offline.broker.StreamRunner` (labels ``model`` and ``source``, the
+stream's URL without a password), read from ``runner.metrics()`` at scrape time:
+
+* ``embedml_stream_entries_total{outcome}``: ``consumed``, ``produced``,
+  ``dead_lettered``, ``redelivered``, ``acknowledged``
+* ``embedml_stream_batch_size`` histogram of entries per batch
+* ``embedml_stream_latency_seconds{quantile}`` gauge (0.5, 0.9, 0.99): from when the
+  broker stored an entry until it was acknowledged
+* ``embedml_stream_pending``, ``embedml_stream_lag``, ``embedml_stream_in_flight`` gauges
+  (pending and lag are left out of a scrape when the broker does not answer)
+* ``embedml_stream_broker_retries_total``
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from typing import Any
 
 from . import STAGES, HandleSet, Histogram
 
-__all__ = ["BUCKETS", "EmbedMLCollector", "register", "unregister"]
+__all__ = ["BUCKETS", "EmbedMLCollector", "register", "register_stream", "unregister"]
 
 #: Upper bounds (seconds) of the latency histogram buckets: bucket edges of the internal
 #: histograms, so the exported counts are exact.
@@ -43,6 +56,7 @@ class EmbedMLCollector:
 
     def __init__(self) -> None:
         self._handles = HandleSet()
+        self._streams: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def add(self, handle: Any) -> None:
         self._handles.add(handle)
@@ -107,6 +121,9 @@ class EmbedMLCollector:
         for handle in self.handles():
             _add_handle(fam, handle)
         yield from fam.values()
+        streams = list(self._streams)
+        if streams:
+            yield from _stream_families(streams)
 
 
 def _add_handle(fam: dict[str, Any], handle: Any) -> None:
@@ -147,13 +164,59 @@ def _add_handle(fam: dict[str, Any], handle: Any) -> None:
             fam["psi"].add_metric([*lab, feature], value)
 
 
-def register(handle: Any, registry: Any = None) -> EmbedMLCollector:
-    """Export ``handle``'s metrics on ``registry`` (default: ``prometheus_client.REGISTRY``).
+def _stream_families(runners: list[Any]) -> Iterator[Any]:
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
 
-    Returns the registry's embedml collector. Registering the same handle twice is a no-op;
-    closed handles disappear from the output. Raises ``ImportError`` (with the extra to
-    install) when ``prometheus-client`` is missing.
-    """
+    labels = ["model", "source"]
+    entries = CounterMetricFamily(
+        "embedml_stream_entries", "Stream entries, by outcome.", labels=[*labels, "outcome"]
+    )
+    sizes = HistogramMetricFamily(
+        "embedml_stream_batch_size", "Entries per stream batch.", labels=labels
+    )
+    latency = GaugeMetricFamily(
+        "embedml_stream_latency_seconds",
+        "From when the broker stored an entry until it was acknowledged.",
+        labels=[*labels, "quantile"],
+    )
+    gauges = {
+        key: GaugeMetricFamily(f"embedml_stream_{key}", text, labels=labels)
+        for key, text in (
+            ("pending", "Entries delivered to the group and not acknowledged."),
+            ("lag", "Entries in the stream not yet delivered to the group."),
+            ("in_flight", "Entries this runner read and has not acknowledged."),
+        )
+    }
+    retries = CounterMetricFamily(
+        "embedml_stream_broker_retries", "Broker calls retried.", labels=labels
+    )
+    for runner in runners:
+        snap = runner.metrics()
+        lab = [snap["model"], snap["source"]]
+        for outcome in ("consumed", "produced", "dead_lettered", "redelivered", "acknowledged"):
+            entries.add_metric([*lab, outcome], snap[outcome])
+        seen, buckets = 0, []
+        for size, n in sorted(snap["batch_sizes"].items()):
+            seen += n
+            buckets.append((str(size), seen))
+        total = sum(k * n for k, n in snap["batch_sizes"].items())
+        sizes.add_metric(lab, [*buckets, ("+Inf", seen)], total)
+        for q in ("p50", "p90", "p99"):
+            value = snap["latency_ms"][q]
+            if value is not None:
+                latency.add_metric([*lab, f"0.{q[1:]}"], value / 1e3)
+        for key, family in gauges.items():
+            if snap.get(key) is not None:
+                family.add_metric(lab, snap[key])
+        retries.add_metric(lab, snap["broker_retries"])
+    yield from (entries, sizes, latency, *gauges.values(), retries)
+
+
+def _collector(registry: Any) -> EmbedMLCollector:
     try:
         import prometheus_client
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -167,6 +230,27 @@ def register(handle: Any, registry: Any = None) -> EmbedMLCollector:
             collector = EmbedMLCollector()
             registry.register(collector)
             _collectors[registry] = collector
+    return collector
+
+
+def register_stream(runner: Any, registry: Any = None) -> EmbedMLCollector:
+    """Export a :class:`~embedml.offline.broker.StreamRunner`'s metrics on ``registry``
+    (default: ``prometheus_client.REGISTRY``); it is dropped once garbage-collected.
+    Returns the registry's embedml collector. Raises ``ImportError`` (with the extra to
+    install) when ``prometheus-client`` is missing."""
+    collector = _collector(registry)
+    collector._streams.add(runner)
+    return collector
+
+
+def register(handle: Any, registry: Any = None) -> EmbedMLCollector:
+    """Export ``handle``'s metrics on ``registry`` (default: ``prometheus_client.REGISTRY``).
+
+    Returns the registry's embedml collector. Registering the same handle twice is a no-op;
+    closed handles disappear from the output. Raises ``ImportError`` (with the extra to
+    install) when ``prometheus-client`` is missing.
+    """
+    collector = _collector(registry)
     collector.add(handle)
     return collector
 
