@@ -297,3 +297,33 @@ def test_stream_metrics_on_prometheus(handle, streams):
     assert f'embedml_stream_lag{{model="credit",source="{source}"}} 0.0' in text
     assert f'embedml_stream_batch_size_count{{model="credit",source="{source}"}} 2.0' in text
     assert 'embedml_stream_latency_seconds{model="credit",quantile="0.99"' in text
+
+
+def test_a_batched_handle_with_hooks_serves_two_runners(tmp_path, streams, credit):
+    """Batching and hooks keep working: two runners (consumers of one group) share the
+    stream and one batched handle; its hook logs every scored record."""
+    model, frame = credit
+    store = embedml.ModelStore(tmp_path / "store")
+    store.save("credit", model, input_example=frame.head(3))
+    log = embedml.JsonlSink(tmp_path / "calls.jsonl")
+    records = [{c: float(row[c]) for c in COLUMNS} for _, row in frame.iterrows()]
+    ids = produce(streams, "in", records)
+    with store.load("credit", batching=embedml.Batching(max_batch_size=64), hooks=[log]) as h:
+        runners = [
+            StreamRunner(
+                h,
+                RedisStreamSource(streams.url("in", group="g", consumer=name)),
+                RedisStreamSink(streams.url("out")),
+                batch_size=8,
+                until_idle_s=0.3,
+            ).start()
+            for name in ("a", "b")
+        ]
+        assert all(r.join(60) for r in runners) and all(r.error is None for r in runners)
+        assert h.batching_stats().requests >= 2
+    log.close()
+    out = read_stream(streams, "out")
+    assert sorted(o["id"] for o in out) == sorted(ids) and len(out) == 300
+    expected = dict(zip(ids, model.predict(frame).tolist()))
+    assert all(json.loads(o["prediction"]) == expected[o["id"]] for o in out)
+    assert sum(r["rows"] for r in embedml.read_jsonl(tmp_path / "calls.jsonl")) == 300
