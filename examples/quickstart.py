@@ -7,6 +7,8 @@ alias ``production`` at version 2, loads by alias and by specifier, predicts sin
 batches, and shows the typed error a bad record gets. Part two loads the production version
 with dynamic batching and a JSON Lines prediction log, calls it from 8 threads, prints the
 metrics, hot-swaps to a retrained version 3 and back while serving, and scores a CSV file with a bad row.
+Part three feeds the same handle from a Redis stream (a throw-away redis-server) and checks
+every output entry and dead letter.
 More: ``examples/monitoring.py`` (drift), ``examples/rollout.py`` (gates, canary, rollback).
 """
 
@@ -24,6 +26,7 @@ from pydantic import BaseModel, Field
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from stream_redis import stream_demo  # examples/ is on sys.path when this file is run
 
 import embedml
 
@@ -151,6 +154,8 @@ def serve(store: embedml.ModelStore, root: Path, X: np.ndarray, model: object) -
     summary = embedml.score(handle, source, sink, id_column="id")
     print(f"scored {source.name}: {summary.scored} rows scored, {summary.rejected} rejected "
           f"(see {summary.rejects.name})")  # fmt: skip
+    # Part three: the same handle scores events from a Redis stream (examples/stream_redis.py).
+    stream_demo(handle, records, expected[handle.version])
     handle.close()  # writes out the prediction log
     print(f"prediction log: {len(log.read_text().splitlines())} records in {log.name}")
 

@@ -23,6 +23,9 @@ def test_quickstart_runs_and_leaves_a_usable_store(tmp_path: Path, subprocess_en
     assert "SchemaError" in out and "field='petal_width' index=1 version=2" in out
     assert "served by versions ['2', '3'], 0 wrong" in out
     assert "19 rows scored, 1 rejected" in out
+    # part three: a real redis-server; every good event has an output, two dead letters
+    assert "150 outputs by versions ['2'], 0 wrong, 2 dead letters, pending 0, lag 0" in out
+    assert "is not JSON" in out and "field 'petal_width'" in out
     rejects = (tmp_path / "scored.csv.rejects.jsonl").read_text().splitlines()
     assert len(rejects) == 1 and '"row": 8' in rejects[0] and "sepal_width" in rejects[0]
     log_records = list(embedml.read_jsonl(tmp_path / "predictions.jsonl"))
