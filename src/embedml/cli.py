@@ -13,6 +13,7 @@
     embedml bench NAME[@SPEC] [--method NAME]
     embedml quantize NAME[@SPEC] [--sample FILE] [--new-version V]
     embedml import-mlflow MODEL_URI [--name NAME] [--new-version V] [--tracking-uri URI]
+    embedml stream NAME[@SPEC] --source URL --sink URL [--dead-letter URL] [--until-idle S]
 
 The store is ``--store DIR`` (or a URL: ``s3://bucket/prefix``), else ``$EMBEDML_STORE``,
 else ``./models``. ``NAME@SPEC``
@@ -28,7 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -37,9 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .errors import ConfigurationError, EmbedMLError, StoreError
+from .errors import ConfigurationError, EmbedMLError, MissingExtraError, StoreError
 from .integrations.mlflow import import_model
+from .offline.broker import StreamRunner
 from .offline.export import ExportReport, quantize
+from .offline.redis_streams import RedisStreamSink, RedisStreamSource
 from .offline.scoring import score
 from .schema.synthetic import stack_rows, synthetic_rows
 from .serving.batching import Batching
@@ -509,6 +514,107 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Signals that make ``embedml stream`` finish its in-flight batch and exit 0.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: How often the main thread looks at a stop request while the runner works (seconds).
+STOP_POLL_S = 0.1
+
+
+def _stream_ends(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The source, sink and dead-letter sink of ``embedml stream``. Raises
+    :class:`ConfigurationError` naming the option whose URL is wrong."""
+    current = "--source"
+    try:
+        source = RedisStreamSource(
+            args.source, start_id=args.start_id, claim_idle_ms=args.claim_idle_ms
+        )
+        current = "--sink"
+        sink = RedisStreamSink(args.sink, max_len=args.max_len)
+        dead = None
+        if args.dead_letter is not None:
+            current = "--dead-letter"
+            dead = RedisStreamSink(args.dead_letter, max_len=args.max_len)
+    except MissingExtraError:
+        raise
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{current}: {exc}") from None
+    return source, sink, dead
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    try:  # the URLs first: a bad one is a bad command line, told before the model loads
+        source, sink, dead = _stream_ends(args)
+    except MissingExtraError:
+        raise
+    except ConfigurationError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    # the broker's warnings (retries, claims, dead letters without a sink) tell the
+    # operator what happens: one prefixed line each, for as long as the command runs
+    logs = logging.StreamHandler(sys.stderr)
+    logs.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    logging.getLogger("embedml").addHandler(logs)
+    try:
+        store = _open_store(args)
+        name, spec = parse_ref(args.ref)
+        with store.load(name, spec, _load_options(args, follow=args.follow)) as handle:
+            runner = StreamRunner(
+                handle, source, sink, dead_letters=dead, field=args.field,
+                batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
+                max_deliveries=args.max_deliveries, until_idle_s=args.until_idle,
+                broker_timeout_s=args.broker_timeout,
+            )  # fmt: skip
+            target = sink.url + (f", dead letters -> {dead.url}" if dead else "")
+            where = f"{handle.name}@{handle.version}: {source.url} -> {target}"
+            print(f"{PROG}: streaming {where}", file=sys.stderr, flush=True)
+            stopped = _run_until_stopped(runner, args.broker_timeout)
+            summary = runner.metrics()
+    finally:
+        logging.getLogger("embedml").removeHandler(logs)
+        for end in (source, sink, dead):
+            if end is not None:
+                end.close()
+    print(json.dumps(summary, default=str), file=sys.stderr, flush=True)
+    if runner.error is not None:
+        raise runner.error
+    if not stopped:
+        print(f"{PROG}: error: the stream runner did not stop in time", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _run_until_stopped(runner: StreamRunner, broker_timeout: float) -> bool:
+    """Run ``runner`` until it finishes (``--until-idle``, or an error: left in
+    ``runner.error``) or a SIGTERM / SIGINT asks it to stop: then it finishes the batches
+    it has read, writes and acknowledges them. The handlers are restored afterwards; a
+    second signal during the stop acts as it would without them (SIGINT: interrupted).
+    Returns whether the runner's threads ended."""
+    asked: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def ask_stop(signum: int, frame: Any) -> None:
+        # Only a flag: the handler runs in the main thread between two bytecodes, possibly
+        # while it holds a lock of the runner's events, so it must not take one itself.
+        asked.append(signum)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, ask_stop)
+    try:
+        runner.start()
+        while not asked and not runner.join(STOP_POLL_S):
+            pass
+        if asked:
+            name = signal.Signals(asked[0]).name
+            print(f"{PROG}: {name}: finishing the batches in flight", file=sys.stderr, flush=True)
+        # every broker call gives up after broker_timeout: the threads end well within this
+        return runner.stop(timeout=2 * broker_timeout + 30.0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -519,6 +625,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return value
 
 
@@ -702,6 +818,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-signature", dest="signature", action="store_false",
         help="ignore the MLflow signature: keep only what the model declares",
     )  # fmt: skip
+
+    p = _command(
+        sub, "stream", _cmd_stream, [common],
+        help="score a Redis stream: micro-batches in, one output entry per input entry out",
+        description="Read entries from a Redis stream through a consumer group (--source), "
+        "score the JSON record in each entry's --field with the model in micro-batches, write "
+        "one entry per input to --sink (fields id, model, version, prediction, latency_ms) "
+        "and acknowledge each input only after its output (or dead letter) is written: "
+        "at-least-once delivery. Bad entries go to --dead-letter with the reason. URLs: "
+        "redis://[USER:PASSWORD@]HOST:PORT/DB?stream=NAME&group=GROUP&consumer=NAME, "
+        "rediss:// for TLS, unix:///PATH/redis.sock?stream=NAME. SIGTERM or SIGINT finishes "
+        "the batches in flight and exits 0; a JSON summary goes to stderr at the end. "
+        "Needs the redis extra.",
+    )  # fmt: skip
+    p.add_argument("--source", required=True, metavar="URL", help="input stream; its URL names the consumer group (&group=GROUP)")
+    p.add_argument("--sink", required=True, metavar="URL", help="output stream")
+    p.add_argument("--dead-letter", metavar="URL", help="stream for entries that cannot be scored (default: logged and acknowledged)")
+    p.add_argument("--field", default="data", metavar="NAME", help="entry field holding the JSON record (default data)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="entries per model call (default 64)")
+    p.add_argument("--max-wait-ms", type=_non_negative_float, default=10.0, metavar="MS", help="longest a batch waits to fill after its first entry (default 10)")
+    p.add_argument("--claim-idle-ms", type=_positive_int, default=30_000, metavar="MS", help="take over entries another consumer left pending this long (default 30000)")
+    p.add_argument("--max-deliveries", type=_positive_int, default=5, metavar="N", help="dead-letter an entry delivered this many times without an output (default 5)")
+    p.add_argument("--max-len", type=_positive_int, metavar="N", help="cap the output and dead-letter streams at about N entries (MAXLEN ~)")
+    p.add_argument("--start-id", default="0", metavar="ID", help="where a consumer group created here starts: 0 (the whole stream, default), $ (only new entries) or an entry id")
+    p.add_argument("--until-idle", type=_non_negative_float, metavar="SECONDS", help="exit 0 once no entry arrived for this long and none is pending for this consumer")
+    p.add_argument("--broker-timeout", type=_non_negative_float, default=60.0, metavar="SECONDS", help="retry an unreachable broker this long, then exit 1 (default 60)")
+    p.add_argument("--follow", action="store_true", help="move to the version NAME@SPEC resolves to when an alias moves")
+    p.add_argument("--method", metavar="NAME", help=_METHOD_HELP)
+    p.add_argument("--allow-extra", action="store_true", help="ignore record fields the schema does not know")
     return parser
 
 
