@@ -315,3 +315,49 @@ def test_usage_errors_exit_2(env):
     r = run(env, "--source", "unix:///x?stream=a&group=g", "--sink", "unix:///x?stream=b",
             "--until-idle", "-1")  # fmt: skip
     assert r.returncode == 2 and "expected a number >= 0" in r.stderr
+
+
+def test_follow_moves_to_the_version_an_alias_points_at(streams, tmp_path, model, subprocess_env):
+    flipped = LogisticRegression().fit(
+        pd.DataFrame(np.random.default_rng(6).normal(size=(300, 3)), columns=COLUMNS),
+        np.tile([0, 1], 150),
+    )
+    store = embedml.ModelStore(tmp_path / "follow")
+    store.save("clf", model, version="1")
+    store.save("clf", flipped, version="2")
+    store.set_alias("clf", "prod", "1")
+    env = {**subprocess_env, "EMBEDML_STORE": str(store.root)}
+    client = streams.server.client()
+    inp, out = streams.name("in"), streams.name("out")
+    argv = stream_argv(
+        "--source", streams.url("in", group="g"), "--sink", streams.url("out"), "--follow"
+    )
+    argv[argv.index("clf")] = "clf@prod"
+    child = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+
+    def versions() -> set[str]:
+        return {o["version"] for o in entries(client, out)}
+
+    try:
+        with Producer(client, inp, seed=7) as producer:
+            wait_for(lambda: "1" in versions(), "outputs of version 1")
+            store.set_alias("clf", "prod", "2")
+            wait_for(lambda: "2" in versions(), "outputs of version 2")
+            child.send_signal(signal.SIGTERM)
+            _, stderr = child.communicate(timeout=CHILD_TIMEOUT_S)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+    assert child.returncode == 0, stderr
+    outputs = entries(client, out)
+    by_version = {"1": model, "2": flipped}
+    for version, m in by_version.items():
+        mine = [o for o in outputs if o["version"] == version]
+        recs = [producer.ids[o["id"]] for o in mine]
+        assert [json.loads(o["prediction"]) for o in mine] == expected(m, recs)
+    # version 2 took over for good: no output of version 1 after the first of version 2
+    order = [o["version"] for o in outputs]
+    assert "1" not in order[order.index("2") :]
+    assert pending(client, inp, "g") == 0
