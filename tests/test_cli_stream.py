@@ -361,3 +361,28 @@ def test_follow_moves_to_the_version_an_alias_points_at(streams, tmp_path, model
     order = [o["version"] for o in outputs]
     assert "1" not in order[order.index("2") :]
     assert pending(client, inp, "g") == 0
+
+
+def test_entries_a_dead_consumer_left_are_claimed(streams, env, model):
+    client = streams.server.client()
+    inp, out, dlq = streams.name("in"), streams.name("out"), streams.name("dlq")
+    recs = records(30, seed=8)
+    ids = xadd_all(client, inp, recs)
+    client.xgroup_create(inp, "g", id="0")
+    client.xreadgroup("g", "dead", {inp: ">"}, count=5)  # read, never acknowledged
+
+    r = run(
+        env, "--source", streams.url("in", group="g", consumer="alive"), "--sink",
+        streams.url("out"), "--dead-letter", streams.url("dlq"), "--until-idle", "1",
+        "--claim-idle-ms", "1", "--max-deliveries", "1",
+    )  # fmt: skip
+
+    assert r.returncode == 0, r.stderr
+    # delivered once already without an output: over --max-deliveries 1, so dead letters
+    letters = entries(client, dlq)
+    assert [d["id"] for d in letters] == ids[:5]
+    assert all("delivered 1 times without an output" in d["error"] for d in letters)
+    got = {o["id"]: json.loads(o["prediction"]) for o in entries(client, out)}
+    assert got == dict(zip(ids[5:], expected(model, recs[5:])))
+    assert pending(client, inp, "g") == 0
+    assert summary(r.stderr)["redelivered"] == 5
