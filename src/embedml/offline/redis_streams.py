@@ -276,8 +276,12 @@ class RedisStreamSource:
         """XCLAIM the pending entries ``XPENDING ... **which`` lists (not ours in flight),
         one command per id in one round trip, so each reply tells its own outcome."""
         with _translated(self.url, "claim"):
-            pending = self._client.xpending_range(self.stream, self.group, "-", "+", count, **which)
-            pending = [p for p in pending if _text(p["message_id"]) not in self._out]
+            # listed past ours in flight: they are pending too, and may fill the first page
+            listed = count + len(self._out)
+            pending = self._client.xpending_range(
+                self.stream, self.group, "-", "+", listed, **which
+            )
+            pending = [p for p in pending if _text(p["message_id"]) not in self._out][:count]
             if not pending:
                 return []
             pipe = self._client.pipeline(transaction=False)
