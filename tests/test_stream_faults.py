@@ -29,7 +29,7 @@ from embedml.offline.redis_streams import RedisStreamSink, RedisStreamSource
 from helpers_models import child_env
 from helpers_rollout import Affine
 from helpers_servers import _free_port
-from helpers_streams import Holding
+from helpers_streams import POISON_EXIT, Holding, Poisoned
 from redis_server import running_redis
 
 redis = pytest.importorskip("redis")
@@ -321,6 +321,47 @@ def test_a_broker_killed_mid_run_and_restarted_loses_nothing(store, tmp_path, th
         assert group_pending(client, "in") == 0
         check_predictions(client, "out", ids, {"1": 1.0})
         client.close()
+
+
+# ---------------------------------------------------------------- 3. max_deliveries
+
+
+def test_an_entry_that_keeps_killing_its_consumer_is_dead_lettered(consumers, store, streams):
+    max_deliveries = 2
+    store.save("m", Poisoned(1.0, at=1500.0))
+    client = streams.server.client()
+    ins, out, dlq = (streams.name(s) for s in ("in", "out", "dlq"))
+    ids = produce(client, ins, range(N))
+    poison = next(entry_id for entry_id, i in ids.items() if i == 1500)
+
+    deaths = 0
+    while True:  # restart the consumer (same name) each time the record kills it
+        child = consumers.start("a", max_deliveries=max_deliveries)
+        wait_for(
+            lambda child=child: (
+                child.poll() is not None
+                or (
+                    set(ids) <= set(output_ids(client, out, dlq))
+                    and group_pending(client, ins) == 0
+                )
+            ),
+            "the consumer to die or finish",
+        )
+        if child.poll() is None:
+            consumers.stop(child)
+            break
+        assert child.returncode == POISON_EXIT, consumers.stderr(child)
+        deaths += 1
+        assert deaths <= max_deliveries, "the poison record was delivered again and again"
+    assert deaths == max_deliveries  # killed at each delivery up to max_deliveries
+
+    letters = read_all(client, dlq)
+    assert [d["id"] for d in letters] == [poison]  # only the poison: the rest are scored
+    assert json.loads(letters[0]["data"]) == [1500.0, 1.0]
+    assert f"max_deliveries={max_deliveries}" in letters[0]["error"]
+    assert set(output_ids(client, out)) == set(ids) - {poison}
+    assert group_pending(client, ins) == 0
+    check_predictions(client, out, ids, {"1": 1.0})
 
 
 # ---------------------------------------------------------------- 4. hot swap mid-stream
