@@ -31,6 +31,7 @@ from helpers_rollout import Affine
 from helpers_servers import _free_port
 from helpers_streams import POISON_EXIT, Holding, Poisoned
 from redis_server import running_redis
+from tcp_cut import CuttingRelay
 
 redis = pytest.importorskip("redis")
 
@@ -445,3 +446,42 @@ def test_consumers_of_one_group_share_a_stream_each_in_order(store, streams, thr
         check_predictions(client, out, ids, {"1": 1.0})
     assert group_pending(client, ins) == 0
     client.close()
+
+
+def test_a_read_whose_reply_was_lost_is_taken_back_at_once(store, threads_checked):
+    # The connection is cut where the broker's answer to XREADGROUP starts (the only reply
+    # that names the stream): the broker has handed out those entries, the consumer never
+    # saw them. They must not wait claim_idle_ms (here 10 minutes) to be scored.
+    store.save("m", Affine(1.0))
+    handle = store.load("m")
+    with running_redis(tcp=True) as server:
+        client = server.client()
+        ids = produce(client, "lostreply", range(200))
+        relay = CuttingRelay(server.port, cut_at=b"lostreply", keep_listening=True)
+        base = f"redis://127.0.0.1:{relay.port}/0"
+        runner = StreamRunner(
+            handle,
+            RedisStreamSource(
+                f"{base}?stream=lostreply&group=g", consumer="a", claim_idle_ms=600_000
+            ),
+            RedisStreamSink(f"{base}?stream=out"),
+            batch_size=32,
+        ).start()
+        try:
+            wait_for(relay.cut.is_set, "the cut")
+            wait_for(
+                lambda: (
+                    set(ids) <= set(output_ids(client, "out"))
+                    and group_pending(client, "lostreply") == 0
+                ),
+                "every entry scored, those of the lost reply too",
+                timeout=30,
+            )
+            assert runner.stop(DEADLINE_S) and runner.error is None, runner.error
+            assert runner.metrics()["broker_retries"] >= 1
+        finally:
+            runner.stop(DEADLINE_S)
+            handle.close()
+            relay.join()
+        assert set(output_ids(client, "out")) == set(ids)
+        client.close()

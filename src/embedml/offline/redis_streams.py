@@ -247,6 +247,11 @@ class RedisStreamSource:
                     count=count,
                     block=block_ms if block_ms > 0 else None,
                 )
+        except BrokerUnavailableError:
+            # the broker may have handed out entries in a reply that was lost: take back this
+            # consumer's own pending ones (those not in flight here) at the next read
+            self._own_claimed, self._next_claim = False, 0.0
+            raise
         except BrokerError as exc:
             if "NOGROUP" in str(exc):  # the server lost the group (restarted empty)
                 log.warning(
