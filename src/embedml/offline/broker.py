@@ -273,7 +273,9 @@ class StreamRunner:
     entry; ``max_in_flight`` entries read and not yet acknowledged (default
     ``2 * batch_size``); ``max_deliveries``: an entry the broker has already handed out
     that many times without an output (it keeps killing its consumer) is dead-lettered
-    instead of scored again; ``max_entry_bytes``: a larger record is dead-lettered;
+    instead of scored again (a redelivered entry is scored alone, and nothing more is read
+    until it is acknowledged, so the entries read with it are not charged for its
+    deliveries); ``max_entry_bytes``: a larger record is dead-lettered;
     ``until_idle_s``: finish once no entry arrived for that long and nothing is pending
     for this consumer; ``broker_timeout_s``: how long an unreachable broker is retried
     (with backoff) before the runner stops with :class:`~embedml.BrokerError`.
@@ -414,6 +416,8 @@ class StreamRunner:
                     with self._lock:
                         self._in_flight += len(batch.entries)
                     self._hand_over(batch)
+                    if _redelivered(batch.entries):
+                        self._wait_until_acknowledged()
                 elif self._idle_done(now - last_entry):
                     break
         except BaseException as exc:
@@ -433,13 +437,21 @@ class StreamRunner:
                 self._room.wait(POLL_MS / 1000.0)
             return min(self.batch_size, self.max_in_flight - self._in_flight)
 
+    def _wait_until_acknowledged(self) -> None:
+        """Nothing more is read while a redelivered entry is in flight: should it kill the
+        process again, no other entry is charged a delivery for it."""
+        with self._room:
+            while self._in_flight and not self._stopping.is_set():
+                self._room.wait(POLL_MS / 1000.0)
+
     def _gather(self, room: int) -> _Batch:
         """Up to ``room`` entries: the first read blocks for up to ``POLL_MS``; then the
         batch fills until ``max_wait`` after the first entry."""
         entries = self._retry("read", self.source.read, room, POLL_MS)
         read_at = time.monotonic()
         deadline = read_at + self.max_wait
-        while entries and len(entries) < room and not self._stopping.is_set():
+        filling = not _redelivered(entries)  # a redelivered entry is scored alone
+        while filling and entries and len(entries) < room and not self._stopping.is_set():
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms < 1:
                 break
@@ -629,6 +641,10 @@ class StreamRunner:
     def __repr__(self) -> str:
         state = "running" if self.running else ("failed" if self.error else "stopped")
         return f"<StreamRunner {self.handle.name} on {self.source.url} ({state})>"
+
+
+def _redelivered(entries: Sequence[Entry]) -> bool:
+    return any(e.deliveries > 1 for e in entries)
 
 
 def _reason(error: Any) -> str:

@@ -16,7 +16,8 @@ How delivery works (Redis 6.2 and later):
   claim resets its idle time). This is what ``XAUTOCLAIM`` does, with the delivery count
   that ``--max-deliveries`` needs and one reply per id, so an entry deleted from the
   stream meanwhile is told apart on Redis 6.2 (it becomes a dead letter, as deleted). Claims run at
-  the first read and then every ``claim_idle_ms / 2``; this consumer's own pending
+  the first read and then every ``claim_idle_ms / 2``, one entry per read (scored alone:
+  see :class:`~embedml.offline.broker.StreamRunner`); this consumer's own pending
   entries are claimed at the first read whatever their idle time (a restart with the same
   consumer name resumes at once);
 * ``XACK`` once the runner has written the results.
@@ -230,8 +231,11 @@ class RedisStreamSource:
             self._ensure_group()
             now = time.monotonic()
             if now >= self._next_claim:
-                claimed = self._claim(count)
-                if len(claimed) < count:  # nothing more waits: claim again later
+                # One at a time: a redelivered entry may be one that kills its consumer.
+                # Claimed alone it is scored alone (the runner reads on once it is
+                # acknowledged), so the entries behind it are not charged its deliveries.
+                claimed = self._claim(1)
+                if not claimed:  # nothing more waits: claim again later
                     self._next_claim = now + self.claim_idle_ms / 2000.0
                 if claimed:
                     return claimed
@@ -243,6 +247,11 @@ class RedisStreamSource:
                     count=count,
                     block=block_ms if block_ms > 0 else None,
                 )
+        except BrokerUnavailableError:
+            # the broker may have handed out entries in a reply that was lost: take back this
+            # consumer's own pending ones (those not in flight here) at the next read
+            self._own_claimed, self._next_claim = False, 0.0
+            raise
         except BrokerError as exc:
             if "NOGROUP" in str(exc):  # the server lost the group (restarted empty)
                 log.warning(
@@ -276,8 +285,12 @@ class RedisStreamSource:
         """XCLAIM the pending entries ``XPENDING ... **which`` lists (not ours in flight),
         one command per id in one round trip, so each reply tells its own outcome."""
         with _translated(self.url, "claim"):
-            pending = self._client.xpending_range(self.stream, self.group, "-", "+", count, **which)
-            pending = [p for p in pending if _text(p["message_id"]) not in self._out]
+            # listed past ours in flight: they are pending too, and may fill the first page
+            listed = count + len(self._out)
+            pending = self._client.xpending_range(
+                self.stream, self.group, "-", "+", listed, **which
+            )
+            pending = [p for p in pending if _text(p["message_id"]) not in self._out][:count]
             if not pending:
                 return []
             pipe = self._client.pipeline(transaction=False)
