@@ -201,6 +201,15 @@ class CountingSource:
 
     def ack(self, ids) -> None:
         self.source.ack(ids)
+        self._count(ids)
+
+    def commit(self, ids, writes) -> bool:
+        done = self.source.commit(ids, writes)
+        if done:
+            self._count(ids)
+        return done
+
+    def _count(self, ids) -> None:
         self.acked += len(ids)
         if self.acked >= self.n:
             self.done.set()

@@ -327,3 +327,41 @@ def test_a_batched_handle_with_hooks_serves_two_runners(tmp_path, streams, credi
     expected = dict(zip(ids, model.predict(frame).tolist()))
     assert all(json.loads(o["prediction"]) == expected[o["id"]] for o in out)
     assert sum(r["rows"] for r in embedml.read_jsonl(tmp_path / "calls.jsonl")) == 300
+
+
+def test_outputs_and_acknowledgement_in_one_script_or_separately(handle, streams, caplog):
+    """Sinks on the source's server and database: one script writes and acknowledges.
+    On another database, or for a user without scripting, the same results come from
+    separate writes and an XACK (the refusal logged once)."""
+    client = streams.server.client()
+    client.execute_command("ACL", "SETUSER", "noscript", "on", ">pw", "~*", "+@all", "-@scripting")
+    cases = {
+        "script": {},
+        "other db": {"sink": {"db": "1"}},
+        "no scripting": {"both": {"username": "noscript", "password": "pw"}},
+    }
+    for name, where in cases.items():
+        ids = produce(streams, f"in-{name}", [{c: float(i) for c in COLUMNS} for i in range(40)])
+        both, sink_q = where.get("both", {}), {**where.get("both", {}), **where.get("sink", {})}
+        source = RedisStreamSource(streams.url(f"in-{name}", group="g", **both))
+        sink = RedisStreamSink(streams.url(f"out-{name}", **sink_q))
+        commits: list[bool] = []
+
+        def commit(ids_, writes, _commit=source.commit, commits=commits):
+            commits.append(_commit(ids_, writes))
+            return commits[-1]
+
+        source.commit = commit  # counts the outcomes; the source's own method does the work
+        StreamRunner(handle, source, sink, batch_size=16, until_idle_s=0.3).run()
+        reader = streams.server.client() if "sink" not in where else redis_db(streams, 1)
+        out = reader.xrange(streams.name(f"out-{name}"))
+        assert [f[b"id"].decode() for _, f in out] == ids, name
+        assert client.xpending(streams.name(f"in-{name}"), "g")["pending"] == 0
+        assert commits and all(commits) == (name == "script"), (name, commits)
+    assert caplog.text.count("refused the commit script") == 1
+
+
+def redis_db(streams, db: int):
+    import redis
+
+    return redis.Redis.from_url(f"{streams.server.url}?db={db}")

@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from ..errors import (
     BrokerError,
     BrokerUnavailableError,
@@ -46,7 +48,7 @@ from ..observe.hooks import Sink
 from ..observe.metrics import Histogram
 from ..observe.records import PredictionRecord
 from ..serving.handle import ModelHandle
-from ..serving.stream import Scored, predict_rows
+from ..serving.stream import Scored, as_batch, predict_rows, row_error, split_rows
 
 __all__ = [
     "DeadLetter",
@@ -64,7 +66,7 @@ log = logging.getLogger("embedml.offline.broker")
 POLL_MS = 200
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
     """One entry read from a broker.
 
@@ -91,7 +93,7 @@ class Entry:
         ).encode()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Output:
     """The result for one entry. :meth:`fields` is what a stream sink writes: exactly
     ``id`` (the input entry's id), ``model``, ``version`` (the one that produced it),
@@ -104,17 +106,24 @@ class Output:
     prediction: Any
     latency_ms: float
 
+    #: The names of :meth:`values`, in order.
+    FIELDS = ("id", "model", "version", "prediction", "latency_ms")
+
+    def values(self) -> tuple[str, str, str, str, str]:
+        """The values of :attr:`FIELDS`, as written."""
+        return (
+            self.id,
+            self.model,
+            self.version,
+            _to_json(self.prediction),
+            f"{self.latency_ms:.3f}",
+        )
+
     def fields(self) -> dict[str, str]:
-        return {
-            "id": self.id,
-            "model": self.model,
-            "version": self.version,
-            "prediction": json.dumps(self.prediction, allow_nan=False),
-            "latency_ms": f"{self.latency_ms:.3f}",
-        }
+        return dict(zip(self.FIELDS, self.values()))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeadLetter:
     """An entry that gets no output: ``id``, ``data`` (the input as it came: the record
     field, or the whole entry as JSON when that field is missing) and ``error`` (why)."""
@@ -123,8 +132,18 @@ class DeadLetter:
     data: bytes
     error: str
 
+    FIELDS = ("id", "data", "error")
+
+    def values(self) -> tuple[str, bytes, str]:
+        return (self.id, self.data, self.error)
+
     def fields(self) -> dict[str, str | bytes]:
-        return {"id": self.id, "data": self.data, "error": self.error}
+        return dict(zip(self.FIELDS, self.values()))
+
+
+# One encoder for every prediction: json.dumps(..., allow_nan=False) builds a new encoder
+# per call (2.6 -> 1.7 µs per output's values()).
+_to_json = json.JSONEncoder(allow_nan=False).encode
 
 
 @runtime_checkable
@@ -158,6 +177,12 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    # Optional, looked up with getattr (a Source need not have it):
+    # def commit(self, ids, writes: Sequence[tuple[ResultSink, Sequence[Any]]]) -> bool:
+    #     """Write each sink's items and acknowledge ``ids`` in one step, when the source
+    #     can (Redis: every sink is a stream on its own server); ``False``: it cannot, and
+    #     the runner writes and acknowledges separately."""
 
 
 @runtime_checkable
@@ -488,18 +513,19 @@ class StreamRunner:
 
     def _process(self, batch: _Batch) -> None:
         outputs, dead = self._score(batch)
-        if outputs:
-            self._retry("write", self.sink.write, outputs)
-        if dead:
-            if self.dead_letters is not None:
-                self._retry("dead-letter", self.dead_letters.write, dead)
-            else:
-                for letter in dead:
-                    log.warning(
-                        "entry %s dead-lettered (no dead-letter sink): %s", letter.id, letter.error
-                    )
+        writes: list[tuple[ResultSink, Sequence[Any]]] = [(self.sink, outputs)] if outputs else []
+        if dead and self.dead_letters is not None:
+            writes.append((self.dead_letters, dead))
+        for letter in dead if self.dead_letters is None else ():
+            log.warning("entry %s dead-lettered (no dead-letter sink): %s", letter.id, letter.error)
         ids = [e.id for e in batch.entries]
-        self._retry("ack", self.source.ack, ids)
+        # One step when the source can (Redis: the sinks are streams on its server), else
+        # each sink's write, then the acknowledgement.
+        commit = getattr(self.source, "commit", None)
+        if commit is None or not self._retry("commit", commit, ids, writes):
+            for sink, items in writes:
+                self._retry("write" if items is outputs else "dead-letter", sink.write, items)
+            self._retry("ack", self.source.ack, ids)
         acked = time.time() * 1000.0
         with self._lock:
             c = self._counts
@@ -533,23 +559,34 @@ class StreamRunner:
                 dead.append(DeadLetter(entry.id, entry.raw() if data is None else data, reason))
         if not records:
             return [], dead
-        results = predict_rows(self.handle, records, versions=True)
-        made = time.monotonic()
-        latency_ms = (made - batch.read_at) * 1000.0
+        results = self._predict(records)
+        latency_ms = (time.monotonic() - batch.read_at) * 1000.0
         outputs: list[Output] = []
+        name = self.handle.name
         for (entry, data), result in zip(kept, results):
             if isinstance(result, Scored):
-                try:
-                    prediction = to_jsonable(result.output)
-                except SchemaError as exc:
-                    result = exc
-                else:
-                    outputs.append(
-                        Output(entry.id, self.handle.name, result.version, prediction, latency_ms)
-                    )
-                    continue
-            dead.append(DeadLetter(entry.id, data, _reason(result)))
+                outputs.append(Output(entry.id, name, result.version, result.output, latency_ms))
+            else:
+                dead.append(DeadLetter(entry.id, data, _reason(result)))
         return outputs, dead
+
+    def _predict(self, records: list[Any]) -> list[Any]:
+        """One result per record: a :class:`Scored` whose output is JSON-ready, or the
+        record's error. A good batch is one model call whose output is made JSON-ready in
+        one pass (2.5 of the runner's 46 µs of CPU per entry when done row by row); a batch
+        with bad records is bisected (:func:`predict_rows`)."""
+        try:
+            made = self.handle.predict_batch(as_batch(self.handle, records), details=True)
+        except Exception as exc:
+            if row_error(exc) is None:
+                raise
+            results = predict_rows(self.handle, records, versions=True)
+            return [_jsonable(r.output, r.version) if isinstance(r, Scored) else r for r in results]
+        n, version = len(records), made.version
+        try:
+            return [Scored(row, version) for row in _json_rows(made.output, n)]
+        except SchemaError:  # some row cannot be JSON: find which, row by row
+            return [_jsonable(row, version) for row in split_rows(made.output, n)]
 
     def _refusal(self, entry: Entry, data: bytes | None) -> str | None:
         if entry.deliveries > self.max_deliveries:
@@ -645,6 +682,26 @@ class StreamRunner:
 
 def _redelivered(entries: Sequence[Entry]) -> bool:
     return any(e.deliveries > 1 for e in entries)
+
+
+def _json_rows(out: Any, n: int) -> list[Any]:
+    """The JSON-ready rows of a batch's output. An array, or a dict of arrays (one per
+    named output), is converted whole; anything else row by row, so that the structure
+    of a row is never guessed from a converted whole (a tuple of two outputs would look
+    like two rows). Raises :class:`SchemaError` if a value cannot be JSON."""
+    if isinstance(out, np.ndarray):
+        return to_jsonable(out)  # type: ignore[no-any-return]
+    if type(out) is dict and all(isinstance(v, np.ndarray) and len(v) == n for v in out.values()):
+        columns = to_jsonable(out)
+        return [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return [to_jsonable(row) for row in split_rows(out, n)]
+
+
+def _jsonable(output: Any, version: str) -> Scored | SchemaError:
+    try:
+        return Scored(to_jsonable(output), version)
+    except SchemaError as exc:
+        return exc
 
 
 def _reason(error: Any) -> str:

@@ -20,7 +20,14 @@ How delivery works (Redis 6.2 and later):
   see :class:`~embedml.offline.broker.StreamRunner`); this consumer's own pending
   entries are claimed at the first read whatever their idle time (a restart with the same
   consumer name resumes at once);
-* ``XACK`` once the runner has written the results.
+* ``XACK`` once the runner has written the results. When the output and dead-letter
+  streams are on the source's own server (the same URL but for the query), outputs, dead
+  letters and the ``XACK`` go in one Lua script (:meth:`RedisStreamSource.commit`): one
+  round trip and one command per batch instead of one ``XADD`` per entry, and atomic, so
+  a consumer that dies can no longer leave an output written and its entry pending (no
+  duplicate). Where scripts are refused (an ACL without ``EVALSHA``, a cluster with the
+  streams in other slots) the source says so once in the log and writes and
+  acknowledges separately.
 """
 
 from __future__ import annotations
@@ -29,7 +36,6 @@ import importlib
 import logging
 import os
 import socket
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -59,6 +65,8 @@ class StreamURL:
     stream: str
     group: str | None
     consumer: str | None
+    #: The server and database: streams with the same one share a Redis keyspace.
+    server: str = ""
 
 
 def parse_stream_url(url: str) -> StreamURL:
@@ -78,6 +86,7 @@ def parse_stream_url(url: str) -> StreamURL:
     base = f"{parts.scheme}://{parts.netloc}{parts.path}"
     return StreamURL(
         client_url=f"{base}?{rest}" if rest else base,
+        server=f"{base}?{rest}" if rest else base,
         shown=f"{_hide(base)}?stream={ours['stream']}",
         stream=ours["stream"],
         group=ours.get("group") or None,
@@ -187,7 +196,9 @@ class RedisStreamSource:
         self.start_id = start_id
         self.claim_idle_ms = claim_idle_ms
         self._client = _client(parsed)
-        self._lock = threading.Lock()
+        self.server = parsed.server
+        self._script: Any = None  # the commit script, registered at the first commit
+        self._scripts_refused = False
         self._ready = False
         self._own_claimed = False  # this consumer's own pending entries taken back
         self._next_claim = 0.0  # monotonic
@@ -208,21 +219,16 @@ class RedisStreamSource:
         self._ready = True
 
     def _entries(self, rows: Any, deliveries: int | dict[str, int]) -> list[Entry]:
-        out = []
-        for raw_id, fields in rows:
-            entry_id = _text(raw_id)
-            n = deliveries if isinstance(deliveries, int) else deliveries[entry_id]
-            out.append(
-                Entry(
-                    id=entry_id,
-                    fields={
-                        _text(k): v if isinstance(v, bytes) else str(v).encode()
-                        for k, v in fields.items()
-                    },
-                    deliveries=n,
-                    produced_ms=_id_ms(entry_id),
-                )
+        # redis-py gives bytes (the client does not decode responses)
+        out = [
+            Entry(
+                entry_id := raw_id.decode(),
+                {k.decode(): v for k, v in fields.items()},
+                deliveries if isinstance(deliveries, int) else deliveries[entry_id],
+                _id_ms(entry_id),
             )
+            for raw_id, fields in rows
+        ]
         self._out.update(e.id for e in out)
         return out
 
@@ -317,6 +323,41 @@ class RedisStreamSource:
             self._client.xack(self.stream, self.group, *ids)
         self._out.difference_update(ids)
 
+    def commit(self, ids: Sequence[str], writes: Sequence[tuple[Any, Sequence[Any]]]) -> bool:
+        """Write each sink's items and acknowledge ``ids`` in one Lua script (see the module
+        docstring). ``False`` when it cannot: a sink that is not a :class:`RedisStreamSink`
+        on this server, more than one output and one dead-letter sink, or scripts refused
+        by the server (then never tried again)."""
+        if self._scripts_refused or len(writes) > 2:
+            return False
+        if not all(isinstance(sink, RedisStreamSink) and sink.server == self.server
+                   for sink, _ in writes):
+            return False
+        keys = [self.stream]
+        args: list[Any] = [self.group]
+        for sink, items in (*writes, *[(None, ())] * (2 - len(writes))):
+            keys.append(self.stream if sink is None else sink.stream)
+            names = type(items[0]).FIELDS if items else ()
+            max_len = "" if sink is None or sink.max_len is None else sink.max_len
+            args += [max_len, len(items), len(names), *names]
+            for item in items:
+                args += item.values()
+        args += ids
+        with _translated(self.url, "commit"):
+            if self._script is None:
+                self._script = self._client.register_script(_COMMIT)
+            try:
+                self._script(keys=keys, args=args)
+            except _redis().exceptions.ResponseError as exc:
+                if "NOSCRIPT" in str(exc):
+                    raise
+                self._scripts_refused = True
+                log.warning("%s refused the commit script (%s): writing and acknowledging"
+                            " separately from now on", self.url, exc)
+                return False
+        self._out.difference_update(ids)
+        return True
+
     def pending(self) -> int:
         self._ensure_group()
         with _translated(self.url, "pending"):
@@ -362,6 +403,45 @@ class RedisStreamSource:
         self._client.close()
 
 
+# KEYS: the input stream, the output stream, the dead-letter stream. ARGV: the group; then
+# for outputs, and again for dead letters: MAXLEN ('' for none), the count of entries, the
+# count of fields, the field names, the values entry by entry; then the ids to acknowledge.
+# The XACK comes last and a script runs whole: no acknowledgement without its outputs.
+_COMMIT = """
+local n = 1
+local function arg()
+  n = n + 1
+  return ARGV[n]
+end
+local function add(key)
+  local maxlen = arg()
+  local count = tonumber(arg())
+  local k = tonumber(arg())
+  local names = {unpack(ARGV, n + 1, n + k)}
+  n = n + k
+  local fields = {}
+  for _ = 1, count do
+    for j = 1, k do
+      fields[2 * j - 1] = names[j]
+      fields[2 * j] = ARGV[n + j]
+    end
+    n = n + k
+    if maxlen == '' then
+      redis.call('XADD', key, '*', unpack(fields))
+    else
+      redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+    end
+  end
+end
+add(KEYS[2])
+add(KEYS[3])
+for i = n + 1, #ARGV, 1000 do
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+return #ARGV - n
+"""
+
+
 class RedisStreamSink:
     """Writes outputs or dead letters (their ``fields()``) to a Redis stream with one
     pipelined ``XADD`` per entry, in one round trip per batch; ``max_len`` caps the stream
@@ -374,6 +454,7 @@ class RedisStreamSink:
         self.stream = parsed.stream
         self.url = parsed.shown
         self.max_len = max_len
+        self.server = parsed.server
         self._client = _client(parsed)
 
     def write(self, items: Sequence[Any]) -> None:

@@ -33,6 +33,7 @@ from .isolation import bisect_failures
 __all__ = [
     "Predictor",
     "Scored",
+    "as_batch",
     "apredict_stream",
     "predict_batch_or_rows",
     "predict_rows",
@@ -68,7 +69,7 @@ def split_rows(out: Any, n: int) -> list[Any]:
     return [take(out, i) for i in range(n)]
 
 
-def _as_batch(handle: Predictor, records: Sequence[Any]) -> Any:
+def as_batch(handle: Predictor, records: Sequence[Any]) -> Any:
     """Records -> what ``predict_batch`` takes: multi-input tensor models want one dict of
     stacked arrays, not a list of dicts; everything else takes the list as it is."""
     schema = handle.input_schema
@@ -135,8 +136,8 @@ def predict_rows(
 
     def run(part: Sequence[Any]) -> list[Any]:
         if not versions:
-            return split_rows(handle.predict_batch(_as_batch(handle, part)), len(part))
-        made = handle.predict_batch(_as_batch(handle, part), details=True)
+            return split_rows(handle.predict_batch(as_batch(handle, part)), len(part))
+        made = handle.predict_batch(as_batch(handle, part), details=True)
         return [Scored(row, made.version) for row in split_rows(made.output, len(part))]
 
     results = bisect_failures(records, run, row_error)
