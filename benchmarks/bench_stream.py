@@ -29,8 +29,7 @@ file, no snapshots), reached over its unix socket (``--transport tcp``: 127.0.0.
 
 Run: ``python benchmarks/bench_stream.py`` (about 3 minutes; ``--quick``: about 30 s).
 ``--profile`` adds a cProfile of the runner's worker and reader threads on the pre-filled
-stream; ``--breakdown`` adds what-if runs of the runner with one cost removed (fewer output
-fields, ``tolist`` for ``to_jsonable``), to show where its time goes.
+stream.
 """
 
 from __future__ import annotations
@@ -65,8 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_batching import mlp_bytes  # noqa: E402
 
 import embedml  # noqa: E402
-from embedml.offline import broker  # noqa: E402
-from embedml.offline.broker import Output, StreamRunner  # noqa: E402
+from embedml.offline.broker import StreamRunner  # noqa: E402
 from embedml.offline.redis_streams import RedisStreamSink, RedisStreamSource  # noqa: E402
 
 BATCH = 64
@@ -253,38 +251,6 @@ CASES: dict[str, Callable[..., float | None]] = {
 }
 
 
-def _two_fields(output: Output) -> dict[str, str]:
-    return {"id": output.id, "prediction": json.dumps(output.prediction, allow_nan=False)}
-
-
-def what_if(**patches: Any) -> Callable[..., float | None]:
-    """``stream_runner`` with attributes of ``embedml.offline.broker`` patched for the run:
-    a what-if for ``--breakdown`` (where the runner's time goes), not a supported setup."""
-
-    def case(*args: Any) -> float | None:
-        saved = {}
-        for dotted, value in patches.items():
-            owner, _, attr = dotted.rpartition(".")
-            target = getattr(broker, owner) if owner else broker
-            saved[dotted] = (target, attr, getattr(target, attr))
-            setattr(target, attr, value)
-        try:
-            return stream_runner(*args)
-        finally:
-            for target, attr, value in saved.values():
-                setattr(target, attr, value)
-
-    return case
-
-
-BREAKDOWN: dict[str, Callable[..., float | None]] = {
-    "what-if: StreamRunner writing only id + prediction": what_if(**{"Output.fields": _two_fields}),
-    "what-if: StreamRunner with ndarray.tolist() for to_jsonable": what_if(
-        to_jsonable=lambda value: value.tolist()
-    ),
-}
-
-
 def throughput(
     handle, url: str, payloads: list[str], runs: int, single_n: int, cases: dict
 ) -> dict:
@@ -424,9 +390,6 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small amounts (about 30 s)")
     ap.add_argument("--profile", action="store_true", help="cProfile the runner's threads")
     ap.add_argument("--skip-paced", action="store_true", help="throughput only")
-    ap.add_argument(
-        "--breakdown", action="store_true", help="add what-if runs: where the runner's time goes"
-    )
     args = ap.parse_args()
     if args.quick:
         args.entries, args.single, args.runs = 5_000, 1_000, 3
@@ -448,7 +411,7 @@ def main() -> None:
     with redis_server(args.transport == "tcp") as url:
         server = client(url).info("server")["redis_version"]
         print("throughput:", file=sys.stderr)
-        cases = {**CASES, **BREAKDOWN} if args.breakdown else CASES
+        cases = CASES
         rates = throughput(handle, url, payloads, args.runs, args.single, cases)
         if args.profile:
             print(profile_runner(handle, url, payloads))
