@@ -68,15 +68,22 @@ class ServerProcess:
 
     def stop(self) -> None:
         """Stops the server (SIGTERM, then SIGKILL after a bounded wait); idempotent."""
-        if self.process.poll() is None:
+        end_group(self.process, signal.SIGTERM)
+
+
+def end_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    """Sends ``sig`` to the process group of ``process`` (started with
+    ``start_new_session``) and waits for it, with SIGKILL after a bounded wait; nothing if
+    it has already ended."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(STOP_TIMEOUT_S)
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(STOP_TIMEOUT_S)
 
 
 S = TypeVar("S", bound=ServerProcess)

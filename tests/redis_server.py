@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_servers import _LAUNCH, HOST, STOP_TIMEOUT_S, _free_port
+from helpers_servers import _LAUNCH, HOST, _free_port, end_group
 
 START_TIMEOUT_S = 30.0
 
@@ -139,15 +139,8 @@ class RedisServer:
             return ""
 
     def _signal(self, sig: int) -> None:
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(STOP_TIMEOUT_S)
+        if self.process is not None:
+            end_group(self.process, sig)
 
     def stop(self) -> None:
         """SIGTERM (a clean shutdown), then SIGKILL after a bounded wait."""

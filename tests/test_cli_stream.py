@@ -97,6 +97,31 @@ def wait_for(condition, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+class Child:
+    """``embedml stream`` in a child process; killed at the end of the ``with`` block if it
+    is still running (a failing test never leaves it behind)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        """Send ``sig`` and wait (bounded) for the child to end; returns its stderr."""
+        self.process.send_signal(sig)
+        return self.process.communicate(timeout=CHILD_TIMEOUT_S)[1]
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
 def test_scores_every_entry_and_dead_letters_the_bad_ones(streams, env, model):
     client = streams.server.client()
     inp, out, dlq = streams.name("in"), streams.name("out"), streams.name("dlq")
@@ -212,21 +237,12 @@ class Producer:
 def test_a_signal_finishes_the_batches_in_flight_and_exits_0(streams, env, model, sig):
     client = streams.server.client()
     inp, out = streams.name("in"), streams.name("out")
-    child = subprocess.Popen(
-        stream_argv("--source", streams.url("in", group="g"), "--sink", streams.url("out"),
-                    "--batch-size", "32"),
-        env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        with Producer(client, inp) as producer:
-            wait_for(lambda: client.exists(out) and client.xlen(out) >= 100, "outputs")
-            assert child.poll() is None
-            child.send_signal(sig)  # while the producer keeps adding entries
-            _, stderr = child.communicate(timeout=CHILD_TIMEOUT_S)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    argv = stream_argv("--source", streams.url("in", group="g"), "--sink", streams.url("out"),
+                       "--batch-size", "32")  # fmt: skip
+    with Child(argv, env) as child, Producer(client, inp) as producer:
+        wait_for(lambda: client.exists(out) and client.xlen(out) >= 100, "outputs")
+        assert child.process.poll() is None
+        stderr = child.stop(sig)  # while the producer keeps adding entries
 
     assert child.returncode == 0, stderr
     assert f"{signal.Signals(sig).name}: finishing" in stderr
@@ -250,22 +266,14 @@ def test_start_id_dollar_scores_only_new_entries(streams, env, model):
     client = streams.server.client()
     inp, out = streams.name("in"), streams.name("out")
     xadd_all(client, inp, records(30, seed=4))  # before the group: never delivered
-    child = subprocess.Popen(
-        stream_argv("--source", streams.url("in", group="g"), "--sink", streams.url("out"),
-                    "--start-id", "$"),
-        env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
+    argv = stream_argv("--source", streams.url("in", group="g"), "--sink", streams.url("out"),
+                       "--start-id", "$")  # fmt: skip
+    with Child(argv, env) as child:
         wait_for(lambda: any(g["name"] == b"g" for g in client.xinfo_groups(inp)), "the group")
         recs = records(40, seed=5)
         new = xadd_all(client, inp, recs)
         wait_for(lambda: client.exists(out) and client.xlen(out) >= len(new), "outputs")
-        child.send_signal(signal.SIGTERM)
-        _, stderr = child.communicate(timeout=CHILD_TIMEOUT_S)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        stderr = child.stop()
 
     assert child.returncode == 0, stderr
     got = {o["id"]: json.loads(o["prediction"]) for o in entries(client, out)}
@@ -333,22 +341,15 @@ def test_follow_moves_to_the_version_an_alias_points_at(streams, tmp_path, model
         "--source", streams.url("in", group="g"), "--sink", streams.url("out"), "--follow"
     )
     argv[argv.index("clf")] = "clf@prod"
-    child = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
 
     def versions() -> set[str]:
         return {o["version"] for o in entries(client, out)}
 
-    try:
-        with Producer(client, inp, seed=7) as producer:
-            wait_for(lambda: "1" in versions(), "outputs of version 1")
-            store.set_alias("clf", "prod", "2")
-            wait_for(lambda: "2" in versions(), "outputs of version 2")
-            child.send_signal(signal.SIGTERM)
-            _, stderr = child.communicate(timeout=CHILD_TIMEOUT_S)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    with Child(argv, env) as child, Producer(client, inp, seed=7) as producer:
+        wait_for(lambda: "1" in versions(), "outputs of version 1")
+        store.set_alias("clf", "prod", "2")
+        wait_for(lambda: "2" in versions(), "outputs of version 2")
+        stderr = child.stop()
 
     assert child.returncode == 0, stderr
     outputs = entries(client, out)
