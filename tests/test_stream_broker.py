@@ -375,3 +375,47 @@ def redis_db(streams, db: int):
     import redis
 
     return redis.Redis.from_url(f"{streams.server.url}?db={db}")
+
+
+class ScriptedSource:
+    """A Source that hands out prepared reads in order (no broker): each read returns the
+    next list of entries, then nothing. Acknowledged ids are kept."""
+
+    url = "memory://scripted"
+
+    def __init__(self, reads: list[list[Entry]]) -> None:
+        self.reads, self.acked = list(reads), []
+
+    def read(self, count: int, block_ms: int) -> list[Entry]:
+        return self.reads.pop(0)[:count] if self.reads else []
+
+    def ack(self, ids) -> None:
+        self.acked.append(list(ids))
+
+    def pending(self) -> int:
+        return 0
+
+    def stats(self) -> dict:
+        return {"pending": 0, "lag": 0}
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_entry_claimed_while_a_batch_fills_is_scored_alone(handle):
+    """A redelivered entry (maybe the one that killed a consumer) is a batch of its own,
+    also when the source returns it on a read that fills a batch: the entries read with it
+    are not charged its next delivery."""
+
+    def entry(i: int, deliveries: int = 1) -> Entry:
+        return Entry(f"{i}-0", {"data": json.dumps({c: 1.0 for c in COLUMNS}).encode()},
+                     deliveries)
+
+    source = ScriptedSource([[entry(1), entry(2)], [entry(9, deliveries=3)], [entry(3)]])
+    got: list = []
+    runner = StreamRunner(handle, source, got.extend, batch_size=8, max_wait_ms=10_000,
+                          until_idle_s=0.2)
+    runner.run()
+    assert source.acked == [["1-0", "2-0"], ["9-0"], ["3-0"]]
+    assert sorted(o.id for o in got) == ["1-0", "2-0", "3-0", "9-0"]
+    assert runner.metrics()["redelivered"] == 1

@@ -271,6 +271,7 @@ def as_result_sink(sink: Any) -> ResultSink:
 class _Batch:
     entries: list[Entry]
     read_at: float  # monotonic, when the first entry of the batch was read
+    counted: bool = False  # already in _in_flight (read aside while another batch filled)
 
 
 @dataclass
@@ -362,6 +363,7 @@ class StreamRunner:
         self._room = threading.Condition(self._lock)  # in-flight entries went down
         self._in_flight = 0
         self._batches: collections.deque[Any] = collections.deque()
+        self._aside: _Batch | None = None  # redelivered entries read while a batch filled
         self._ready = threading.Event()  # a batch (or the end) was queued for the worker
         self._stopping = threading.Event()  # stop reading; finish what was read
         self._counts = _Counts()
@@ -440,8 +442,9 @@ class StreamRunner:
                 now = time.monotonic()
                 if batch.entries:
                     last_entry = now
-                    with self._lock:
-                        self._in_flight += len(batch.entries)
+                    if not batch.counted:
+                        with self._lock:
+                            self._in_flight += len(batch.entries)
                     self._hand_over(batch)
                     if _redelivered(batch.entries):
                         self._wait_until_acknowledged()
@@ -450,6 +453,8 @@ class StreamRunner:
         except BaseException as exc:
             self._fail(exc)
         finally:
+            if self._aside is not None:  # read, so finished like the rest on a stop
+                self._hand_over(self._aside)
             self._hand_over(_END)
 
     def _idle_done(self, idle: float) -> bool:
@@ -473,7 +478,12 @@ class StreamRunner:
 
     def _gather(self, room: int) -> _Batch:
         """Up to ``room`` entries: the first read blocks for up to ``POLL_MS``; then the
-        batch fills until ``max_wait`` after the first entry."""
+        batch fills until ``max_wait`` after the first entry. Redelivered entries are a
+        batch of their own: a read while filling that returns some (a claim) is set aside
+        for the next call."""
+        if self._aside is not None:
+            batch, self._aside = self._aside, None
+            return batch
         entries = self._retry("read", self.source.read, room, POLL_MS)
         read_at = time.monotonic()
         deadline = read_at + self.max_wait
@@ -483,6 +493,11 @@ class StreamRunner:
             if left_ms < 1:
                 break
             more = self._retry("read", self.source.read, room - len(entries), left_ms)
+            if _redelivered(more):
+                with self._lock:  # read, so in flight (max_in_flight holds)
+                    self._in_flight += len(more)
+                self._aside = _Batch(more, time.monotonic(), counted=True)
+                break
             if not more:
                 break
             entries += more
