@@ -18,6 +18,7 @@ import pytest
 import embedml
 from embedml.offline.broker import DeadLetter, Entry, Output, StreamRunner
 from embedml.offline.redis_streams import RedisStreamSink, RedisStreamSource, parse_stream_url
+from helpers_processes import run_children
 from redis_server import Streams
 
 pytest.importorskip("redis")
@@ -261,6 +262,24 @@ def test_stream_urls():
         parse_stream_url("kafka://h:1?stream=s")
     with pytest.raises(embedml.ConfigurationError, match="consumer group"):
         RedisStreamSource("redis://h:1/0?stream=s")
+
+
+_WITHOUT_REDIS = """
+import sys
+sys.modules["redis"] = None  # as if the redis extra were not installed
+from embedml.errors import MissingExtraError
+from embedml.offline.redis_streams import RedisStreamSink, RedisStreamSource
+for make in (RedisStreamSource, RedisStreamSink):
+    try:
+        make("redis://127.0.0.1:1/0?stream=s&group=g")
+    except MissingExtraError as exc:
+        print(exc.extra, exc.name, "pip install 'embedml[redis]'" in str(exc))
+"""
+
+
+def test_without_the_extra_a_missing_extra_error_names_it():
+    # It was a TypeError: the error was raised without its required extra= and name=.
+    assert run_children(_WITHOUT_REDIS, [[]]) == ["redis redis True\nredis redis True\n"]
 
 
 def test_options_are_checked_when_the_runner_is_built(handle, streams):

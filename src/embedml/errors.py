@@ -47,6 +47,7 @@ This module depends on nothing else in embedml.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = [
@@ -119,6 +120,24 @@ class MissingExtraError(ConfigurationError, ImportError):
 
 def _rebuild_missing_extra(message: str, extra: str, name: str) -> MissingExtraError:
     return MissingExtraError(message, extra=extra, name=name)
+
+
+def import_extra(extra: str, what: str, *modules: str) -> list[Any]:
+    """Import ``modules`` (dotted names), which ``what`` needs, and return them in order.
+
+    Raises :class:`MissingExtraError` when one cannot be imported: its message says
+    ``what``, the first module's package, the import's own error and
+    ``pip install 'embedml[<extra>]'``; its ``name`` is that package.
+    """
+    try:
+        return [importlib.import_module(module) for module in modules]
+    except ImportError as exc:
+        package = modules[0].partition(".")[0]
+        raise MissingExtraError(
+            f"{what}: {package} cannot be imported ({exc}): pip install 'embedml[{extra}]'",
+            extra=extra,
+            name=package,
+        ) from exc
 
 
 class NotFoundError(EmbedMLError, LookupError):
@@ -204,6 +223,8 @@ class CacheMissError(RemoteStoreError, NotFoundError):
 class NotAStoreError(RemoteStoreError):
     """The URL's prefix holds objects but no embedml store marker: embedml refuses to
     read or write there (an empty or missing prefix is an empty store)."""
+
+
 class AliasMovedError(StoreError):
     """:meth:`ModelStore.promote <embedml.ModelStore.promote>` did not move the alias: another
     move changed it while the gate was scoring (against the version it pointed to before).

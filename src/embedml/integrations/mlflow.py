@@ -53,6 +53,7 @@ from ..errors import (
     UnsupportedFormatError,
     UntrustedArtifactError,
     VersionNotFoundError,
+    import_extra,
 )
 from ..formats.torch import _script_arguments
 from ..schema import FieldSpec, RecordSchema, TensorSpec
@@ -103,18 +104,9 @@ class _Source:
 
 
 def _import_mlflow() -> Any:
-    try:
-        import mlflow
-        import mlflow.artifacts
-        import mlflow.models
-    except ImportError as exc:
-        raise MissingExtraError(
-            f"importing from MLflow needs mlflow-skinny, which cannot be imported ({exc}): "
-            "pip install 'embedml[mlflow]'",
-            extra="mlflow",
-            name="mlflow",
-        ) from exc
-    return mlflow
+    return import_extra(
+        "mlflow", "importing from MLflow", "mlflow", "mlflow.artifacts", "mlflow.models"
+    )[0]
 
 
 def _flavour_loader(flavour: str) -> Any:

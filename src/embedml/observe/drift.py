@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..clock import SYSTEM_CLOCK, Clock, check_clock
-from ..errors import ConfigurationError, MissingExtraError
+from ..errors import ConfigurationError, import_extra
 from ..schema.profile import FeatureProfile, ReferenceProfile, feature_matrix
 from ..tensors import concat
 from .hooks import RowSink
@@ -57,16 +57,9 @@ def _scipy() -> SimpleNamespace:
 
     Raises :class:`MissingExtraError` when scipy cannot be imported.
     """
-    try:
-        from scipy import special, stats
-        from scipy.spatial import distance
-    except ImportError as exc:
-        raise MissingExtraError(
-            f"drift statistics need scipy, which cannot be imported ({exc}): "
-            "pip install 'embedml[drift]'",
-            extra="drift",
-            name="scipy",
-        ) from exc
+    special, stats, distance = import_extra(
+        "drift", "drift statistics", "scipy.special", "scipy.stats", "scipy.spatial.distance"
+    )
     return SimpleNamespace(
         chi2_contingency=stats.chi2_contingency,
         jensenshannon=distance.jensenshannon,

@@ -34,7 +34,6 @@ How delivery works (Redis 6.2 and later):
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import socket
@@ -45,7 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BrokerError, BrokerUnavailableError, ConfigurationError, MissingExtraError
+from ..errors import BrokerError, BrokerUnavailableError, ConfigurationError, import_extra
 from .broker import Entry
 
 __all__ = ["RedisStreamSink", "RedisStreamSource", "StreamURL", "parse_stream_url"]
@@ -105,12 +104,7 @@ def _hide(url: str) -> str:
 
 
 def _redis() -> Any:
-    try:
-        return importlib.import_module("redis")
-    except ImportError as exc:
-        raise MissingExtraError(
-            "Redis streams need the 'redis' extra: pip install 'embedml[redis]'"
-        ) from exc
+    return import_extra("redis", "Redis streams", "redis")[0]
 
 
 @contextmanager
@@ -339,8 +333,9 @@ class RedisStreamSource:
         by the server (then never tried again)."""
         if self._scripts_refused or len(writes) > 2:
             return False
-        if not all(isinstance(sink, RedisStreamSink) and sink.server == self.server
-                   for sink, _ in writes):
+        if not all(
+            isinstance(sink, RedisStreamSink) and sink.server == self.server for sink, _ in writes
+        ):
             return False
         keys = [self.stream]
         args: list[Any] = [self.group]
@@ -361,8 +356,12 @@ class RedisStreamSource:
                 if "NOSCRIPT" in str(exc):
                     raise
                 self._scripts_refused = True
-                log.warning("%s refused the commit script (%s): writing and acknowledging"
-                            " separately from now on", self.url, exc)
+                log.warning(
+                    "%s refused the commit script (%s): writing and acknowledging"
+                    " separately from now on",
+                    self.url,
+                    exc,
+                )
                 return False
         self._out.difference_update(ids)
         return True

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import ConfigurationError, MissingExtraError, RemoteStoreError
+from ..errors import ConfigurationError, RemoteStoreError, import_extra
 from .objects_base import CHUNK_BYTES, StoredObject
 from .objects_fsspec import Failure, FsspecClient, FsspecObjectStore
 
@@ -286,13 +286,6 @@ def _error_message(body: bytes) -> str:
     return " ".join(str(text).split())[:300] or "no message"
 
 
-def _import_gcsfs() -> tuple[Any, Any, Any]:
-    try:
-        import aiohttp
-        import fsspec.asyn
-        import gcsfs
-    except ImportError as exc:
-        raise MissingExtraError(
-            "gs:// stores need gcsfs: pip install 'embedml[gcs]'", extra="gcs", name="gcsfs"
-        ) from exc
-    return gcsfs, fsspec.asyn, aiohttp
+def _import_gcsfs() -> list[Any]:
+    """gcsfs, fsspec.asyn and aiohttp."""
+    return import_extra("gcs", "gs:// stores", "gcsfs", "fsspec.asyn", "aiohttp")

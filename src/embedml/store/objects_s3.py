@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import MissingExtraError
+from ..errors import MissingExtraError, import_extra
 from .objects_base import CHUNK_BYTES, StoredObject
 from .objects_fsspec import Failure, FsspecClient, FsspecObjectStore
 
@@ -205,13 +205,8 @@ def _is_aiohttp_error(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] == "aiohttp"
 
 
-def _import_s3fs() -> tuple[Any, Any, Any]:
-    try:
-        import botocore.exceptions
-        import fsspec.asyn
-        import s3fs
-    except ImportError as exc:
-        raise MissingExtraError(
-            "s3:// stores need s3fs: pip install 'embedml[s3]'", extra="s3", name="s3fs"
-        ) from exc
-    return s3fs, fsspec.asyn, botocore
+def _import_s3fs() -> list[Any]:
+    """s3fs, fsspec.asyn and botocore (with its exceptions module)."""
+    return import_extra(
+        "s3", "s3:// stores", "s3fs", "fsspec.asyn", "botocore", "botocore.exceptions"
+    )[:3]
