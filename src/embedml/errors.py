@@ -85,6 +85,7 @@ __all__ = [
     "GateFailedError",
     "BrokerError",
     "BrokerUnavailableError",
+    "import_extra",
 ]
 
 
