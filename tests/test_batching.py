@@ -4,6 +4,7 @@ record, one output per row, backpressure, deadlines, close-while-busy, thread hy
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import threading
@@ -645,6 +646,32 @@ def test_calls_after_close_of_the_batcher_raise(probe_store):
     with pytest.raises(embedml.HandleClosedError):
         pipe.batcher.submit(BatchItem(pipe.prepare_one(np.zeros(4)), None))
     h.close()
+
+
+@pytest.mark.parametrize("inline_ms", [0, 0.5])
+def test_batched_calls_leave_no_reference_cycles(probe_store, inline_ms):
+    """A batched call's request and future are freed by reference counting when it returns:
+    no cycle is left for the garbage collector, which under load ran every few batches
+    (and held every call's request, future and arrays until then)."""
+    probe_store.save_probe()
+    X = rows(512, seed=11)
+    settings = embedml.Batching(max_batch_size=16, inline_ms=inline_ms)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        with probe_store.load("probe", batching=settings) as h:
+            got = _inline_run(h, X)  # worker-thread batches, or inline ones on the loop
+            threads = run_threads(lambda i: float(h.predict(X[i])), [(i,) for i in range(64)])
+        gc.collect()
+        cyclic = [type(o).__name__ for o in gc.garbage if type(o) in (BatchItem, asyncio.Future)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    np.testing.assert_allclose(got, expected(X))
+    np.testing.assert_allclose(threads, expected(X[:64]))
+    assert cyclic == []
 
 
 def test_interpreter_exit_does_not_hang(subprocess_env, store):

@@ -31,8 +31,13 @@ def bisect_failures(
     error. Returns one entry per item: its result, or its error.
     """
     results: list[Any] = [None] * len(items)
-
-    def solve(lo: int, hi: int) -> None:
+    # Slices to run, as a stack, the lower half first: not a recursive closure, which is a
+    # reference cycle (the function, its cell) holding ``items`` and ``results`` until the
+    # garbage collector runs: with a batcher's items and their futures, 39 collections per
+    # 12,288 rows (64 asyncio tasks, bench_compare's batching case), none without.
+    todo = [(0, len(items))] if items else []
+    while todo:
+        lo, hi = todo.pop()
         try:
             part = run(items[lo:hi])
         except Exception as exc:
@@ -41,13 +46,9 @@ def bisect_failures(
                 raise
             if hi - lo == 1:
                 results[lo] = error
-                return
-            mid = (lo + hi) // 2
-            solve(lo, mid)
-            solve(mid, hi)
-            return
+            else:
+                mid = (lo + hi) // 2
+                todo += ((mid, hi), (lo, mid))
+            continue
         results[lo:hi] = part
-
-    if items:
-        solve(0, len(items))
     return results
