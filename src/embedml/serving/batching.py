@@ -334,8 +334,12 @@ class Batcher:
         with self._lock:
             if self._closed:
                 raise self._closed_error()
-            # _idle(tasks_too=False) and _cheap(), the common case (busy) first: every call
-            lead = not self._busy and self._idle(tasks_too=False) and self._cheap()
+            # _idle(tasks_too=False) and _cheap(), the common cases (busy, or a batch
+            # forming) first, without _idle's frame: every call
+            lead = (
+                not self._busy and not self._queue and self._idle(tasks_too=False)
+                and self._cheap()
+            )  # fmt: skip
             if lead:  # before _put, which would wake the worker for a first request
                 self._busy = True
             self._put(req, deadline, None, future, loop)
@@ -569,7 +573,10 @@ class Batcher:
             futures: dict[Any, list[Any]] = {}
             for r in done:
                 if r.future is not None:
-                    futures.setdefault(r.loop, []).append(r.future)
+                    group = futures.get(r.loop)
+                    if group is None:  # (not setdefault: a new list per request)
+                        group = futures[r.loop] = []
+                    group.append(r.future)
             for on, group in futures.items():
                 if on is loop:  # this batch runs on that loop's thread (inline)
                     _resolve(*group)

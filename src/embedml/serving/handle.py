@@ -289,8 +289,11 @@ class ModelHandle:
         to take under ``Batching.inline_ms`` per batch, on the loop itself by the task that
         leads it; ``timeout_ms`` as in :meth:`predict`.
         """
-        pipe = self._pipeline()
-        if pipe.batcher is None:
+        pipe = self._pipe  # _pipeline()'s common case, without its frame (as in predict)
+        if self._state is not HandleState.OPEN or not pipe.acquire():
+            pipe = self._pipeline()
+        batcher = pipe.batcher
+        if batcher is None:
             import asyncio  # here: importing asyncio costs start-up ~10 ms for sync users
 
             pipe.release()
@@ -307,8 +310,7 @@ class ModelHandle:
             else:
                 batch, _ = self._validate(pipe, call, record, True)
             item = BatchItem(batch, self._obs, 1, unchecked)
-            submitted = pipe.batcher.asubmit(item, timeout_ms)
-            raw = self._joined(call, await submitted)
+            raw = self._joined(call, await batcher.asubmit(item, timeout_ms))
             out = self._shape(pipe, call, raw, True)
         except BaseException as exc:  # a cancelled task too: each begin needs its end
             self._end(call, exc)

@@ -454,6 +454,14 @@ class Pipeline:
                 return self._model_call(items, items[0].batch, False)
             except PredictionError as exc:
                 return [exc]
+        first = items[0].batch
+        if type(first) is np.ndarray:  # _join_key's common case, without a frame per item
+            shape, dtype = first.shape[1:], first.dtype
+            if all(
+                type(b := i.batch) is np.ndarray and b.shape[1:] == shape and b.dtype == dtype
+                for i in items
+            ):
+                return self._run_joined(items)
         keys = [_join_key(i.batch) for i in items]
         if keys[0] is not None and keys.count(keys[0]) == len(keys):  # all alike: one call
             return self._run_joined(items)
