@@ -279,6 +279,7 @@ class Batcher:
         self._queued = 0  # in the unit of ``count``
         self._busy = False  # the batch function is running (one call at a time)
         self._last: list[Request] = []  # callers of the last batch, until all have woken
+        self._last_threads: list[Request] = []  # its thread callers, until all have woken
         self._worker: threading.Thread | None = None
         self._on_idle: list[Callable[[], None]] = []  # run when a closed batcher goes idle
         # Seconds the last batches took; the cheapest decides inline batches (a run that
@@ -376,10 +377,12 @@ class Batcher:
         instead of 2.5 with 1024-wide layers)."""
         if self._busy or self._queue:
             return False
+        if not tasks_too:  # the thread callers alone: no scan of a batch of asyncio tasks
+            if self._last_threads:  # (asubmit and _put ask at each batch's first call)
+                self._last_threads = [r for r in self._last_threads if not r.collected]
+            return not self._last_threads
         if self._last:
             self._last = [r for r in self._last if not r.collected]
-            if not tasks_too:
-                return all(r.latch is None for r in self._last)
         return not self._last
 
     def _cheap(self) -> bool:
@@ -565,7 +568,7 @@ class Batcher:
             threads = [r for r in done if r.latch is not None]
             for r, after in zip(threads, threads[1:]):
                 r.next = after
-            self._last = done  # see _idle
+            self._last, self._last_threads = done, threads  # see _idle
             close = self._free()
         if threads:
             threads[0].latch.release()  # type: ignore[union-attr]

@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -103,6 +104,9 @@ class BatchItem(Request):
     out: Any = dataclasses.field(default=None, init=False)  # outputs of its model call
     offset: int = dataclasses.field(default=0, init=False)  # where its rows start in them
     size: int = dataclasses.field(default=0, init=False)  # the rows of that model call
+
+
+_ROWS, _OBS = attrgetter("rows"), attrgetter("obs")
 
 
 def _join_key(batch: Any) -> Any:
@@ -454,15 +458,18 @@ class Pipeline:
                 return self._model_call(items, items[0].batch, False)
             except PredictionError as exc:
                 return [exc]
-        first = items[0].batch
-        if type(first) is np.ndarray:  # _join_key's common case, without a frame per item
-            shape, dtype = first.shape[1:], first.dtype
-            if all(
-                type(b := i.batch) is np.ndarray and b.shape[1:] == shape and b.dtype == dtype
-                for i in items
-            ):
-                return self._run_joined(items)
-        keys = [_join_key(i.batch) for i in items]
+        batches = [i.batch for i in items]
+        first = batches[0]
+        if len(batches) > 1 and set(map(type, batches)) == {np.ndarray}:
+            # _join_key's common case, checked by the join itself (no Python step per item):
+            # another trailing shape raises ValueError, another dtype TypeError (casting="no")
+            try:
+                joined = np.concatenate(batches, axis=0, dtype=first.dtype, casting="no")
+            except (ValueError, TypeError):
+                pass
+            else:
+                return self._run_joined(items, joined)
+        keys = [_join_key(b) for b in batches]
         if keys[0] is not None and keys.count(keys[0]) == len(keys):  # all alike: one call
             return self._run_joined(items)
         groups: dict[Any, list[int]] = {}
@@ -474,9 +481,11 @@ class Pipeline:
                 results[k] = outcome
         return results
 
-    def _run_joined(self, items: list[BatchItem]) -> list[Any]:
-        """Items of one join key: NaN/inf screening, one model call, bad rows isolated."""
-        batch = items[0].batch if len(items) == 1 else concat([i.batch for i in items])
+    def _run_joined(self, items: list[BatchItem], batch: Any = None) -> list[Any]:
+        """Items of one join key (``batch``: their rows joined, if already done): NaN/inf
+        screening, one model call, bad rows isolated."""
+        if batch is None:
+            batch = items[0].batch if len(items) == 1 else concat([i.batch for i in items])
         refused: dict[int, SchemaError] = {}
         if any(i.unchecked for i in items) and not self.rows_ok(batch):
             for k, item in enumerate(items):  # the rare case: find the bad rows, one by one
@@ -531,11 +540,12 @@ class Pipeline:
             if item.obs is not None and item.obs.row_sinks:  # the caller's own array: copied
                 item.obs.rows(self.source, batch, out, n, copy=True)
             return items
-        n = sum(i.rows for i in items)
+        # map over attrgetters, not generators: no Python step per item (a batch of 64)
+        n = sum(map(_ROWS, items))
         self.batcher.count_model_call(n, rerun)  # type: ignore[union-attr]
         out = self.run(batch, n)
         obs = items[0].obs
-        if all(i.obs is obs for i in items):
+        if list(map(_OBS, items)).count(obs) == len(items):  # (observers compare by identity)
             if obs is not None and obs.row_sinks:  # a joined batch: the pipeline's own array
                 obs.rows(self.source, batch, out, n, copy=False)
         else:  # handles sharing this pipeline: each offers its own calls' rows
