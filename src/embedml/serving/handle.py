@@ -246,7 +246,7 @@ class ModelHandle:
         return dataclasses.replace(out, output=frame) if details else frame
 
     # The call path: one FinishedCall per call, filled in stage by stage (_validate,
-    # _joined, _shape) and handed to the observer when the call is over (_end). _call (sync)
+    # _joined or _shape) and handed to the observer when the call is over (_end). _call (sync)
     # and apredict (async) are its two thin wrappers; they differ only in how they wait for
     # the model or the batcher. Stamps are time.perf_counter() (4 reads per call): stage
     # timings need its resolution, and nothing here waits or keeps a window (the metrics'
@@ -263,10 +263,10 @@ class ModelHandle:
             batch, whole = self._validate(pipe, call, records, one)
             if pipe.batcher is None:
                 raw = pipe.run(batch, call.rows, whole)
-            else:
+                out = self._shape(pipe, call, raw, one and not whole)
+            else:  # (batching needs a row-wise model: never whole)
                 item = BatchItem(batch, self._obs, call.rows)
-                raw = self._joined(call, pipe.batcher.submit(item, timeout_ms))
-            out = self._shape(pipe, call, raw, one and not whole)
+                out = self._joined(pipe, call, pipe.batcher.submit(item, timeout_ms), one)
         except BaseException as exc:  # interrupted calls too: each begin needs its end
             self._end(call, exc)
             raise
@@ -310,8 +310,7 @@ class ModelHandle:
             else:
                 batch, _ = self._validate(pipe, call, record, True)
             item = BatchItem(batch, self._obs, 1, unchecked)
-            raw = self._joined(call, await batcher.asubmit(item, timeout_ms))
-            out = self._shape(pipe, call, raw, True)
+            out = self._joined(pipe, call, await batcher.asubmit(item, timeout_ms), True)
         except BaseException as exc:  # a cancelled task too: each begin needs its end
             self._end(call, exc)
             raise
@@ -337,13 +336,25 @@ class ModelHandle:
         return batch, whole
 
     @staticmethod
-    def _joined(call: FinishedCall, joined: tuple[BatchItem, float]) -> Any:
-        """This call's rows of the outputs of the batch the batcher ran it in."""
+    def _joined(
+        pipe: Pipeline, call: FinishedCall, joined: tuple[BatchItem, float], row: bool
+    ) -> Any:
+        """This call's rows of the outputs of the batch the batcher ran it in, shaped for
+        the caller as :meth:`_shape` does (``row``: one example's row).
+
+        _shape's lines are repeated here, not called: with Pipeline.quick_one bound to the
+        schema's method, two frames less per batched call (64 asyncio tasks, 1024-wide MLP,
+        6 alternating processes: 1227 -> 1203 bytecodes a row, loop CPU 11.2-11.4 -> 11.0
+        us a row)."""
         item, call.queue = joined
         out, off, size = item.out, item.offset, item.size
         call.batch_size, call.counts_batch, call.rows_offered = size, off == 0, True
         n = call.rows
-        return out if size == n else take(out, slice(off, off + n))  # ran alone: all of it
+        raw = out if size == n else take(out, slice(off, off + n))  # ran alone: all of it
+        call.outputs, call.answered = raw, time.perf_counter()
+        if pipe.plain:
+            return take(raw, 0) if row else raw
+        return pipe.row(raw, 0) if row else pipe.rows(raw, n)
 
     @staticmethod
     def _shape(pipe: Pipeline, call: FinishedCall, raw: Any, row: bool) -> Any:

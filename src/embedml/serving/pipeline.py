@@ -109,6 +109,11 @@ class BatchItem(Request):
 _ROWS, _OBS = attrgetter("rows"), attrgetter("obs")
 
 
+def _not_quick(record: Any) -> None:
+    """``Pipeline.quick_one`` of inputs that are not one tensor: never quick."""
+    return None
+
+
 def _join_key(batch: Any) -> Any:
     """What must match for batches to be joined: trailing shapes and dtypes (``None``: never)."""
     if type(batch) is np.ndarray:
@@ -235,6 +240,16 @@ class Pipeline:
             input_schema_for(declared, runtime, signature, self.label, preprocessed=pre is not None),
             rows,
         )
+        #: ``quick_one(record)``: ``record`` as a batch of one row *without* the NaN/inf
+        #: check, when it is exactly one float row of the single input tensor (shape and
+        #: dtype); else ``None``. The batcher then checks the rows of a whole batch at once
+        #: (:meth:`rows_ok`) and gives a call whose row fails the error :meth:`prepare_one`
+        #: gives. The tensor schema's own method, bound here rather than wrapped in one:
+        #: ``apredict`` calls it on every call (see ModelHandle._joined for the figures).
+        inputs = self.input_schema
+        self.quick_one: Callable[[Any], Any] = (
+            inputs.unchecked_one if type(inputs) is TensorSchema else _not_quick
+        )
         # Record or schemaless inputs still meet the model's own dtypes (e.g. float32 ONNX);
         # column inputs are cast per column already.
         runtime_specs = runtime.input_specs
@@ -336,16 +351,8 @@ class Pipeline:
         except SchemaError as exc:
             raise self._context(exc) from None
 
-    def quick_one(self, record: Any) -> Any:
-        """``record`` as a batch of one row *without* the NaN/inf check, when it is exactly
-        one float row of the single input tensor (shape and dtype); else ``None``. The
-        batcher then checks the rows of a whole batch at once (:meth:`rows_ok`) and gives
-        a call whose row fails the error :meth:`prepare_one` gives."""
-        schema = self.input_schema
-        return schema.unchecked_one(record) if type(schema) is TensorSchema else None
-
     def rows_ok(self, batch: Any) -> bool:
-        """Whether a batch of rows from :meth:`quick_one` passes the NaN/inf check."""
+        """Whether a batch of rows from ``quick_one`` passes the NaN/inf check."""
         return TensorSchema.rows_finite(batch, self.schema_options)
 
     def prepare_many(self, records: Any) -> Any:
@@ -448,7 +455,7 @@ class Pipeline:
 
         Items whose batches have the same trailing shapes and dtypes are joined into one
         model call (others run in groups of their own); rows left unchecked by
-        :meth:`quick_one` are checked for NaN/inf a batch at once; when a model call
+        ``quick_one`` are checked for NaN/inf a batch at once; when a model call
         fails, its items are bisected so that only the calls whose rows make the model
         fail get the :class:`PredictionError`; an output with the wrong number of rows
         fails every call of that model call (none is given rows that may be another's).
