@@ -260,12 +260,20 @@ class ModelHandle:
         self._obs.begin()
         call = FinishedCall(pipe.source, time.perf_counter())
         try:
-            batch, whole = self._validate(pipe, call, records, one)
-            if pipe.batcher is None:
+            # With batching, a plain float row leaves its NaN/inf check to its batch, which
+            # checks all its rows at once, as apredict does (prepare_one 1.1 µs, quick_one
+            # 0.3 µs a row, timeit)
+            batch = pipe.quick_one(records) if one and pipe.batcher is not None else None
+            if batch is not None:
+                call.inputs, call.rows, call.validated = batch, 1, time.perf_counter()
+                item, whole = BatchItem(batch, self._obs, 1, True), False
+            else:
+                batch, whole = self._validate(pipe, call, records, one)
+                item = None if pipe.batcher is None else BatchItem(batch, self._obs, call.rows)
+            if item is None:
                 raw = pipe.run(batch, call.rows, whole)
             else:
-                item = BatchItem(batch, self._obs, call.rows)
-                raw = self._joined(call, pipe.batcher.submit(item, timeout_ms))
+                raw = self._joined(call, pipe.batcher.submit(item, timeout_ms))  # type: ignore[union-attr]
             out = self._shape(pipe, call, raw, one and not whole)
         except BaseException as exc:  # interrupted calls too: each begin needs its end
             self._end(call, exc)
