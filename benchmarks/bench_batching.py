@@ -5,7 +5,10 @@ run by ONNX Runtime with ``intra_op_num_threads=1``. Everything is measured in o
 
 * 64 threads each sending single rows: (a) each thread calls ``session.run`` itself,
   (b) embedml with batching, (b') embedml without batching, (c) the offline limit: the same
-  rows in batches of 64 by one thread.
+  rows in batches of 64 by one thread, (d) thread wake-ups alone, (e) the batcher alone:
+  ``Batcher.submit`` over a batch function that stacks the rows and runs the session, no
+  handle (no validation, no observer, no output shaping). (b) against (e) is what the
+  handle's call path costs per row; (e) against (d) what the batcher and the model add.
 * 64 asyncio tasks calling ``apredict``, beside Ray Serve's ``@serve.batch`` (max 64, 2 ms)
   on the same session when ``ray[serve]`` is installed. Outside a deployment ``@serve.batch``
   asks for the replica context; that one check is patched out here.
@@ -27,12 +30,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import embedml  # noqa: E402
+from embedml.serving.batching import Batcher, Request  # noqa: E402
 
 THREADS = 64
 BATCH = 64
@@ -198,7 +203,10 @@ def wake_ceiling(rows: int, threads: int = THREADS) -> dict:
     seconds = time.perf_counter() - start
     for t in ts:
         t.join()
-    return {"name": "(d) ceiling: thread wake-ups alone, 64 threads, no model", "rows_s": rows / seconds}
+    return {
+        "name": "(d) ceiling: thread wake-ups alone, 64 threads, no model",
+        "rows_s": rows / seconds,
+    }
 
 
 def async_ceiling(rows: int, tasks: int = THREADS) -> dict:
@@ -252,6 +260,24 @@ def async_ceiling(rows: int, tasks: int = THREADS) -> dict:
     return {"name": name, "rows_s": per * tasks / asyncio.run(main())}
 
 
+def batcher_alone(sess) -> Any:
+    """(e) A callable that sends one row through a :class:`Batcher` (the settings of the
+    batched handle) whose batch function stacks the rows and runs ``sess``: the batcher
+    and its wake-ups without the handle's call path."""
+
+    class Row(Request):
+        __slots__ = ("rows", "x")
+
+        def __init__(self, x: np.ndarray) -> None:
+            self.rows, self.x = 1, x
+
+    def run(reqs: list[Row]) -> list[np.ndarray]:
+        return list(sess.run(None, {"x": np.stack([r.x for r in reqs])})[0])
+
+    batcher = Batcher(run, embedml.Batching(max_batch_size=BATCH, max_wait_ms=2.0))
+    return lambda row: batcher.submit(Row(row))
+
+
 def ray_serve_call(sess):
     """An async callable batching through Ray Serve's ``@serve.batch``, or ``None``."""
     try:
@@ -261,8 +287,8 @@ def ray_serve_call(sess):
         return None
     # Outside a deployment the batch queue asks the replica context for max_ongoing_requests
     # (only to log a warning); there is none, so skip that check.
-    serve_batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = (
-        lambda self: None
+    serve_batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = lambda self: (
+        None
     )
 
     class Model:
@@ -309,7 +335,8 @@ def table(rows: list[dict], base: dict, extra: str = "") -> str:
         lat = f"{r['p50_ms']:.3f} | {r['p99_ms']:.2f}" if "p50_ms" in r else "- | -"
         out.append(
             f"| {r['name']} | {r['rows_s']:,.0f} | {lat} "
-            f"| {r['rows_s'] / base['rows_s']:.2f} |" + (f" {r.get('extra', '')} |" if extra else "")
+            f"| {r['rows_s'] / base['rows_s']:.2f} |"
+            + (f" {r.get('extra', '')} |" if extra else "")
         )
     return "\n".join(out)
 
@@ -351,7 +378,11 @@ def main() -> None:
     )
     run_threads("warm-up", raw_call, X[: THREADS * 8])
     run_threads("warm-up", batched.predict, X[: THREADS * 8])
-    runs: dict[str, list[dict]] = {"raw": [], "emb": [], "plain": [], "off": [], "wake": []}
+    alone = batcher_alone(sess)
+    run_threads("warm-up", alone, X[: THREADS * 8])
+    runs: dict[str, list[dict]] = {
+        "raw": [], "emb": [], "plain": [], "off": [], "wake": [], "alone": []
+    }  # fmt: skip
     before = batched.batching_stats()
     for _ in range(repeat):  # interleaved, so that load from elsewhere hits every case
         runs["raw"].append(run_threads("(a) raw session.run, 64 threads", raw_call, X))
@@ -363,18 +394,26 @@ def main() -> None:
         )
         runs["off"].append(run_offline(sess, X))
         runs["wake"].append(wake_ceiling(len(X)))
+        runs["alone"].append(run_threads("(e) the batcher alone, no handle, 64 threads", alone, X))
     after = batched.batching_stats()
-    raw, emb, plain_r, off, wake = (
-        median_run(runs[k]) for k in ("raw", "emb", "plain", "off", "wake")
+    raw, emb, plain_r, off, wake, batcher_r = (
+        median_run(runs[k]) for k in ("raw", "emb", "plain", "off", "wake", "alone")
     )
     mean_batch = (after.rows - before.rows) / max(1, after.batches - before.batches)
     print("\n## 64 threads, single rows\n")
-    print(table([raw, emb, plain_r, off, wake], raw, " user us / sys us / ctx switches, per row |"))
+    print(
+        table(
+            [raw, emb, plain_r, off, wake, batcher_r],
+            raw,
+            " user us / sys us / ctx switches, per row |",
+        )
+    )
     print(
         f"\n(b)/(a) = {emb['rows_s'] / raw['rows_s']:.2f}x (target >= 4x); "
         f"(b)/(c) = {emb['rows_s'] / off['rows_s']:.2f} of the offline limit; "
         f"(b)/(d) = {emb['rows_s'] / wake['rows_s']:.2f} of the wake-up ceiling, which is "
-        f"{wake['rows_s'] / raw['rows_s']:.2f}x (a); mean batch {mean_batch:.1f} rows"
+        f"{wake['rows_s'] / raw['rows_s']:.2f}x (a); mean batch {mean_batch:.1f} rows; "
+        f"(e)/(c) = {batcher_r['rows_s'] / off['rows_s']:.2f}: the batcher without the handle"
     )
 
     # asyncio

@@ -323,6 +323,49 @@ def test_rows_checked_a_batch_at_once_still_fail_alone(store, inline_ms):
     assert stats.failed == 0  # refused rows are not model failures
 
 
+def test_thread_rows_checked_a_batch_at_once_still_fail_alone(store):
+    # predict with batching leaves a float row's NaN/inf check to its batch too (as
+    # apredict): bad rows queue like any other, fail alone with the error validation gives,
+    # and the rest of their batch gets its outputs from one model call
+    store.save("lin", onnx_linear())
+    entered, release = threading.Event(), threading.Event()
+
+    def hold_first(out):  # holds the first batch until every other call has queued
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(60)
+        return out
+
+    X = np.random.default_rng(6).normal(size=(12, 3)).astype(np.float32)
+    bad = {3, 8}
+    X[3, 0], X[8, 2] = np.nan, -np.inf
+    settings = embedml.Batching(max_batch_size=64, max_wait_ms=60_000)
+    with store.load("lin", batching=settings, postprocess=hold_first) as h:
+        with pytest.raises(embedml.SchemaError) as expected_error:
+            h._pipe.prepare_one(X[3])  # what validation says of that row
+        first = threading.Thread(target=h.predict, args=(X[0],))
+        first.start()
+        assert entered.wait(60)
+        others = threading.Thread(
+            target=lambda: results.extend(run_threads(h.predict, [(x,) for x in X[1:]]))
+        )
+        results: list = []
+        others.start()
+        wait_until(lambda: h.batching_stats().queued == len(X) - 1, "every other call queued")
+        release.set()
+        first.join(60)
+        others.join(60)
+        stats = h.batching_stats()
+    for i, r in enumerate(results, start=1):
+        if i in bad:
+            assert isinstance(r, embedml.SchemaError) and r.field == "x"
+            assert str(r) == str(expected_error.value) or "NaN and infinity" in str(r)
+        else:
+            np.testing.assert_allclose(r, X[i] @ LINEAR_W + LINEAR_B, rtol=1e-5)
+    assert stats.batches == 2 and stats.batch_sizes == {1: 1, 16: 1}  # 9 good rows joined
+    assert stats.failed == 0  # refused rows are not model failures
+
+
 def test_rows_checked_a_batch_at_once_respect_allow_nan(store):
     store.save("lin", onnx_linear())
     X = np.random.default_rng(5).normal(size=(128, 3)).astype(np.float32)

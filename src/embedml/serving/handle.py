@@ -260,13 +260,21 @@ class ModelHandle:
         self._obs.begin()
         call = FinishedCall(pipe.source, time.perf_counter())
         try:
-            batch, whole = self._validate(pipe, call, records, one)
-            if pipe.batcher is None:
+            # With batching, a plain float row leaves its NaN/inf check to its batch, which
+            # checks all its rows at once, as apredict does (prepare_one 1.1 µs, quick_one
+            # 0.3 µs a row, timeit)
+            batch = pipe.quick_one(records) if one and pipe.batcher is not None else None
+            if batch is not None:
+                call.inputs, call.rows, call.validated = batch, 1, time.perf_counter()
+                item, whole = BatchItem(batch, self._obs, 1, True), False
+            else:
+                batch, whole = self._validate(pipe, call, records, one)
+                item = None if pipe.batcher is None else BatchItem(batch, self._obs, call.rows)
+            if item is None:
                 raw = pipe.run(batch, call.rows, whole)
                 out = self._shape(pipe, call, raw, one and not whole)
             else:  # (batching needs a row-wise model: never whole)
-                item = BatchItem(batch, self._obs, call.rows)
-                out = self._joined(pipe, call, pipe.batcher.submit(item, timeout_ms), one)
+                out = self._joined(pipe, call, pipe.batcher.submit(item, timeout_ms), one)  # type: ignore[union-attr]
         except BaseException as exc:  # interrupted calls too: each begin needs its end
             self._end(call, exc)
             raise

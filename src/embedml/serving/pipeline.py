@@ -460,7 +460,8 @@ class Pipeline:
         fail get the :class:`PredictionError`; an output with the wrong number of rows
         fails every call of that model call (none is given rows that may be another's).
         """
-        if len(items) == 1 and not items[0].unchecked:  # a call that ran alone
+        if len(items) == 1 and (not items[0].unchecked or self.rows_ok(items[0].batch)):
+            # a call that ran alone (its row checked here, if quick_one left it unchecked)
             try:
                 return self._model_call(items, items[0].batch, False)
             except PredictionError as exc:
