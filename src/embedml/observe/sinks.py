@@ -85,7 +85,9 @@ class JsonlSink(Sink):
     def write(self, records: list[PredictionRecord]) -> None:
         if self._file is None:
             self._open()
-        lines = json_lines([self.record_dict(r, self.arrays) for r in records])
+        # a generator: each record's dict is encoded and dropped before the next is built
+        # (see PredictionRecord.to_dict)
+        lines = json_lines(self.record_dict(r, self.arrays) for r in records)
         for chunk in self._chunks(lines):
             if self._file is None:  # rotated after the previous chunk
                 self._open()
