@@ -130,30 +130,6 @@ def test_close_drains_at_once_however_long_the_write_interval(
     assert sink.stats()["written"] == 40 == len(read_jsonl(tmp_path / "slow.jsonl"))
 
 
-def test_writer_wakes_once_256_records_wait_however_large_max_queue(lr, iris_like):
-    # Woken only at max_queue // 4, a large queue let thousands of tracked records wait
-    # and brought full garbage collections onto the callers (docs/observability.md).
-    X, _ = iris_like
-    seen: list[PredictionRecord] = []
-    all_in = threading.Event()
-
-    def take(record):
-        seen.append(record)
-        if len(seen) >= 256:
-            all_in.set()
-
-    sink = CallableSink(take, max_queue=10**7)
-    sink.interval = 3600.0  # nothing but the queue's length wakes the writer
-    h = lr.load("lr", hooks=[sink])
-    try:
-        for i in range(256):
-            h.predict(X[i % len(X)])
-        assert all_in.wait(60.0), f"the writer slept with {sink.stats()['queued']} queued"
-    finally:
-        h.close()
-    assert len(seen) == 256
-
-
 def test_hook_exceptions_are_counted_and_logged_once(lr, iris_like, caplog):
     X, _ = iris_like
 
