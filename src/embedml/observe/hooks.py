@@ -145,14 +145,7 @@ class Sink:
         #: Longest a caller waits for room under ``policy="block"`` before its item is
         #: dropped (counted in ``dropped``, logged once): a stuck sink must not hang callers.
         self.block_timeout = 5.0
-        # The writer is woken once this many items wait (else every `interval`), at most
-        # 256: queued items are objects the garbage collector tracks, and more than its
-        # first threshold (700) alive at once start collections that promote them until a
-        # full one runs (~50 ms here). Waking at max_queue // 4 (2.5 million in
-        # bench_compare's hooks case), a DriftMonitor's 20,000 single-row calls made 10
-        # young and 1 full collection, with 256 1 young; DriftMonitor vs no hooks, CPU per
-        # call: 1.55x -> 1.35x (bench_compare hooks, 6 rounds, main vs this change).
-        self._wake_at = max(1, min(self.max_queue // 4, 256))
+        self._wake_at = max(1, self.max_queue // 4)
         self._redact = _redactor(redact)
         self._closed = False
         self._users = 0
