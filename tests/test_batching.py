@@ -323,6 +323,24 @@ def test_rows_checked_a_batch_at_once_still_fail_alone(store, inline_ms):
     assert stats.failed == 0  # refused rows are not model failures
 
 
+def test_quick_rows_without_batching_are_checked_on_their_own(store):
+    # without batching a plain float row takes the quick path too (shape and dtype only),
+    # then its own NaN/inf check: a bad one gets the error full validation gives
+    store.save("lin", onnx_linear())
+    X = np.random.default_rng(8).normal(size=(6, 3)).astype(np.float32)
+    with store.load("lin") as h:
+        for i, bad in enumerate((np.nan, np.inf, -np.inf)):
+            row = X[i].copy()
+            row[i] = bad
+            with pytest.raises(embedml.SchemaError) as info:
+                h.predict(row)
+            assert info.value.field == "x" and info.value.version == "1"
+            assert "NaN and infinity are refused" in str(info.value)
+        for x in X:
+            np.testing.assert_allclose(h.predict(x), x @ LINEAR_W + LINEAR_B, rtol=1e-5)
+        assert h.metrics()["errors_by_type"] == {"SchemaError": 3}
+
+
 def test_thread_rows_checked_a_batch_at_once_still_fail_alone(store):
     # predict with batching leaves a float row's NaN/inf check to its batch too (as
     # apredict): bad rows queue like any other, fail alone with the error validation gives,

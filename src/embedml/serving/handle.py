@@ -260,20 +260,26 @@ class ModelHandle:
         self._obs.begin()
         call = FinishedCall(pipe.source, time.perf_counter())
         try:
-            # With batching, a plain float row leaves its NaN/inf check to its batch, which
-            # checks all its rows at once, as apredict does (prepare_one 1.1 µs, quick_one
-            # 0.3 µs a row, timeit)
-            batch = pipe.quick_one(records) if one and pipe.batcher is not None else None
-            if batch is not None:
+            # A plain float row (one row of the single input tensor, shape and dtype
+            # checked by quick_one) skips the rest of validation: with batching its NaN/inf
+            # check is left to its batch, which checks all its rows at once, as apredict
+            # does (prepare_one 1.1 µs, quick_one 0.3 µs a row, timeit); without, it is
+            # checked here (a row that fails is validated in full, for the error). A 1-row
+            # predict without batching: 2.06x -> 1.9x raw session.run (bench_compare
+            # percall, docs/benchmarks.md "Issue 13, the last guard rails").
+            batched = pipe.batcher is not None
+            batch = pipe.quick_one(records) if one and pipe.row_wise else None
+            quick = batch is not None and (batched or pipe.rows_ok(batch))
+            if quick:
                 call.inputs, call.rows, call.validated = batch, 1, time.perf_counter()
-                item, whole = BatchItem(batch, self._obs, 1, True), False
+                whole = False
             else:
                 batch, whole = self._validate(pipe, call, records, one)
-                item = None if pipe.batcher is None else BatchItem(batch, self._obs, call.rows)
-            if item is None:
+            if not batched:
                 raw = pipe.run(batch, call.rows, whole)
                 out = self._shape(pipe, call, raw, one and not whole)
             else:  # (batching needs a row-wise model: never whole)
+                item = BatchItem(batch, self._obs, call.rows, quick)
                 out = self._joined(pipe, call, pipe.batcher.submit(item, timeout_ms), one)  # type: ignore[union-attr]
         except BaseException as exc:  # interrupted calls too: each begin needs its end
             self._end(call, exc)
