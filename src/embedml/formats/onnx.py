@@ -146,10 +146,10 @@ class OnnxRuntime(Runtime):
         # WebGPU graph capture is off, then calls the bound C++ ``run``. Here the pipeline
         # has matched the inputs by name, feeds are numpy arrays and the provider is the
         # CPU's, so the C++ ``run`` is called directly (a missing input still fails there,
-        # as a PredictionError): 2.5 us CPU less per call, a 1-row predict 19.8 -> 17.3 us
-        # and 1,024 rows 48.3 -> 45.4 us (medians of 15 interleaved rounds in one process,
-        # docs/benchmarks.md "Per call after issue 13"). The wrapper serves if a release of
-        # onnxruntime renames the attribute.
+        # as a PredictionError): 2.5 us CPU less per call on a loaded machine, a 1-row
+        # predict 19.8 -> 17.3 us and 1,024 rows 48.3 -> 45.4 us (medians of 15 interleaved
+        # rounds in one process; docs/benchmarks.md "Issue 13, the last guard rails"). The
+        # wrapper serves if a release of onnxruntime renames the attribute.
         bound = getattr(self.session, "_sess", None)
         self._run = bound.run if hasattr(bound, "run") else self._wrapped_run
         inputs = self.session.get_inputs()

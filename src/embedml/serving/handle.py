@@ -265,7 +265,7 @@ class ModelHandle:
             # check is left to its batch, which checks all its rows at once, as apredict
             # does (prepare_one 1.1 µs, quick_one 0.3 µs a row, timeit); without, it is
             # checked here (a row that fails is validated in full, for the error). A 1-row
-            # predict without batching: 2.06x -> 1.9x raw session.run (bench_compare
+            # predict without batching: 2.04x -> 1.93x raw session.run (bench_compare
             # percall, docs/benchmarks.md "Issue 13, the last guard rails").
             batched = pipe.batcher is not None
             batch = pipe.quick_one(records) if one and pipe.row_wise else None
