@@ -261,7 +261,9 @@ def test_inline_batches_isolate_poison_and_mix_with_threads(probe_store):
 def test_cancelled_inline_leader_hands_the_lead_on(probe_store):
     probe_store.save_probe()
     X = rows(640, seed=9)
-    with probe_store.load("probe", batching=embedml.Batching()) as h:
+    # inline_ms well above the probe's batches: on a loaded machine (load 10+) batches of
+    # over 0.5 ms took the worker thread, and the first call could end before its cancel
+    with probe_store.load("probe", batching=embedml.Batching(inline_ms=50)) as h:
         _inline_run(h, X)  # inline from here on
         assert h.batching_stats().inline_batches > 0
 
