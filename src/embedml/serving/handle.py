@@ -260,26 +260,12 @@ class ModelHandle:
         self._obs.begin()
         call = FinishedCall(pipe.source, time.perf_counter())
         try:
-            # A plain float row (one row of the single input tensor, shape and dtype
-            # checked by quick_one) skips the rest of validation: with batching its NaN/inf
-            # check is left to its batch, which checks all its rows at once, as apredict
-            # does (prepare_one 1.1 µs, quick_one 0.3 µs a row, timeit); without, it is
-            # checked here (a row that fails is validated in full, for the error). A 1-row
-            # predict without batching: 2.04x -> 1.93x raw session.run (bench_compare
-            # percall, docs/benchmarks.md "Issue 13, the last guard rails").
-            batched = pipe.batcher is not None
-            batch = pipe.quick_one(records) if one and pipe.row_wise else None
-            quick = batch is not None and (batched or pipe.rows_ok(batch))
-            if quick:
-                call.inputs, call.rows, call.validated = batch, 1, time.perf_counter()
-                whole = False
-            else:
-                batch, whole = self._validate(pipe, call, records, one)
-            if not batched:
+            batch, whole, unchecked = self._validate(pipe, call, records, one)
+            if pipe.batcher is None:
                 raw = pipe.run(batch, call.rows, whole)
                 out = self._shape(pipe, call, raw, one and not whole)
             else:  # (batching needs a row-wise model: never whole)
-                item = BatchItem(batch, self._obs, call.rows, quick)
+                item = BatchItem(batch, self._obs, call.rows, unchecked)
                 out = self._joined(pipe, call, pipe.batcher.submit(item, timeout_ms), one)  # type: ignore[union-attr]
         except BaseException as exc:  # interrupted calls too: each begin needs its end
             self._end(call, exc)
@@ -317,12 +303,7 @@ class ModelHandle:
         self._obs.begin()
         call = FinishedCall(pipe.source, time.perf_counter())
         try:
-            batch = pipe.quick_one(record)  # its NaN/inf check is made per batch
-            unchecked = batch is not None
-            if unchecked:
-                call.inputs, call.rows, call.validated = batch, 1, time.perf_counter()
-            else:
-                batch, _ = self._validate(pipe, call, record, True)
+            batch, _, unchecked = self._validate(pipe, call, record, True)
             item = BatchItem(batch, self._obs, 1, unchecked)
             out = self._joined(pipe, call, await batcher.asubmit(item, timeout_ms), True)
         except BaseException as exc:  # a cancelled task too: each begin needs its end
@@ -337,9 +318,25 @@ class ModelHandle:
         return Prediction(out, call.request_id, pipe.mv.name, pipe.mv.version)  # type: ignore[arg-type]
 
     @staticmethod
-    def _validate(pipe: Pipeline, call: FinishedCall, records: Any, one: bool) -> tuple[Any, bool]:
-        """The validated batch and whether it is whole (tensors of a model that is not
-        row-wise, not cut into rows). Raises :class:`SchemaError`."""
+    def _validate(
+        pipe: Pipeline, call: FinishedCall, records: Any, one: bool
+    ) -> tuple[Any, bool, bool]:
+        """The validated batch, whether it is whole (tensors of a model that is not
+        row-wise, not cut into rows) and whether its NaN/inf check is left to its batch.
+        Raises :class:`SchemaError`.
+
+        A plain float row (one row of the single input tensor, shape and dtype checked by
+        ``quick_one``) skips the rest of validation: with batching its NaN/inf check is
+        left to its batch, which checks all its rows at once (prepare_one 1.1 µs,
+        quick_one 0.3 µs a row, timeit); without, it is checked here, and a row that
+        fails is validated in full, for the error. A 1-row predict without batching:
+        2.04x -> 1.93x raw session.run (bench_compare percall, docs/benchmarks.md "Issue
+        13, the last guard rails")."""
+        batched = pipe.batcher is not None
+        batch = pipe.quick_one(records) if one and pipe.row_wise else None
+        if batch is not None and (batched or pipe.rows_ok(batch)):
+            call.inputs, call.rows, call.validated = batch, 1, time.perf_counter()
+            return batch, False, batched
         if pipe.row_wise:
             batch = pipe.prepare_one(records) if one else pipe.prepare_many(records)
             call.rows, whole = 1 if one else n_rows(batch), False
@@ -347,7 +344,7 @@ class ModelHandle:
             batch, whole = pipe.prepare_whole(records, one)
             call.rows = 1
         call.inputs, call.validated = batch, time.perf_counter()
-        return batch, whole
+        return batch, whole, False
 
     @staticmethod
     def _joined(
